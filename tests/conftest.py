@@ -1,0 +1,26 @@
+"""Test-wide settings: caches and loggers stay inside /tmp, wandb is offline, torch uses few threads."""
+
+import os
+import tempfile
+
+_CACHE = os.path.join(tempfile.gettempdir(), "lit_diffusion_test_cache")
+os.makedirs(_CACHE, exist_ok=True)
+for key, sub in [("WANDB_DIR", "wandb"), ("MPLCONFIGDIR", "mpl"), ("HF_HOME", "hf"), ("TORCH_HOME", "torch")]:
+    os.environ.setdefault(key, os.path.join(_CACHE, sub))
+    os.makedirs(os.environ[key], exist_ok=True)
+os.environ.setdefault("WANDB_MODE", "offline")
+os.environ.setdefault("WANDB_SILENT", "true")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("MPLBACKEND", "Agg")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+torch.set_num_threads(min(2, torch.get_num_threads()))
+
+
+@pytest.fixture
+def gen():
+    """A seeded CPU generator."""
+    return torch.Generator().manual_seed(1234)
