@@ -93,7 +93,8 @@ class GaussianMixture:
 
     def marginal(self, t, sde: LinearSDE) -> "GaussianMixture":
         """The forward marginal at a scalar time ``t`` as a mixture (§6)."""
-        t = as_time(t).to(torch.float64)
+        # a Python float must not pass through float32 (as_time's default) on its way to float64
+        t = t.to(torch.float64) if isinstance(t, Tensor) else torch.tensor(float(t), dtype=torch.float64)
         alpha, m, s2 = sde.alpha(t).item(), sde.mean_offset(t).item(), sde.sigma2(t).item()
         eye = torch.eye(self.dim, dtype=torch.float64)
         return GaussianMixture(self.weights, alpha * self.means + m, alpha**2 * self.covariances + s2 * eye)
