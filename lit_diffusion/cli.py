@@ -1,0 +1,201 @@
+"""``train.py``'s command line: a subcommand-free :class:`lightning.pytorch.cli.LightningCLI`.
+
+::
+
+    python train.py                                   # embedded default: swiss roll, small MLP, VP, DSM
+    python train.py --config configs/mnist.yaml --model.sde VP --model.sde.beta_max 20 --trainer.devices 4
+    python train.py --ckpt_path last                  # resume from checkpoints/<run_name>/last.ckpt
+    python train.py --logger csv                      # or tensorboard, wandb (default), none
+    python train.py --print_config                    # the full resolved config
+
+Besides the usual ``--model.*``, ``--data`` (class path shorthand, e.g. ``--data DigitsDataModule``),
+``--data.*`` and ``--trainer.*`` groups it adds ``--samples.*`` (the
+:class:`~lit_diffusion.callbacks.SamplePictures` callback) and these top-level options:
+
+* ``--run_name`` (default ``swissroll``): checkpoints go to ``<ckpt_dir>/<run_name>/`` (``last.ckpt``
+  and the newest ``step=N.ckpt``), pictures to ``<ckpt_dir>/<run_name>/samples/``;
+* ``--ckpt_dir`` (``checkpoints``), ``--ckpt_every_n_steps`` (500);
+* ``--ckpt_path``: ``last`` or a file to resume from; loaded with ``weights_only=True``;
+* ``--logger``: ``wandb`` (default; offline when no account is configured), ``csv``, ``tensorboard``
+  or ``none``; ``--log_dir`` (``logs``). A ``trainer.logger`` given in a config wins;
+* ``--progress_bar``: ``tqdm`` (default), ``rich`` or ``none``.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import Any, Literal, Optional
+
+import lightning.pytorch as pl
+from lightning.pytorch.callbacks import ModelCheckpoint, RichProgressBar, TQDMProgressBar
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+from jsonargparse import lazy_instance
+
+from .callbacks import SamplePictures
+from .data import BaseDataModule, SwissRollDataModule
+from .losses import DSM
+from .module import ScoreModule
+from .networks import TimeMLP
+from .sdes import VP
+
+__all__ = ["DiffusionCLI", "main", "wandb_mode"]
+
+LOGGERS = ("wandb", "csv", "tensorboard", "none")
+
+
+def wandb_mode() -> str:
+    """``online`` when an account is configured (``WANDB_API_KEY`` or a netrc entry for
+    api.wandb.ai), else ``offline``; an explicit ``WANDB_MODE`` always wins."""
+    mode = os.environ.get("WANDB_MODE")
+    if mode:
+        return mode
+    if os.environ.get("WANDB_API_KEY"):
+        return "online"
+    netrc = os.path.join(os.path.expanduser("~"), ".netrc")
+    try:
+        with open(netrc) as f:
+            if "api.wandb.ai" in f.read():
+                return "online"
+    except OSError:
+        pass
+    return "offline"
+
+
+def make_logger(kind: str, log_dir: str, run_name: str):
+    """A Lightning logger of ``kind`` writing under ``log_dir``."""
+    if kind not in LOGGERS:
+        raise ValueError(f"unknown logger {kind!r}; valid choices: {list(LOGGERS)}")
+    if kind == "none":
+        return False
+    os.makedirs(log_dir, exist_ok=True)
+    if kind == "csv":
+        return pl.loggers.CSVLogger(log_dir, name=run_name)
+    if kind == "tensorboard":
+        return pl.loggers.TensorBoardLogger(log_dir, name=run_name)
+    mode = wandb_mode()
+    if mode == "offline":
+        os.environ["WANDB_MODE"] = "offline"  # no account: write locally, `wandb sync <run dir>` later
+    return pl.loggers.WandbLogger(
+        project=os.environ.get("WANDB_PROJECT", "lit_diffusion"),
+        name=run_name,
+        save_dir=log_dir,
+        offline=mode == "offline",
+    )
+
+
+class DiffusionCLI(LightningCLI):
+    """LightningCLI with checkpointing, logging and picture defaults for diffusion training."""
+
+    def __init__(self, args=None, run: bool = False, exit_on_error: bool = True, **kwargs):
+        self.exit_on_error = exit_on_error
+        parser_kwargs = kwargs.pop("parser_kwargs", {}) or {}
+        parser_kwargs.setdefault("exit_on_error", exit_on_error)
+        super().__init__(
+            ScoreModule,
+            BaseDataModule,
+            subclass_mode_model=False,
+            subclass_mode_data=True,
+            args=args,
+            run=run,
+            auto_configure_optimizers=False,
+            save_config_kwargs={"overwrite": True},
+            parser_kwargs=parser_kwargs,
+            **kwargs,
+        )
+
+    def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        parser.add_argument("--run_name", type=str, default="swissroll", help="name of the run (checkpoint folder)")
+        parser.add_argument("--ckpt_dir", type=str, default="checkpoints", help="root folder of the checkpoints")
+        parser.add_argument("--ckpt_every_n_steps", type=int, default=500, help="checkpoint interval (optimizer steps)")
+        parser.add_argument("--ckpt_path", type=Optional[str], default=None, help="'last' or a checkpoint file to resume")
+        parser.add_argument("--logger", type=Literal["wandb", "csv", "tensorboard", "none"], default="wandb")
+        parser.add_argument("--log_dir", type=str, default="logs", help="folder of the logger's files")
+        parser.add_argument("--progress_bar", type=Literal["tqdm", "rich", "none"], default="tqdm")
+        parser.add_class_arguments(SamplePictures, "samples")
+        # the embedded default: swiss roll, small MLP, VP SDE, DSM (configs/swissroll.yaml says the same)
+        parser.set_defaults(
+            {
+                "model.net": lazy_instance(TimeMLP, dim=2, hidden=128, n_blocks=3),
+                "model.sde": lazy_instance(VP),
+                "model.loss": lazy_instance(DSM),
+                "model.lr": 2e-3,
+                "model.warmup_steps": 100,
+                "model.ema_decay": 0.995,
+                "data": lazy_instance(SwissRollDataModule, n_samples=20000, batch_size=256),
+                "trainer.max_steps": 3000,
+                "trainer.log_every_n_steps": 50,
+                "trainer.val_check_interval": 500,
+                "trainer.check_val_every_n_epoch": None,
+                "trainer.gradient_clip_val": 1.0,
+                "trainer.accelerator": "auto",
+                "trainer.devices": 1,
+                "samples.every_n_steps": 1000,
+                "samples.n_samples": 2000,
+                "samples.steps": 200,
+            }
+        )
+
+    # -- trainer with our callbacks and logger ----------------------------------------------------
+    def _instantiate_trainer(self, config: dict[str, Any], callbacks: list) -> pl.Trainer:
+        c = self.config
+        ckpt_dir = os.path.join(c["ckpt_dir"], c["run_name"])
+        self.checkpoint_dir = ckpt_dir
+        config = dict(config)
+        extra = [
+            ModelCheckpoint(
+                dirpath=ckpt_dir,
+                filename="{step}",
+                every_n_train_steps=int(c["ckpt_every_n_steps"]),
+                save_last=True,
+                save_top_k=1,
+                monitor=None,
+            )
+        ]
+        s = c["samples"]
+        samples_cb = SamplePictures(**{**dict(s), "out_dir": s.get("out_dir") or os.path.join(ckpt_dir, "samples")})
+        self.samples_callback = samples_cb
+        extra.append(samples_cb)
+        if c["progress_bar"] == "rich":
+            extra.append(RichProgressBar())
+        elif c["progress_bar"] == "none":
+            config["enable_progress_bar"] = False
+        else:
+            extra.append(TQDMProgressBar())
+        if config.get("logger") in (None, True):
+            config["logger"] = make_logger(c["logger"], c["log_dir"], c["run_name"])
+        if not config.get("default_root_dir"):
+            config["default_root_dir"] = ckpt_dir
+        return super()._instantiate_trainer(config, list(callbacks) + extra)
+
+    # -- run ------------------------------------------------------------------------------------------
+    def fit(self) -> pl.Trainer:
+        """``trainer.fit`` with resume from ``--ckpt_path`` (``weights_only=True``)."""
+        ckpt_path = self.config["ckpt_path"]
+        if ckpt_path not in (None, "last") and not os.path.isfile(ckpt_path):
+            raise FileNotFoundError(f"--ckpt_path {ckpt_path!r}: no such checkpoint file (or use 'last')")
+        self.trainer.fit(self.model, datamodule=self.datamodule, ckpt_path=ckpt_path, weights_only=True)
+        return self.trainer
+
+    def report(self) -> dict:
+        """Paths of the last checkpoint and the last picture (printed by train.py)."""
+        last = os.path.join(self.checkpoint_dir, "last.ckpt")
+        return {
+            "checkpoint": last if os.path.isfile(last) else None,
+            "samples": getattr(self.samples_callback, "last_path", None),
+        }
+
+
+def main(args=None, exit_on_error: bool = True) -> DiffusionCLI:
+    """Parse ``args`` (``sys.argv[1:]`` when None), train, print where the results are."""
+    cli = DiffusionCLI(args=args, exit_on_error=exit_on_error)
+    cli.fit()
+    if cli.trainer.is_global_zero:
+        rep = cli.report()
+        print(f"checkpoint: {rep['checkpoint']}", flush=True)
+        print(f"samples:    {rep['samples']}", flush=True)
+    return cli
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main(sys.argv[1:])

@@ -1,0 +1,509 @@
+"""``ScoreModule``: a LightningModule that trains any score network with any SDE and loss.
+
+The three parts are pluggable by config (jsonargparse ``class_path`` + ``init_args``, or the
+shorthand ``--model.sde VP --model.sde.beta_max 20``):
+
+* ``net``: any ``nn.Module`` called as ``net(x, t)`` with a declared ``prediction_type``
+  (``epsilon``, ``score``, ``denoiser`` or ``v``; ALGORITHMS.md §2), e.g.
+  :class:`lit_diffusion.networks.TimeMLP` or :class:`lit_diffusion.networks.UNet`;
+* ``sde``: a :class:`lit_diffusion.sdes.LinearSDE` (§1) or its name;
+* ``loss``: a loss of :mod:`lit_diffusion.losses` (DSM/SSM/ISM/ESM, §3) or its name.
+
+Precision: the network runs in whatever precision the Trainer gives (``bf16-mixed`` autocast,
+``bf16-true`` weights...), while the SDE arithmetic and the loss run in float32 (autocast is switched
+off around the loss and back on around each network call).
+
+Logged (every ``trainer.log_every_n_steps`` steps): ``train/loss``, the loss split into
+``time_buckets`` equal-width buckets of ``t`` (``train/loss_t0.00-0.25`` ...), ``train/lr``,
+``train/grad_norm`` (before clipping), ``train/samples_per_sec`` (all processes together) and
+``val/loss`` on the held-out split.  Pictures of samples come from
+:class:`lit_diffusion.callbacks.SamplePictures`.
+
+Checkpoints hold only plain types: the hyperparameters describe ``net``/``sde``/``loss`` as
+``{"class_path", "init_args"}`` dictionaries, so ``torch.load(..., weights_only=True)`` reads them and
+:meth:`ScoreModule.load_checkpoint` rebuilds the module from them.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import math
+import time
+from typing import Any, Literal, Optional, Union
+
+import lightning.pytorch as pl
+import torch
+from torch import Tensor, nn
+
+from .ema import EMA
+from .fields import Field, as_field
+from .parametrizations import canonical_prediction
+from .losses import ScoreMatchingLoss
+from .sdes import LinearSDE, get_sde
+
+__all__ = ["ScoreModule", "describe", "build_from_config"]
+
+OPTIMIZERS = ("adamw", "adam", "sgd")
+LR_SCHEDULES = ("cosine", "constant", "linear")
+# modules from which checkpoint hyperparameters may name classes to rebuild
+_TRUSTED_PREFIXES = ("lit_diffusion.", "diffusers.", "torch.nn.")
+
+
+# --------------------------------------------------------------------------------------------
+# plain-type descriptions of components (for hyperparameters / checkpoints)
+# --------------------------------------------------------------------------------------------
+def _plain(v):
+    """``v`` if it is made of plain Python types (lists for tuples), else ``None``-marker."""
+    if v is None or isinstance(v, (bool, int, float, str)):
+        return v
+    if isinstance(v, (list, tuple)):
+        out = [_plain(u) for u in v]
+        return None if any(o is _NOT_PLAIN for o in out) else out
+    if isinstance(v, dict):
+        out = {str(k): _plain(u) for k, u in v.items()}
+        return None if any(o is _NOT_PLAIN for o in out.values()) else out
+    return _NOT_PLAIN
+
+
+_NOT_PLAIN = object()
+
+
+def describe(obj) -> Any:
+    """A plain ``{"class_path": ..., "init_args": {...}}`` description of ``obj`` (best effort).
+
+    Uses, in order: ``obj.config`` (our networks, diffusers models), ``obj.hparams()`` (SDEs), then the
+    attributes named like the constructor's parameters (losses).  Values that are not plain types
+    are left out.
+    """
+    if obj is None or isinstance(obj, (str, int, float, bool)):
+        return obj
+    if isinstance(obj, dict):
+        return _plain(obj) if _plain(obj) is not _NOT_PLAIN else {"class_path": "dict"}
+    cls = type(obj)
+    path = f"{cls.__module__}.{cls.__qualname__}"
+    args: dict = {}
+    cfg = getattr(obj, "config", None)
+    hp = getattr(obj, "hparams", None)
+    if isinstance(cfg, dict) or (cfg is not None and hasattr(cfg, "items") and not callable(cfg)):
+        args = {k: v for k, v in dict(cfg).items() if not str(k).startswith("_")}
+    elif callable(hp) and not isinstance(obj, nn.Module):
+        try:
+            args = dict(hp())
+        except Exception:  # noqa: BLE001 - best effort
+            args = {}
+    else:
+        for klass in cls.__mro__:
+            init = klass.__dict__.get("__init__")
+            if init is None:
+                continue
+            for name in list(inspect.signature(init).parameters)[1:]:
+                if name in args or name in ("args", "kwargs"):
+                    continue
+                if hasattr(obj, name):
+                    args[name] = getattr(obj, name)
+    clean = {}
+    for k, v in args.items():
+        p = _plain(v)
+        if p is not _NOT_PLAIN:
+            clean[k] = p
+    return {"class_path": path, "init_args": clean}
+
+
+def build_from_config(cfg, kind: str):
+    """Instantiate a ``{"class_path", "init_args"}`` description (classes from lit_diffusion,
+    diffusers or torch.nn only)."""
+    if not isinstance(cfg, dict) or "class_path" not in cfg:
+        raise TypeError(f"{kind}: expected an object or a {{'class_path', 'init_args'}} dict; got {cfg!r}")
+    path = str(cfg["class_path"])
+    if not path.startswith(_TRUSTED_PREFIXES):
+        raise ValueError(f"{kind}: refusing to import {path!r}; class paths must start with one of {_TRUSTED_PREFIXES}")
+    mod, _, name = path.rpartition(".")
+    try:
+        cls = getattr(importlib.import_module(mod), name)
+    except (ImportError, AttributeError) as e:
+        raise ValueError(f"{kind}: unknown class {path!r} ({e})") from e
+    return cls(**dict(cfg.get("init_args") or {}))
+
+
+def _build_sde(sde) -> LinearSDE:
+    if sde is None:
+        from .sdes import VP
+
+        return VP()
+    if isinstance(sde, LinearSDE):
+        return sde
+    if isinstance(sde, str):
+        return get_sde(sde)
+    return build_from_config(sde, "sde")
+
+
+def _build_loss(loss):
+    if loss is None:
+        loss = "dsm"
+    if isinstance(loss, str):
+        from .losses import get_loss
+
+        return get_loss(loss)
+    if isinstance(loss, dict):
+        return build_from_config(loss, "loss")
+    if not callable(loss) or not callable(getattr(loss, "per_sample", None)):
+        raise TypeError(f"loss must be a lit_diffusion.losses loss (with per_sample); got {type(loss).__name__}")
+    return loss
+
+
+def _build_net(net) -> nn.Module:
+    if isinstance(net, nn.Module):
+        return net
+    if net is None:
+        from .networks import TimeMLP
+
+        return TimeMLP()
+    return build_from_config(net, "net")
+
+
+# --------------------------------------------------------------------------------------------
+# network call in the Trainer's precision, everything else in float32
+# --------------------------------------------------------------------------------------------
+class _PrecisionNet:
+    """Calls ``net(x, t)`` under the autocast state captured at the start of the step (or in the
+    weights' dtype), returns float32, and remembers the last per-sample ``t`` (for the time-bucket
+    logging)."""
+
+    def __init__(self, net: nn.Module, prediction_type: str, device_type: str):
+        self.net = net
+        self.prediction_type = prediction_type
+        self.device_type = device_type
+        self.autocast = torch.is_autocast_enabled(device_type)
+        self.autocast_dtype = torch.get_autocast_dtype(device_type) if self.autocast else None
+        p = next(net.parameters(), None)
+        self.param_dtype = p.dtype if p is not None else torch.float32
+        self.last_t: Optional[Tensor] = None
+
+    def __call__(self, x: Tensor, t: Tensor) -> Tensor:
+        self.last_t = t.detach()
+        if self.autocast:
+            with torch.autocast(self.device_type, dtype=self.autocast_dtype):
+                out = self.net(x, t)
+        else:
+            out = self.net(x.to(self.param_dtype), t)
+        return out.float()
+
+
+# --------------------------------------------------------------------------------------------
+# The module
+# --------------------------------------------------------------------------------------------
+class ScoreModule(pl.LightningModule):
+    """Train ``net`` on ``loss(net, sde, x0)``.
+
+    Args:
+        net: the score network (``net(x, t)``; must declare ``prediction_type`` unless given here).
+        sde: the forward SDE (object, name such as ``"VP"``, or class_path dict). Default ``VP()``.
+        loss: the training loss (object, name ``"dsm"``/``"ssm"``/``"ism"``, or class_path dict).
+        prediction_type: overrides ``net.prediction_type``.
+        optimizer: ``adamw`` (default), ``adam`` or ``sgd``.
+        lr, weight_decay, betas: optimizer settings.
+        warmup_steps: linear learning-rate warm-up from 0.
+        lr_schedule: after warm-up, ``cosine`` (to ``min_lr_ratio * lr`` at the end of training),
+            ``linear`` (same end point) or ``constant``.
+        min_lr_ratio: final learning rate as a fraction of ``lr``.
+        ema_decay: EMA decay (0 disables the EMA); ``ema_warmup``: decay warm-up
+            ``min(decay, (1+n)/(ema_warmup+n))``; ``ema_every_n_steps``: update interval.
+        time_buckets: number of equal-width buckets of ``t`` in ``[0, T]`` for the split loss log.
+        data_shape: shape of one sample (inferred from the first batch when not given; needed
+            by :meth:`sample`).
+        stop_on_nonfinite: raise ``FloatingPointError`` on a NaN/inf loss (the last good checkpoint
+            is kept).
+    """
+
+    def __init__(
+        self,
+        net: Optional[nn.Module] = None,
+        sde: Optional[LinearSDE] = None,
+        loss: Optional[ScoreMatchingLoss] = None,
+        prediction_type: Optional[Literal["epsilon", "score", "denoiser", "v", "relative_score"]] = None,
+        optimizer: Literal["adamw", "adam", "sgd"] = "adamw",
+        lr: float = 1e-3,
+        weight_decay: float = 0.0,
+        betas: tuple[float, float] = (0.9, 0.999),
+        warmup_steps: int = 100,
+        lr_schedule: Literal["cosine", "constant", "linear"] = "cosine",
+        min_lr_ratio: float = 0.0,
+        ema_decay: float = 0.999,
+        ema_warmup: int = 10,
+        ema_every_n_steps: int = 1,
+        time_buckets: int = 4,
+        data_shape: Optional[list[int]] = None,
+        stop_on_nonfinite: bool = True,
+    ):
+        super().__init__()
+        if optimizer not in OPTIMIZERS:
+            raise ValueError(f"ScoreModule: unknown optimizer {optimizer!r}; valid choices: {list(OPTIMIZERS)}")
+        if lr_schedule not in LR_SCHEDULES:
+            raise ValueError(f"ScoreModule: unknown lr_schedule {lr_schedule!r}; valid choices: {list(LR_SCHEDULES)}")
+        if not (math.isfinite(float(lr)) and float(lr) > 0):
+            raise ValueError(f"ScoreModule: lr={lr!r} is invalid; it must be a finite number > 0")
+        if int(warmup_steps) < 0:
+            raise ValueError(f"ScoreModule: warmup_steps={warmup_steps!r} is invalid; it must be >= 0")
+        if not (0.0 <= float(min_lr_ratio) <= 1.0):
+            raise ValueError(f"ScoreModule: min_lr_ratio={min_lr_ratio!r} is invalid; it must be in [0, 1]")
+        if int(time_buckets) < 1:
+            raise ValueError(f"ScoreModule: time_buckets={time_buckets!r} is invalid; it must be >= 1")
+        self.net = _build_net(net)
+        self.sde = _build_sde(sde)
+        self.loss = _build_loss(loss)
+        if prediction_type is None and getattr(self.net, "prediction_type", None) is None:
+            raise ValueError(
+                f"ScoreModule: {type(self.net).__name__} declares no prediction_type; pass prediction_type=, one of "
+                "['epsilon', 'score', 'denoiser', 'v']"
+            )
+        self.prediction_type = canonical_prediction(prediction_type or self.net.prediction_type)
+        self.ema: Optional[EMA] = (
+            EMA(self.net, ema_decay, ema_warmup, ema_every_n_steps) if float(ema_decay) > 0 else None
+        )
+        self.data_shape = None if data_shape is None else tuple(int(s) for s in data_shape)
+
+        # hyperparameters: plain types only (weights_only checkpoint loading)
+        self.save_hyperparameters(ignore=["net", "sde", "loss", "betas", "data_shape"])
+        self.hparams["net"] = describe(self.net)
+        self.hparams["sde"] = describe(self.sde)
+        self.hparams["loss"] = describe(self.loss)
+        self.hparams["betas"] = [float(b) for b in betas]
+        self.hparams["data_shape"] = None if self.data_shape is None else list(self.data_shape)
+        self.hparams.pop("_instantiator", None)
+        self.hparams.pop("_class_path", None)
+
+        self._ema_last_step = -1
+        self._tput_t0: Optional[float] = None
+        self._tput_samples = 0
+        self._last_runner: Optional[_PrecisionNet] = None
+
+    # ------------------------------------------------------------------ construction helpers
+    @classmethod
+    def load_checkpoint(cls, path: str, map_location="cpu") -> "ScoreModule":
+        """Rebuild a module from a checkpoint written by the Trainer, loading it with
+        ``torch.load(weights_only=True)`` (a crafted pickle is refused)."""
+        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+        return cls.from_checkpoint_dict(ckpt)
+
+    @classmethod
+    def from_checkpoint_dict(cls, ckpt: dict) -> "ScoreModule":
+        hp = dict(ckpt.get("hyper_parameters") or {})
+        for k in ("_instantiator", "_class_path"):
+            hp.pop(k, None)
+        module = cls(**hp)
+        module.load_state_dict(ckpt["state_dict"])
+        shape = ckpt.get("data_shape")
+        if shape is not None and module.data_shape is None:
+            module.data_shape = tuple(int(s) for s in shape)
+        return module
+
+    # ------------------------------------------------------------------ fields and sampling
+    def sampling_net(self, ema: bool = True) -> nn.Module:
+        """The EMA network (when ``ema`` and one is kept) or the raw one."""
+        return self.ema.module if (ema and self.ema is not None) else self.net
+
+    def field(self, ema: bool = True, network_dtype: Optional[torch.dtype] = None) -> Field:
+        """A :class:`lit_diffusion.fields.Field` over the EMA (default) or raw network, for samplers."""
+        return as_field(self.sampling_net(ema), self.sde, prediction_type=self.prediction_type, network_dtype=network_dtype)
+
+    @torch.no_grad()
+    def sample(
+        self,
+        n: int,
+        sampler: str = "euler",
+        steps: int = 100,
+        ema: bool = True,
+        generator: Optional[torch.Generator] = None,
+        shape: Optional[tuple[int, ...]] = None,
+        **options,
+    ) -> Tensor:
+        """Draw ``n`` samples with ``lit_diffusion.samplers.sample`` (Euler–Maruyama on
+        ``sde.reverse`` when that module is not available)."""
+        shape = tuple(shape) if shape is not None else self.data_shape
+        if shape is None:
+            raise RuntimeError("ScoreModule.sample: data_shape unknown; pass shape= or train on a batch first")
+        full = (int(n),) + tuple(shape)
+        field = self.field(ema=ema)
+        was_training = self.training
+        self.eval()
+        try:
+            try:
+                from .samplers import sample as _sample
+            except ImportError:
+                _sample = None
+            if _sample is not None:
+                out = _sample(field, self.sde, shape=full, sampler=sampler, steps=steps, generator=generator, **options)
+                x = out[0] if isinstance(out, (tuple, list)) else getattr(out, "samples", out)
+            else:
+                x = euler_maruyama(field, self.sde, full, steps, generator=generator, device=self.device)
+        finally:
+            self.train(was_training)
+        return x
+
+    # ------------------------------------------------------------------ training
+    @staticmethod
+    def _batch(batch) -> Tensor:
+        if isinstance(batch, (list, tuple)):
+            batch = batch[0]
+        if isinstance(batch, dict):
+            batch = batch.get("x", batch.get("images"))
+        if not isinstance(batch, Tensor):
+            raise TypeError(f"ScoreModule: a batch must be a tensor (or a tuple whose first item is); got {type(batch).__name__}")
+        return batch
+
+    def _loss_terms(self, x0: Tensor, generator=None) -> tuple[Tensor, Optional[Tensor]]:
+        runner = _PrecisionNet(self.net, self.prediction_type, x0.device.type)
+        with torch.autocast(x0.device.type, enabled=False):
+            per = self.loss.per_sample(runner, self.sde, x0.float(), generator=generator)
+        return per.float(), runner.last_t
+
+    def _should_log(self) -> bool:
+        trainer = self._trainer
+        if trainer is None:
+            return False
+        every = max(int(trainer.log_every_n_steps), 1)
+        return (self.global_step + 1) % every == 0 or trainer.fast_dev_run
+
+    def training_step(self, batch, batch_idx):
+        x0 = self._batch(batch)
+        if self.data_shape is None:
+            self.data_shape = tuple(x0.shape[1:])
+            self.hparams["data_shape"] = list(self.data_shape)
+        per, t = self._loss_terms(x0)
+        loss = per.mean()
+        if not torch.isfinite(loss):
+            if self.hparams.stop_on_nonfinite:
+                raise FloatingPointError(
+                    f"non-finite training loss {loss.item()} at global step {self.global_step} "
+                    f"(batch {batch_idx}); stopping. The last good checkpoint is kept."
+                )
+        log = self._should_log()
+        self.log("train/loss", loss, on_step=True, on_epoch=False, prog_bar=True, batch_size=x0.shape[0])
+        if log:
+            if t is not None and t.shape[0] == per.shape[0]:
+                self._log_buckets(per.detach(), t.reshape(-1).to(per.device), "train")
+            sched = self.lr_schedulers()
+            if sched is not None:
+                self.log("train/lr", float(sched.get_last_lr()[0]), on_step=True, on_epoch=False)
+        return loss
+
+    def _log_buckets(self, per: Tensor, t: Tensor, stage: str) -> None:
+        n = int(self.hparams.time_buckets)
+        T = float(self.sde.T)
+        idx = torch.clamp((t.float() / T * n).long(), 0, n - 1)
+        sums = torch.zeros(n, device=per.device).index_add_(0, idx, per.float())
+        counts = torch.bincount(idx, minlength=n)
+        for i in range(n):
+            if int(counts[i]) > 0:
+                self.log(
+                    f"{stage}/loss_t{i * T / n:.2f}-{(i + 1) * T / n:.2f}",
+                    sums[i] / counts[i],
+                    on_step=stage == "train",
+                    on_epoch=stage != "train",
+                    batch_size=int(counts[i]),
+                )
+
+    def validation_step(self, batch, batch_idx):
+        x0 = self._batch(batch)
+        g = torch.Generator(device=x0.device).manual_seed(1000 + batch_idx)
+        with torch.no_grad() if self.loss.__class__.__name__ not in ("SSM", "ISM") else torch.enable_grad():
+            per, t = self._loss_terms(x0, generator=g)
+        self.log("val/loss", per.mean(), on_step=False, on_epoch=True, prog_bar=True, batch_size=x0.shape[0])
+        if t is not None and t.shape[0] == per.shape[0]:
+            self._log_buckets(per.detach(), t.reshape(-1).to(per.device), "val")
+        return per.mean()
+
+    def on_before_optimizer_step(self, optimizer) -> None:
+        if self._should_log():
+            grads = [p.grad for p in self.net.parameters() if p.grad is not None]
+            if grads:
+                norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g.float()) for g in grads]))
+                self.log("train/grad_norm", norm, on_step=True, on_epoch=False)
+
+    def on_train_batch_start(self, batch, batch_idx) -> None:
+        if self._tput_t0 is None:
+            self._tput_t0 = time.perf_counter()
+            self._tput_samples = 0
+
+    def on_train_batch_end(self, outputs, batch, batch_idx) -> None:
+        # EMA after each optimizer step (not after accumulation-only batches)
+        if self.ema is not None and self.global_step != self._ema_last_step:
+            self._ema_last_step = self.global_step
+            if self.global_step % self.ema.every_n_steps == 0:
+                self.ema.update(self.net)
+        # throughput (all processes): samples per second since the last log
+        self._tput_samples += int(self._batch(batch).shape[0])
+        if self._should_log() and self._tput_t0 is not None:
+            dt = time.perf_counter() - self._tput_t0
+            if dt > 0:
+                world = self.trainer.world_size if self._trainer is not None else 1
+                self.log("train/samples_per_sec", self._tput_samples * world / dt, on_step=True, on_epoch=False)
+            self._tput_t0 = time.perf_counter()
+            self._tput_samples = 0
+
+    def update_ema(self) -> None:
+        """One EMA update (for custom loops, e.g. Accelerate)."""
+        if self.ema is not None:
+            self.ema.update(self.net)
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["data_shape"] = None if self.data_shape is None else [int(s) for s in self.data_shape]
+        checkpoint["prediction_type"] = self.prediction_type
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        shape = checkpoint.get("data_shape")
+        if shape is not None:
+            self.data_shape = tuple(int(s) for s in shape)
+
+    # ------------------------------------------------------------------ optimisation
+    def lr_factor(self, step: int, total: Optional[int]) -> float:
+        """Multiplier of ``lr`` at optimizer step ``step`` (warm-up, then the schedule)."""
+        hp = self.hparams
+        w = int(hp.warmup_steps)
+        if w > 0 and step < w:
+            return (step + 1) / w
+        if hp.lr_schedule == "constant" or not total or total <= w:
+            return 1.0
+        frac = min(max((step - w) / max(total - w, 1), 0.0), 1.0)
+        lo = float(hp.min_lr_ratio)
+        if hp.lr_schedule == "linear":
+            return lo + (1 - lo) * (1 - frac)
+        return lo + (1 - lo) * 0.5 * (1 + math.cos(math.pi * frac))
+
+    def configure_optimizers(self):
+        hp = self.hparams
+        params = [p for p in self.net.parameters() if p.requires_grad]
+        if hp.optimizer == "sgd":
+            opt = torch.optim.SGD(params, lr=hp.lr, momentum=hp.betas[0], weight_decay=hp.weight_decay)
+        elif hp.optimizer == "adam":
+            opt = torch.optim.Adam(params, lr=hp.lr, betas=tuple(hp.betas), weight_decay=hp.weight_decay)
+        else:
+            opt = torch.optim.AdamW(params, lr=hp.lr, betas=tuple(hp.betas), weight_decay=hp.weight_decay)
+        total = None
+        if self._trainer is not None:
+            est = self.trainer.estimated_stepping_batches
+            total = int(est) if est is not None and math.isfinite(est) else None
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: self.lr_factor(step, total))
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step", "frequency": 1}}
+
+
+# --------------------------------------------------------------------------------------------
+# fallback sampler
+# --------------------------------------------------------------------------------------------
+@torch.no_grad()
+def euler_maruyama(field: Field, sde: LinearSDE, shape, steps: int = 100, generator=None, device=None) -> Tensor:
+    """Plain Euler–Maruyama on the reverse SDE (§1) from ``T`` down to ``t_min`` (uniform grid)."""
+    from .utils import randn
+
+    x = sde.prior_sampling(shape, generator=generator).to(device or "cpu")
+    rev = sde.reverse(lambda y, s: field(y, s, "score"))
+    ts = torch.linspace(sde.T, sde.t_min, int(steps) + 1, dtype=torch.float64)
+    for i in range(int(steps)):
+        t, s = float(ts[i]), float(ts[i + 1])
+        h = t - s
+        tt = torch.full((shape[0],), t, device=x.device)
+        drift, g = rev.sde(x, tt)
+        z = randn(x.shape, generator=generator).to(x.device)
+        x = x - drift * h + g.reshape(-1, *([1] * (x.ndim - 1))) * math.sqrt(h) * z
+    return x.float()

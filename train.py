@@ -1,0 +1,17 @@
+#!/usr/bin/env python
+"""Train a score-based diffusion model (LightningCLI).
+
+    python train.py                                     # swiss roll, small MLP, a few minutes on CPU
+    python train.py --config configs/mnist.yaml --model.sde VP --model.sde.beta_max 20 --trainer.devices 4
+    python train.py --ckpt_path last                    # resume where the last checkpoint left off
+    python train.py --help                              # every option
+
+See docs/training.md.
+"""
+
+import sys
+
+from lit_diffusion.cli import main
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
