@@ -186,7 +186,8 @@ class DiscreteVP(LinearSDE):
         return 1.0
 
     def hparams(self) -> dict:
-        return dict(alphas_cumprod=self.alphas_cumprod.tolist(), t_min=self.t_min)
+        # a tuple, so that hparams() stays hashable (integrators cache tables by hyper-parameters)
+        return dict(alphas_cumprod=tuple(self.alphas_cumprod.tolist()), t_min=self.t_min)
 
     def __repr__(self) -> str:
         return f"DiscreteVP(N={self.num_train_timesteps}, T={self.T:g}, t_min={self.t_min:g})"
