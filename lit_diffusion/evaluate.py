@@ -116,7 +116,8 @@ def evaluate(
 
     Args:
         samples: array/tensor or a file path.
-        reference: array/tensor, a file path, a target preset name or ``'mnist'``/``'mnist-test'``.
+        reference: array/tensor, a file path, a target preset name, a
+            :class:`~lit_diffusion.targets.GaussianMixture`, or ``'mnist'``/``'mnist-test'``.
         kind: ``'auto'`` (ndim >= 3, or 784 columns against an MNIST reference -> image), ``'lowdim'``,
             ``'image'``.
         n_reference: exact samples drawn from a target reference (default: as many as ``samples``).
@@ -137,7 +138,11 @@ def evaluate(
     # ---- what is the reference? (validated before any work)
     target = None
     ref_label: str
-    if isinstance(reference, str) and reference in _target_names():
+    from .targets import GaussianMixture
+
+    if isinstance(reference, GaussianMixture):
+        target, ref_label = reference, f"target:GaussianMixture(K={reference.num_components}, d={reference.dim})"
+    elif isinstance(reference, str) and reference in _target_names():
         from .targets import get_target
 
         target, ref_label = get_target(reference), f"target:{reference}"
