@@ -84,6 +84,25 @@ def make_logger(kind: str, log_dir: str, run_name: str):
     )
 
 
+def _choices_hint(message: str) -> str:
+    """Valid class names for the pluggable parts mentioned in a parse error."""
+    from . import data as _data
+    from .losses import LOSSES
+    from .sdes import SDE_CLASSES
+
+    hints = []
+    if "model.sde" in message:
+        hints.append(f"valid model.sde choices: {sorted(SDE_CLASSES)} (lit_diffusion.sdes)")
+    if "model.loss" in message:
+        hints.append(f"valid model.loss choices: {sorted(c.__name__ for c in LOSSES.values())} (lit_diffusion.losses)")
+    if "model.net" in message:
+        hints.append("valid model.net choices: ['TimeMLP', 'UNet'] (lit_diffusion.networks) or any nn.Module net(x, t)")
+    if '"data"' in message or "data." in message or "'data'" in message:
+        names = [n for n in _data.__all__ if n.endswith("DataModule") and n not in ("BaseDataModule", "TensorDataModule")]
+        hints.append(f"valid data choices: {names} (lit_diffusion.data)")
+    return ("\n" + "\n".join(hints)) if hints else ""
+
+
 class DiffusionCLI(LightningCLI):
     """LightningCLI with checkpointing, logging and picture defaults for diffusion training."""
 
@@ -123,7 +142,7 @@ class DiffusionCLI(LightningCLI):
                 "model.warmup_steps": 100,
                 "model.ema_decay": 0.995,
                 "data": lazy_instance(SwissRollDataModule, n_samples=20000, batch_size=256),
-                "trainer.max_steps": 3000,
+                "trainer.max_steps": 2000,
                 "trainer.log_every_n_steps": 50,
                 "trainer.val_check_interval": 500,
                 "trainer.check_val_every_n_epoch": None,
@@ -135,6 +154,23 @@ class DiffusionCLI(LightningCLI):
                 "samples.steps": 200,
             }
         )
+
+    # -- parse errors name the valid choices ------------------------------------------------------
+    def parse_arguments(self, parser: LightningArgumentParser, args) -> None:
+        from jsonargparse import ArgumentError
+
+        exit_on_error = getattr(parser, "exit_on_error", True)
+        parser.exit_on_error = False
+        try:
+            super().parse_arguments(parser, args)
+        except ArgumentError as e:
+            msg = str(e) + _choices_hint(str(e))
+            if exit_on_error:
+                parser.exit_on_error = True
+                parser.error(msg)
+            raise ArgumentError(None, msg) from None
+        finally:
+            parser.exit_on_error = exit_on_error
 
     # -- trainer with our callbacks and logger ----------------------------------------------------
     def _instantiate_trainer(self, config: dict[str, Any], callbacks: list) -> pl.Trainer:
