@@ -1,0 +1,442 @@
+"""Data-parallel training with Hugging Face Accelerate: the alternative launcher to ``train.py``.
+
+::
+
+    # one process (CPU or one GPU)
+    python -m lit_diffusion.accelerate_train --config configs/swissroll.yaml
+    # 4 GPUs on one node, bf16 autocast
+    accelerate launch --multi_gpu --num_processes 4 lit_diffusion/accelerate_train.py \\
+        --config configs/mnist.yaml --mixed_precision bf16
+    # resume where the last checkpoint left off
+    accelerate launch ... lit_diffusion/accelerate_train.py --config configs/mnist.yaml --ckpt_path last
+
+It trains the **same objects** as ``train.py``: the :class:`~lit_diffusion.module.ScoreModule` built from
+the ``model:`` section of the same YAML configs (its ``net``, ``sde`` and ``loss``, the optimizer and
+the learning-rate schedule of :meth:`ScoreModule.lr_factor`, its EMA), the data module of the
+``data:`` section, and ``trainer.max_steps`` / ``trainer.gradient_clip_val`` /
+``trainer.accumulate_grad_batches`` / ``trainer.log_every_n_steps`` of the ``trainer:`` section (other
+``trainer`` keys are Lightning-only and ignored, with a warning).  The loss is evaluated exactly as in
+``ScoreModule.training_step``: the network runs under the Accelerator's autocast (``bf16``/``fp16``),
+the SDE arithmetic and the loss in float32.
+
+Data parallelism: ``accelerator.prepare`` wraps the network in DDP (gradients all-reduced, replicas
+identical) and shards the training loader across processes (each process sees different batches of
+``data.batch_size`` samples, reshuffled every epoch from a seed shared by all processes).  The
+diffusion noise and times are drawn from a per-process seed (``seed + rank``), so the processes do not
+repeat each other's noise.
+
+Checkpoints (main process, atomically: temporary file + fsync + ``os.replace``) go to
+``<ckpt_dir>/<run_name>/``: ``last.ckpt`` and the newest ``step=N.ckpt`` every ``ckpt_every_n_steps``
+optimizer steps and at the end. They are Lightning-style dictionaries of plain types and tensors
+(``state_dict`` with the EMA, ``hyper_parameters``, ``global_step``, ``optimizer_states``,
+``lr_schedulers``), so ``torch.load(weights_only=True)`` and
+:meth:`ScoreModule.load_checkpoint <lit_diffusion.module.ScoreModule.load_checkpoint>` read them (and
+refuse a crafted pickle); the final weights are also written as ``model.safetensors``.
+
+A NaN or inf loss stops every process with :class:`FloatingPointError` (the decision is taken on the
+all-reduced gradient norm, so no process is left waiting) and the last good checkpoint is kept.
+
+Python API: :func:`train` (returns a :class:`TrainResult`), :func:`build_parser`, :func:`main`.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+import time
+import warnings
+from dataclasses import dataclass, field
+from typing import Any, Callable, Literal, Optional
+
+import torch
+from torch import Tensor, nn
+
+__all__ = ["build_parser", "train", "main", "TrainResult", "MIXED_PRECISION", "LOGGERS", "save_checkpoint_atomic"]
+
+MIXED_PRECISION = ("no", "bf16", "fp16")
+LOGGERS = ("none", "csv", "tensorboard", "wandb")
+# trainer keys this loop understands (the rest of a Lightning ``trainer:`` section is ignored)
+_TRAINER_KEYS = ("max_steps", "gradient_clip_val", "accumulate_grad_batches", "log_every_n_steps", "precision")
+_PRECISION_MAP = {
+    None: None, "32": "no", "32-true": "no", 32: "no", "bf16": "bf16", "bf16-mixed": "bf16",
+    "16": "fp16", "16-mixed": "fp16", 16: "fp16",
+}
+
+
+# --------------------------------------------------------------------------------------------
+# command line (same YAML configs as train.py)
+# --------------------------------------------------------------------------------------------
+def build_parser(exit_on_error: bool = True):
+    """A jsonargparse parser reading the ``train.py`` configs (``model``, ``data``, ``trainer``...)."""
+    from jsonargparse import ArgumentParser, ActionConfigFile, lazy_instance
+
+    from lit_diffusion.data import BaseDataModule, SwissRollDataModule
+    from lit_diffusion.losses import DSM
+    from lit_diffusion.module import ScoreModule
+    from lit_diffusion.networks import TimeMLP
+    from lit_diffusion.sdes import VP
+
+    p = ArgumentParser(
+        prog="accelerate_train.py",
+        description="Data-parallel training of a ScoreModule with Hugging Face Accelerate.",
+        exit_on_error=exit_on_error,
+    )
+    p.add_argument("--config", action=ActionConfigFile, help="a YAML config (the train.py configs work)")
+    p.add_class_arguments(ScoreModule, "model")
+    p.add_subclass_arguments(BaseDataModule, "data")
+    p.add_argument("--trainer", type=dict, default={}, help="trainer options; used: " + ", ".join(_TRAINER_KEYS))
+    p.add_argument("--samples", type=Optional[dict], default=None, help="(train.py pictures; ignored here)")
+    p.add_argument("--mixed_precision", type=Optional[Literal["no", "bf16", "fp16"]], default=None,
+                   help="autocast precision (default: trainer.precision, else 'no', else the accelerate config)")
+    p.add_argument("--cpu", type=bool, default=False, help="force the CPU (Accelerator(cpu=True)); gloo between processes")
+    p.add_argument("--seed", type=int, default=0, help="seed of the network initialisation and the data order")
+    p.add_argument("--run_name", type=str, default="swissroll")
+    p.add_argument("--ckpt_dir", type=str, default="checkpoints")
+    p.add_argument("--ckpt_every_n_steps", type=int, default=500)
+    p.add_argument("--ckpt_path", type=Optional[str], default=None, help="'last' or a checkpoint file to resume from")
+    p.add_argument("--logger", type=Literal["none", "csv", "tensorboard", "wandb"], default="none")
+    p.add_argument("--log_dir", type=str, default="logs")
+    p.add_argument("--progress_bar", type=Optional[str], default=None, help="(train.py option; ignored here)")
+    p.set_defaults(
+        {
+            "model.net": lazy_instance(TimeMLP, dim=2, hidden=128, n_blocks=3),
+            "model.sde": lazy_instance(VP),
+            "model.loss": lazy_instance(DSM),
+            "model.lr": 2e-3,
+            "model.warmup_steps": 100,
+            "model.ema_decay": 0.995,
+            "data": lazy_instance(SwissRollDataModule, n_samples=20000, batch_size=256),
+            "trainer": {"max_steps": 2000, "log_every_n_steps": 50, "gradient_clip_val": 1.0},
+        }
+    )
+    return p
+
+
+@dataclass
+class TrainResult:
+    """What :func:`train` returns."""
+
+    module: Any  # ScoreModule (unwrapped, with the trained weights and the EMA)
+    accelerator: Any
+    global_step: int
+    last_loss: float
+    samples_per_sec: float
+    checkpoint: Optional[str]
+    history: list = field(default_factory=list)  # (step, loss) at every log step
+
+
+def _trainer_options(trainer: dict) -> dict:
+    trainer = dict(trainer or {})
+    unknown = sorted(k for k in trainer if k not in _TRAINER_KEYS)
+    if unknown:
+        warnings.warn(f"accelerate_train: ignoring Lightning-only trainer options {unknown}; used: {list(_TRAINER_KEYS)}")
+    opts = {
+        "max_steps": int(trainer.get("max_steps") or 2000),
+        "gradient_clip_val": trainer.get("gradient_clip_val"),
+        "accumulate_grad_batches": int(trainer.get("accumulate_grad_batches") or 1),
+        "log_every_n_steps": int(trainer.get("log_every_n_steps") or 50),
+        "precision": trainer.get("precision"),
+    }
+    if opts["max_steps"] < 1:
+        raise ValueError(f"trainer.max_steps={opts['max_steps']!r} is invalid; it must be >= 1")
+    if opts["accumulate_grad_batches"] < 1:
+        raise ValueError(f"trainer.accumulate_grad_batches={opts['accumulate_grad_batches']!r} is invalid; it must be >= 1")
+    if opts["precision"] not in _PRECISION_MAP:
+        raise ValueError(f"trainer.precision={opts['precision']!r} is not supported here; valid choices: "
+                         f"{[k for k in _PRECISION_MAP if k is not None]}")
+    return opts
+
+
+# --------------------------------------------------------------------------------------------
+# checkpoints
+# --------------------------------------------------------------------------------------------
+def save_checkpoint_atomic(obj: Any, path: str) -> str:
+    """``torch.save(obj, path)`` through a temporary file in the same folder, fsync'ed and moved into
+    place with ``os.replace`` (a reader never sees a half-written ``path``)."""
+    from lit_diffusion.checkpoint_io import atomic_torch_save
+
+    return atomic_torch_save(obj, path)
+
+
+def _load_resume(path: str) -> dict:
+    ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    for key in ("state_dict", "global_step"):
+        if key not in ckpt:
+            raise ValueError(f"--ckpt_path {path!r}: not a training checkpoint (no {key!r})")
+    return ckpt
+
+
+class _Runner:
+    """``net(x, t)`` as the loss sees it: the (DDP-wrapped, autocast) network, output in float32."""
+
+    def __init__(self, net: nn.Module, prediction_type: str):
+        self.net = net
+        self.prediction_type = prediction_type
+
+    def __call__(self, x: Tensor, t: Tensor) -> Tensor:
+        return self.net(x, t).float()
+
+
+# --------------------------------------------------------------------------------------------
+# the loop
+# --------------------------------------------------------------------------------------------
+def train(
+    cfg,
+    on_step: Optional[Callable[[int, Tensor, Tensor, Any], None]] = None,
+    accelerator=None,
+) -> TrainResult:
+    """Train from a parsed config (a namespace of :func:`build_parser`).
+
+    ``on_step(step, batch, loss, accelerator)`` is called on every process after every optimizer step
+    (tests use it to record the shard each process saw).
+    """
+    from accelerate import Accelerator
+    from accelerate.utils import DataLoaderConfiguration, set_seed
+
+    from lit_diffusion.module import ScoreModule
+
+    opts = _trainer_options(cfg.trainer)
+    mp = cfg.mixed_precision if cfg.mixed_precision is not None else _PRECISION_MAP[opts["precision"]]
+    if mp is not None and mp not in MIXED_PRECISION:
+        raise ValueError(f"mixed_precision={mp!r} is invalid; valid choices: {list(MIXED_PRECISION)}")
+    if cfg.logger not in LOGGERS:
+        raise ValueError(f"logger={cfg.logger!r} is invalid; valid choices: {list(LOGGERS)}")
+    if int(cfg.ckpt_every_n_steps) < 1:
+        raise ValueError(f"ckpt_every_n_steps={cfg.ckpt_every_n_steps!r} is invalid; it must be >= 1")
+    ckpt_dir = os.path.join(cfg.ckpt_dir, cfg.run_name)
+    resume = cfg.ckpt_path
+    if resume == "last":
+        resume = os.path.join(ckpt_dir, "last.ckpt")
+        if not os.path.isfile(resume):
+            warnings.warn(f"--ckpt_path last: no {resume!r} yet; starting from scratch")
+            resume = None
+    elif resume is not None and not os.path.isfile(resume):
+        raise FileNotFoundError(f"--ckpt_path {resume!r}: no such checkpoint file (or use 'last')")
+
+    if accelerator is None:
+        log_with = {"none": None, "csv": None}.get(cfg.logger, cfg.logger)
+        accelerator = Accelerator(
+            mixed_precision=mp,
+            cpu=bool(cfg.cpu),
+            gradient_accumulation_steps=opts["accumulate_grad_batches"],
+            dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
+            log_with=log_with,
+            project_dir=cfg.log_dir,
+        )
+    rank, world = accelerator.process_index, accelerator.num_processes
+
+    # the same module on every process (same seed), then per-process randomness for t and noise
+    set_seed(int(cfg.seed))
+    model_kwargs = _instantiate(cfg.model)
+    module: ScoreModule = ScoreModule(**model_kwargs)
+    datamodule = _instantiate_data(cfg.data)
+    datamodule.setup("fit")
+    loader = datamodule.train_dataloader()
+    if module.data_shape is None:
+        module.data_shape = tuple(datamodule.data_shape)
+        module.hparams["data_shape"] = list(module.data_shape)
+
+    opt_cfg = module.configure_optimizers()
+    optimizer = opt_cfg["optimizer"] if isinstance(opt_cfg, dict) else opt_cfg
+    max_steps = opts["max_steps"]
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: module.lr_factor(s, max_steps))
+
+    step = 0
+    if resume is not None:
+        ckpt = _load_resume(resume)
+        module.load_state_dict(ckpt["state_dict"])
+        if ckpt.get("optimizer_states"):
+            optimizer.load_state_dict(ckpt["optimizer_states"][0])
+        if ckpt.get("lr_schedulers"):
+            scheduler.load_state_dict(ckpt["lr_schedulers"][0])
+        step = int(ckpt["global_step"])
+        accelerator.print(f"resumed from {resume} at global step {step}")
+
+    module.to(accelerator.device)
+    net, optimizer, loader = accelerator.prepare(module.net, optimizer, loader)
+    runner = _Runner(net, module.prediction_type)
+    ema = module.ema
+    clip = opts["gradient_clip_val"]
+    clip = float(clip) if clip not in (None, 0, 0.0) else None
+    log_every = max(opts["log_every_n_steps"], 1)
+
+    if cfg.logger in ("tensorboard", "wandb"):
+        accelerator.init_trackers(cfg.run_name, config={"run_name": cfg.run_name})
+    csv_file = None
+    if cfg.logger == "csv" and accelerator.is_main_process:
+        os.makedirs(os.path.join(cfg.log_dir, cfg.run_name), exist_ok=True)
+        csv_file = open(os.path.join(cfg.log_dir, cfg.run_name, "metrics.csv"), "a")
+
+    torch.manual_seed(int(cfg.seed) + 1 + rank + 7919 * step)  # t and noise: per process, per resume point
+    n_batches = len(loader)
+    if n_batches < 1:
+        raise ValueError("the training loader is empty (data smaller than one batch?)")
+    micro = step * opts["accumulate_grad_batches"]
+    epoch, skip = divmod(micro, n_batches)
+
+    history: list = []
+    last_loss = float("nan")
+    last_ckpt: Optional[str] = None
+    t0, seen = time.perf_counter(), 0
+    tput = 0.0
+    net.train()
+
+    def save(tag_step: int) -> Optional[str]:
+        nonlocal last_ckpt
+        accelerator.wait_for_everyone()
+        if accelerator.is_main_process:
+            last_ckpt = _save(accelerator, module, optimizer, scheduler, tag_step, ckpt_dir)
+        accelerator.wait_for_everyone()
+        return last_ckpt
+
+    done = step >= max_steps
+    while not done:
+        if hasattr(loader, "set_epoch"):
+            loader.set_epoch(epoch)
+        it = accelerator.skip_first_batches(loader, skip) if skip else loader
+        skip = 0
+        for batch in it:
+            x0 = module._batch(batch)
+            with accelerator.accumulate(net):
+                with torch.autocast(x0.device.type, enabled=False):
+                    per = module.loss.per_sample(runner, module.sde, x0.float())
+                loss = per.float().mean()
+                accelerator.backward(loss)
+                if accelerator.sync_gradients:
+                    # all-reduced gradients: the same norm on every process, so all stop together
+                    norm = accelerator.clip_grad_norm_(net.parameters(), clip if clip is not None else float("inf"))
+                    if not (math.isfinite(float(norm)) and math.isfinite(float(loss.detach()))):
+                        if module.hparams.stop_on_nonfinite:
+                            raise FloatingPointError(
+                                f"non-finite training loss {float(loss.detach())} / gradient norm {float(norm)} at global step "
+                                f"{step} on process {rank}; stopping. The last good checkpoint is kept "
+                                f"({last_ckpt or 'none written yet'})."
+                            )
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+            seen += x0.shape[0]
+            if not accelerator.sync_gradients:
+                continue
+            scheduler.step()
+            step += 1
+            if ema is not None and step % ema.every_n_steps == 0:
+                ema.update(accelerator.unwrap_model(net))
+            if on_step is not None:
+                on_step(step, x0, loss.detach(), accelerator)
+            if step % log_every == 0 or step == max_steps:
+                dt = time.perf_counter() - t0
+                tput = seen * world / dt if dt > 0 else 0.0
+                last_loss = float(accelerator.reduce(loss.detach(), "mean"))
+                history.append((step, last_loss))
+                metrics = {"train/loss": last_loss, "train/lr": scheduler.get_last_lr()[0],
+                           "train/grad_norm": float(norm), "train/samples_per_sec": tput}
+                if cfg.logger in ("tensorboard", "wandb"):
+                    accelerator.log(metrics, step=step)
+                if csv_file is not None:
+                    csv_file.write(json.dumps({"step": step, **metrics}) + "\n")
+                    csv_file.flush()
+                accelerator.print(f"step {step}/{max_steps}  loss {last_loss:.4f}  {tput:.0f} samples/s")
+                t0, seen = time.perf_counter(), 0
+            if step % int(cfg.ckpt_every_n_steps) == 0 and step < max_steps:
+                save(step)
+            if step >= max_steps:
+                done = True
+                break
+        epoch += 1
+
+    save(step)
+    if accelerator.is_main_process:
+        _export_safetensors(module, os.path.join(ckpt_dir, "model.safetensors"))
+    if csv_file is not None:
+        csv_file.close()
+    if cfg.logger in ("tensorboard", "wandb"):
+        accelerator.end_training()
+    return TrainResult(module, accelerator, step, last_loss, tput, last_ckpt, history)
+
+
+def _instantiate(ns) -> dict:
+    """``model`` namespace -> constructor kwargs (class_path dicts / lazy instances instantiated)."""
+    from jsonargparse import Namespace
+
+    out = {}
+    d = ns.as_dict() if isinstance(ns, Namespace) else dict(ns)
+    for k, v in d.items():
+        v = getattr(ns, k) if isinstance(ns, Namespace) else v
+        out[k] = _build(v)
+    return out
+
+
+def _build(v):
+    from jsonargparse import Namespace
+
+    if isinstance(v, Namespace) and "class_path" in v:
+        v = v.as_dict()
+    if isinstance(v, dict) and "class_path" in v:
+        import importlib
+
+        mod, _, name = str(v["class_path"]).rpartition(".")
+        cls = getattr(importlib.import_module(mod), name)
+        return cls(**{k: _build(a) for k, a in dict(v.get("init_args") or {}).items()})
+    return v
+
+
+def _instantiate_data(v):
+    obj = _build(v)
+    from lit_diffusion.data import BaseDataModule
+
+    if not isinstance(obj, BaseDataModule):
+        raise TypeError(f"data: expected a lit_diffusion.data.BaseDataModule; got {type(obj).__name__}")
+    return obj
+
+
+def _save(accelerator, module, optimizer, scheduler, step: int, ckpt_dir: str) -> str:
+    os.makedirs(ckpt_dir, exist_ok=True)
+    ckpt = {
+        "state_dict": {k: v.detach().cpu() for k, v in module.state_dict().items()},
+        "hyper_parameters": dict(module.hparams),
+        "global_step": int(step),
+        "epoch": 0,
+        "optimizer_states": [optimizer.state_dict()],
+        "lr_schedulers": [scheduler.state_dict()],
+        "data_shape": None if module.data_shape is None else [int(s) for s in module.data_shape],
+        "prediction_type": module.prediction_type,
+        "launcher": "accelerate",
+        "world_size": int(accelerator.num_processes),
+    }
+    path = os.path.join(ckpt_dir, f"step={step}.ckpt")
+    save_checkpoint_atomic(ckpt, path)
+    save_checkpoint_atomic(ckpt, os.path.join(ckpt_dir, "last.ckpt"))
+    for name in os.listdir(ckpt_dir):  # keep the newest step file only (as train.py does)
+        if name.startswith("step=") and name.endswith(".ckpt") and name != os.path.basename(path):
+            try:
+                os.remove(os.path.join(ckpt_dir, name))
+            except OSError:
+                pass
+    return path
+
+
+def _export_safetensors(module, path: str) -> str:
+    from safetensors.torch import save
+
+    from lit_diffusion.checkpoint_io import atomic_write_bytes
+
+    state = {k: v.detach().cpu().contiguous() for k, v in module.state_dict().items()}
+    meta = {"hyper_parameters": json.dumps(dict(module.hparams)), "prediction_type": module.prediction_type}
+    atomic_write_bytes(save(state, metadata=meta), path)
+    return path
+
+
+def main(args=None) -> TrainResult:
+    """Parse ``args`` (``sys.argv[1:]`` when None) and train."""
+    parser = build_parser()
+    cfg = parser.parse_args(args)
+    res = train(cfg)
+    if res.accelerator.is_main_process:
+        print(f"checkpoint: {res.checkpoint}", flush=True)
+    return res
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main(sys.argv[1:])
