@@ -56,22 +56,20 @@ def load_array(path: Union[str, os.PathLike], key: Optional[str] = None) -> np.n
     if not path.is_file():
         raise FileNotFoundError(f"sample file {str(path)!r} does not exist")
     suffix = path.suffix.lower()
+    if suffix not in (".npy", ".npz", ".safetensors"):
+        raise ValueError(f"{str(path)!r}: unsupported file type {suffix!r}; valid choices: .npz, .npy, .safetensors")
+    if suffix == ".npy" and key is not None:
+        raise ValueError(f"key={key!r} given but {str(path)!r} is a .npy file holding a single array")
     try:
         if suffix == ".npy":
-            if key is not None:
-                raise ValueError(f"key={key!r} given but {str(path)!r} is a .npy file holding a single array")
             return np.load(path, allow_pickle=False)
         if suffix == ".npz":
             with np.load(path, allow_pickle=False) as z:
                 arrays = {k: z[k] for k in z.files}
-        elif suffix == ".safetensors":
+        else:
             from safetensors.numpy import load_file
 
             arrays = load_file(str(path))
-        else:
-            raise ValueError(f"{str(path)!r}: unsupported file type {suffix!r}; valid choices: .npz, .npy, .safetensors")
-    except (ValueError, FileNotFoundError):
-        raise
     except Exception as e:  # corrupt file, pickled object array, ...
         raise ValueError(f"could not read {str(path)!r}: {type(e).__name__}: {e}") from e
     if key is not None:
