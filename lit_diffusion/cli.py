@@ -202,6 +202,17 @@ class DiffusionCLI(LightningCLI):
             config["logger"] = make_logger(c["logger"], c["log_dir"], c["run_name"])
         if not config.get("default_root_dir"):
             config["default_root_dir"] = ckpt_dir
+        # crash-safe checkpoint files (temp file + fsync + os.replace in the checkpoint folder),
+        # unless the config names its own CheckpointIO (see lit_diffusion/checkpoint_io.py)
+        from lightning.fabric.plugins import CheckpointIO
+
+        from .checkpoint_io import AtomicCheckpointIO
+
+        plugins = config.get("plugins")
+        plugins = list(plugins) if isinstance(plugins, (list, tuple)) else ([plugins] if plugins else [])
+        if not any(isinstance(p, CheckpointIO) for p in plugins):
+            plugins.append(AtomicCheckpointIO())
+        config["plugins"] = plugins
         return super()._instantiate_trainer(config, list(callbacks) + extra)
 
     # -- run ------------------------------------------------------------------------------------------
