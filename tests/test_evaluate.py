@@ -84,7 +84,7 @@ def test_lowdim_file_reference_keys_and_formats(tmp_path):
 def test_images_end_to_end(tmp_path):
     Xtr, _, _, _ = mnist_split()
     real = np.round(Xtr[:300] * 255).astype(np.uint8)  # uint8 [0, 255], (N, 28, 28)
-    noisy = np.random.default_rng(0).random((300, 1, 28, 28)).astype(np.float32) * 2 - 1  # [-1, 1]
+    noisy = np.random.default_rng(0).random((300, 28, 28)).astype(np.float32) * 2 - 1  # [-1, 1]
     np.savez(tmp_path / "real.npz", samples=real.reshape(300, 28, 28))
     np.savez(tmp_path / "noise.npz", samples=noisy)
     out = tmp_path / "fid.json"
@@ -92,7 +92,7 @@ def test_images_end_to_end(tmp_path):
     res = json.loads(out.read_text())
     assert res["kind"] == "image" and res["n_samples"] == 300 and res["n_reference"] == 1000
     assert res["fid"]["metric"] == "FID-MNIST" and res["fid"]["feature_dim"] == 64
-    noise = evaluate(tmp_path / "noise.npz", "mnist-test")
+    noise = evaluate(tmp_path / "noise.npz", tmp_path / "real.npz")
     assert noise["fid"]["n_samples"] == 300
     assert res["fid"]["value"] < 0.05 * noise["fid"]["value"]
 
