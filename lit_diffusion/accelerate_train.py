@@ -23,7 +23,8 @@ Data parallelism: ``accelerator.prepare`` wraps the network in DDP (gradients al
 identical) and shards the training loader across processes (each process sees different batches of
 ``data.batch_size`` samples, reshuffled every epoch from a seed shared by all processes).  The
 diffusion noise and times are drawn from a per-process seed (``seed + rank``), so the processes do not
-repeat each other's noise.
+repeat each other's noise; they are drawn from generators seeded by (seed, rank, batch index), so a
+resumed run continues exactly as the uninterrupted run would have (same data order, same noise).
 
 Checkpoints (main process, atomically: temporary file + fsync + ``os.replace``) go to
 ``<ckpt_dir>/<run_name>/``: ``last.ckpt`` and the newest ``step=N.ckpt`` every ``ckpt_every_n_steps``
@@ -269,7 +270,15 @@ def train(
         os.makedirs(os.path.join(cfg.log_dir, cfg.run_name), exist_ok=True)
         csv_file = open(os.path.join(cfg.log_dir, cfg.run_name, "metrics.csv"), "a")
 
-    torch.manual_seed(int(cfg.seed) + 1 + rank + 7919 * step)  # t and noise: per process, per resume point
+    device = accelerator.device
+
+    def noise_generator(micro_batch: int) -> torch.Generator:
+        # t and noise of micro-batch ``micro_batch`` on this process: a function of (seed, rank, index) only,
+        # so a resumed run draws exactly what the uninterrupted run would have drawn
+        g = torch.Generator(device=device)
+        g.manual_seed(((int(cfg.seed) * 1_000_003 + rank) * 1_000_000_007 + micro_batch) % (2**63 - 1))
+        return g
+
     n_batches = len(loader)
     if n_batches < 1:
         raise ValueError("the training loader is empty (data smaller than one batch?)")
@@ -301,7 +310,7 @@ def train(
             x0 = module._batch(batch)
             with accelerator.accumulate(net):
                 with torch.autocast(x0.device.type, enabled=False):
-                    per = module.loss.per_sample(runner, module.sde, x0.float())
+                    per = module.loss.per_sample(runner, module.sde, x0.float(), generator=noise_generator(micro))
                 loss = per.float().mean()
                 accelerator.backward(loss)
                 if accelerator.sync_gradients:
@@ -317,6 +326,7 @@ def train(
                 optimizer.step()
                 optimizer.zero_grad(set_to_none=True)
             seen += x0.shape[0]
+            micro += 1
             if not accelerator.sync_gradients:
                 continue
             scheduler.step()
