@@ -304,13 +304,12 @@ def posterior_cov_sqrt_apply(
 
     xf = x.to(dtype)
     with torch.enable_grad():
-        _, jvp_fn = torch.func.linearize(D, xf)
-        _, vjp_fn = torch.func.vjp(D, xf)
+        _, vjp_fn = torch.func.vjp(D, xf)  # one forward pass, reused for every J^T v
 
     def matvec(v):  # (W^2 Sigma_sym + V) v with Sigma_sym = scale (J + J^T)/2
         vv = v.reshape(x.shape)
         with torch.enable_grad():
-            Jv = jvp_fn(vv)
+            Jv = torch.func.jvp(D, (xf,), (vv,))[1]
             JTv = vjp_fn(vv)[0]
         Sv = 0.5 * (Jv + JTv).reshape(B, n) * scale[:, None]
         return W[:, None] ** 2 * Sv + V[:, None] * v
@@ -563,8 +562,23 @@ class MomentMatchingStepper(ExpEulerStepper):
         self.lanczos_iters = int(lanczos_iters)
 
     def cov_sqrt(self, field: Field, st: StepState):
+        """``z -> (W^2 Sigma + V I)^{1/2} z`` at the step's start; the forward passes made for
+        Jacobian(-vector) products are not counted as field evaluations (``field.nfe``) but in
+        ``field.jacobian_evals`` (a cost reported separately)."""
         _, W, V = self.integ.coefficients(st.s, st.t)
-        return posterior_cov_sqrt_apply(field, st.x_t, st.t, W, V, self.covariance, self.exact_dim, self.lanczos_iters)
+        n0 = field.nfe
+        apply = posterior_cov_sqrt_apply(field, st.x_t, st.t, W, V, self.covariance, self.exact_dim, self.lanczos_iters)
+
+        def counted(z):
+            m0 = field.nfe
+            out = apply(z)
+            field.jacobian_evals = getattr(field, "jacobian_evals", 0) + field.nfe - m0
+            field.nfe = m0
+            return out
+
+        field.jacobian_evals = getattr(field, "jacobian_evals", 0) + field.nfe - n0
+        field.nfe = n0
+        return counted
 
     def _advance(self, st, F, noise, cov_sqrt_apply=None, **extra):
         if cov_sqrt_apply is None:
