@@ -255,7 +255,7 @@ class SDEScheduler(SchedulerMixin, ConfigMixin):
             ts = (np.arange(0, n) * (N // n)).round()[::-1] + cfg.steps_offset
         else:
             ts = np.round(np.arange(N, 0, -N / n)) - 1
-        ts = torch.as_tensor(np.asarray(ts, dtype=np.float64)) * (self.sde.T / max(N - 1, 1))
+        ts = torch.as_tensor(np.asarray(ts, dtype=np.float64).copy()) * (self.sde.T / max(N - 1, 1))
         ts = ts.clamp(self.sde.t_min, self.sde.T)
         grid = torch.cat([ts, torch.tensor([self.sde.t_min], dtype=torch.float64)])
         keep = torch.cat([grid[:-1] > grid[1:], torch.tensor([True])])
