@@ -18,7 +18,7 @@ import math
 import torch
 
 from lit_diffusion.sdes import OU, VE, VP, ContractiveOU, ContractiveVP, SubVP
-from lit_diffusion.targets import GaussianMixture, get_target
+from lit_diffusion.targets import get_target
 
 F64 = torch.float64
 

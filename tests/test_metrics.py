@@ -317,3 +317,23 @@ def test_inception_chosen_only_when_weights_and_package_exist(monkeypatch, tmp_p
     st = M.inception_status()
     assert st["path"] == str(cached) and st["available"] == has_fidelity
     assert os.environ.get(M.INCEPTION_ENV) is None
+
+
+@pytest.mark.slow
+def test_training_script_writes_loadable_safetensors(tmp_path):
+    """scripts/train_feature_net.py end to end (2 epochs): safetensors with metadata, loadable, accurate."""
+    import importlib.util as iu
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "scripts" / "train_feature_net.py"
+    spec = iu.spec_from_file_location("train_feature_net", path)
+    mod = iu.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    out = tmp_path / "f.safetensors"
+    meta = mod.main(["--epochs", "2", "--out", str(out)])
+    net2 = load_feature_net(out)
+    assert net2.metadata["test_accuracy"] == meta["test_accuracy"] and float(meta["test_accuracy"]) > 0.85
+    _, _, Xte, yte = mnist_split()
+    with torch.no_grad():
+        acc = (net2.classify(torch.from_numpy(Xte)).argmax(-1).numpy() == yte).mean()
+    assert acc == pytest.approx(float(meta["test_accuracy"]), abs=1e-3)

@@ -361,3 +361,77 @@ def test_errors_name_the_bad_value():
         sched.step(x, sched.timesteps[0], x)  # out of order
     with pytest.raises(ValueError, match="outside the process' time range"):
         sched.add_noise(x, x, torch.tensor([1000.5, 3.0]))
+
+
+# --------------------------------------------------------------------------------------------
+# DiscreteVP: the DDPM table as a VP SDE in timestep units (ALGORITHMS.md §1)
+# --------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("beta_schedule", ["linear", "scaled_linear", "squaredcos_cap_v2", "sigmoid"])
+def test_discrete_vp_matches_the_ddpm_table(beta_schedule):
+    ddpm = DDPMScheduler(beta_schedule=beta_schedule)
+    sched = SDEScheduler(beta_schedule=beta_schedule, sampler="euler")
+    sde = sched.sde
+    assert torch.equal(sched.betas, ddpm.betas)
+    k = torch.arange(1000, dtype=torch.float64)
+    ac = ddpm.alphas_cumprod.double().clamp_min(2.0**-24)
+    assert torch.allclose(sde.alpha(k) ** 2, ac, rtol=1e-12, atol=0)
+    assert torch.allclose(sde.sigma2(k) + sde.alpha(k) ** 2, torch.ones_like(k), atol=1e-14)
+    # exact DDPM transitions between integer timesteps: alpha_k / alpha_{k-1} = sqrt(1 - beta_k)
+    r = (sde.alpha(k[1:]) / sde.alpha(k[:-1])) ** 2
+    assert torch.allclose(r[:-1], 1 - ddpm.betas[1:-1].double(), rtol=1e-6)
+    # a(t) and g^2 from the derivative: (sigma^2)' = 2 a sigma^2 + g^2, alpha' = a alpha (finite
+    # differences inside the segments, where log alpha is linear)
+    t = torch.tensor([0.3, 10.5, 499.25, 998.7], dtype=torch.float64)
+    h = 1e-6
+    ds2 = (sde.sigma2(t + h) - sde.sigma2(t - h)) / (2 * h)
+    a, _ = sde.drift_coefficients(t)
+    assert torch.allclose(ds2, 2 * a * sde.sigma2(t) + sde.g2(t), rtol=1e-5)
+    dla = (sde.log_alpha(t + h) - sde.log_alpha(t - h)) / (2 * h)
+    assert torch.allclose(dla, a, rtol=1e-5)
+    assert torch.allclose(sde.g2(t), -2 * a)
+    # at a knot the slope is the one of the segment below: g^2(k) = -log(1 - beta_k) ~ beta_k
+    kk = torch.tensor([1.0, 500.0, 999.0], dtype=torch.float64)
+    assert torch.allclose(sde.g2(kk), -torch.log1p(-ddpm.betas[[1, 500, 999]].double()), rtol=1e-5)
+    # t_from_snr inverts snr exactly, SNR strictly decreasing
+    tt = torch.linspace(1e-3, 999, 2001, dtype=torch.float64)
+    lam = sde.snr(tt)
+    assert bool((lam[1:] < lam[:-1]).all())
+    assert torch.allclose(sde.t_from_snr(lam), tt, atol=1e-7)
+    assert sde.prior_var == 1.0 and sched.init_noise_sigma == 1.0
+
+
+def test_discrete_vp_errors_and_tables_on_any_dtype():
+    with pytest.raises(ValueError, match="non-increasing"):
+        DiscreteVP([0.9, 0.95, 0.5])
+    with pytest.raises(ValueError, match="at least 2"):
+        DiscreteVP([0.9])
+    with pytest.raises(ValueError, match=r"trained_betas=.*at least 2"):
+        SDEScheduler(trained_betas=[0.1])
+    with pytest.raises(ValueError, match="betas must lie in"):
+        SDEScheduler(trained_betas=[0.1, 1.5])
+    sde = DiscreteVP.from_betas(torch.linspace(1e-4, 0.02, 1000))
+    for dtype in (torch.float32, torch.float64):
+        t = torch.tensor([0.0, 0.5, 999.0], dtype=dtype)
+        assert sde.alpha(t).dtype == dtype and torch.isfinite(sde.log_snr(t)).all()
+    # zero terminal SNR (alphas_cumprod[-1] = 0) is floored, not NaN
+    sde0 = DiscreteVP(torch.linspace(0.999, 0.0, 100))
+    assert torch.isfinite(sde0.log_snr(torch.tensor([99.0]))).all()
+
+
+def test_per_sample_generators_make_samples_batch_size_invariant(tiny_unet):
+    pipe = DDPMPipeline(unet=tiny_unet, scheduler=SDEScheduler(sampler="ddram"))
+    pipe.set_progress_bar_config(disable=True)
+    gens = lambda seeds: [torch.Generator().manual_seed(s) for s in seeds]  # noqa: E731
+    two = pipe(batch_size=2, num_inference_steps=3, generator=gens([3, 4]), output_type="pt").images
+    one = pipe(batch_size=1, num_inference_steps=3, generator=gens([4]), output_type="pt").images
+    assert torch.allclose(two[1:], one, atol=1e-5)
+
+
+def test_half_precision_state_keeps_float32_arithmetic():
+    sched = SDEScheduler(sampler="ddram")
+    model = AnalyticEps(TARGET, sched.sde)
+    x_T = torch.randn(500, 2, generator=torch.Generator().manual_seed(0))
+    x16 = run_like_pipeline(sched, model, x_T.half(), 20, generator=torch.Generator().manual_seed(1))
+    x32 = run_like_pipeline(sched, model, x_T, 20, generator=torch.Generator().manual_seed(1))
+    assert x16.dtype == torch.float16 and torch.isfinite(x16).all()
+    assert (x16.float() - x32).abs().max() < 0.05

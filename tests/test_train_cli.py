@@ -1,0 +1,121 @@
+"""train.py's LightningCLI: embedded default run, resume from `last`, config files and overrides,
+errors that name the bad key / class / value and the valid choices, loggers (wandb offline)."""
+
+import glob
+import os
+
+import pytest
+import torch
+
+from lit_diffusion.cli import DiffusionCLI, main, make_logger, wandb_mode
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CONFIGS = os.path.join(REPO, "configs")
+
+
+def _tiny(tmp_path, *extra):
+    return [
+        "--ckpt_dir", str(tmp_path / "ck"), "--log_dir", str(tmp_path / "logs"), "--logger", "csv",
+        "--progress_bar", "none", "--model.net.init_args.hidden", "16", "--model.net.init_args.n_blocks", "1",
+        "--data.init_args.n_samples", "1000", "--data.init_args.batch_size", "64",
+        "--trainer.val_check_interval", "10", "--trainer.log_every_n_steps", "5", "--trainer.enable_model_summary", "false",
+        "--samples.every_n_steps", "0", "--samples.n_samples", "64", "--samples.steps", "5",
+        "--ckpt_every_n_steps", "10", *extra,
+    ]
+
+
+def test_default_run_then_resume_from_last(tmp_path, capsys):
+    cli = main(_tiny(tmp_path, "--trainer.max_steps", "12"))
+    out = capsys.readouterr().out
+    last = tmp_path / "ck" / "swissroll" / "last.ckpt"
+    assert f"checkpoint: {last}" in out
+    png = cli.report()["samples"]
+    assert png and os.path.isfile(png) and png.endswith(".png") and f"samples:    {png}" in out
+    ck = torch.load(last, weights_only=True)
+    assert ck["global_step"] == 12  # written at the final step, not only at the periodic one (10)
+    metrics = glob.glob(str(tmp_path / "logs" / "swissroll" / "version_*" / "metrics.csv"))
+    header = open(metrics[0]).readline()
+    for key in ("train/loss", "train/loss_t0.00-0.25", "train/lr", "train/grad_norm", "train/samples_per_sec", "val/loss"):
+        assert key in header, key
+
+    cli2 = main(_tiny(tmp_path, "--trainer.max_steps", "20", "--ckpt_path", "last"))
+    assert cli2.trainer.global_step == 20
+    assert int(cli2.model.ema.num_updates) == 20  # the EMA continued from the checkpoint's 12 updates
+    assert torch.load(last, weights_only=True)["global_step"] == 20
+
+
+@pytest.mark.parametrize("name", ["swissroll", "gmm", "digits", "mnist", "cifar10"])
+def test_configs_parse_with_overrides(name, tmp_path):
+    cli = DiffusionCLI(
+        args=[
+            "--config", os.path.join(CONFIGS, f"{name}.yaml"), "--model.sde", "VP", "--model.sde.beta_max", "15",
+            "--trainer.devices", "1", "--logger", "none", "--ckpt_dir", str(tmp_path),
+        ]
+    )
+    assert type(cli.model.sde).__name__ == "VP" and cli.model.sde.beta_max == 15.0
+    assert cli.config["run_name"] == name
+    assert cli.model.hparams["sde"]["init_args"]["beta_max"] == 15.0
+
+
+def test_override_switches_class_and_sets_its_arguments(tmp_path):
+    cli = DiffusionCLI(
+        args=["--model.sde", "VE", "--model.sde.sigma_max", "80", "--model.loss", "SSM", "--model.loss.projections", "2",
+              "--data", "MixtureDataModule", "--data.target", "bimodal_1d", "--model.net.init_args.dim", "1",
+              "--logger", "none", "--ckpt_dir", str(tmp_path)]
+    )
+    assert type(cli.model.sde).__name__ == "VE" and cli.model.sde.sigma_max == 80.0
+    assert type(cli.model.loss).__name__ == "SSM" and cli.model.loss.projections == 2
+    assert cli.datamodule.target_name == "bimodal_1d"
+
+
+def _error(capsys, args) -> str:
+    with pytest.raises(SystemExit) as e:
+        DiffusionCLI(args=args)
+    assert e.value.code != 0
+    return capsys.readouterr().err
+
+
+def test_config_errors_name_the_key_class_or_value_and_choices(tmp_path, capsys):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("model:\n  lrr: 0.1\n")
+    err = _error(capsys, ["--config", str(bad), "--logger", "none"])
+    assert "lrr" in err
+    err = _error(capsys, ["--model.sde", "VPX", "--logger", "none"])
+    assert "VPX" in err and "valid model.sde choices" in err and "ContractiveOU" in err
+    err = _error(capsys, ["--data", "Foo", "--logger", "none"])
+    assert "Foo" in err and "SwissRollDataModule" in err
+    err = _error(capsys, ["--model.optimizer", "adamx", "--logger", "none"])
+    assert "adamx" in err and "adamw" in err and "sgd" in err
+    err = _error(capsys, ["--logger", "neptune"])
+    assert "neptune" in err and "tensorboard" in err
+    # a value only the class itself can judge: the error names the argument and the valid range
+    with pytest.raises(ValueError, match=r"batch_size=-3 .*positive integer"):
+        DiffusionCLI(args=["--data.init_args.batch_size", "-3", "--logger", "none", "--ckpt_dir", str(tmp_path)])
+    with pytest.raises(ValueError, match=r"beta_max=0.0 is invalid"):
+        DiffusionCLI(args=["--model.sde.beta_max", "0", "--logger", "none", "--ckpt_dir", str(tmp_path)])
+
+
+def test_wandb_offline_without_account_writes_local_run(tmp_path, monkeypatch):
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))  # no ~/.netrc
+    assert wandb_mode() == "offline"
+    cli = main(_tiny(tmp_path, "--trainer.max_steps", "3", "--logger", "wandb", "--trainer.val_check_interval", "3"))
+    assert os.environ.get("WANDB_MODE") == "offline"
+    runs = glob.glob(str(tmp_path / "logs" / "wandb" / "offline-run-*"))
+    assert runs, os.listdir(tmp_path / "logs")
+    assert glob.glob(os.path.join(runs[0], "*.wandb"))  # the file `wandb sync` uploads later
+    import wandb
+
+    wandb.finish()
+    monkeypatch.setenv("WANDB_API_KEY", "x" * 40)
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    assert wandb_mode() == "online"
+
+
+@pytest.mark.parametrize("kind,pattern", [("csv", "metrics.csv"), ("tensorboard", "events.out.tfevents.*")])
+def test_csv_and_tensorboard_loggers_one_flag_away(kind, pattern, tmp_path):
+    main(_tiny(tmp_path, "--trainer.max_steps", "3", "--logger", kind))
+    assert glob.glob(str(tmp_path / "logs" / "swissroll" / "version_*" / pattern))
+    with pytest.raises(ValueError, match="valid choices"):
+        make_logger("neptune", str(tmp_path), "x")
