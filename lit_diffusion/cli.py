@@ -178,8 +178,7 @@ class DiffusionCLI(LightningCLI):
         ckpt_dir = os.path.join(c["ckpt_dir"], c["run_name"])
         self.checkpoint_dir = ckpt_dir
         config = dict(config)
-        extra = [
-            ModelCheckpoint(
+        self.checkpoint_callback = ModelCheckpoint(
                 dirpath=ckpt_dir,
                 filename="{step}",
                 every_n_train_steps=int(c["ckpt_every_n_steps"]),
@@ -187,7 +186,7 @@ class DiffusionCLI(LightningCLI):
                 save_top_k=1,
                 monitor=None,
             )
-        ]
+        extra = [self.checkpoint_callback]
         s = c["samples"]
         samples_cb = SamplePictures(**{**dict(s), "out_dir": s.get("out_dir") or os.path.join(ckpt_dir, "samples")})
         self.samples_callback = samples_cb
@@ -222,6 +221,11 @@ class DiffusionCLI(LightningCLI):
         if ckpt_path not in (None, "last") and not os.path.isfile(ckpt_path):
             raise FileNotFoundError(f"--ckpt_path {ckpt_path!r}: no such checkpoint file (or use 'last')")
         self.trainer.fit(self.model, datamodule=self.datamodule, ckpt_path=ckpt_path, weights_only=True)
+        # the periodic checkpoint may predate the last steps: write last.ckpt at the final step
+        # (Trainer.save_checkpoint writes to a temporary file and renames it: atomic)
+        cb = self.checkpoint_callback
+        if cb is not None and getattr(cb, "_last_global_step_saved", -1) != self.trainer.global_step:
+            self.trainer.save_checkpoint(os.path.join(self.checkpoint_dir, "last.ckpt"), weights_only=False)
         return self.trainer
 
     def report(self) -> dict:

@@ -426,12 +426,18 @@ class ScoreModule(pl.LightningModule):
             self._tput_t0 = time.perf_counter()
             self._tput_samples = 0
 
-    def on_train_batch_end(self, outputs, batch, batch_idx) -> None:
-        # EMA after each optimizer step (not after accumulation-only batches)
-        if self.ema is not None and self.global_step != self._ema_last_step:
-            self._ema_last_step = self.global_step
-            if self.global_step % self.ema.every_n_steps == 0:
+    def optimizer_step(self, *args, **kwargs) -> None:
+        super().optimizer_step(*args, **kwargs)
+        # EMA right after each optimizer step (so that a checkpoint written at the end of this batch
+        # already holds it; accumulation-only batches take no step and do not update)
+        if self.ema is not None:
+            n = int(self.ema.num_updates) + 1
+            if n % self.ema.every_n_steps == 0 or self.ema.every_n_steps == 1:
                 self.ema.update(self.net)
+            else:
+                self.ema.num_updates += 1
+
+    def on_train_batch_end(self, outputs, batch, batch_idx) -> None:
         # throughput (all processes): samples per second since the last log
         self._tput_samples += int(self._batch(batch).shape[0])
         if self._should_log() and self._tput_t0 is not None:
