@@ -26,7 +26,7 @@ measured overhead.
 from __future__ import annotations
 
 import math
-from typing import Any, List, Optional, Sequence, Tuple, Union
+from typing import List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -35,7 +35,7 @@ from torch import Tensor
 from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.schedulers.scheduling_utils import KarrasDiffusionSchedulers, SchedulerMixin, SchedulerOutput
 
-from .discrete_vp import BETA_SCHEDULES, DiscreteVP, make_betas
+from .discrete_vp import DiscreteVP, make_betas
 from .parametrizations import canonical_prediction, convert
 from .schedules import SCHEDULES, check_schedule, get_timesteps
 from .sdes import LinearSDE, compute_dtype, get_sde

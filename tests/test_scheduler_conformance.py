@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import inspect
 import json
-import logging as pylogging
-import os
 import tempfile
 
 import numpy as np
