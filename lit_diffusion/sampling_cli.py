@@ -1,0 +1,536 @@
+"""Implementation of ``sample.py``: any checkpoint -> samples on disk (issue 5 §1; ``docs/sampling.md``).
+
+::
+
+    python sample.py --checkpoint checkpoints/swissroll/last.ckpt --sampler ddram --steps 50 --out out/
+    python sample.py --checkpoint my_pipeline/ --sampler exponential_euler --ode --steps 25 --precision bf16
+    accelerate launch --num_processes 4 sample.py --checkpoint ... --n 10000     # several processes / GPUs
+
+Inputs: a Lightning checkpoint of :class:`~lit_diffusion.module.ScoreModule` (read with
+``torch.load(weights_only=True)``; the EMA network unless ``--no-ema``), or a diffusers pipeline folder
+(``unet/`` holding a ``UNet2DModel`` and ``scheduler/scheduler_config.json``; the scheduler config is
+turned into our SDE by :class:`~lit_diffusion.scheduler.SDEScheduler`: a ``betas`` table becomes a
+:class:`~lit_diffusion.discrete_vp.DiscreteVP` in the network's own timestep units).  Sampling runs
+:func:`lit_diffusion.samplers.sample` (ALGORITHMS.md §4–§5) with any sampler / steps / schedule /
+parametrization / ``--ode``.
+
+Precision: ``--precision fp32|bf16|fp16`` runs the *network* under ``torch.autocast`` in that dtype
+(:class:`AutocastNet`); its output is cast back to float32 and every conversion and sampler step runs
+in float32 (float64 coefficients), so only the network's rounding changes.
+
+Reproducibility: sample ``i`` uses its own generator seeded ``seed + i``
+(:func:`lit_diffusion.utils.make_generators`) for its prior draw and every noise of its trajectory.
+Indices are cut into fixed chunks of ``--batch-size`` consecutive indices and the chunks are dealt to
+the processes round-robin, so each chunk is computed with exactly the same batch whatever the number
+of processes: the gathered set (ordered by index on rank 0) is the same for one process or several.
+
+Outputs (rank 0 only, each written to a temporary file and moved into place with ``os.replace``):
+``<out>/samples.npz`` (``samples``, ``indices``, ``args`` = the run's arguments as JSON) or
+``<out>/samples.safetensors`` (same tensors, arguments in the metadata), and ``<out>/samples.png``: an
+image grid, or for 2-D data a scatter plot over ``--reference`` data.  Every bad input (unknown
+sampler or schedule, steps <= 0, missing / corrupt checkpoint, data shape not matching ``--shape``, ...)
+raises before any sampling work and writes nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field as dc_field
+from pathlib import Path
+from typing import Callable, Optional, Sequence
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+__all__ = [
+    "PRECISIONS",
+    "FORMATS",
+    "CheckpointError",
+    "AutocastNet",
+    "DiffusersUNet",
+    "LoadedModel",
+    "load_model",
+    "load_lightning",
+    "load_diffusers",
+    "chunk_indices",
+    "build_parser",
+    "prepare",
+    "generate",
+    "write_outputs",
+    "main",
+]
+
+PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+FORMATS = ("npz", "safetensors")
+
+
+class CheckpointError(ValueError):
+    """A checkpoint (file or pipeline folder) that cannot be read or does not describe a model."""
+
+
+# ------------------------------------------------------------------------------------------------
+# networks
+# ------------------------------------------------------------------------------------------------
+class AutocastNet(nn.Module):
+    """``net(x, t)`` run under ``torch.autocast`` in ``dtype`` (bf16/fp16) and returned in float32,
+    so that everything downstream (conversions, sampler arithmetic) stays in float32 (ALGORITHMS.md
+    §5: the SDE arithmetic never runs in low precision).  ``dtype=float32`` calls the net directly.
+    ``on_call`` (optional) is called after every evaluation (progress bars)."""
+
+    def __init__(
+        self,
+        net: nn.Module,
+        dtype: torch.dtype = torch.float32,
+        prediction_type: Optional[str] = None,
+        on_call: Optional[Callable[[], None]] = None,
+    ):
+        super().__init__()
+        self.net = net
+        self.dtype = dtype
+        self.prediction_type = prediction_type or getattr(net, "prediction_type", None)
+        self.on_call = on_call
+
+    def forward(self, x: Tensor, t) -> Tensor:
+        if self.dtype == torch.float32:
+            out = self.net(x.float(), t)
+        else:
+            with torch.autocast(x.device.type, dtype=self.dtype):
+                out = self.net(x.float(), t)
+        if self.on_call is not None:
+            self.on_call()
+        return out.float()
+
+
+class DiffusersUNet(nn.Module):
+    """A diffusers ``UNet2DModel`` as ``net(x, t)``: ``t`` is passed as the UNet's timestep unchanged
+    (for a :class:`~lit_diffusion.discrete_vp.DiscreteVP` the SDE time *is* the training timestep)."""
+
+    def __init__(self, unet: nn.Module, prediction_type: str):
+        super().__init__()
+        self.unet = unet
+        self.prediction_type = prediction_type
+
+    def forward(self, x: Tensor, t) -> Tensor:
+        t = torch.as_tensor(t, device=x.device)
+        if t.ndim == 0:
+            t = t.expand(x.shape[0])
+        return self.unet(x, t.float(), return_dict=False)[0]
+
+
+@dataclass
+class LoadedModel:
+    net: nn.Module
+    sde: object
+    prediction_type: str
+    data_shape: Optional[tuple]
+    kind: str  # "lightning" or "diffusers"
+    info: dict = dc_field(default_factory=dict)
+
+
+def load_lightning(path, ema: bool = True) -> LoadedModel:
+    """A :class:`~lit_diffusion.module.ScoreModule` checkpoint (``weights_only=True``)."""
+    from .module import ScoreModule
+
+    path = Path(path)
+    try:
+        ckpt = torch.load(str(path), map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - any unreadable / unsafe file
+        raise CheckpointError(
+            f"could not read checkpoint {str(path)!r}: it is not a readable PyTorch Lightning checkpoint "
+            f"(torch.load with weights_only=True failed: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})"
+        ) from e
+    if not isinstance(ckpt, dict) or "state_dict" not in ckpt or "hyper_parameters" not in ckpt:
+        keys = sorted(ckpt)[:8] if isinstance(ckpt, dict) else type(ckpt).__name__
+        raise CheckpointError(
+            f"checkpoint {str(path)!r} is not a ScoreModule checkpoint: it needs 'state_dict' and "
+            f"'hyper_parameters' (found {keys})"
+        )
+    try:
+        module = ScoreModule.from_checkpoint_dict(ckpt)
+    except Exception as e:  # noqa: BLE001
+        raise CheckpointError(f"checkpoint {str(path)!r} could not be rebuilt as a ScoreModule: {type(e).__name__}: {e}") from e
+    if ema and module.ema is None:
+        ema = False
+    net = module.sampling_net(ema).eval()
+    shape = tuple(module.data_shape) if module.data_shape is not None else None
+    return LoadedModel(
+        net, module.sde, module.prediction_type, shape, "lightning",
+        {"ema": bool(ema), "global_step": int(ckpt.get("global_step", -1)), "sde": repr(module.sde)},
+    )
+
+
+def load_diffusers(folder) -> LoadedModel:
+    """A diffusers pipeline folder: ``unet/`` (``UNet2DModel``) + ``scheduler/scheduler_config.json``."""
+    from .parametrizations import canonical_prediction
+    from .scheduler import SDEScheduler
+
+    folder = Path(folder)
+    unet_dir, cfg_file = folder / "unet", folder / "scheduler" / "scheduler_config.json"
+    missing = [str(p.relative_to(folder)) for p in (unet_dir / "config.json", cfg_file) if not p.is_file()]
+    if missing:
+        raise CheckpointError(
+            f"{str(folder)!r} is not a diffusers pipeline folder: missing {missing} "
+            "(expected unet/ with a UNet2DModel and scheduler/scheduler_config.json)"
+        )
+    try:
+        cfg = json.loads(cfg_file.read_text())
+        if not isinstance(cfg, dict):
+            raise ValueError("the scheduler config is not a JSON object")
+    except Exception as e:  # noqa: BLE001
+        raise CheckpointError(f"could not read {str(cfg_file)!r}: {type(e).__name__}: {e}") from e
+    from diffusers import UNet2DModel
+
+    try:
+        unet = UNet2DModel.from_pretrained(str(unet_dir), local_files_only=True)
+    except Exception as e:  # noqa: BLE001
+        raise CheckpointError(f"could not load the UNet2DModel in {str(unet_dir)!r}: {type(e).__name__}: {e}") from e
+    cfg = {k: v for k, v in cfg.items() if not k.startswith("_")}
+    try:
+        scheduler = SDEScheduler.from_config(cfg)
+    except Exception as e:  # noqa: BLE001
+        raise CheckpointError(f"scheduler config {str(cfg_file)!r} is not usable: {type(e).__name__}: {e}") from e
+    pred = canonical_prediction(scheduler.config.prediction_type)
+    size = unet.config.sample_size
+    hw = (int(size), int(size)) if isinstance(size, int) else tuple(int(s) for s in size)
+    shape = (int(unet.config.in_channels),) + hw
+    return LoadedModel(
+        DiffusersUNet(unet.eval(), pred), scheduler.sde, pred, shape, "diffusers",
+        {"sde": repr(scheduler.sde), "scheduler_class": json.loads(cfg_file.read_text()).get("_class_name")},
+    )
+
+
+def load_model(path, ema: bool = True) -> LoadedModel:
+    """A Lightning checkpoint file or a diffusers pipeline folder (errors name the path)."""
+    p = Path(path)
+    if not p.exists():
+        raise FileNotFoundError(f"checkpoint {str(path)!r} does not exist (give a .ckpt file or a diffusers pipeline folder)")
+    if p.is_dir():
+        return load_diffusers(p)
+    return load_lightning(p, ema=ema)
+
+
+# ------------------------------------------------------------------------------------------------
+# command line
+# ------------------------------------------------------------------------------------------------
+def build_parser() -> argparse.ArgumentParser:
+    from .samplers import SAMPLERS
+    from .schedules import SCHEDULES
+
+    p = argparse.ArgumentParser(
+        prog="sample.py",
+        description="Draw samples from a lit_diffusion Lightning checkpoint or a diffusers pipeline folder.",
+    )
+    p.add_argument("--checkpoint", "-c", required=True, help="ScoreModule .ckpt file or diffusers pipeline folder")
+    p.add_argument("--out", "-o", default="samples", help="output folder (created when sampling succeeds)")
+    p.add_argument("--n", type=int, default=64, help="number of samples")
+    p.add_argument("--batch-size", type=int, default=256, help="samples per network batch (a fixed chunk of indices)")
+    p.add_argument("--seed", type=int, default=0, help="sample i uses seed + i")
+    p.add_argument("--sampler", default="ddram", help=f"one of {list(SAMPLERS)}")
+    p.add_argument("--steps", type=int, default=50, help="sampler steps (NFE = steps x evaluations per step)")
+    p.add_argument("--schedule", default="uniform", help=f"time grid, one of {list(SCHEDULES)}")
+    p.add_argument("--parametrization", default=None, help="frozen field: score, relative_score or denoiser")
+    p.add_argument("--ode", action="store_true", help="probability-flow ODE form (deterministic)")
+    p.add_argument("--predictor", default=None, help="pc: euler, exponential_euler or ddram")
+    p.add_argument("--n-corrector", type=int, default=None, help="pc: Langevin corrector steps per step")
+    p.add_argument("--snr", type=float, default=None, help="pc: corrector signal-to-noise ratio")
+    p.add_argument("--final-denoise", action="store_true", help="return D(x, t_min) (one more evaluation)")
+    p.add_argument("--precision", default="fp32", help=f"network precision, one of {list(PRECISIONS)}")
+    p.add_argument("--no-ema", action="store_true", help="use the raw (not the EMA) weights of a Lightning checkpoint")
+    p.add_argument("--shape", type=int, nargs="+", default=None, help="expected shape of one sample (checked)")
+    p.add_argument("--format", default="npz", help=f"raw samples format, one of {list(FORMATS)}")
+    p.add_argument("--reference", default=None, help="2-D scatter background: 'swissroll', a target preset or a .npy/.npz file")
+    p.add_argument("--grid", type=int, default=64, help="number of images in the PNG grid")
+    p.add_argument("--no-png", action="store_true", help="do not write the picture")
+    p.add_argument("--cpu", action="store_true", help="run on the CPU even when a GPU is available")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    return p
+
+
+def _positive_int(name: str, value) -> int:
+    if isinstance(value, bool) or int(value) != value or int(value) < 1:
+        raise ValueError(f"{name}={value!r} is invalid; it must be an integer >= 1")
+    return int(value)
+
+
+def _reference_data(ref: Optional[str]) -> Optional[np.ndarray]:
+    if ref is None:
+        return None
+    if ref == "swissroll":
+        from .data import swiss_roll
+
+        return swiss_roll(2000, seed=1).numpy()
+    from .targets import PRESETS, get_target
+
+    if ref in PRESETS:
+        return get_target(ref).sample(2000, generator=torch.Generator().manual_seed(1)).float().numpy()
+    if not Path(ref).is_file():
+        raise ValueError(f"--reference {ref!r} is neither 'swissroll', a target preset {sorted(PRESETS)} nor an existing file")
+    from .evaluate import load_array
+
+    return np.asarray(load_array(ref), dtype=np.float32)
+
+
+@dataclass
+class Plan:
+    args: argparse.Namespace
+    model: LoadedModel
+    stepper: object
+    shape: tuple
+    sampler_options: dict
+    reference: Optional[np.ndarray]
+    nfe_per_sample: int
+
+
+def prepare(args: argparse.Namespace) -> Plan:
+    """Validate every argument, load the model and check shapes: raises before any sampling work."""
+    from .samplers import SAMPLERS, get_stepper
+    from .schedules import SCHEDULES, _check_steps, check_schedule
+
+    sampler = str(args.sampler).lower()
+    if sampler not in SAMPLERS:
+        raise ValueError(f"unknown sampler {args.sampler!r}; valid choices: {list(SAMPLERS)}")
+    try:
+        _check_steps(args.steps)
+    except (ValueError, TypeError):
+        raise ValueError(f"--steps {args.steps!r} is invalid; it must be an integer >= 1") from None
+    try:
+        check_schedule(args.schedule)
+    except ValueError:
+        raise ValueError(f"unknown schedule {args.schedule!r}; valid choices: {list(SCHEDULES)}") from None
+    if args.precision not in PRECISIONS:
+        raise ValueError(f"unknown precision {args.precision!r}; valid choices: {list(PRECISIONS)}")
+    if args.format not in FORMATS:
+        raise ValueError(f"unknown format {args.format!r}; valid choices: {list(FORMATS)}")
+    _positive_int("--n", args.n)
+    _positive_int("--batch-size", args.batch_size)
+    _positive_int("--grid", args.grid)
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {str(out)!r} exists and is not a folder")
+    options = {}
+    pc_opts = {"predictor": args.predictor, "n_corrector": args.n_corrector, "snr": args.snr}
+    given = {k: v for k, v in pc_opts.items() if v is not None}
+    if given and sampler != "pc":
+        raise ValueError(f"options {sorted('--' + k.replace('_', '-') for k in given)} only apply to --sampler pc; got --sampler {sampler!r}")
+    options.update(given)
+    reference = _reference_data(args.reference)
+
+    model = load_model(args.checkpoint, ema=not args.no_ema)
+    stepper = get_stepper(sampler, model.sde, args.parametrization, args.ode, **options)
+
+    shape = model.data_shape
+    if args.shape is not None:
+        want = tuple(int(s) for s in args.shape)
+        if shape is not None and tuple(shape) != want:
+            raise ValueError(
+                f"data shape mismatch: the checkpoint {str(args.checkpoint)!r} generates samples of shape "
+                f"{tuple(shape)}, but --shape {' '.join(map(str, want))} was requested"
+            )
+        shape = want
+    if shape is None:
+        raise ValueError(f"the checkpoint {str(args.checkpoint)!r} does not record its data shape; pass --shape")
+    shape = tuple(int(s) for s in shape)
+    # one evaluation of one sample: catches a network that cannot take this shape, before any work
+    with torch.no_grad():
+        try:
+            probe = model.net(torch.zeros((1,) + shape), torch.full((1,), float(model.sde.T)))
+        except Exception as e:  # noqa: BLE001
+            raise ValueError(f"the network of {str(args.checkpoint)!r} cannot take samples of shape {shape}: {e}") from e
+    if tuple(probe.shape[1:]) != shape:
+        raise ValueError(f"the network of {str(args.checkpoint)!r} returns shape {tuple(probe.shape[1:])} for inputs of shape {shape}")
+    nfe = int(args.steps) * int(stepper.evals_per_step) + (1 if args.final_denoise else 0)
+    return Plan(args, model, stepper, shape, options, reference, nfe)
+
+
+# ------------------------------------------------------------------------------------------------
+# sampling
+# ------------------------------------------------------------------------------------------------
+def chunk_indices(n: int, batch_size: int, rank: int = 0, world: int = 1) -> list[list[int]]:
+    """Chunks ``[0, bs), [bs, 2 bs), ...`` of the sample indices, dealt round-robin: rank ``r`` of
+    ``world`` gets chunks ``r, r + world, ...``.  The chunks themselves do not depend on ``world``."""
+    chunks = [list(range(i, min(i + batch_size, n))) for i in range(0, n, batch_size)]
+    return chunks[rank::world]
+
+
+def generate(plan: Plan, chunks: Sequence[Sequence[int]], device=None, progress: bool = True) -> list[tuple[int, np.ndarray]]:
+    """Sample the given chunks of indices; returns ``[(index, sample), ...]``."""
+    from tqdm.auto import tqdm
+
+    from .samplers import sample
+    from .utils import make_generators
+
+    args = plan.args
+    device = torch.device(device or "cpu")
+    total = sum(len(c) > 0 for c in chunks) * plan.nfe_per_sample
+    bar = tqdm(total=total, desc=f"{args.sampler} x{args.steps}", unit="eval", disable=not progress, file=sys.stderr)
+    net = AutocastNet(plan.model.net.to(device), PRECISIONS[args.precision], plan.model.prediction_type, on_call=lambda: bar.update(1))
+    out: list[tuple[int, np.ndarray]] = []
+    try:
+        for chunk in chunks:
+            if not chunk:
+                continue
+            gens = make_generators([int(args.seed) + i for i in chunk])
+            res = sample(
+                net, plan.model.sde, shape=(len(chunk),) + plan.shape, sampler=args.sampler, steps=int(args.steps),
+                schedule=args.schedule, parametrization=args.parametrization, ode=bool(args.ode), generator=gens,
+                final_denoise=bool(args.final_denoise), device=device, prediction_type=plan.model.prediction_type,
+                **plan.sampler_options,
+            )
+            x = res.samples.detach().float().cpu().numpy()
+            out.extend((int(i), x[k]) for k, i in enumerate(chunk))
+    finally:
+        bar.close()
+    return out
+
+
+# ------------------------------------------------------------------------------------------------
+# outputs (atomic)
+# ------------------------------------------------------------------------------------------------
+def _atomic(path: Path, write: Callable[[str], None]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix="." + path.name + ".", suffix=".tmp", dir=str(path.parent))
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def _image_grid(x: np.ndarray, ncol: int) -> np.ndarray:
+    """(N, C, H, W) in [-1, 1] -> one (H', W', C) or (H', W') picture in [0, 1]."""
+    x = np.clip((x + 1) / 2, 0, 1)
+    n, c, h, w = x.shape
+    nrow = math.ceil(n / ncol)
+    g = np.ones((nrow * (h + 1) + 1, ncol * (w + 1) + 1, c), dtype=np.float32)
+    for k in range(n):
+        r, q = divmod(k, ncol)
+        g[1 + r * (h + 1) : 1 + r * (h + 1) + h, 1 + q * (w + 1) : 1 + q * (w + 1) + w] = x[k].transpose(1, 2, 0)
+    return g[..., 0] if c == 1 else g
+
+
+def write_picture(path: Path, samples: np.ndarray, reference: Optional[np.ndarray], n_grid: int, title: str) -> bool:
+    """PNG grid for images (N, C, H, W) with C in 1/3, scatter for 2-D vectors; False otherwise."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    if samples.ndim == 4 and samples.shape[1] in (1, 3):
+        x = samples[:n_grid]
+        g = _image_grid(x, max(1, int(math.ceil(math.sqrt(len(x))))))
+
+        def write(tmp):
+            plt.imsave(tmp, g, cmap="gray" if g.ndim == 2 else None, vmin=0, vmax=1, format="png")
+
+    elif samples.ndim == 2 and samples.shape[1] == 2:
+
+        def write(tmp):
+            fig, ax = plt.subplots(figsize=(5, 5))
+            if reference is not None and reference.ndim == 2 and reference.shape[1] == 2:
+                ax.scatter(reference[:, 0], reference[:, 1], s=2, c="0.75", label="reference data")
+            ax.scatter(samples[:, 0], samples[:, 1], s=2, c="C0", label="samples")
+            ax.set_title(title, fontsize=8)
+            ax.legend(loc="upper right", fontsize=7)
+            fig.tight_layout()
+            fig.savefig(tmp, format="png", dpi=100)
+            plt.close(fig)
+
+    else:
+        return False
+    _atomic(path, write)
+    return True
+
+
+def write_outputs(plan: Plan, items: list[tuple[int, np.ndarray]], meta: dict) -> dict:
+    """Order by index and write the raw samples and the picture (atomically)."""
+    args = plan.args
+    items = sorted(items, key=lambda it: it[0])
+    idx = np.array([i for i, _ in items], dtype=np.int64)
+    if len(set(idx.tolist())) != len(idx) or len(idx) != int(args.n):
+        raise RuntimeError(f"gathered {len(idx)} samples ({len(set(idx.tolist()))} distinct) for --n {args.n}")
+    x = np.stack([s for _, s in items]).astype(np.float32)
+    out = Path(args.out)
+    meta_json = json.dumps(meta, sort_keys=True)
+    written = {}
+    if args.format == "npz":
+        path = out / "samples.npz"
+
+        def write(tmp):
+            with open(tmp, "wb") as f:
+                np.savez(f, samples=x, indices=idx, args=np.array(meta_json))
+
+    else:
+        from safetensors.torch import save_file
+
+        path = out / "samples.safetensors"
+
+        def write(tmp):
+            save_file({"samples": torch.from_numpy(x), "indices": torch.from_numpy(idx)}, tmp, metadata={"args": meta_json})
+
+    _atomic(path, write)
+    written["samples"] = str(path)
+    if not args.no_png:
+        title = f"{args.sampler}, {args.steps} steps, {args.schedule}{', ODE' if args.ode else ''}, {args.precision}"
+        png = out / "samples.png"
+        if write_picture(png, x, plan.reference, int(args.grid), title):
+            written["png"] = str(png)
+    return written
+
+
+# ------------------------------------------------------------------------------------------------
+def run(argv: Optional[Sequence[str]] = None) -> dict:
+    """Parse, validate, sample (possibly in several Accelerate processes), write; returns a summary
+    (on every rank; only rank 0 writes)."""
+    args = build_parser().parse_args(list(argv) if argv is not None else None)
+    plan = prepare(args)  # every error is raised here, before any work and any file
+
+    from accelerate import Accelerator
+    from accelerate.utils import gather_object
+
+    accelerator = Accelerator(cpu=bool(args.cpu) or not torch.cuda.is_available())
+    rank, world = accelerator.process_index, accelerator.num_processes
+    chunks = chunk_indices(int(args.n), int(args.batch_size), rank, world)
+    t0 = time.perf_counter()
+    items = generate(plan, chunks, device=accelerator.device, progress=accelerator.is_main_process and not args.no_progress)
+    seconds = time.perf_counter() - t0
+    if world > 1:
+        items = gather_object(items)
+    summary = {"rank": rank, "world_size": world, "seconds": seconds, "nfe_per_sample": plan.nfe_per_sample}
+    if accelerator.is_main_process:
+        meta = {k: v for k, v in vars(args).items()}
+        meta.update(
+            world_size=world, nfe_per_sample=plan.nfe_per_sample, model_kind=plan.model.kind, data_shape=list(plan.shape),
+            prediction_type=plan.model.prediction_type, **{f"model_{k}": v for k, v in plan.model.info.items()},
+        )
+        summary["written"] = write_outputs(plan, items, meta)
+        x = np.stack([s for _, s in items])
+        bad = int((~np.isfinite(x.reshape(len(x), -1))).any(axis=1).sum())
+        msg = (
+            f"{args.n} samples of shape {plan.shape} with {args.sampler} ({plan.nfe_per_sample} NFE each, "
+            f"{args.precision}, {world} process{'es' if world > 1 else ''}) in {seconds:.1f}s -> "
+            + ", ".join(summary["written"].values())
+        )
+        if bad:
+            msg += f"\nwarning: {bad} samples contain NaN or inf"
+        print(msg, flush=True)
+    accelerator.wait_for_everyone()
+    return summary
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    try:
+        run(argv)
+    except (ValueError, FileNotFoundError) as e:
+        print(f"sample.py: error: {e}", file=sys.stderr)
+        return 2
+    return 0
