@@ -51,12 +51,15 @@ def make_betas(
     beta_end: float = 0.02,
     beta_schedule: str = "linear",
     trained_betas: Optional[Union[Sequence[float], np.ndarray, Tensor]] = None,
+    rescale_betas_zero_snr: bool = False,
 ) -> Tensor:
     """The ``betas`` (float32, like diffusers) of a DDPM-style configuration.
 
     ``trained_betas`` wins over the named schedule.  Schedules: ``linear`` (linspace of betas),
     ``scaled_linear`` (linspace of sqrt(betas), latent diffusion), ``squaredcos_cap_v2`` (cosine
-    alpha-bar, betas capped at 0.999), ``sigmoid`` (GeoDiff).
+    alpha-bar, betas capped at 0.999), ``sigmoid`` (GeoDiff).  ``rescale_betas_zero_snr`` shifts and
+    rescales ``sqrt(alphas_cumprod)`` so that the last one is 0 and the first one unchanged (Lin et al.
+    2023, "Common diffusion noise schedules and sample steps are flawed", Algorithm 1).
     """
     if trained_betas is not None:
         betas = torch.as_tensor(np.asarray(trained_betas, dtype=np.float64)).to(torch.float32).flatten()
@@ -79,6 +82,12 @@ def make_betas(
             betas = torch.sigmoid(torch.linspace(-6, 6, n)) * (beta_end - beta_start) + beta_start
         else:
             raise ValueError(f"unknown beta_schedule {beta_schedule!r}; valid choices: {list(BETA_SCHEDULES)}")
+    if rescale_betas_zero_snr:
+        sqrt_ab = torch.cumprod(1.0 - betas, dim=0).sqrt()
+        first, last = sqrt_ab[0].clone(), sqrt_ab[-1].clone()
+        sqrt_ab = (sqrt_ab - last) * first / (first - last)
+        ab = sqrt_ab**2
+        betas = 1.0 - torch.cat([ab[:1], ab[1:] / ab[:-1]])
     if not torch.isfinite(betas).all() or (betas <= 0).any() or (betas > 1).any():
         raise ValueError(
             f"betas must lie in (0, 1]; got min {betas.min().item():.3g}, max {betas.max().item():.3g}"

@@ -88,7 +88,9 @@ class SDEScheduler(SchedulerMixin, ConfigMixin):
     ``scaled_linear``, ``squaredcos_cap_v2``, ``sigmoid``), ``trained_betas``, ``prediction_type``
     (``epsilon``, ``v_prediction``, ``sample``, or ours: ``score``, ``denoiser``, ``v``,
     ``relative_score``), ``clip_sample`` / ``clip_sample_range`` (clamp the denoised estimate, as
-    DDPM does), ``timestep_spacing`` / ``steps_offset`` (used by ``schedule="diffusers"``).
+    DDPM does), ``timestep_spacing`` / ``steps_offset`` (used by ``schedule="diffusers"``),
+    ``rescale_betas_zero_snr``.  DDPM's ``variance_type``, ``thresholding`` and DDIM's
+    ``set_alpha_to_one`` are not used (a learned-variance output is split off automatically).
 
     *process* — ``sde`` (``None``: the discrete table above as :class:`DiscreteVP`; or a name of
     :data:`lit_diffusion.sdes.SDE_CLASSES` with ``sde_kwargs``; the network is then conditioned on
@@ -120,6 +122,7 @@ class SDEScheduler(SchedulerMixin, ConfigMixin):
         clip_sample_range: float = 1.0,
         timestep_spacing: str = "linspace",
         steps_offset: int = 0,
+        rescale_betas_zero_snr: bool = False,
         sampler: str = "ddram",
         schedule: str = "uniform",
         parametrization: Optional[str] = None,
@@ -164,7 +167,9 @@ class SDEScheduler(SchedulerMixin, ConfigMixin):
 
         # ---- the process -------------------------------------------------------------------------
         if sde is None:
-            betas = make_betas(num_train_timesteps, beta_start, beta_end, beta_schedule, trained_betas)
+            betas = make_betas(
+                num_train_timesteps, beta_start, beta_end, beta_schedule, trained_betas, rescale_betas_zero_snr
+            )
             self.betas = betas
             self.alphas = 1.0 - betas
             self.alphas_cumprod = torch.cumprod(self.alphas, dim=0)
@@ -366,7 +371,11 @@ class SDEScheduler(SchedulerMixin, ConfigMixin):
 
     def _field(self, model_output: Tensor, sample: Tensor, t, kind: str) -> Tensor:
         """The network output converted to the field ``kind`` at ``(sample, t)`` (§2), clipped like
-        DDPM when ``clip_sample``."""
+        DDPM when ``clip_sample``.  A network with a learned variance (``variance_type="learned"`` /
+        ``"learned_range"``: twice the sample's channels) contributes its first half only: the
+        samplers use their own noise law."""
+        if model_output.ndim >= 2 and sample.ndim >= 2 and model_output.shape[1] == 2 * sample.shape[1]:
+            model_output = model_output[:, : sample.shape[1]]
         if self.config.clip_sample:
             r = float(self.config.clip_sample_range)
             d = convert(model_output, self._declared, "denoiser", sample, t, self.sde).clamp(-r, r)

@@ -441,3 +441,29 @@ def test_half_precision_state_keeps_float32_arithmetic():
     x32 = run_like_pipeline(sched, model, x_T, 20, generator=torch.Generator().manual_seed(1))
     assert x16.dtype == torch.float16 and torch.isfinite(x16).all()
     assert (x16.float() - x32).abs().max() < 0.05
+
+
+def test_zero_terminal_snr_and_learned_variance_outputs():
+    ddpm = DDPMScheduler(rescale_betas_zero_snr=True, prediction_type="v_prediction", timestep_spacing="trailing")
+    sched = SDEScheduler.from_config(ddpm.config, sampler="euler", schedule="diffusers")
+    assert sched.config.rescale_betas_zero_snr is True
+    # same table up to float32 rounding of the rescaling arithmetic
+    assert torch.allclose(sched.alphas_cumprod, ddpm.alphas_cumprod, rtol=1e-5, atol=1e-7)
+    assert torch.allclose(sched.betas, ddpm.betas, rtol=2e-3)
+    assert ddpm.alphas_cumprod[-1] < 1e-8 and sched.sde.snr(999.0) < 1e-6
+    # the whole run stays finite at (numerically) zero terminal SNR with a v-prediction model
+    model = AnalyticEps(TARGET, sched.sde, kind="v")
+    x = run_like_pipeline(sched, model, torch.randn(400, 2, generator=torch.Generator().manual_seed(0)), 25,
+                          generator=torch.Generator().manual_seed(1))
+    assert torch.isfinite(x).all() and gaussian_kl_to_target(x) < 0.1
+    # a learned-variance network (2x channels, DDPM variance_type="learned_range"): the variance half
+    # is ignored, the epsilon half drives the step
+    s1, s2 = SDEScheduler(sampler="euler"), SDEScheduler(sampler="euler")
+    s1.set_timesteps(3)
+    s2.set_timesteps(3)
+    x = torch.randn(2, 3, 4, 4, generator=torch.Generator().manual_seed(2))
+    eps = torch.randn(2, 3, 4, 4, generator=torch.Generator().manual_seed(3))
+    t = s1.timesteps[0]
+    a = s1.step(eps, t, x, generator=torch.Generator().manual_seed(4)).prev_sample
+    b = s2.step(torch.cat([eps, torch.ones_like(eps)], 1), t, x, generator=torch.Generator().manual_seed(4)).prev_sample
+    assert torch.equal(a, b)
