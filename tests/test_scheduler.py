@@ -110,6 +110,9 @@ def test_pipeline_save_load_round_trip(tiny_unet, tmp_path):
     b = loaded(batch_size=1, num_inference_steps=3, generator=torch.Generator().manual_seed(2), output_type="pt").images
     # the reloaded UNet differs from the original by ~1e-7 (float rounding), amplified by the random net
     assert torch.allclose(a, b, atol=1e-3)
+    # DiffusionPipeline.from_pretrained(..., scheduler=obj) takes our SchedulerMixin instance
+    swapped = DDPMPipeline.from_pretrained(tmp_path, scheduler=SDEScheduler(sampler="localization"))
+    assert type(swapped.scheduler) is SDEScheduler and swapped.scheduler.config.sampler == "localization"
 
 
 # --------------------------------------------------------------------------------------------
