@@ -103,6 +103,30 @@ def _choices_hint(message: str) -> str:
     return ("\n" + "\n".join(hints)) if hints else ""
 
 
+def _key_hint(message: str, parser) -> str:
+    """For an unknown key (``Group 'model' does not accept option 'lrr'`` from a config file, or
+    ``unrecognized arguments: --model.lrr``): the closest valid keys and all valid keys of its group."""
+    import difflib
+    import re
+
+    bad = re.findall(r"Group '([\w.]+)' does not accept option '([\w.]+)'", message)
+    for tok in re.findall(r"--([\w.]+)", message.split("unrecognized arguments:", 1)[1]) if "unrecognized arguments:" in message else []:
+        group, _, key = tok.rpartition(".")
+        bad.append((group, key))
+    options = {o[2:] for a in getattr(parser, "_actions", []) for o in a.option_strings if o.startswith("--")}
+    hints = []
+    for group, key in bad:
+        prefix = f"{group}." if group else ""
+        names = sorted({o[len(prefix):].split(".")[0] for o in options if o.startswith(prefix) and len(o) > len(prefix)} - {""})
+        names = [n for n in names if not n.endswith("+")]
+        if not names:
+            continue
+        close = difflib.get_close_matches(key, names, n=3, cutoff=0.5)
+        guess = f"did you mean {', '.join(repr(prefix + c) for c in close)}? " if close else ""
+        hints.append(f"unknown key {prefix + key!r}: {guess}valid keys of {group or 'the top level'!r}: {names}")
+    return ("\n" + "\n".join(hints)) if hints else ""
+
+
 class DiffusionCLI(LightningCLI):
     """LightningCLI with checkpointing, logging and picture defaults for diffusion training."""
 
@@ -164,7 +188,7 @@ class DiffusionCLI(LightningCLI):
         try:
             super().parse_arguments(parser, args)
         except ArgumentError as e:
-            msg = str(e) + _choices_hint(str(e))
+            msg = str(e) + _choices_hint(str(e)) + _key_hint(str(e), parser)
             if exit_on_error:
                 parser.exit_on_error = True
                 parser.error(msg)
