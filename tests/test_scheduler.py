@@ -19,7 +19,7 @@ import pytest
 import torch
 from torch import nn
 
-from diffusers import DDPMPipeline, DDPMScheduler, UNet2DModel
+from diffusers import DDIMScheduler, DDPMPipeline, DDPMScheduler, UNet2DModel
 
 from lit_diffusion.discrete_vp import DiscreteVP
 from lit_diffusion.samplers import sample
@@ -470,3 +470,31 @@ def test_zero_terminal_snr_and_learned_variance_outputs():
     a = s1.step(eps, t, x, generator=torch.Generator().manual_seed(4)).prev_sample
     b = s2.step(torch.cat([eps, torch.ones_like(eps)], 1), t, x, generator=torch.Generator().manual_seed(4)).prev_sample
     assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("which", ["ddpm", "ddim"])
+def test_denoiser_exponential_euler_is_ddpm_ancestral_sampling(which):
+    """§5: the denoiser exponential-Euler step is the exact Gaussian posterior q(x_s | x_t, x0 = D),
+    i.e. DDPM ancestral sampling with the posterior ("fixed_small") variance.  On DDPM's own grid
+    (leading spacing), with the same network and the same generator, SDEScheduler reproduces
+    DDPMScheduler; the only difference is that DDPM's last evaluation is at timestep 0 and ours at
+    t_min = 1e-6.  Its probability-flow form (ode=True) is DDIM with eta = 0."""
+    if which == "ddpm":
+        ddpm = DDPMScheduler(clip_sample=False, timestep_spacing="leading")
+    else:
+        ddpm = DDIMScheduler(clip_sample=False, timestep_spacing="leading", set_alpha_to_one=True)
+    ours = SDEScheduler.from_config(
+        ddpm.config, sampler="exponential_euler", schedule="diffusers", t_min=1e-6, ode=which == "ddim"
+    )
+    assert ours.stepper.parametrization == "denoiser"
+    model = AnalyticEps(TARGET, ours.sde)
+    x_T = torch.randn(64, 2, generator=torch.Generator().manual_seed(0))
+    outs = []
+    for sched in (ddpm, ours):
+        sched.set_timesteps(10)
+        x, g = x_T, torch.Generator().manual_seed(1)
+        for t in sched.timesteps:
+            x = sched.step(model(x, t), t, x, generator=g).prev_sample
+        outs.append(x)
+    assert len(ours.timesteps) == len(ddpm.timesteps) == 10
+    assert torch.allclose(outs[0], outs[1], atol=1e-4), (outs[0] - outs[1]).abs().max()
