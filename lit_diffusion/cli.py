@@ -211,6 +211,11 @@ class DiffusionCLI(LightningCLI):
                 monitor=None,
             )
         extra = [self.checkpoint_callback]
+        # stop on an inf/NaN gradient before it reaches the weights; never save non-finite weights
+        from .reliability import NonFiniteGuard
+
+        if not any(isinstance(cb, NonFiniteGuard) for cb in (config.get("callbacks") or [])):
+            extra.append(NonFiniteGuard())
         s = c["samples"]
         samples_cb = SamplePictures(**{**dict(s), "out_dir": s.get("out_dir") or os.path.join(ckpt_dir, "samples")})
         self.samples_callback = samples_cb
