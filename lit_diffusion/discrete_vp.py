@@ -190,6 +190,16 @@ class DiscreteVP(LinearSDE):
         u = i.to(la.dtype) + w.clamp(0.0, 1.0)
         return u - 1.0
 
+    def int_g2(self, t) -> Tensor:
+        """``G(t) = int_0^t g^2 = log abar(0) - log abar(t)`` in closed form (``g^2 = -d log abar/dt``).
+
+        Exact for the piecewise-constant ``g^2``; offered for numerical integrators, which would
+        otherwise integrate a staircase with Gauss–Legendre rules."""
+        from .sdes import as_time
+
+        t = as_time(t)
+        return self._log_abar(torch.zeros_like(t)) - self._log_abar(t)
+
     @property
     def prior_var(self) -> float:
         return 1.0

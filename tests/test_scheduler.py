@@ -403,6 +403,11 @@ def test_discrete_vp_matches_the_ddpm_table(beta_schedule):
     assert bool((lam[1:] < lam[:-1]).all())
     assert torch.allclose(sde.t_from_snr(lam), tt, atol=1e-7)
     assert sde.prior_var == 1.0 and sched.init_noise_sigma == 1.0
+    # G(t) = int_0^t g^2 in closed form equals the sum of the per-segment slopes
+    G = sde.int_g2(torch.tensor([0.0, 3.0, 2.5], dtype=torch.float64))
+    g2_int = [sde.g2(torch.tensor(float(j), dtype=torch.float64)) for j in (1, 2, 3)]
+    assert torch.allclose(G[:2], torch.stack([torch.zeros((), dtype=torch.float64), sum(g2_int)]))
+    assert torch.allclose(G[2], g2_int[0] + g2_int[1] + 0.5 * g2_int[2])
 
 
 def test_discrete_vp_errors_and_tables_on_any_dtype():
