@@ -102,8 +102,8 @@ class SDEScheduler(SchedulerMixin, ConfigMixin):
     ``parametrization`` (``score``, ``relative_score``, ``denoiser``; ``None``: the sampler's
     default), ``ode``, ``predictor`` / ``n_corrector`` / ``snr`` (PC), ``rho`` (EDM schedule),
     ``final_denoise`` (one more evaluation at ``t_min`` returning the denoised estimate, like DDPM's
-    last step), ``seed`` (DDRaM midpoints when ``set_timesteps`` gets no generator, default 0 so that a seeded pipeline is reproducible; ``None``: torch's
-    global RNG).
+    last step), ``seed`` (DDRaM midpoints when ``set_timesteps`` gets no generator; default 0, so
+    that a seeded pipeline is reproducible; ``None``: torch's global RNG).
     """
 
     _compatibles = [e.name for e in KarrasDiffusionSchedulers]
