@@ -17,6 +17,15 @@ from lit_diffusion.networks import TimeMLP, UNet
 from lit_diffusion.sdes import OU, VE, VP, ContractiveOU, ContractiveVP, SubVP, get_sde
 
 
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Small models train fastest on one thread (and far faster on a busy machine); restore after."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 @pytest.mark.parametrize("sde", [VP(), SubVP(), VE(), OU(), ContractiveVP(), ContractiveOU(theta=0.5)])
 def test_time_change_is_exact(sde):
     s = 1000.0 / sde.T
@@ -35,6 +44,8 @@ def test_time_change_is_exact(sde):
 @pytest.fixture(scope="module")
 def trained_ckpt(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("exp")
+    n_threads = torch.get_num_threads()
+    torch.set_num_threads(1)
     torch.manual_seed(0)
     m = ScoreModule(UNet("tiny", in_channels=1, sample_size=8), VP(beta_max=15.0), DSM(dim_reduction="mean"), lr=1e-3,
                     warmup_steps=0, ema_decay=0.5, ema_warmup=0)
@@ -43,6 +54,7 @@ def trained_ckpt(tmp_path_factory):
                          callbacks=[ck], limit_val_batches=0, num_sanity_val_steps=0, accelerator="cpu", devices=1)
     trainer.fit(m, DigitsDataModule(batch_size=8))
     trainer.save_checkpoint(str(tmp / "ck" / "final.ckpt"))
+    torch.set_num_threads(n_threads)
     return str(tmp / "ck" / "final.ckpt"), m
 
 

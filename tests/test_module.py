@@ -16,6 +16,16 @@ from lit_diffusion.networks import TimeMLP, UNet
 from lit_diffusion.sdes import VE, VP
 
 
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Small models train fastest on one thread (and far faster on a busy machine); restore after."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+
 def _trainer(tmp_path, **kw):
     base = dict(
         logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
