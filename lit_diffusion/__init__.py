@@ -8,8 +8,27 @@ from .losses import DSM, ESM, ISM, SSM, get_loss
 
 __version__ = "0.1.0"
 
+_LAZY = {
+    "SDEScheduler": ("lit_diffusion.scheduler", "SDEScheduler"),
+    "DiscreteVP": ("lit_diffusion.discrete_vp", "DiscreteVP"),
+    "ScoreModule": ("lit_diffusion.module", "ScoreModule"),
+    "sample": ("lit_diffusion.samplers", "sample"),
+}
+
+
+def __getattr__(name):
+    """Heavy parts (diffusers, Lightning) are imported on first use."""
+    if name in _LAZY:
+        import importlib
+
+        mod, attr = _LAZY[name]
+        return getattr(importlib.import_module(mod), attr)
+    raise AttributeError(f"module 'lit_diffusion' has no attribute {name!r}")
+
+
 __all__ = [
     "OU", "VE", "VP", "SubVP", "ContractiveOU", "ContractiveVP", "LinearSDE", "get_sde",
     "PREDICTION_TYPES", "convert", "Field", "as_field", "GaussianMixture", "get_target",
     "DSM", "SSM", "ISM", "ESM", "get_loss",
+    "SDEScheduler", "DiscreteVP", "ScoreModule", "sample",
 ]

@@ -17,7 +17,9 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-torch.set_num_threads(min(2, torch.get_num_threads()))
+# small tensors: one intra-op thread is faster than two on the 2-core CI machine (and than an
+# oversubscribed pool when several test processes run at once)
+torch.set_num_threads(1)
 
 
 @pytest.fixture
