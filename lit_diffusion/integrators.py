@@ -93,6 +93,9 @@ def _kind(sde: LinearSDE) -> str:
     for cls, name in ((ContractiveOU, "COU"), (OU, "OU"), (VE, "VE"), (SubVP, "SubVP"), (ContractiveVP, "CVP"), (VP, "VP")):
         if type(sde) is cls:
             return name
+    if type(sde).__name__ == "DiscreteVP" and hasattr(sde, "int_g2"):
+        # VP-type (a = -g^2/2, prior variance 1) with a closed G = int_0^t g^2 (piecewise-linear log abar)
+        return "DVP"
     return "other"
 
 
@@ -113,7 +116,14 @@ def G_closed(sde: LinearSDE, t: Tensor) -> Optional[Tensor]:
     if k == "SubVP":
         B = sde.int_beta(t)
         return B + 0.5 * torch.expm1(-2 * B)
+    if k == "DVP":
+        return sde.int_g2(t)
     return None
+
+
+def _dvp_forward(sde, s, y):
+    """DiscreteVP: the time u with G(u) - G(s) = y, through lambda = abar / (1 - abar)."""
+    return sde.t_from_snr(1.0 / torch.expm1(y - 2 * sde.log_alpha(s)))
 
 
 def dG_closed(sde: LinearSDE, s: Tensor, t: Tensor) -> Optional[Tensor]:
@@ -128,6 +138,8 @@ def dG_closed(sde: LinearSDE, s: Tensor, t: Tensor) -> Optional[Tensor]:
     if k == "SubVP":
         dB = _dB(sde, s, t)
         return dB + 0.5 * torch.exp(-2 * sde.int_beta(s)) * torch.expm1(-2 * dB)
+    if k == "DVP":
+        return sde.int_g2(t) - sde.int_g2(s)
     return None
 
 
@@ -141,6 +153,8 @@ def G_forward(sde: LinearSDE, s: Tensor, y: Tensor) -> Optional[Tensor]:
         return s + torch.log1p(y * torch.exp(-kk * s) / sde.sigma_min**2) / kk
     if k in ("VP", "CVP"):
         return sde.t_from_int_beta(sde.int_beta(s) + y)
+    if k == "DVP":
+        return _dvp_forward(sde, s, y)
     return None
 
 
@@ -158,6 +172,8 @@ def score_W_closed(sde: LinearSDE, s: Tensor, t: Tensor) -> Optional[Tensor]:
         return dG_closed(sde, s, t)
     if k == "VP":
         return 2 * torch.expm1(0.5 * _dB(sde, s, t))
+    if k == "DVP":
+        return 2 * torch.expm1(0.5 * dG_closed(sde, s, t))
     if k == "CVP":
         return -2 * torch.expm1(-0.5 * _dB(sde, s, t))
     if k == "SubVP":
@@ -179,6 +195,8 @@ def score_W_inverse(sde: LinearSDE, s: Tensor, y: Tensor) -> Optional[Tensor]:
         return G_forward(sde, s, y)
     if k == "VP":
         return sde.t_from_int_beta(sde.int_beta(s) + 2 * torch.log1p(0.5 * y))
+    if k == "DVP":
+        return _dvp_forward(sde, s, 2 * torch.log1p(0.5 * y))
     if k == "CVP":
         return sde.t_from_int_beta(sde.int_beta(s) - 2 * torch.log1p(-0.5 * y))
     return None
@@ -194,7 +212,7 @@ def relative_k(sde: LinearSDE, kappa: float) -> Optional[float]:
         return sde.theta / sde.sigma_**2 + kappa / v
     if k == "VE":
         return kappa / v
-    if k == "VP":
+    if k in ("VP", "DVP"):
         return -0.5 + kappa / v
     if k == "CVP":
         return 0.5 + kappa / v

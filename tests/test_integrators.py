@@ -173,3 +173,22 @@ def test_bad_names():
         ExpIntegrator(sdes.VP(), "denoiser", method="quad")
     with pytest.raises(ValueError, match="no closed form"):
         ExpIntegrator(sdes.SubVP(), "relative_score", method="closed")
+
+
+def test_discrete_vp_closed_forms():
+    """DiscreteVP (diffusers' betas as a VP process, piecewise-constant g^2) uses the VP closed
+    forms with G = int_g2: exact composition identities, agreement with the staircase table."""
+    from lit_diffusion.discrete_vp import DiscreteVP, make_betas
+
+    sde = DiscreteVP.from_betas(make_betas(1000, 1e-4, 0.02, "linear"))
+    s, t = _pairs(sde, 300, seed=7)
+    tau = s + 0.3 * (t - s)
+    u = torch.rand(s.shape, generator=torch.Generator().manual_seed(8), dtype=torch.float64)
+    for param in PARAMS:
+        a, tb = ExpIntegrator(sde, param, False, "auto"), ExpIntegrator(sde, param, False, "table")
+        assert a.closed_W and a.closed_mid
+        assert torch.allclose(a.W(s, t), a.phi(s, tau) * a.W(tau, t) + a.W(s, tau), rtol=1e-10)
+        assert torch.allclose(a.V(s, t), a.phi(s, tau) ** 2 * a.V(tau, t) + a.V(s, tau), rtol=1e-10)
+        assert torch.allclose(a.W(s, t), tb.W(s, t), rtol=1e-3)
+        assert torch.allclose(a.V(s, t), tb.V(s, t), rtol=1e-3)
+        assert torch.allclose((a.midpoint(s, t, u) - s) / (t - s), (tb.midpoint(s, t, u) - s) / (t - s), atol=1e-3)
