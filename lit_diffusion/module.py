@@ -333,7 +333,10 @@ class ScoreModule(pl.LightningModule):
             except ImportError:
                 _sample = None
             if _sample is not None:
-                out = _sample(field, self.sde, shape=full, sampler=sampler, steps=steps, generator=generator, **options)
+                out = _sample(
+                    field, self.sde, shape=full, sampler=sampler, steps=steps, generator=generator,
+                    device=self.device, **options,
+                )
                 x = out[0] if isinstance(out, (tuple, list)) else getattr(out, "samples", out)
             else:
                 x = euler_maruyama(field, self.sde, full, steps, generator=generator, device=self.device)
@@ -407,7 +410,12 @@ class ScoreModule(pl.LightningModule):
     def validation_step(self, batch, batch_idx):
         x0 = self._batch(batch)
         g = torch.Generator(device=x0.device).manual_seed(1000 + batch_idx)
-        with torch.no_grad() if self.loss.__class__.__name__ not in ("SSM", "ISM") else torch.enable_grad():
+        if type(self.loss).__name__ in ("SSM", "ISM"):
+            # these losses differentiate the network w.r.t. x: leave inference mode for them
+            with torch.inference_mode(False), torch.enable_grad():
+                per, t = self._loss_terms(x0.clone(), generator=g)
+                per = per.detach()
+        else:
             per, t = self._loss_terms(x0, generator=g)
         self.log("val/loss", per.mean(), on_step=False, on_epoch=True, prog_bar=True, batch_size=x0.shape[0])
         if t is not None and t.shape[0] == per.shape[0]:
