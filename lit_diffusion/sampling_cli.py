@@ -64,6 +64,7 @@ __all__ = [
     "prepare",
     "generate",
     "write_outputs",
+    "run",
     "main",
 ]
 
