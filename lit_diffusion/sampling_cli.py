@@ -278,6 +278,12 @@ def _reference_data(ref: Optional[str]) -> Optional[np.ndarray]:
     return np.asarray(load_array(ref), dtype=np.float32)
 
 
+def _is_discrete(sde) -> bool:
+    from .discrete_vp import DiscreteVP
+
+    return isinstance(sde, DiscreteVP)
+
+
 @dataclass
 class Plan:
     args: argparse.Namespace
@@ -324,6 +330,12 @@ def prepare(args: argparse.Namespace) -> Plan:
     reference = _reference_data(args.reference)
 
     model = load_model(args.checkpoint, ema=not args.no_ema)
+    if args.parametrization is None and _is_discrete(model.sde):
+        # as SDEScheduler does: for a DDPM table the denoiser coefficients are closed forms, the
+        # relative-score / score ones would need a numerical integral table
+        pred_name = str(args.predictor or "euler").lower() if sampler == "pc" else sampler
+        if pred_name in ("exponential_euler", "ddram"):
+            args.parametrization = "denoiser"
     stepper = get_stepper(sampler, model.sde, args.parametrization, args.ode, **options)
 
     shape = model.data_shape

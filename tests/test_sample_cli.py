@@ -59,6 +59,17 @@ def pipeline(tmp_path_factory):
     return folder
 
 
+@pytest.fixture(scope="module")
+def ddpm_pipeline(pipeline, tmp_path_factory):
+    """The same UNet saved by diffusers' own DDPMPipeline with a DDPMScheduler (same betas)."""
+    from diffusers import DDPMPipeline, DDPMScheduler, UNet2DModel
+
+    folder = tmp_path_factory.mktemp("ddpm")
+    unet = UNet2DModel.from_pretrained(str(pipeline / "unet"))
+    DDPMPipeline(unet=unet, scheduler=DDPMScheduler(num_train_timesteps=100)).save_pretrained(str(folder))
+    return folder
+
+
 def _run(args, capsys=None) -> int:
     return main([str(a) for a in args] + ["--no-progress"])
 
@@ -197,6 +208,21 @@ def test_diffusers_pipeline_matches_scheduler_loop(pipeline, tmp_path):
             eps = unet(y, t.expand(3)).sample
             y = sched.step(eps, t, y, generator=gens).prev_sample
     np.testing.assert_allclose(x, y.numpy(), rtol=1e-4, atol=1e-5)
+
+
+def test_ddpm_pipeline_folder_equals_sde_scheduler_folder(pipeline, ddpm_pipeline, tmp_path):
+    """A folder written by diffusers' DDPMPipeline (DDPMScheduler config) is read as the same
+    DiscreteVP as our SDEScheduler config with the same betas: identical samples."""
+    a, b = tmp_path / "a", tmp_path / "b"
+    common = ["--n", 2, "--steps", 3, "--sampler", "ddram", "--no-png"]
+    assert _run(["-c", pipeline, "--out", a] + common) == 0
+    assert _run(["-c", ddpm_pipeline, "--out", b] + common) == 0
+    xa, _, ma = _load(a)
+    xb, _, mb = _load(b)
+    assert mb["model_scheduler_class"] == "DDPMScheduler" and ma["model_sde"] == mb["model_sde"]
+    assert mb["parametrization"] == "denoiser"  # closed-form coefficients for the DDPM table
+    np.testing.assert_allclose(xa, xb, rtol=1e-5, atol=1e-6)
+    assert np.isfinite(xa).all()
 
 
 def test_diffusers_pipeline_other_sampler_and_shape_check(pipeline, tmp_path):
