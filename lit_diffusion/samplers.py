@@ -613,6 +613,12 @@ def get_stepper(sampler: str, sde: LinearSDE, parametrization: Optional[str] = N
     sampler = _check_sampler(sampler)
     if sampler in ("localization", "moment_matching") and ode:
         raise ValueError(f"sampler {sampler!r} has no ODE form (ode=True); use exponential_euler with parametrization='denoiser', ode=True (DDIM)")
+    import inspect
+
+    allowed = set(inspect.signature(_STEPPERS[sampler].__init__).parameters) - {"self", "sde", "parametrization", "ode"}
+    bad = set(options) - allowed
+    if bad:
+        raise ValueError(f"unknown option(s) {sorted(bad)} for sampler {sampler!r}; valid options: {sorted(allowed)}")
     if sampler == "pc":
         if ode:
             raise ValueError("sampler 'pc' has no ODE form (the Langevin corrector is stochastic)")
@@ -627,12 +633,6 @@ def get_stepper(sampler: str, sde: LinearSDE, parametrization: Optional[str] = N
             raise ValueError(
                 f"sampler {sampler!r} does not support parametrization {parametrization!r}; valid choices: {list(valid)}"
             ) from None
-    import inspect
-
-    allowed = set(inspect.signature(_STEPPERS[sampler].__init__).parameters) - {"self", "sde", "parametrization", "ode"}
-    bad = set(options) - allowed
-    if bad:
-        raise ValueError(f"unknown option(s) {sorted(bad)} for sampler {sampler!r}; valid options: {sorted(allowed)}")
     return _make(sampler, sde, param, ode, **options)
 
 

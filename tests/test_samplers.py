@@ -464,3 +464,23 @@ def test_posterior_covariance_square_roots_agree():
     lhs = posterior_cov_sqrt_apply(field, x, t, W, V, "analytic")(ref)
     rhs = W[:, None] ** 2 * torch.einsum("bij,bj->bi", Sigma, z) + V[:, None] * z
     assert torch.allclose(lhs, rhs, rtol=1e-8, atol=1e-10)
+
+
+@pytest.mark.parametrize("predictor,param", [("exponential_euler", "denoiser"), ("ddram", "relative_score")])
+@pytest.mark.parametrize("corrector", ["after", "before"])
+def test_pc_with_other_predictors(predictor, param, corrector):
+    """Any predictor + M corrector steps: NFE = (predictor's + M) x steps; the corrector moves a
+    too-narrow exponential-Euler output towards the target variance (d = 32, Gaussian)."""
+    d = 32
+    target = GaussianMixture.gaussian([0.5] * d, 0.25)
+    kw = dict(sampler="pc", predictor=predictor, parametrization=param, corrector=corrector, steps=10,
+              generator=torch.Generator().manual_seed(0), dtype=F64)
+    r0 = sample(target, sdes.VP(), shape=(400, d), n_corrector=0, snr=0.05, **kw)
+    r2 = sample(target, sdes.VP(), shape=(400, d), n_corrector=2, snr=0.05, **kw)
+    per = 2 if predictor == "ddram" else 1
+    assert r0.nfe == per * 10 and r2.nfe == (per + 2) * 10
+    assert torch.isfinite(r2.samples).all()
+    v_true = 0.25 * math.exp(-sdes.VP().int_beta(1e-3).item()) + sdes.VP().sigma2(1e-3).item()
+    assert abs(r2.samples.var().item() - v_true) <= abs(r0.samples.var().item() - v_true) + 0.01
+    with pytest.raises(ValueError, match="foo.*valid options"):
+        sample(target, sdes.VP(), shape=(2, d), sampler="pc", foo=1)
