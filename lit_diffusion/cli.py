@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import os
 import sys
+import warnings
 from typing import Any, Literal, Optional
 
 import lightning.pytorch as pl
@@ -264,7 +265,11 @@ class DiffusionCLI(LightningCLI):
         ckpt_path = self.config["ckpt_path"]
         if ckpt_path not in (None, "last") and not os.path.isfile(ckpt_path):
             raise FileNotFoundError(f"--ckpt_path {ckpt_path!r}: no such checkpoint file (or use 'last')")
-        self.trainer.fit(self.model, datamodule=self.datamodule, ckpt_path=ckpt_path, weights_only=True)
+        with warnings.catch_warnings():
+            if isinstance(self.datamodule, BaseDataModule):
+                # our data modules restore the data order themselves (BaseDataModule.state_dict)
+                warnings.filterwarnings("ignore", message="You're resuming from a checkpoint that ended before")
+            self.trainer.fit(self.model, datamodule=self.datamodule, ckpt_path=ckpt_path, weights_only=True)
         # the periodic checkpoint may predate the last steps: write last.ckpt at the final step
         # (Trainer.save_checkpoint writes to a temporary file and renames it: atomic)
         cb = self.checkpoint_callback

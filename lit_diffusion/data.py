@@ -44,6 +44,7 @@ __all__ = [
     "ImageFolderDataModule",
     "swiss_roll",
     "split_indices",
+    "EpochShuffleSampler",
 ]
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm")
@@ -63,6 +64,39 @@ class _Tensors(Dataset):
 
     def __getitem__(self, i):
         return self.x[i]
+
+
+class EpochShuffleSampler(torch.utils.data.Sampler):
+    """A shuffle whose order is a function of ``(seed, epoch)`` only, able to resume mid-epoch.
+
+    Lightning calls :meth:`set_epoch` at each epoch start; :meth:`resume_at` makes the next pass of
+    epoch ``epoch`` skip its first ``n_skip`` indices (the samples a checkpointed run had consumed).
+    """
+
+    def __init__(self, n: int, seed: int = 0):
+        self.n, self.seed = int(n), int(seed)
+        self.epoch = 0
+        self._resume: Optional[tuple[int, int]] = None
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def resume_at(self, epoch: int, n_skip: int) -> None:
+        self.epoch = int(epoch)
+        self._resume = (int(epoch), max(int(n_skip), 0))
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __iter__(self):
+        g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+        perm = torch.randperm(self.n, generator=g).tolist()
+        start = 0
+        if self._resume is not None:
+            if self._resume[0] == self.epoch and self._resume[1] < self.n:
+                start = self._resume[1]
+            self._resume = None
+        yield from perm[start:]
 
 
 def split_indices(n: int, val_fraction: float, seed: int) -> tuple[Tensor, Tensor]:
@@ -133,6 +167,25 @@ class BaseDataModule(pl.LightningDataModule):
         self.pin_memory = bool(pin_memory)
         self.train_set: Optional[Dataset] = None
         self.val_set: Optional[Dataset] = None
+        self._resume: Optional[dict] = None
+
+    # -- exact resume of the data order (single process) ------------------------------------------
+    def state_dict(self) -> dict:
+        """Position in the data stream (saved in every checkpoint by Lightning): the epoch and the
+        number of batches of it already consumed."""
+        trainer = getattr(self, "trainer", None)
+        if trainer is None:
+            return {}
+        loop = trainer.fit_loop
+        return {
+            "epoch": int(loop.epoch_progress.current.processed),
+            "batches": int(loop.epoch_loop.batch_progress.current.ready),
+            "batch_size": int(self.batch_size),
+            "world_size": int(trainer.world_size),
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        self._resume = dict(state) if state else None
 
     # -- to implement ------------------------------------------------------------------------------
     def _load(self) -> Tensor:
@@ -149,17 +202,24 @@ class BaseDataModule(pl.LightningDataModule):
         self.train_set, self.val_set = _Tensors(x[tr]), _Tensors(x[va])
 
     def _loader(self, ds: Dataset, shuffle: bool) -> DataLoader:
-        g = torch.Generator().manual_seed(self.seed + (0 if shuffle else 1))
         bs = min(self.batch_size, len(ds)) if not shuffle else self.batch_size
+        sampler = None
+        if shuffle:
+            sampler = EpochShuffleSampler(len(ds), self.seed)
+            r = self._resume
+            trainer = getattr(self, "trainer", None)
+            world = int(trainer.world_size) if trainer is not None else 1
+            if r and r.get("world_size", 1) == 1 and world == 1 and r.get("batch_size") == self.batch_size:
+                sampler.resume_at(r["epoch"], r["batches"] * self.batch_size)
+            self._resume = None
         return DataLoader(
             ds,
             batch_size=bs,
-            shuffle=shuffle,
+            sampler=sampler,
             drop_last=shuffle and len(ds) >= self.batch_size,
             num_workers=self.num_workers,
             pin_memory=self.pin_memory,
             persistent_workers=self.num_workers > 0,
-            generator=g if shuffle else None,
         )
 
     def train_dataloader(self) -> DataLoader:

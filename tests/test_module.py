@@ -102,6 +102,32 @@ def test_ema_validation():
     assert ema_decay_at(1, 0.999, 0) == 0.999 and ema_decay_at(1, 0.999, 10) == pytest.approx(2 / 11)
 
 
+class _Batches(pl.Callback):
+    def __init__(self):
+        self.sums = []
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        self.sums.append((trainer.global_step, float(batch.double().sum())))
+
+
+@pytest.mark.parametrize("stop", [6, 8])  # mid-epoch and exactly at an epoch end (4 batches per epoch)
+def test_resume_replays_the_exact_data_order(tmp_path, stop):
+    def run(max_steps, ckdir, ckpt_path=None):
+        torch.manual_seed(0)
+        m = ScoreModule(TimeMLP(dim=2, hidden=8, n_blocks=1), "VP", "dsm")
+        rec = _Batches()
+        cb = pl.callbacks.ModelCheckpoint(dirpath=str(ckdir), every_n_train_steps=stop, save_last=True)
+        _trainer(tmp_path, max_steps=max_steps, callbacks=[rec, cb], enable_checkpointing=True).fit(
+            m, SwissRollDataModule(n_samples=300, batch_size=64), ckpt_path=ckpt_path, weights_only=True
+        )
+        return rec.sums
+
+    full = run(14, tmp_path / "full")
+    resumed = run(stop, tmp_path / "ck") + run(14, tmp_path / "ck", ckpt_path="last")
+    assert [s for s, _ in resumed] == list(range(14))
+    assert resumed == full
+
+
 def test_resume_from_last_continues_global_step_and_state(tmp_path):
     torch.manual_seed(2)
     ckdir = tmp_path / "ck"
