@@ -214,6 +214,9 @@ class ScoreModule(pl.LightningModule):
             by :meth:`sample`).
         stop_on_nonfinite: raise ``FloatingPointError`` on a NaN/inf loss (the last good checkpoint
             is kept).
+        seed: the loss's random draws (times and noise) at optimizer step ``k`` on process ``r``
+            come from a generator seeded with ``(seed, k, r)``, so a resumed run repeats the
+            uninterrupted one exactly; ``None``: the global torch RNG.
     """
 
     def __init__(
@@ -235,6 +238,7 @@ class ScoreModule(pl.LightningModule):
         time_buckets: int = 4,
         data_shape: Optional[list[int]] = None,
         stop_on_nonfinite: bool = True,
+        seed: Optional[int] = 0,
     ):
         super().__init__()
         if optimizer not in OPTIMIZERS:
@@ -276,7 +280,7 @@ class ScoreModule(pl.LightningModule):
         self._ema_last_step = -1
         self._tput_t0: Optional[float] = None
         self._tput_samples = 0
-        self._last_runner: Optional[_PrecisionNet] = None
+        self._gens: dict = {}
 
     # ------------------------------------------------------------------ construction helpers
     @classmethod
@@ -361,6 +365,20 @@ class ScoreModule(pl.LightningModule):
             per = self.loss.per_sample(runner, self.sde, x0.float(), generator=generator)
         return per.float(), runner.last_t
 
+    def _step_generator(self, device) -> Optional[torch.Generator]:
+        seed = self.hparams.get("seed", None)
+        if seed is None:
+            return None
+        g = self._gens.get(str(device))
+        if g is None:
+            g = self._gens[str(device)] = torch.Generator(device=device)
+        rank = self.global_rank if self._trainer is not None else 0
+        micro = 0
+        if self._trainer is not None:  # batches started since the beginning of training (restored on resume)
+            micro = int(self.trainer.fit_loop.epoch_loop.batch_progress.total.ready)
+        g.manual_seed((int(seed) * 1_000_003 + micro) * 4099 + int(rank))
+        return g
+
     def _should_log(self) -> bool:
         trainer = self._trainer
         if trainer is None:
@@ -373,7 +391,7 @@ class ScoreModule(pl.LightningModule):
         if self.data_shape is None:
             self.data_shape = tuple(x0.shape[1:])
             self.hparams["data_shape"] = list(self.data_shape)
-        per, t = self._loss_terms(x0)
+        per, t = self._loss_terms(x0, generator=self._step_generator(x0.device))
         loss = per.mean()
         if not torch.isfinite(loss):
             if self.hparams.stop_on_nonfinite:
