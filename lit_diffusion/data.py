@@ -22,8 +22,6 @@ Nothing is downloaded unless ``download=True`` is given.
 
 from __future__ import annotations
 
-import math
-import os
 from pathlib import Path
 from typing import Optional
 

@@ -20,7 +20,6 @@ from __future__ import annotations
 import copy
 import math
 import os
-from typing import Optional, Union
 
 import torch
 from torch import nn

@@ -30,7 +30,7 @@ import importlib
 import inspect
 import math
 import time
-from typing import Any, Literal, Optional, Union
+from typing import Any, Literal, Optional
 
 import lightning.pytorch as pl
 import torch

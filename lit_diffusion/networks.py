@@ -16,7 +16,7 @@ values) so that checkpoints only hold plain types (``weights_only=True`` loading
 from __future__ import annotations
 
 import math
-from typing import Optional, Sequence
+from typing import Optional
 
 import torch
 from torch import Tensor, nn

@@ -1,7 +1,5 @@
 """Data modules: shapes, [-1, 1] scaling, seeded held-out split, local fixtures (no downloads)."""
 
-import gzip
-import os
 import struct
 
 import numpy as np

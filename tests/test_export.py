@@ -2,7 +2,6 @@
 the exported pipeline equals our own loop on the same scheduler with the continuous-time network."""
 
 import json
-import math
 import os
 
 import lightning.pytorch as pl

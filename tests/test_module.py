@@ -1,8 +1,6 @@
 """ScoreModule with a real Lightning Trainer: fits, loss decrease, EMA formula, resume, precision,
 plain-type checkpoints (weights_only=True)."""
 
-import copy
-import os
 
 import lightning.pytorch as pl
 import pytest

@@ -37,12 +37,14 @@ def _tiny(tmp_path, *extra):
 
 
 def test_default_run_then_resume_from_last(tmp_path, capsys):
-    cli = main(_tiny(tmp_path, "--trainer.max_steps", "12"))
+    cli = main(_tiny(tmp_path, "--trainer.max_steps", "12", "--samples.every_n_steps", "5"))
     out = capsys.readouterr().out
     last = tmp_path / "ck" / "swissroll" / "last.ckpt"
     assert f"checkpoint: {last}" in out
     png = cli.report()["samples"]
     assert png and os.path.isfile(png) and png.endswith(".png") and f"samples:    {png}" in out
+    pictures = sorted(os.listdir(tmp_path / "ck" / "swissroll" / "samples"))
+    assert pictures == [f"samples_step{k:07d}.png" for k in (5, 10, 12)]  # every 5 steps and at the end
     ck = torch.load(last, weights_only=True)
     assert ck["global_step"] == 12  # written at the final step, not only at the periodic one (10)
     metrics = glob.glob(str(tmp_path / "logs" / "swissroll" / "version_*" / "metrics.csv"))
