@@ -128,6 +128,23 @@ def _key_hint(message: str, parser) -> str:
     return ("\n" + "\n".join(hints)) if hints else ""
 
 
+def _with_atomic_checkpoint_io(plugins):
+    """Add :class:`lit_diffusion.checkpoint_io.AtomicCheckpointIO` (temporary file in the checkpoint's
+    own folder, fsync, ``os.replace``) unless a ``CheckpointIO`` plugin is configured already."""
+    from lightning.fabric.plugins import CheckpointIO
+
+    from .checkpoint_io import AtomicCheckpointIO
+
+    if plugins is None:
+        plugins = []
+    elif not isinstance(plugins, (list, tuple)):
+        plugins = [plugins]
+    plugins = list(plugins)
+    if not any(isinstance(p, CheckpointIO) for p in plugins):
+        plugins.append(AtomicCheckpointIO())
+    return plugins or None
+
+
 class DiffusionCLI(LightningCLI):
     """LightningCLI with checkpointing, logging and picture defaults for diffusion training."""
 
@@ -246,6 +263,7 @@ class DiffusionCLI(LightningCLI):
             config["logger"] = make_logger(c["logger"], c["log_dir"], c["run_name"])
         if not config.get("default_root_dir"):
             config["default_root_dir"] = ckpt_dir
+        config["plugins"] = _with_atomic_checkpoint_io(config.get("plugins"))
         # crash-safe checkpoint files (temp file + fsync + os.replace in the checkpoint folder),
         # unless the config names its own CheckpointIO (see lit_diffusion/checkpoint_io.py)
         from lightning.fabric.plugins import CheckpointIO
@@ -271,7 +289,7 @@ class DiffusionCLI(LightningCLI):
                 warnings.filterwarnings("ignore", message="You're resuming from a checkpoint that ended before")
             self.trainer.fit(self.model, datamodule=self.datamodule, ckpt_path=ckpt_path, weights_only=True)
         # the periodic checkpoint may predate the last steps: write last.ckpt at the final step
-        # (Trainer.save_checkpoint writes to a temporary file and renames it: atomic)
+        # (through the same CheckpointIO plugin: AtomicCheckpointIO by default)
         cb = self.checkpoint_callback
         if cb is not None and getattr(cb, "_last_global_step_saved", -1) != self.trainer.global_step:
             self.trainer.save_checkpoint(os.path.join(self.checkpoint_dir, "last.ckpt"), weights_only=False)
