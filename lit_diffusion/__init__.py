@@ -13,6 +13,9 @@ _LAZY = {
     "DiscreteVP": ("lit_diffusion.discrete_vp", "DiscreteVP"),
     "ScoreModule": ("lit_diffusion.module", "ScoreModule"),
     "sample": ("lit_diffusion.samplers", "sample"),
+    "TimeMLP": ("lit_diffusion.networks", "TimeMLP"),
+    "UNet": ("lit_diffusion.networks", "UNet"),
+    "export_pipeline": ("lit_diffusion.export", "export_pipeline"),
 }
 
 
@@ -30,5 +33,5 @@ __all__ = [
     "OU", "VE", "VP", "SubVP", "ContractiveOU", "ContractiveVP", "LinearSDE", "get_sde",
     "PREDICTION_TYPES", "convert", "Field", "as_field", "GaussianMixture", "get_target",
     "DSM", "SSM", "ISM", "ESM", "get_loss",
-    "SDEScheduler", "DiscreteVP", "ScoreModule", "sample",
+    "SDEScheduler", "DiscreteVP", "ScoreModule", "sample", "TimeMLP", "UNet", "export_pipeline",
 ]
