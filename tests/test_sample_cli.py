@@ -319,3 +319,10 @@ def test_sample_py_script_runs(ckpt, tmp_path):
         capture_output=True, text=True, timeout=300,
     )
     assert r.returncode == 2 and "--steps -1" in r.stderr and not out.exists()
+
+
+def test_progress_bar_counts_network_evaluations(ckpt, tmp_path, capsys):
+    """The progress bar runs over network evaluations: 2 chunks x 3 ddram steps x 2 = 12."""
+    assert main(["-c", str(ckpt), "--n", "3", "--batch-size", "2", "--steps", "3", "--sampler", "ddram", "--no-png", "--out", str(tmp_path / "o")]) == 0
+    err = capsys.readouterr().err
+    assert "12/12" in err and "eval" in err, err[-500:]
