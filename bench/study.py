@@ -289,6 +289,13 @@ def tables(all_res: dict) -> str:
                 vals = {r["nfe"]: r.get(key, float("nan")) for r in res["runs"] if r["sde"] == sde and r["sampler"] == s}
                 lines.append(f"| {sde} | {LABELS[s]} | " + " | ".join(f"{vals.get(k, float('nan')):.4g}" for k in nfes) + " |")
         if dataset == "swissroll":
+            lines.append(f"\nMMD² (Gaussian kernel h = 0.2; floor {res['floor']['mmd2']:.3g}):\n")
+            lines.append("| SDE | sampler | " + " | ".join(f"NFE {k}" for k in nfes) + " |")
+            lines.append("|---|---|" + "---|" * len(nfes))
+            for sde in SDES:
+                for s in SAMPLERS:
+                    vals = {r["nfe"]: r.get("mmd2", float("nan")) for r in res["runs"] if r["sde"] == sde and r["sampler"] == s}
+                    lines.append(f"| {sde} | {LABELS[s]} | " + " | ".join(f"{vals.get(k, float('nan')):.2g}" for k in nfes) + " |")
             lines.append("\nW1 (POT exact OT, 1,000 vs 1,000) and MMD² at 128 NFE:\n")
             lines.append("| SDE | sampler | W1 | MMD² |")
             lines.append("|---|---|---|---|")
