@@ -11,6 +11,15 @@ from scipy import integrate
 from lit_diffusion import sdes
 from lit_diffusion.integrators import ExpIntegrator, get_integrator, canonical_parametrization
 
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Many small tensor ops: one thread is much faster on a shared 2-core machine (restored after)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
 SDES = {
     "OU": lambda: sdes.OU(),
     "OU2": lambda: sdes.OU(theta=0.7, mu=0.5, sigma=1.3, T=3.0),
