@@ -15,13 +15,16 @@ Lightning variants:
 
 * ``lightning``: ``Trainer(logger=CSVLogger, log_every_n_steps=50, enable_progress_bar=False,
   enable_checkpointing=False)`` -- the loop itself with its logging;
-* ``lightning+train.py``: additionally what ``train.py`` adds by default: the tqdm progress bar and the
+* ``lightning lean``: the same with ``ScoreModule(log_every_step=False)`` (``train/loss`` logged every
+  ``log_every_n_steps`` steps instead of every step);
+* ``lightning+train.py``: ``lightning`` plus what ``train.py`` adds by default: the tqdm progress bar and the
   ``NonFiniteGuard`` callback (one gradient norm and one host sync per step).
 
 Timing: samples/s over ``--steps`` optimizer steps after ``--warmup`` steps, measured from the end of
-step ``warmup`` to the end of the last step (data loading included on both sides).  The variants run
-interleaved ``--rounds`` times (the CPU is shared); the table gives the median samples/s and the
-median of the per-round ratios to the plain loop.
+step ``warmup`` to the end of the last step (data loading included on both sides), both in wall-clock
+time and in this process's CPU time (``time.process_time``; with one thread it measures the work done
+and is far less sensitive to other processes on a shared machine).  The variants run interleaved
+``--rounds`` times; the table gives medians and the median of the per-round ratios to the plain loop.
 
     python bench/train_throughput.py                       # fp32 and bf16, the train.py default model
     python bench/train_throughput.py --precision bf16 --hidden 256 --batch 512 --rounds 5
@@ -43,6 +46,16 @@ warnings.filterwarnings("ignore")
 import torch  # noqa: E402
 
 
+def _now() -> tuple[float, float]:
+    return time.perf_counter(), time.process_time()
+
+
+def _rate(args, t0, t1) -> tuple[float, float]:
+    """(samples/s of wall time, samples/s of this process's CPU time)."""
+    n = args.steps * args.batch
+    return n / (t1[0] - t0[0]), n / (t1[1] - t0[1])
+
+
 def make_parts(args):
     from lit_diffusion.data import SwissRollDataModule
     from lit_diffusion.networks import TimeMLP
@@ -54,10 +67,11 @@ def make_parts(args):
     return net, dm
 
 
-def _module(net, args):
+def _module(net, args, log_every_step: bool = True):
     from lit_diffusion.module import ScoreModule
 
-    return ScoreModule(net=net, sde="VP", loss="dsm", lr=2e-3, warmup_steps=100, ema_decay=0.995)
+    return ScoreModule(net=net, sde="VP", loss="dsm", lr=2e-3, warmup_steps=100, ema_decay=0.995,
+                       log_every_step=log_every_step)
 
 
 # --------------------------------------------------------------------------------------------
@@ -84,7 +98,8 @@ def run_plain(args, precision: str) -> float:
     net.train()
     while step < total:
         for x0 in dm.train_dataloader():
-            per = loss_fn.per_sample(runner, sde, x0.float())
+            g = torch.Generator().manual_seed(1_000_003 * step + 17)  # per-step generator, as ScoreModule does
+            per = loss_fn.per_sample(runner, sde, x0.float(), generator=g)
             loss = per.mean()
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -94,23 +109,22 @@ def run_plain(args, precision: str) -> float:
             ema.update(net)
             step += 1
             if step == args.warmup:
-                t_start = time.perf_counter()
+                t_start = _now()
             if step >= total:
                 break
-    dt = time.perf_counter() - t_start
-    return args.steps * args.batch / dt
+    return _rate(args, t_start, _now())
 
 
 # --------------------------------------------------------------------------------------------
 # Lightning loop
 # --------------------------------------------------------------------------------------------
-def run_lightning(args, precision: str, train_py_extras: bool) -> float:
+def run_lightning(args, precision: str, train_py_extras: bool, log_every_step: bool = True) -> float:
     import lightning.pytorch as pl
 
     from lit_diffusion.reliability import NonFiniteGuard
 
     net, dm = make_parts(args)
-    module = _module(net, args)
+    module = _module(net, args, log_every_step)
     total = args.warmup + args.steps
 
     class Clock(pl.Callback):
@@ -118,7 +132,7 @@ def run_lightning(args, precision: str, train_py_extras: bool) -> float:
 
         def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
             if trainer.global_step == args.warmup:
-                self.t_start = time.perf_counter()
+                self.t_start = _now()
 
     clock = Clock()
     callbacks = [clock]
@@ -146,12 +160,12 @@ def run_lightning(args, precision: str, train_py_extras: bool) -> float:
             sys.stdout = sys.stderr = open(os.devnull, "w")
         try:
             trainer.fit(module, datamodule=dm)
-            t_end = time.perf_counter()
+            t_end = _now()
         finally:
             if train_py_extras:
                 sys.stdout.close()
                 sys.stdout, sys.stderr = streams
-    return args.steps * args.batch / (t_end - clock.t_start)
+    return _rate(args, clock.t_start, t_end)
 
 
 def main(argv=None) -> None:
@@ -179,20 +193,28 @@ def main(argv=None) -> None:
     variants = {
         "plain": lambda prec: run_plain(args, prec),
         "lightning": lambda prec: run_lightning(args, prec, False),
+        "lightning lean": lambda prec: run_lightning(args, prec, False, log_every_step=False),
         "lightning+train.py": lambda prec: run_lightning(args, prec, True),
     }
     print(f"# TimeMLP(hidden={args.hidden}, n_blocks={args.blocks}), batch {args.batch}, {args.steps} timed steps "
           f"after {args.warmup}, {args.rounds} interleaved rounds, {args.threads} thread(s), torch {torch.__version__}")
-    print(f"{'precision':<10} {'loop':<20} {'samples/s (median)':>19} {'ratio to plain':>15}  per-round ratios")
+    print("# 'cpu' = samples per second of process CPU time (robust to other load on a shared machine), "
+          "'wall' = per second of wall-clock time")
+    print(f"{'precision':<10} {'loop':<20} {'cpu samples/s':>14} {'cpu ratio':>10} {'wall samples/s':>15} {'wall ratio':>11}"
+          "  per-round cpu ratios")
     for prec in precisions:
         res = {k: [] for k in variants}
         for _ in range(args.rounds):
             for k, fn in variants.items():
                 res[k].append(fn(prec))
         for k in variants:
-            ratios = [a / b for a, b in zip(res[k], res["plain"])]
-            print(f"{prec:<10} {k:<20} {statistics.median(res[k]):>19.0f} {statistics.median(ratios):>15.3f}  "
-                  + " ".join(f"{r:.3f}" for r in ratios), flush=True)
+            wall = [r[0] for r in res[k]]
+            cpu = [r[1] for r in res[k]]
+            rw = [a[0] / b[0] for a, b in zip(res[k], res["plain"])]
+            rc = [a[1] / b[1] for a, b in zip(res[k], res["plain"])]
+            print(f"{prec:<10} {k:<20} {statistics.median(cpu):>14.0f} {statistics.median(rc):>10.3f} "
+                  f"{statistics.median(wall):>15.0f} {statistics.median(rw):>11.3f}  " + " ".join(f"{r:.3f}" for r in rc),
+                  flush=True)
 
 
 if __name__ == "__main__":

@@ -316,7 +316,15 @@ def train(
                 if accelerator.sync_gradients:
                     # all-reduced gradients: the same norm on every process, so all stop together
                     norm = accelerator.clip_grad_norm_(net.parameters(), clip if clip is not None else float("inf"))
-                    if not (math.isfinite(float(norm)) and math.isfinite(float(loss.detach()))):
+                    local_ok = math.isfinite(float(loss.detach()))
+                    if accelerator.scaler is not None:
+                        # fp16: the GradScaler skips steps with inf gradients by design; decide on the losses
+                        # of all processes (one extra all-reduce) so that every process stops together
+                        flag = torch.tensor([0.0 if local_ok else 1.0], device=device)
+                        finite = float(accelerator.reduce(flag, "sum")) == 0.0
+                    else:
+                        finite = math.isfinite(float(norm)) and local_ok
+                    if not finite:
                         if module.hparams.stop_on_nonfinite:
                             raise FloatingPointError(
                                 f"non-finite training loss {float(loss.detach())} / gradient norm {float(norm)} at global step "
