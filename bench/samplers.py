@@ -29,7 +29,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
 from lit_diffusion import sdes  # noqa: E402
 from lit_diffusion.integrators import get_integrator  # noqa: E402
-from lit_diffusion.samplers import ddram_finish, ddram_midpoint, get_stepper, sample  # noqa: E402
+from lit_diffusion.samplers import get_stepper, sample  # noqa: E402
 from lit_diffusion.schedules import SCHEDULES  # noqa: E402
 from lit_diffusion.targets import GaussianMixture, get_target  # noqa: E402
 

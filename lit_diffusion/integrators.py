@@ -41,7 +41,6 @@ device of the inputs: there is no per-sample Python or SciPy call.
 
 from __future__ import annotations
 
-import math
 from typing import Optional
 
 import numpy as np

@@ -51,17 +51,15 @@ where ``integ`` is a :class:`lit_diffusion.integrators.ExpIntegrator` (coefficie
 
 from __future__ import annotations
 
-import math
-from dataclasses import dataclass
-from typing import Any, Callable, NamedTuple, Optional, Sequence, Union
+from typing import Callable, NamedTuple, Optional, Sequence
 
 import torch
 from torch import Tensor
 
 from .fields import Field, as_field
-from .integrators import PARAMETRIZATIONS, ExpIntegrator, canonical_parametrization, get_integrator
+from .integrators import ExpIntegrator, canonical_parametrization, get_integrator
 from .parametrizations import convert
-from .schedules import SCHEDULES, _check_steps, check_schedule, get_timesteps
+from .schedules import _check_steps, check_schedule, get_timesteps
 from .sdes import LinearSDE, as_time, broadcast_to, compute_dtype
 from .utils import GeneratorLike, rand, randn
 

@@ -15,7 +15,6 @@ The grid is float64, strictly decreasing, and its end points are exactly ``T`` a
 
 from __future__ import annotations
 
-import math
 from typing import Optional
 
 import torch

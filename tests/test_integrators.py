@@ -3,7 +3,6 @@ fallback vs scipy quadrature, semigroup/composition identities and the standard-
 
 import math
 
-import numpy as np
 import pytest
 import torch
 from scipy import integrate

@@ -11,7 +11,6 @@ from scipy import stats
 
 from lit_diffusion import sdes
 from lit_diffusion.fields import as_field
-from lit_diffusion.integrators import get_integrator
 from lit_diffusion.samplers import SAMPLERS, get_stepper, sample
 from lit_diffusion.schedules import get_timesteps
 from lit_diffusion.targets import GaussianMixture, get_target

@@ -1,7 +1,5 @@
 """Time grids of ALGORITHMS.md §4: end points, monotonicity and each schedule's defining property."""
 
-import math
-
 import pytest
 import torch
 
