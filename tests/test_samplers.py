@@ -120,8 +120,9 @@ def _mc_kl(x, mu, var):
 
 
 @pytest.mark.parametrize("sde", [sdes.OU(), sdes.VP()], ids=["OU", "VP"])
-@pytest.mark.parametrize("param", ["relative_score", "score", "denoiser"])
-def test_ddram_converges_monte_carlo(sde, param):
+@pytest.mark.parametrize("param,ode", [("relative_score", False), ("score", False), ("denoiser", False),
+                                       ("relative_score", True), ("denoiser", True)])
+def test_ddram_converges_monte_carlo(sde, param, ode):
     """DDRaM's output is a mixture over midpoints: KL of the empirical Gaussian moments (n = 4e4,
     MC error of the KL about 1e-4) decreases with the number of steps."""
     mu, var = 1.0, 0.25
@@ -131,7 +132,8 @@ def test_ddram_converges_monte_carlo(sde, param):
     kls = []
     for n in (2, 8, 32):
         x0 = target.marginal(sde.T, sde).sample(40000, torch.Generator().manual_seed(1), dtype=F64)
-        r = sample(target, sde, x_T=x0, sampler="ddram", parametrization=param, steps=n, generator=torch.Generator().manual_seed(2))
+        r = sample(target, sde, x_T=x0, sampler="ddram", parametrization=param, ode=ode, steps=n,
+                   generator=torch.Generator().manual_seed(2))
         assert r.nfe == 2 * n
         kls.append(_mc_kl(r.samples, mt, vt))
     assert kls[0] > kls[1] > kls[2]
