@@ -41,6 +41,8 @@ device of the inputs: there is no per-sample Python or SciPy call.
 
 from __future__ import annotations
 
+import functools
+
 from typing import Optional
 
 import numpy as np
@@ -221,14 +223,19 @@ def relative_k(sde: LinearSDE, kappa: float) -> Optional[float]:
 # --------------------------------------------------------------------------------------------
 # Generic pieces: C(u), |e(u)|, g^2(u) for the table
 # --------------------------------------------------------------------------------------------
+@functools.lru_cache(maxsize=None)
+def _gauss_legendre(n: int, device) -> tuple[Tensor, Tensor]:
+    """Gauss–Legendre nodes and weights on [-1, 1] (float64), computed once per (n, device)."""
+    x, w = np.polynomial.legendre.leggauss(n)
+    return torch.as_tensor(x, dtype=F64, device=device), torch.as_tensor(w, dtype=F64, device=device)
+
+
 def _G_generic(sde: LinearSDE, t: Tensor) -> Tensor:
     G = G_closed(sde, t)
     if G is not None:
         return G
     # numerical int_0^t g^2 with 64-point Gauss-Legendre (smooth g^2)
-    x, w = np.polynomial.legendre.leggauss(64)
-    x = torch.as_tensor(x, dtype=F64, device=t.device)
-    w = torch.as_tensor(w, dtype=F64, device=t.device)
+    x, w = _gauss_legendre(64, t.device)
     u = 0.5 * t[..., None] * (x + 1)
     return 0.5 * t * (w * sde.g2(u)).sum(-1)
 
