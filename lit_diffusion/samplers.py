@@ -661,6 +661,7 @@ def sample(
     device=None,
     dtype: torch.dtype = torch.float32,
     prediction_type: Optional[str] = None,
+    midpoint_u: Optional[Tensor] = None,
     **sampler_options,
 ) -> SampleResult:
     """Integrate the reverse dynamics of ``sde`` from ``T`` down to ``t_min`` (ALGORITHMS.md §4–§5).
@@ -677,6 +678,9 @@ def sample(
         parametrization: the frozen field (``score``, ``relative_score``, ``denoiser``).
         generator: one ``torch.Generator`` or one per sample (batch-size invariance).
         final_denoise: replace the output by ``D(x, t_min)`` (one more evaluation).
+        midpoint_u: DDRaM only: the uniforms of the midpoints, one per step ``(steps,)`` (shared by
+            the batch, as :class:`~lit_diffusion.scheduler.SDEScheduler` draws them) or per step and
+            sample ``(steps, B)``; drawn from ``generator`` per sample when None.
 
     Returns:
         :class:`SampleResult` ``(samples, nfe, trajectory, times)`` (a named tuple).
@@ -701,11 +705,23 @@ def sample(
     if timesteps is None:
         grid = get_timesteps(sde, steps, schedule, device=x.device)
     grid = grid.to(x.device)
+    if midpoint_u is not None:
+        if not stepper.needs_midpoint:
+            raise ValueError(f"midpoint_u is only used by samplers with a random midpoint; {sampler!r} has none")
+        midpoint_u = torch.as_tensor(midpoint_u, dtype=torch.float64, device=x.device)
+        if midpoint_u.shape not in ((grid.numel() - 1,), (grid.numel() - 1, x.shape[0])):
+            raise ValueError(
+                f"midpoint_u of shape {tuple(midpoint_u.shape)} does not fit {grid.numel() - 1} steps and a batch "
+                f"of {x.shape[0]}; expected ({grid.numel() - 1},) or ({grid.numel() - 1}, {x.shape[0]})"
+            )
+        if not bool(((midpoint_u > 0) & (midpoint_u < 1)).all()):
+            raise ValueError("midpoint_u must lie strictly inside (0, 1)")
     nfe0 = field.nfe
     traj = [x] if return_trajectory else None
     with torch.no_grad():
         for k in range(grid.numel() - 1):
-            st = stepper.start(x, grid[k], grid[k + 1], generator=generator)
+            u = None if midpoint_u is None else midpoint_u[k]
+            st = stepper.start(x, grid[k], grid[k + 1], u=u, generator=generator)
             while not st.done:
                 extra = {}
                 if stepper.needs_jacobian:

@@ -485,3 +485,25 @@ def test_pc_with_other_predictors(predictor, param, corrector):
     assert abs(r2.samples.var().item() - v_true) <= abs(r0.samples.var().item() - v_true) + 0.01
     with pytest.raises(ValueError, match="foo.*valid options"):
         sample(target, sdes.VP(), shape=(2, d), sampler="pc", foo=1)
+
+
+def test_midpoint_u_injection_fixes_the_midpoints_and_is_validated():
+    """Injected DDRaM uniforms replace the per-sample draws (the scheduler's shared midpoints) and
+    bad shapes or samplers without a midpoint are refused before any evaluation."""
+    from lit_diffusion.sdes import OU as _OU
+    from lit_diffusion.targets import bimodal_1d as _bimodal
+
+    sde, target = _OU(), _bimodal()
+    x_T = torch.randn(5, 1, generator=torch.Generator().manual_seed(0))
+    u = torch.full((4,), 0.3, dtype=torch.float64)
+    a = sample(target, sde, x_T=x_T, sampler="ddram", steps=4, ode=True, midpoint_u=u).samples
+    b = sample(target, sde, x_T=x_T, sampler="ddram", steps=4, ode=True, midpoint_u=u[:, None].expand(4, 5)).samples
+    c = sample(target, sde, x_T=x_T, sampler="ddram", steps=4, ode=True, midpoint_u=torch.full((4,), 0.7)).samples
+    assert torch.allclose(a, b)
+    assert (a - c).abs().max() > 1e-6
+    with pytest.raises(ValueError, match="midpoint_u of shape"):
+        sample(target, sde, x_T=x_T, sampler="ddram", steps=4, midpoint_u=torch.full((3,), 0.5))
+    with pytest.raises(ValueError, match="strictly inside"):
+        sample(target, sde, x_T=x_T, sampler="ddram", steps=4, midpoint_u=torch.ones(4))
+    with pytest.raises(ValueError, match="no"):
+        sample(target, sde, x_T=x_T, sampler="euler", steps=4, midpoint_u=torch.full((4,), 0.5))

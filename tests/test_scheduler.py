@@ -153,9 +153,9 @@ def run_like_pipeline(sched, model, x_T, steps, generator=None, sd_style=False, 
 
 
 # sample() draws a DDRaM midpoint per sample and step from the same generator as the noise, the
-# scheduler draws them in set_timesteps (shared by the batch): the streams coincide only for the
-# ODE form with one sample.  The stochastic DDRaM forms are checked by convergence below.
-EQUIVALENCE = [k for k in SAMPLER_VARIANTS if k not in ("ddram", "pc_ddram")]
+# scheduler draws them in set_timesteps (shared by the batch): sample() is given the scheduler's
+# uniforms (midpoint_u) so that both consume the same noise stream.
+EQUIVALENCE = list(SAMPLER_VARIANTS)
 
 
 @pytest.mark.parametrize("name", EQUIVALENCE)
@@ -165,7 +165,7 @@ def test_scheduler_reproduces_sample_with_same_noise(name):
     kw = dict(SAMPLER_VARIANTS[name])
     sched = SDEScheduler(schedule="log_snr", **kw)
     model = AnalyticEps(TARGET, sched.sde)
-    B = 1 if name == "ddram_ode" else 6
+    B = 6
     x_T = torch.randn(B, 2, generator=torch.Generator().manual_seed(5))
     steps, seed = 6, 11
     x_sched = run_like_pipeline(
@@ -187,6 +187,7 @@ def test_scheduler_reproduces_sample_with_same_noise(name):
         generator=torch.Generator().manual_seed(seed),
         final_denoise=True,
         prediction_type="epsilon",
+        midpoint_u=sched._u if sched.stepper.needs_midpoint else None,
         **opts,
     )
     assert ref.nfe == len(sched.timesteps) == calls
