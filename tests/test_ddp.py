@@ -58,3 +58,30 @@ def test_lightning_ddp_two_cpu_processes_stay_in_sync(tmp_path):
     vec = torch.cat([p.detach().reshape(-1) for p in m.net.parameters()])
     assert torch.equal(vec, pa)
     assert m.net.out.weight.abs().sum() > 0  # the zero-initialised output layer trained
+
+
+@pytest.mark.multiprocess
+@pytest.mark.slow
+def test_train_py_ddp_on_cpu_then_resume(tmp_path):
+    """``python train.py --trainer.strategy ddp --trainer.devices 2`` on the CPU writes one last.ckpt
+    (rank 0, atomic), and a DDP resume from it continues the global step."""
+    env = dict(os.environ)
+    for k in ("LOCAL_RANK", "NODE_RANK", "WORLD_SIZE", "RANK"):
+        env.pop(k, None)
+    env.update(MASTER_ADDR="127.0.0.1", WANDB_MODE="offline", OMP_NUM_THREADS="1")
+    common = [
+        sys.executable, str(ROOT / "train.py"), "--trainer.accelerator", "cpu", "--trainer.devices", "2",
+        "--trainer.strategy", "ddp", "--ckpt_every_n_steps", "5", "--logger", "csv", "--log_dir", str(tmp_path / "logs"),
+        "--progress_bar", "none", "--samples.every_n_steps", "0", "--samples.n_samples", "50", "--samples.steps", "5",
+        "--model.net.init_args.hidden", "16", "--data.init_args.n_samples", "2000", "--trainer.limit_val_batches", "0",
+        "--ckpt_dir", str(tmp_path / "ck"), "--run_name", "ddp",
+    ]
+    for max_steps, extra in ((10, []), (16, ["--ckpt_path", "last"])):
+        env["MASTER_PORT"] = str(free_port())
+        r = subprocess.run(common + ["--trainer.max_steps", str(max_steps), *extra], cwd=tmp_path, env=env,
+                           capture_output=True, text=True, timeout=400)
+        assert r.returncode == 0, r.stderr[-4000:]
+        ck = torch.load(tmp_path / "ck" / "ddp" / "last.ckpt", weights_only=True)
+        assert ck["global_step"] == max_steps
+    m = ScoreModule.load_checkpoint(str(tmp_path / "ck" / "ddp" / "last.ckpt"))
+    assert all(torch.isfinite(p).all() for p in m.parameters())
