@@ -14,8 +14,9 @@ It trains the **same objects** as ``train.py``: the :class:`~lit_diffusion.modul
 the ``model:`` section of the same YAML configs (its ``net``, ``sde`` and ``loss``, the optimizer and
 the learning-rate schedule of :meth:`ScoreModule.lr_factor`, its EMA), the data module of the
 ``data:`` section, and ``trainer.max_steps`` / ``trainer.gradient_clip_val`` /
-``trainer.accumulate_grad_batches`` / ``trainer.log_every_n_steps`` of the ``trainer:`` section (other
-``trainer`` keys are Lightning-only and ignored, with a warning).  The loss is evaluated exactly as in
+``trainer.accumulate_grad_batches`` / ``trainer.log_every_n_steps`` / ``trainer.precision`` of the
+``trainer:`` section (every other Lightning ``Trainer`` key is accepted, and ignored with a warning when
+not at its default), and ``num_threads``.  The loss is evaluated exactly as in
 ``ScoreModule.training_step``: the network runs under the Accelerator's autocast (``bf16``/``fp16``),
 the SDE arithmetic and the loss in float32.
 
@@ -87,7 +88,12 @@ def build_parser(exit_on_error: bool = True):
     p.add_argument("--config", action=ActionConfigFile, help="a YAML config (the train.py configs work)")
     p.add_class_arguments(ScoreModule, "model")
     p.add_subclass_arguments(BaseDataModule, "data")
-    p.add_argument("--trainer", type=dict, default={}, help="trainer options; used: " + ", ".join(_TRAINER_KEYS))
+    # every Lightning Trainer key is accepted (the train.py configs parse unchanged, and
+    # --trainer.max_steps N works); only _TRAINER_KEYS are used, other non-default ones are warned about
+    import lightning.pytorch as pl
+
+    p.add_class_arguments(pl.Trainer, "trainer", instantiate=False, fail_untyped=False, sub_configs=True)
+    p.add_argument("--num_threads", type=Optional[int], default=None, help="torch CPU threads (train.py option)")
     p.add_argument("--samples", type=Optional[dict], default=None, help="(train.py pictures; ignored here)")
     p.add_argument("--mixed_precision", type=Optional[Literal["no", "bf16", "fp16"]], default=None,
                    help="autocast precision (default: trainer.precision, else 'no', else the accelerate config)")
@@ -109,7 +115,9 @@ def build_parser(exit_on_error: bool = True):
             "model.warmup_steps": 100,
             "model.ema_decay": 0.995,
             "data": lazy_instance(SwissRollDataModule, n_samples=20000, batch_size=256),
-            "trainer": {"max_steps": 2000, "log_every_n_steps": 50, "gradient_clip_val": 1.0},
+            "trainer.max_steps": 2000,
+            "trainer.log_every_n_steps": 50,
+            "trainer.gradient_clip_val": 1.0,
         }
     )
     return p
@@ -128,13 +136,34 @@ class TrainResult:
     history: list = field(default_factory=list)  # (step, loss) at every log step
 
 
-def _trainer_options(trainer: dict) -> dict:
+def _same(a, b) -> bool:
+    try:
+        return bool(a == b)
+    except Exception:  # noqa: BLE001
+        return False
+
+
+def _trainer_defaults() -> dict:
+    import inspect
+
+    import lightning.pytorch as pl
+
+    return {k: v.default for k, v in inspect.signature(pl.Trainer.__init__).parameters.items()}
+
+
+def _trainer_options(trainer) -> dict:
+    if hasattr(trainer, "as_dict"):
+        trainer = trainer.as_dict()
     trainer = dict(trainer or {})
-    unknown = sorted(k for k in trainer if k not in _TRAINER_KEYS)
+    defaults = _trainer_defaults()
+    unknown = sorted(
+        k for k, v in trainer.items()
+        if k not in _TRAINER_KEYS and not (k in defaults and _same(v, defaults[k])) and v is not None
+    )
     if unknown:
         warnings.warn(f"accelerate_train: ignoring Lightning-only trainer options {unknown}; used: {list(_TRAINER_KEYS)}")
     opts = {
-        "max_steps": int(trainer.get("max_steps") or 2000),
+        "max_steps": int(trainer.get("max_steps") if trainer.get("max_steps") not in (None, -1) else 2000),
         "gradient_clip_val": trainer.get("gradient_clip_val"),
         "accumulate_grad_batches": int(trainer.get("accumulate_grad_batches") or 1),
         "log_every_n_steps": int(trainer.get("log_every_n_steps") or 50),
@@ -227,6 +256,8 @@ def train(
             project_dir=cfg.log_dir,
         )
     rank, world = accelerator.process_index, accelerator.num_processes
+    if getattr(cfg, "num_threads", None):
+        torch.set_num_threads(int(cfg.num_threads))
 
     # the same module on every process (same seed), then per-process randomness for t and noise
     set_seed(int(cfg.seed))

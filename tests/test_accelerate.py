@@ -43,6 +43,8 @@ def free_port() -> int:
 def _env():
     env = dict(os.environ)
     env.update(WANDB_MODE="offline", OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+    # this checkout's package first (the scripts' own folder would otherwise come first on sys.path)
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
     env.pop("LOCAL_RANK", None)
     env.pop("WORLD_SIZE", None)
     env.pop("RANK", None)

@@ -37,6 +37,7 @@ def test_lightning_ddp_two_cpu_processes_stay_in_sync(tmp_path):
         env.pop(k, None)
     env.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()), WANDB_MODE="offline",
                OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
     out = tmp_path / "out"
     r = subprocess.run([sys.executable, str(SCRIPT), str(out), str(steps)], cwd=tmp_path, env=env,
                        capture_output=True, text=True, timeout=240)
@@ -69,6 +70,7 @@ def test_train_py_ddp_on_cpu_then_resume(tmp_path):
     for k in ("LOCAL_RANK", "NODE_RANK", "WORLD_SIZE", "RANK"):
         env.pop(k, None)
     env.update(MASTER_ADDR="127.0.0.1", WANDB_MODE="offline", OMP_NUM_THREADS="1")
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
     common = [
         sys.executable, str(ROOT / "train.py"), "--trainer.accelerator", "cpu", "--trainer.devices", "2",
         "--trainer.strategy", "ddp", "--ckpt_every_n_steps", "5", "--logger", "csv", "--log_dir", str(tmp_path / "logs"),

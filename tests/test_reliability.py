@@ -46,7 +46,7 @@ TINY_TRAIN = [
 def _env():
     env = dict(os.environ)
     env.update(WANDB_MODE="offline", OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONUNBUFFERED="1")
-    env["PYTHONPATH"] = os.pathsep.join([str(SCRIPTS), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), str(SCRIPTS), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
     for k in ("LOCAL_RANK", "WORLD_SIZE", "RANK", "NODE_RANK"):
         env.pop(k, None)
     return env
