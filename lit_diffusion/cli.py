@@ -264,17 +264,6 @@ class DiffusionCLI(LightningCLI):
         if not config.get("default_root_dir"):
             config["default_root_dir"] = ckpt_dir
         config["plugins"] = _with_atomic_checkpoint_io(config.get("plugins"))
-        # crash-safe checkpoint files (temp file + fsync + os.replace in the checkpoint folder),
-        # unless the config names its own CheckpointIO (see lit_diffusion/checkpoint_io.py)
-        from lightning.fabric.plugins import CheckpointIO
-
-        from .checkpoint_io import AtomicCheckpointIO
-
-        plugins = config.get("plugins")
-        plugins = list(plugins) if isinstance(plugins, (list, tuple)) else ([plugins] if plugins else [])
-        if not any(isinstance(p, CheckpointIO) for p in plugins):
-            plugins.append(AtomicCheckpointIO())
-        config["plugins"] = plugins
         return super()._instantiate_trainer(config, list(callbacks) + extra)
 
     # -- run ------------------------------------------------------------------------------------------
