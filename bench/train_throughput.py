@@ -43,6 +43,8 @@ import warnings
 os.environ.setdefault("WANDB_MODE", "offline")
 warnings.filterwarnings("ignore")
 
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # this checkout's package
+
 import torch  # noqa: E402
 
 
