@@ -2,6 +2,7 @@
 
     python -m lit_diffusion.evaluate --samples S.npz --reference swissroll_2d        # analytic target
     python -m lit_diffusion.evaluate --samples S.npz --reference heldout.npz         # held-out data
+    python -m lit_diffusion.evaluate --samples S.npz --reference swissroll           # train.py's default data
     python -m lit_diffusion.evaluate --samples S.npz --reference mnist --output scores.json
 
 Sample files: ``.npz`` (array under ``--key``, else ``samples``, else the only array), ``.npy`` or
@@ -43,7 +44,7 @@ def _target_names():
     return sorted(PRESETS)
 
 
-REFERENCE_NAMES = tuple(_target_names()) + M.IMAGE_REFERENCES
+REFERENCE_NAMES = tuple(_target_names()) + ("swissroll",) + M.IMAGE_REFERENCES
 
 
 def load_array(path: Union[str, os.PathLike], key: Optional[str] = None) -> np.ndarray:
@@ -146,6 +147,13 @@ def evaluate(
         target, ref_label = get_target(reference), f"target:{reference}"
     elif isinstance(reference, str) and reference in M.IMAGE_REFERENCES:
         ref_label = reference
+    elif isinstance(reference, str) and reference == "swissroll":
+        # the data train.py's default learns (scikit-learn swiss roll, scale 1/7), a fresh seeded draw
+        from .data import swiss_roll
+
+        n_sr = n_reference or 2000
+        ref_label = f"data:swissroll ({n_sr} points, seed {seed + 1})"
+        reference = swiss_roll(n_sr, seed=seed + 1).numpy()
     elif isinstance(reference, (str, os.PathLike)):
         if not Path(reference).is_file():
             raise FileNotFoundError(
