@@ -30,7 +30,7 @@ from typing import Any, Callable, Optional
 import torch
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 
-__all__ = ["AtomicCheckpointIO", "atomic_write_bytes", "atomic_torch_save", "TMP_SUFFIX"]
+__all__ = ["AtomicCheckpointIO", "atomic_write_bytes", "atomic_torch_save", "newest_checkpoint", "TMP_SUFFIX"]
 
 TMP_SUFFIX = ".tmp"
 
@@ -66,6 +66,32 @@ def _clean_stale(folder: str, name: str) -> None:
                 os.remove(os.path.join(folder, e))
             except OSError:
                 pass
+
+
+def newest_checkpoint(folder) -> Optional[str]:
+    """The most recently written ``*.ckpt`` file of ``folder`` (``last.ckpt`` or ``step=N.ckpt``;
+    temporary files of killed writers are ignored), or ``None``.
+
+    Lightning's ``ModelCheckpoint`` writes ``step=N.ckpt`` and *then* ``last.ckpt``: a kill between the
+    two leaves ``last.ckpt`` one interval behind, and Lightning's ``ckpt_path="last"`` (which only looks
+    at ``last*.ckpt``) would lose that interval.  Resuming from this file does not.
+    """
+    try:
+        names = os.listdir(folder)
+    except OSError:
+        return None
+    best, best_t = None, None
+    for n in names:
+        if not n.endswith(".ckpt") or n.startswith("."):
+            continue
+        p = os.path.join(folder, n)
+        try:
+            t = os.stat(p).st_mtime_ns
+        except OSError:
+            continue
+        if best_t is None or t > best_t or (t == best_t and n == "last.ckpt"):
+            best, best_t = p, t
+    return best
 
 
 def _umask() -> int:

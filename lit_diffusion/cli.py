@@ -272,6 +272,12 @@ class DiffusionCLI(LightningCLI):
         ckpt_path = self.config["ckpt_path"]
         if ckpt_path not in (None, "last") and not os.path.isfile(ckpt_path):
             raise FileNotFoundError(f"--ckpt_path {ckpt_path!r}: no such checkpoint file (or use 'last')")
+        if ckpt_path == "last":
+            # the newest checkpoint file of the run (a kill between ModelCheckpoint's step=N.ckpt and
+            # last.ckpt writes leaves last.ckpt one interval behind); Lightning's "last" when none yet
+            from .checkpoint_io import newest_checkpoint
+
+            ckpt_path = newest_checkpoint(self.checkpoint_dir) or "last"
         with warnings.catch_warnings():
             if isinstance(self.datamodule, BaseDataModule):
                 # our data modules restore the data order themselves (BaseDataModule.state_dict)
