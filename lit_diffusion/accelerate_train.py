@@ -455,8 +455,9 @@ def _save(accelerator, module, optimizer, scheduler, step: int, ckpt_dir: str) -
         "world_size": int(accelerator.num_processes),
     }
     path = os.path.join(ckpt_dir, f"step={step}.ckpt")
-    save_checkpoint_atomic(ckpt, path)
+    # last.ckpt first: a kill between the two writes leaves last.ckpt the newest checkpoint
     save_checkpoint_atomic(ckpt, os.path.join(ckpt_dir, "last.ckpt"))
+    save_checkpoint_atomic(ckpt, path)
     for name in os.listdir(ckpt_dir):  # keep the newest step file only (as train.py does)
         if name.startswith("step=") and name.endswith(".ckpt") and name != os.path.basename(path):
             try:
