@@ -14,9 +14,10 @@ roll data module's loader: same batches in the same order), with the same loss (
 Lightning variants:
 
 * ``lightning``: ``Trainer(logger=CSVLogger, log_every_n_steps=50, enable_progress_bar=False,
-  enable_checkpointing=False)`` -- the loop itself with its logging;
-* ``lightning lean``: the same with ``ScoreModule(log_every_step=False)`` (``train/loss`` logged every
-  ``log_every_n_steps`` steps instead of every step);
+  enable_checkpointing=False)`` and the ``ScoreModule`` defaults -- the loop itself with its logging
+  (every metric every ``log_every_n_steps`` steps);
+* ``lightning every-step``: the same with ``ScoreModule(log_every_step=True)`` (``train/loss`` logged
+  at every step);
 * ``lightning+train.py``: ``lightning`` plus what ``train.py`` adds by default: the tqdm progress bar and the
   ``NonFiniteGuard`` callback (one gradient norm and one host sync per step).
 
@@ -69,7 +70,7 @@ def make_parts(args):
     return net, dm
 
 
-def _module(net, args, log_every_step: bool = True):
+def _module(net, args, log_every_step: bool = False):
     from lit_diffusion.module import ScoreModule
 
     return ScoreModule(net=net, sde="VP", loss="dsm", lr=2e-3, warmup_steps=100, ema_decay=0.995,
@@ -120,7 +121,7 @@ def run_plain(args, precision: str) -> float:
 # --------------------------------------------------------------------------------------------
 # Lightning loop
 # --------------------------------------------------------------------------------------------
-def run_lightning(args, precision: str, train_py_extras: bool, log_every_step: bool = True) -> float:
+def run_lightning(args, precision: str, train_py_extras: bool, log_every_step: bool = False) -> float:
     import lightning.pytorch as pl
 
     from lit_diffusion.reliability import NonFiniteGuard
@@ -194,9 +195,9 @@ def main(argv=None) -> None:
     precisions = ["fp32", "bf16"] if args.precision == "both" else [args.precision]
     variants = {
         "plain": lambda prec: run_plain(args, prec),
-        "lightning": lambda prec: run_lightning(args, prec, False),
-        "lightning lean": lambda prec: run_lightning(args, prec, False, log_every_step=False),
-        "lightning+train.py": lambda prec: run_lightning(args, prec, True),
+        "lightning": lambda prec: run_lightning(args, prec, False, log_every_step=False),
+        "lightning every-step": lambda prec: run_lightning(args, prec, False, log_every_step=True),
+        "lightning+train.py": lambda prec: run_lightning(args, prec, True, log_every_step=False),
     }
     print(f"# TimeMLP(hidden={args.hidden}, n_blocks={args.blocks}), batch {args.batch}, {args.steps} timed steps "
           f"after {args.warmup}, {args.rounds} interleaved rounds, {args.threads} thread(s), torch {torch.__version__}")
