@@ -11,13 +11,13 @@ is: :meth:`GaussianMixture.prediction` answers any prediction type for any SDE.
 from __future__ import annotations
 
 import math
-from typing import Optional, Sequence, Union
+from typing import Union
 
 import torch
 from torch import Tensor
 
 from .parametrizations import canonical_prediction, from_epsilon
-from .sdes import LinearSDE, as_time, broadcast_to, compute_dtype
+from .sdes import LinearSDE, as_time, compute_dtype
 from .utils import GeneratorLike, rand, randn
 
 __all__ = ["GaussianMixture", "PRESETS", "get_target"]

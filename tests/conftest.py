@@ -22,6 +22,13 @@ import torch  # noqa: E402
 torch.set_num_threads(1)
 
 
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Every test starts with one intra-op thread, whatever an earlier test set."""
+    torch.set_num_threads(1)
+    yield
+
+
 @pytest.fixture
 def gen():
     """A seeded CPU generator."""

@@ -16,13 +16,6 @@ from lit_diffusion.networks import TimeMLP, UNet
 from lit_diffusion.sdes import OU, VE, VP, ContractiveOU, ContractiveVP, SubVP, get_sde
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Small models train fastest on one thread (and far faster on a busy machine); restore after."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 @pytest.mark.parametrize("sde", [VP(), SubVP(), VE(), OU(), ContractiveVP(), ContractiveOU(theta=0.5)])

@@ -19,13 +19,6 @@ from lit_diffusion.utils import make_generators
 F64 = torch.float64
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """These tests are many small ops: one thread is much faster on a shared 2-core machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def _run_step(stepper, field, x, t, s, noise=None, u=None):

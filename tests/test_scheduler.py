@@ -42,13 +42,6 @@ SAMPLER_VARIANTS = {
 assert {v["sampler"] for v in SAMPLER_VARIANTS.values()} == set(SCHEDULER_SAMPLERS)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Small tensors: intra-op threads only add overhead (and stall badly on a loaded 2-core box)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 # --------------------------------------------------------------------------------------------

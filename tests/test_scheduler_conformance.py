@@ -43,13 +43,6 @@ VARIANTS = {
 
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Small tensors: intra-op threads only add overhead (and stall badly on a loaded 2-core box)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 def get_scheduler_config(**kw):
     # the same partial config as diffusers' DDPMSchedulerTest

@@ -7,13 +7,6 @@ from lit_diffusion import sdes
 from lit_diffusion.schedules import SCHEDULES, get_timesteps
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Many small tensor ops: one thread is much faster on a shared 2-core machine (restored after)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 ALL_SDES = [sdes.OU(), sdes.VP(), sdes.VE(), sdes.SubVP(), sdes.ContractiveOU(), sdes.ContractiveVP()]
 

@@ -14,14 +14,6 @@ from lit_diffusion.utils import make_generators
 F64 = torch.float64
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """These tests run many small tensor ops, which intra-op threads only slow down (badly so on a
-    shared CPU); restore the previous setting afterwards."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 SDES = {
     "OU": lambda: OU(theta=0.7, mu=0.5, sigma=1.3, T=2.0),
     "VE": lambda: VE(),

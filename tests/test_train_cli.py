@@ -10,13 +10,6 @@ import torch
 from lit_diffusion.cli import DiffusionCLI, main, make_logger, wandb_mode
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Small models train fastest on one thread (and far faster on a busy machine); restore after."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 pytestmark = pytest.mark.filterwarnings("ignore:LightningCLI's args parameter")
