@@ -72,13 +72,11 @@ _PRECISION_MAP = {
 # --------------------------------------------------------------------------------------------
 def build_parser(exit_on_error: bool = True):
     """A jsonargparse parser reading the ``train.py`` configs (``model``, ``data``, ``trainer``...)."""
-    from jsonargparse import ArgumentParser, ActionConfigFile, lazy_instance
+    from jsonargparse import ArgumentParser, ActionConfigFile
 
-    from lit_diffusion.data import BaseDataModule, SwissRollDataModule
-    from lit_diffusion.losses import DSM
+    from lit_diffusion.cli import embedded_defaults
+    from lit_diffusion.data import BaseDataModule
     from lit_diffusion.module import ScoreModule
-    from lit_diffusion.networks import TimeMLP
-    from lit_diffusion.sdes import VP
 
     p = ArgumentParser(
         prog="accelerate_train.py",
@@ -106,20 +104,7 @@ def build_parser(exit_on_error: bool = True):
     p.add_argument("--logger", type=Literal["none", "csv", "tensorboard", "wandb"], default="none")
     p.add_argument("--log_dir", type=str, default="logs")
     p.add_argument("--progress_bar", type=Optional[str], default=None, help="(train.py option; ignored here)")
-    p.set_defaults(
-        {
-            "model.net": lazy_instance(TimeMLP, dim=2, hidden=128, n_blocks=3),
-            "model.sde": lazy_instance(VP),
-            "model.loss": lazy_instance(DSM),
-            "model.lr": 2e-3,
-            "model.warmup_steps": 100,
-            "model.ema_decay": 0.995,
-            "data": lazy_instance(SwissRollDataModule, n_samples=20000, batch_size=256),
-            "trainer.max_steps": 2000,
-            "trainer.log_every_n_steps": 50,
-            "trainer.gradient_clip_val": 1.0,
-        }
-    )
+    p.set_defaults(embedded_defaults())
     return p
 
 

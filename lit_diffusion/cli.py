@@ -145,6 +145,23 @@ def _with_atomic_checkpoint_io(plugins):
     return plugins or None
 
 
+
+def embedded_defaults() -> dict:
+    """The embedded default run shared by ``train.py`` and the Accelerate launcher: swiss roll, small
+    time-conditioned MLP, VP SDE, DSM, 2,000 steps (``configs/swissroll.yaml`` says the same)."""
+    return {
+        "model.net": lazy_instance(TimeMLP, dim=2, hidden=128, n_blocks=3),
+        "model.sde": lazy_instance(VP),
+        "model.loss": lazy_instance(DSM),
+        "model.lr": 2e-3,
+        "model.warmup_steps": 100,
+        "model.ema_decay": 0.995,
+        "data": lazy_instance(SwissRollDataModule, n_samples=20000, batch_size=256),
+        "trainer.max_steps": 2000,
+        "trainer.log_every_n_steps": 50,
+        "trainer.gradient_clip_val": 1.0,
+    }
+
 class DiffusionCLI(LightningCLI):
     """LightningCLI with checkpointing, logging and picture defaults for diffusion training."""
 
@@ -182,18 +199,9 @@ class DiffusionCLI(LightningCLI):
         # the embedded default: swiss roll, small MLP, VP SDE, DSM (configs/swissroll.yaml says the same)
         parser.set_defaults(
             {
-                "model.net": lazy_instance(TimeMLP, dim=2, hidden=128, n_blocks=3),
-                "model.sde": lazy_instance(VP),
-                "model.loss": lazy_instance(DSM),
-                "model.lr": 2e-3,
-                "model.warmup_steps": 100,
-                "model.ema_decay": 0.995,
-                "data": lazy_instance(SwissRollDataModule, n_samples=20000, batch_size=256),
-                "trainer.max_steps": 2000,
-                "trainer.log_every_n_steps": 50,
+                **embedded_defaults(),
                 "trainer.val_check_interval": 500,
                 "trainer.check_val_every_n_epoch": None,
-                "trainer.gradient_clip_val": 1.0,
                 "trainer.accelerator": "auto",
                 "trainer.devices": 1,
                 "num_threads": 1,
