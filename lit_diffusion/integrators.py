@@ -313,11 +313,15 @@ class IntegralTable:
         return self._dev[key]
 
     @staticmethod
-    def _hermite(u_nodes, y, dy, x):
+    def _cell(u_nodes, x):
+        """Index ``i`` of the table cell holding ``x``, its width and the position of ``x`` in it."""
         i = torch.searchsorted(u_nodes, x.contiguous(), right=True).clamp(1, u_nodes.numel() - 1) - 1
-        x0, x1 = u_nodes[i], u_nodes[i + 1]
-        hh = x1 - x0
-        tt = ((x - x0) / hh).clamp(0.0, 1.0)
+        hh = u_nodes[i + 1] - u_nodes[i]
+        return i, hh, ((x - u_nodes[i]) / hh).clamp(0.0, 1.0)
+
+    @staticmethod
+    def _hermite(u_nodes, y, dy, x):
+        i, hh, tt = IntegralTable._cell(u_nodes, x)
         t2, t3 = tt * tt, tt * tt * tt
         h00 = 2 * t3 - 3 * t2 + 1
         h10 = t3 - 2 * t2 + tt
@@ -364,10 +368,7 @@ class IntegralTable:
 
     @staticmethod
     def _hermite_derivative(u_nodes, y, dy, x):
-        i = torch.searchsorted(u_nodes, x.contiguous(), right=True).clamp(1, u_nodes.numel() - 1) - 1
-        x0, x1 = u_nodes[i], u_nodes[i + 1]
-        hh = x1 - x0
-        tt = ((x - x0) / hh).clamp(0.0, 1.0)
+        i, hh, tt = IntegralTable._cell(u_nodes, x)
         t2 = tt * tt
         d00 = (6 * t2 - 6 * tt) / hh
         d10 = 3 * t2 - 4 * tt + 1
