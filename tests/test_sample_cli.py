@@ -19,26 +19,8 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 # ------------------------------------------------------------------------------------------------
-# fixtures: a real (tiny) training run and a tiny diffusers pipeline
+# fixtures: a tiny diffusers pipeline (the tiny Lightning checkpoint `ckpt` is in conftest.py)
 # ------------------------------------------------------------------------------------------------
-@pytest.fixture(scope="module")
-def ckpt(tmp_path_factory):
-    import lightning.pytorch as pl
-
-    from lit_diffusion.data import TensorDataModule, swiss_roll
-    from lit_diffusion.module import ScoreModule
-    from lit_diffusion.networks import TimeMLP
-
-    torch.manual_seed(0)
-    module = ScoreModule(net=TimeMLP(dim=2, hidden=16, n_blocks=1), sde="VP", warmup_steps=1, ema_decay=0.9)
-    trainer = pl.Trainer(
-        max_steps=5, accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False,
-        enable_model_summary=False, limit_val_batches=0,
-    )
-    trainer.fit(module, TensorDataModule(swiss_roll(256), batch_size=64, val_fraction=0.0))
-    path = tmp_path_factory.mktemp("ckpt") / "tiny.ckpt"
-    trainer.save_checkpoint(str(path))
-    return path
 
 
 @pytest.fixture(scope="module")
