@@ -181,13 +181,26 @@ def ddram_finish(x_t: Tensor, F_tau: Tensor, t, tau, s, carry, integ: ExpIntegra
     return _uncentre(sde, out, s)
 
 
-def langevin_corrector_step(x: Tensor, score: Tensor, snr: float, kappa, noise: Tensor) -> Tensor:
+SNR_NORMS = ("sample", "batch")
+
+
+def langevin_corrector_step(x: Tensor, score: Tensor, snr: float, kappa, noise: Tensor, snr_norm: str = "sample") -> Tensor:
     """One Langevin corrector step (§5, seed 003 eq. 14): ``X + eps s + sqrt(2 eps) z`` with the
-    signal-to-noise rule ``eps = 2 kappa (snr ||z|| / ||s||)^2`` per sample."""
+    signal-to-noise rule ``eps = 2 kappa (snr ||z|| / ||s||)^2``.
+
+    ``snr_norm="sample"`` (§5, default): the norms of each sample, so the step size is per sample.
+    ``snr_norm="batch"``: the batch means of the per-sample norms (score_sde_pytorch's choice), one
+    step size for the batch; in low dimension it avoids the blow-up of ``||z||/||s||`` for samples
+    that sit where the score vanishes (see docs/samplers.md)."""
+    if snr_norm not in SNR_NORMS:
+        raise ValueError(f"snr_norm={snr_norm!r} is invalid; valid choices: {list(SNR_NORMS)}")
     dtype = compute_dtype(x)
     x, score, noise = x.to(dtype), score.to(dtype), noise.to(dtype)
     kappa = torch.as_tensor(kappa, dtype=dtype, device=x.device)  # scalar or per-sample (B,)
-    ratio = _per_sample_norm(noise) / _per_sample_norm(score).clamp_min(torch.finfo(dtype).tiny)
+    z_norm, s_norm = _per_sample_norm(noise), _per_sample_norm(score)
+    if snr_norm == "batch":
+        z_norm, s_norm = z_norm.mean().expand_as(z_norm), s_norm.mean().expand_as(s_norm)
+    ratio = z_norm / s_norm.clamp_min(torch.finfo(dtype).tiny)
     eps = 2 * kappa * (snr * ratio) ** 2
     eps = broadcast_to(eps, x)
     return x + eps * score + torch.sqrt(2 * eps) * noise
@@ -461,8 +474,11 @@ class PCStepper(Stepper):
 
     name = "pc"
 
-    def __init__(self, sde, parametrization=None, ode=False, predictor="euler", n_corrector=1, snr=0.16, corrector="after", method="auto"):
+    def __init__(self, sde, parametrization=None, ode=False, predictor="euler", n_corrector=1, snr=0.16, corrector="after", method="auto", snr_norm="sample"):
         predictor = str(predictor).lower()
+        if snr_norm not in SNR_NORMS:
+            raise ValueError(f"snr_norm={snr_norm!r} is invalid; valid choices: {list(SNR_NORMS)}")
+        self.snr_norm = snr_norm
         if predictor not in PREDICTORS:
             raise ValueError(f"unknown predictor {predictor!r}; valid choices: {list(PREDICTORS)}")
         if corrector not in ("after", "before"):
@@ -522,7 +538,7 @@ class PCStepper(Stepper):
         if self._in_corrector(st):
             score = F if self.field_kind == "score" else convert(F, self.field_kind, "score", st.x_eval, st.t_eval, self.sde)
             kappa = st.kappa.to(compute_dtype(st.x_eval))
-            x = langevin_corrector_step(st.x_eval, score, self.snr, kappa, noise).to(st.x_t.dtype)
+            x = langevin_corrector_step(st.x_eval, score, self.snr, kappa, noise, self.snr_norm).to(st.x_t.dtype)
             st.n_corr_done += 1
             if self.corrector == "after":
                 st.x_eval = x
@@ -671,7 +687,7 @@ def sample(
             (or pass ``prediction_type=``), or an analytic target (e.g. ``GaussianMixture``).
         x_T: the starting state; drawn from the prior with ``shape`` when None.
         sampler: one of :data:`SAMPLERS`; ``sampler_options`` go to its stepper
-            (pc: ``predictor, n_corrector, snr, corrector``; moment_matching: ``covariance,
+            (pc: ``predictor, n_corrector, snr, corrector, snr_norm``; moment_matching: ``covariance,
             exact_dim, lanczos_iters``; all exponential ones: ``method`` of the integrator).
         steps, schedule: the time grid (:func:`lit_diffusion.schedules.get_timesteps`), or an
             explicit decreasing ``timesteps`` tensor.

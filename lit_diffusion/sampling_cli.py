@@ -241,6 +241,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--predictor", default=None, help="pc: euler, exponential_euler or ddram")
     p.add_argument("--n-corrector", type=int, default=None, help="pc: Langevin corrector steps per step")
     p.add_argument("--snr", type=float, default=None, help="pc: corrector signal-to-noise ratio")
+    p.add_argument("--snr-norm", default=None, help="pc: 'sample' (per-sample step size, default) or 'batch' "
+                   "(batch-mean norms, stable for low-dimensional data)")
     p.add_argument("--final-denoise", action="store_true", help="return D(x, t_min) (one more evaluation)")
     p.add_argument("--precision", default="fp32", help=f"network precision, one of {list(PRECISIONS)}")
     p.add_argument("--no-ema", action="store_true", help="use the raw (not the EMA) weights of a Lightning checkpoint")
@@ -329,7 +331,7 @@ def prepare(args: argparse.Namespace) -> Plan:
     if out.exists() and not out.is_dir():
         raise ValueError(f"--out {str(out)!r} exists and is not a folder")
     options = {}
-    pc_opts = {"predictor": args.predictor, "n_corrector": args.n_corrector, "snr": args.snr}
+    pc_opts = {"predictor": args.predictor, "n_corrector": args.n_corrector, "snr": args.snr, "snr_norm": args.snr_norm}
     given = {k: v for k, v in pc_opts.items() if v is not None}
     if given and sampler != "pc":
         raise ValueError(f"options {sorted('--' + k.replace('_', '-') for k in given)} only apply to --sampler pc; got --sampler {sampler!r}")
