@@ -100,7 +100,7 @@ class SDEScheduler(SchedulerMixin, ConfigMixin):
     *sampler* — ``sampler`` (one of :data:`SCHEDULER_SAMPLERS`), ``schedule`` (one of
     :data:`lit_diffusion.schedules.SCHEDULES` or ``"diffusers"``: diffusers' integer spacing),
     ``parametrization`` (``score``, ``relative_score``, ``denoiser``; ``None``: the sampler's
-    default), ``ode``, ``predictor`` / ``n_corrector`` / ``snr`` (PC), ``rho`` (EDM schedule),
+    default), ``ode``, ``predictor`` / ``n_corrector`` / ``snr`` / ``snr_norm`` (PC), ``rho`` (EDM schedule),
     ``final_denoise`` (one more evaluation at ``t_min`` returning the denoised estimate, like DDPM's
     last step), ``seed`` (DDRaM midpoints when ``set_timesteps`` gets no generator; default 0, so
     that a seeded pipeline is reproducible; ``None``: torch's global RNG).
@@ -130,6 +130,7 @@ class SDEScheduler(SchedulerMixin, ConfigMixin):
         predictor: Optional[str] = None,
         n_corrector: int = 1,
         snr: float = 0.16,
+        snr_norm: str = "sample",
         rho: float = 7.0,
         final_denoise: bool = True,
         seed: Optional[int] = 0,
@@ -195,7 +196,7 @@ class SDEScheduler(SchedulerMixin, ConfigMixin):
             if pred_name in ("exponential_euler", "ddram"):
                 parametrization = "denoiser"
         if name == "pc":
-            options.update(n_corrector=int(n_corrector), snr=float(snr))
+            options.update(n_corrector=int(n_corrector), snr=float(snr), snr_norm=snr_norm)
             if predictor is not None:
                 options["predictor"] = predictor
         self.stepper = get_stepper(name, self.sde, parametrization=parametrization, ode=bool(ode), **options)
