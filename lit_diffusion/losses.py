@@ -69,14 +69,6 @@ _DIM_REDUCTIONS = ("sum", "mean")
 _PROJECTIONS = ("gaussian", "rademacher")
 
 
-def _draw(fn, shape, generator: GeneratorLike, device, dtype) -> Tensor:
-    """Random numbers on ``device``: drawn there directly without a generator, else drawn on the
-    generator's own device (a CPU generator can drive CUDA data) and moved."""
-    if generator is None:
-        return fn(shape, generator=None, device=device, dtype=dtype)
-    return fn(shape, generator=generator, dtype=dtype).to(device)
-
-
 def _canonical_weighting(name) -> str:
     key = str(name).lower()
     key = _WEIGHTING_ALIASES.get(key, key)
@@ -173,7 +165,7 @@ class ScoreMatchingLoss:
         """Per-sample times ``t`` (B,) and effective weights ``w(t)`` (B,) so that
         ``E[w(t) l(t)] = E_{t ~ U(t_eps, T)}[λ(t) l(t)]``."""
         t_eps, T = self.time_range(sde)
-        u = _draw(rand, (batch,), generator, device, torch.float64)
+        u = rand((batch,), generator=generator, device=device, dtype=torch.float64)
         if self.importance_sampling:
             t = sample_importance_time(sde, u, t_eps)
             Z = importance_normalizer(sde, t_eps)
@@ -199,7 +191,7 @@ class ScoreMatchingLoss:
         B = x0.shape[0]
         field = as_field(model, sde, prediction_type=self.prediction_type)
         t, w = self.sample_time(sde, B, generator=generator, device=x0.device, dtype=dtype)
-        eps = _draw(randn, x0.shape, generator, x0.device, dtype)
+        eps = randn(x0.shape, generator=generator, device=x0.device, dtype=dtype)
         xt = sde.perturb(x0, t, eps)
         sigma = sde.sigma(t)  # (B,)
         return field, t, w, eps, xt, sigma, dtype
@@ -287,8 +279,8 @@ class SSM(ScoreMatchingLoss):
 
     def _draw(self, shape, generator, device, dtype):
         if self.distribution == "gaussian":
-            return _draw(randn, shape, generator, device, dtype)
-        return torch.where(_draw(rand, shape, generator, device, dtype) < 0.5, -1.0, 1.0).to(dtype)
+            return randn(shape, generator=generator, device=device, dtype=dtype)
+        return torch.where(rand(shape, generator=generator, device=device, dtype=dtype) < 0.5, -1.0, 1.0).to(dtype)
 
     def _inner(self, field, sde, x0, t, eps, xt, sigma, generator):
         with torch.enable_grad():

@@ -69,16 +69,6 @@ def _as_float(timestep) -> float:
     return float(timestep)
 
 
-def _draw_noise(shape, generator, device, dtype) -> Tensor:
-    """N(0, I) drawn on the generator's device (CPU generators work with CUDA samples), then moved."""
-    if generator is None:
-        return torch.randn(shape, device=device, dtype=dtype)
-    if isinstance(generator, torch.Generator):
-        return randn(shape, generator=generator, device=generator.device, dtype=dtype).to(device)
-    gens = list(generator)
-    return randn(shape, generator=gens, device=gens[0].device, dtype=dtype).to(device)
-
-
 class SDEScheduler(SchedulerMixin, ConfigMixin):
     """A diffusers scheduler running the samplers of :mod:`lit_diffusion.samplers`.
 
@@ -428,7 +418,7 @@ class SDEScheduler(SchedulerMixin, ConfigMixin):
             F = self._field(model_output, sample, st.t_eval, self.stepper.field_kind)
             noise = None
             if st.noise_needed and self.stepper.stochastic:
-                noise = _draw_noise(sample.shape, generator, sample.device, compute_dtype(sample))
+                noise = randn(sample.shape, generator=generator, device=sample.device, dtype=compute_dtype(sample))
             st.advance(F, noise=noise)
             if st.done:
                 prev = st.x.to(sample.dtype)

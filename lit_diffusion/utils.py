@@ -23,16 +23,18 @@ def make_generators(seeds: Sequence[int], device="cpu") -> list[torch.Generator]
 
 
 def _draw(fn, shape, generator: GeneratorLike, device, dtype) -> Tensor:
+    """Draw on the generator's own device (a CPU generator can drive CUDA data), then move the
+    result to ``device`` (the generator's device when None)."""
     shape = tuple(int(s) for s in shape)
-    if generator is None or isinstance(generator, torch.Generator):
-        if generator is not None and device is None:
-            device = generator.device
-        return fn(shape, generator=generator, device=device, dtype=dtype)
+    if generator is None:
+        return fn(shape, generator=None, device=device, dtype=dtype)
+    if isinstance(generator, torch.Generator):
+        x = fn(shape, generator=generator, device=generator.device, dtype=dtype)
+        return x.to(device) if device is not None else x
     gens = list(generator)
     if len(gens) != shape[0]:
         raise ValueError(f"got {len(gens)} generators for a batch of {shape[0]}; pass one generator per sample")
-    out = [fn(shape[1:], generator=g, device=g.device, dtype=dtype) for g in gens]
-    x = torch.stack(out)
+    x = torch.stack([fn(shape[1:], generator=g, device=g.device, dtype=dtype) for g in gens])
     return x.to(device) if device is not None else x
 
 
