@@ -137,6 +137,14 @@ def swiss_roll(n: int, noise: float = 0.0, seed: int = 0, scale: float = 1 / 7.0
 # --------------------------------------------------------------------------------------------
 # base classes
 # --------------------------------------------------------------------------------------------
+
+def _first(ds, n: Optional[int]) -> Tensor:
+    """The first ``n`` samples (all when None) of a data set as one tensor."""
+    n = len(ds) if n is None else min(int(n), len(ds))
+    if isinstance(ds, _Tensors):
+        return ds.x[:n].clone()
+    return torch.stack([ds[i] for i in range(n)])
+
 class BaseDataModule(pl.LightningDataModule):
     """Shared loader settings and the seeded held-out split.
 
@@ -240,20 +248,12 @@ class BaseDataModule(pl.LightningDataModule):
     def eval_data(self, n: Optional[int] = None) -> Tensor:
         """The held-out split as one tensor (its first ``n`` samples)."""
         self.setup("fit")
-        ds = self.val_set
-        n = len(ds) if n is None else min(int(n), len(ds))
-        if isinstance(ds, _Tensors):
-            return ds.x[:n].clone()
-        return torch.stack([ds[i] for i in range(n)])
+        return _first(self.val_set, n)
 
     def train_data(self, n: Optional[int] = None) -> Tensor:
         """The training split as one tensor (its first ``n`` samples)."""
         self.setup("fit")
-        ds = self.train_set
-        n = len(ds) if n is None else min(int(n), len(ds))
-        if isinstance(ds, _Tensors):
-            return ds.x[:n].clone()
-        return torch.stack([ds[i] for i in range(n)])
+        return _first(self.train_set, n)
 
 
 class TensorDataModule(BaseDataModule):
