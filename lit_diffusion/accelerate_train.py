@@ -175,12 +175,11 @@ def save_checkpoint_atomic(obj: Any, path: str) -> str:
     return atomic_torch_save(obj, path)
 
 
-def _load_resume(path: str) -> dict:
-    ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    for key in ("state_dict", "global_step"):
-        if key not in ckpt:
-            raise ValueError(f"--ckpt_path {path!r}: not a training checkpoint (no {key!r})")
-    return ckpt
+def _load_resume(path: str, module) -> dict:
+    """The checkpoint to resume from: valid, trusted by the registry, same SDE/loss/network as ``module``."""
+    from lit_diffusion.cli import check_resume
+
+    return check_resume(path, module)
 
 
 class _Runner:
@@ -208,9 +207,7 @@ def train(
     (tests use it to record the shard each process saw).
     """
     from accelerate import Accelerator
-    from accelerate.utils import DataLoaderConfiguration, set_seed
-
-    from lit_diffusion.module import ScoreModule
+    from accelerate.utils import DataLoaderConfiguration
 
     opts = _trainer_options(cfg.trainer)
     mp = cfg.mixed_precision if cfg.mixed_precision is not None else _PRECISION_MAP[opts["precision"]]
@@ -223,10 +220,11 @@ def train(
     ckpt_dir = os.path.join(cfg.ckpt_dir, cfg.run_name)
     resume = cfg.ckpt_path
     if resume == "last":
-        resume = os.path.join(ckpt_dir, "last.ckpt")
-        if not os.path.isfile(resume):
-            warnings.warn(f"--ckpt_path last: no {resume!r} yet; starting from scratch")
-            resume = None
+        from lit_diffusion.checkpoint_io import latest_checkpoint
+
+        resume = latest_checkpoint(ckpt_dir)
+        if resume is None:
+            warnings.warn(f"--ckpt_path last: no checkpoint in {ckpt_dir!r} yet; starting from scratch")
     elif resume is not None and not os.path.isfile(resume):
         raise FileNotFoundError(f"--ckpt_path {resume!r}: no such checkpoint file (or use 'last')")
 
@@ -240,6 +238,76 @@ def train(
             log_with=log_with,
             project_dir=cfg.log_dir,
         )
+    lock = _lock_folder(accelerator, ckpt_dir)
+    signals = _SignalFlag()
+    try:
+        return _train(cfg, opts, accelerator, ckpt_dir, resume, on_step, signals)
+    finally:
+        signals.restore()
+        if lock is not None:
+            lock.release()
+
+
+def _lock_folder(accelerator, ckpt_dir: str):
+    """Take the run lock of ``ckpt_dir`` on the main process; every process fails if it is held."""
+    from accelerate.utils import broadcast_object_list
+
+    from lit_diffusion.run_lock import FolderLockedError, RunLock
+
+    lock, msg = None, [None]
+    if accelerator.is_main_process:
+        try:
+            lock = RunLock(ckpt_dir).acquire()
+        except FolderLockedError as e:
+            msg = [str(e)]
+    if accelerator.num_processes > 1:
+        broadcast_object_list(msg, from_process=0)
+    if msg[0] is not None:
+        raise FolderLockedError(msg[0])
+    return lock
+
+
+class _SignalFlag:
+    """SIGTERM/SIGINT set a flag that the loop reads between two optimizer steps."""
+
+    def __init__(self):
+        import signal
+        import threading
+
+        self.signame: Optional[str] = None
+        self._old = {}
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                self._old[sig] = signal.getsignal(sig)
+                signal.signal(sig, self._handle)
+
+    def _handle(self, signum, frame) -> None:
+        import signal
+
+        self.signame = self.signame or signal.Signals(signum).name
+
+    def any(self, accelerator) -> bool:
+        """Whether any process received a signal (one all-reduce when there are several)."""
+        local = self.signame is not None
+        if accelerator.num_processes == 1:
+            return local
+        flag = torch.tensor([1.0 if local else 0.0], device=accelerator.device)
+        return float(accelerator.reduce(flag, "sum")) > 0
+
+    def restore(self) -> None:
+        import signal
+
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
+        self._old = {}
+
+
+def _train(cfg, opts, accelerator, ckpt_dir, resume, on_step, signals) -> TrainResult:
+    from accelerate.utils import set_seed
+
+    from lit_diffusion.module import ScoreModule
+    from lit_diffusion.reliability import EXIT_CODES, TrainingInterrupted
+
     rank, world = accelerator.process_index, accelerator.num_processes
     if getattr(cfg, "num_threads", None):
         torch.set_num_threads(int(cfg.num_threads))
@@ -262,7 +330,7 @@ def train(
 
     step = 0
     if resume is not None:
-        ckpt = _load_resume(resume)
+        ckpt = _load_resume(resume, module)
         module.load_state_dict(ckpt["state_dict"])
         if ckpt.get("optimizer_states"):
             optimizer.load_state_dict(ckpt["optimizer_states"][0])
@@ -375,6 +443,14 @@ def train(
                 t0, seen = time.perf_counter(), 0
             if step % int(cfg.ckpt_every_n_steps) == 0 and step < max_steps:
                 save(step)
+            if step < max_steps and signals.any(accelerator):
+                path = save(step)
+                name = signals.signame or "SIGTERM"
+                accelerator.print(
+                    f"received {name}: saved a checkpoint at global step {step} -> {path}\n"
+                    f"resume with --ckpt_path last; exiting with status {EXIT_CODES.get(name, 1)}"
+                )
+                raise TrainingInterrupted(name, path, step)
             if step >= max_steps:
                 done = True
                 break
@@ -391,35 +467,36 @@ def train(
 
 
 def _instantiate(ns) -> dict:
-    """``model`` namespace -> constructor kwargs (class_path dicts / lazy instances instantiated)."""
+    """``model`` namespace -> constructor kwargs; ``net``/``sde``/``loss`` descriptions are built by
+    the registry (:func:`lit_diffusion.registry.build`: registered classes, JSON arguments)."""
     from jsonargparse import Namespace
 
     out = {}
     d = ns.as_dict() if isinstance(ns, Namespace) else dict(ns)
     for k, v in d.items():
         v = getattr(ns, k) if isinstance(ns, Namespace) else v
-        out[k] = _build(v)
+        out[k] = _build(v, k if k in ("net", "sde", "loss") else None)
     return out
 
 
-def _build(v):
+def _build(v, kind: Optional[str]):
     from jsonargparse import Namespace
+
+    from lit_diffusion.registry import build
 
     if isinstance(v, Namespace) and "class_path" in v:
         v = v.as_dict()
     if isinstance(v, dict) and "class_path" in v:
-        import importlib
-
-        mod, _, name = str(v["class_path"]).rpartition(".")
-        cls = getattr(importlib.import_module(mod), name)
-        return cls(**{k: _build(a) for k, a in dict(v.get("init_args") or {}).items()})
+        if kind is None:
+            raise ValueError(f"accelerate_train: a class description {v.get('class_path')!r} where none is expected")
+        return build(v, kind)
     return v
 
 
 def _instantiate_data(v):
-    obj = _build(v)
     from lit_diffusion.data import BaseDataModule
 
+    obj = _build(v, "data")
     if not isinstance(obj, BaseDataModule):
         raise TypeError(f"data: expected a lit_diffusion.data.BaseDataModule; got {type(obj).__name__}")
     return obj

@@ -250,8 +250,13 @@ class DiffusionCLI(LightningCLI):
                 save_last=True,
                 save_top_k=1,
                 monitor=None,
+                # one run per folder (RunLock): overwrite, never write last-v1.ckpt beside a stale last.ckpt
+                enable_version_counter=False,
             )
-        extra = [self.checkpoint_callback]
+        from .reliability import SignalCheckpoint
+
+        self.signal_callback = SignalCheckpoint(dirpath=ckpt_dir)
+        extra = [self.checkpoint_callback, self.signal_callback]
         # stop on an inf/NaN gradient before it reaches the weights; never save non-finite weights
         from .reliability import NonFiniteGuard
 
@@ -276,41 +281,138 @@ class DiffusionCLI(LightningCLI):
 
     # -- run ------------------------------------------------------------------------------------------
     def fit(self) -> pl.Trainer:
-        """``trainer.fit`` with resume from ``--ckpt_path`` (``weights_only=True``)."""
+        """``trainer.fit`` in a locked checkpoint folder, resuming from ``--ckpt_path`` (``last``: the
+        loadable checkpoint of the run with the highest global step), after checking that the
+        checkpoint is trusted and describes the same SDE, loss and network as this run."""
+        from .run_lock import RunLock
+
+        lock = RunLock(self.checkpoint_dir) if self.trainer.is_global_zero else None
+        if lock is not None:
+            lock.acquire()  # FolderLockedError names the other run before any work
+        try:
+            ckpt_path = self._resume_path()
+            self._fit(ckpt_path)
+        finally:
+            if lock is not None:
+                lock.release()
+        return self.trainer
+
+    def _resume_path(self) -> Optional[str]:
+        from .checkpoint_io import latest_checkpoint
+
         ckpt_path = self.config["ckpt_path"]
         if ckpt_path not in (None, "last") and not os.path.isfile(ckpt_path):
             raise FileNotFoundError(f"--ckpt_path {ckpt_path!r}: no such checkpoint file (or use 'last')")
         if ckpt_path == "last":
-            # the newest checkpoint file of the run (a kill between ModelCheckpoint's step=N.ckpt and
-            # last.ckpt writes leaves last.ckpt one interval behind); Lightning's "last" when none yet
-            from .checkpoint_io import newest_checkpoint
+            log = print if self.trainer.is_global_zero else None
+            ckpt_path = latest_checkpoint(self.checkpoint_dir, log=log)
+            if ckpt_path is None:
+                warnings.warn(f"--ckpt_path last: no checkpoint in {self.checkpoint_dir!r} yet; starting from scratch")
+        if ckpt_path is not None:
+            check_resume(ckpt_path, self.model)
+        return ckpt_path
 
-            ckpt_path = newest_checkpoint(self.checkpoint_dir) or "last"
-        with warnings.catch_warnings():
-            if isinstance(self.datamodule, BaseDataModule):
-                # our data modules restore the data order themselves (BaseDataModule.state_dict)
-                warnings.filterwarnings("ignore", message="You're resuming from a checkpoint that ended before")
-            self.trainer.fit(self.model, datamodule=self.datamodule, ckpt_path=ckpt_path, weights_only=True)
+    def _fit(self, ckpt_path: Optional[str]) -> None:
+        from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+        try:
+            with warnings.catch_warnings():
+                if isinstance(self.datamodule, BaseDataModule):
+                    # our data modules restore the data order themselves (BaseDataModule.state_dict)
+                    warnings.filterwarnings("ignore", message="You're resuming from a checkpoint that ended before")
+                self.trainer.fit(self.model, datamodule=self.datamodule, ckpt_path=ckpt_path, weights_only=True)
+        except SIGTERMException:
+            raise self.signal_callback.interrupted(self.trainer.global_step) from None
         # the periodic checkpoint may predate the last steps: write last.ckpt at the final step
         # (through the same CheckpointIO plugin: AtomicCheckpointIO by default)
         cb = self.checkpoint_callback
         if cb is not None and getattr(cb, "_last_global_step_saved", -1) != self.trainer.global_step:
             self.trainer.save_checkpoint(os.path.join(self.checkpoint_dir, "last.ckpt"), weights_only=False)
-        return self.trainer
+            self.final_checkpoint = os.path.join(self.checkpoint_dir, "last.ckpt")
 
     def report(self) -> dict:
-        """Paths of the last checkpoint and the last picture (printed by train.py)."""
-        last = os.path.join(self.checkpoint_dir, "last.ckpt")
+        """Paths of the checkpoint this run wrote last and of the last picture (printed by train.py)."""
+        last = getattr(self, "final_checkpoint", None)
+        cb = self.checkpoint_callback
+        if last is None and cb is not None and cb.last_model_path:
+            last = cb.last_model_path
         return {
-            "checkpoint": last if os.path.isfile(last) else None,
+            "checkpoint": last if last and os.path.isfile(last) else None,
             "samples": getattr(self.samples_callback, "last_path", None),
         }
 
 
+def check_resume(path: str, model) -> dict:
+    """Refuse to resume from ``path`` unless it is a valid checkpoint whose hyper-parameters the
+    registry trusts and whose SDE, loss and network match ``model``'s (the message shows both)."""
+    from .checkpoint_io import CheckpointError, read_checkpoint
+    from .module import check_hparams, describe
+    from .registry import UntrustedConfigError, check_description
+
+    ckpt = read_checkpoint(path, require=("state_dict", "global_step"))
+    try:
+        hp = check_hparams(dict(ckpt.get("hyper_parameters") or {}), where=repr(path))
+    except UntrustedConfigError as e:
+        raise CheckpointError(str(e)) from None
+    diffs = []
+    for kind in ("sde", "loss", "net"):
+        if hp.get(kind) is None:
+            continue
+        mine = describe(getattr(model, kind), kind)
+        theirs = hp[kind]
+        c1, a1 = check_description(theirs, kind)
+        c2 = type(getattr(model, kind))
+        a2 = mine["init_args"]
+        a1n, a2n = _norm(a1), _norm(a2)
+        shared = set(a1n) & set(a2n)
+        if c1 is not c2 or any(a1n[k] != a2n[k] for k in shared):
+            diffs.append(f"  {kind}: checkpoint {_show(theirs)}\n  {' ' * len(kind)}  this run   {_show(mine)}")
+    if diffs:
+        raise CheckpointError(
+            f"refusing to resume from {path!r}: it was trained with a different model than this run's configuration:\n"
+            + "\n".join(diffs)
+            + "\nresume with the checkpoint's settings (or start a new run with another --run_name)"
+        )
+    return ckpt
+
+
+def _norm(args: dict) -> dict:
+    def n(v):
+        if isinstance(v, (list, tuple)):
+            return [n(u) for u in v]
+        if isinstance(v, dict):
+            return {k: n(u) for k, u in v.items()}
+        if isinstance(v, (int, float)) and not isinstance(v, bool):
+            return float(v)
+        return v
+
+    return {k: n(v) for k, v in dict(args).items()}
+
+
+def _show(desc) -> str:
+    if isinstance(desc, str):
+        return desc
+    args = ", ".join(f"{k}={v!r}" for k, v in sorted(dict(desc.get("init_args") or {}).items()))
+    return f"{desc.get('class_path')}({args})"
+
+
 def main(args=None, exit_on_error: bool = True) -> DiffusionCLI:
-    """Parse ``args`` (``sys.argv[1:]`` when None), train, print where the results are."""
+    """Parse ``args`` (``sys.argv[1:]`` when None), train, print where the results are.
+
+    Exit status: 0 when training finished; 143 / 130 after SIGTERM / SIGINT (a checkpoint at the
+    current step was written and its path printed); 2 for a refused run (bad input, folder in use by
+    another run, untrusted or mismatching checkpoint)."""
+    from .checkpoint_io import CheckpointError
+    from .run_lock import FolderLockedError
+
     cli = DiffusionCLI(args=args, exit_on_error=exit_on_error)
-    cli.fit()
+    try:
+        cli.fit()
+    except (FolderLockedError, CheckpointError) as e:
+        if not exit_on_error:
+            raise
+        print(f"train.py: error: {e}", file=sys.stderr, flush=True)
+        raise SystemExit(2) from None
     if cli.trainer.is_global_zero:
         rep = cli.report()
         print(f"checkpoint: {rep['checkpoint']}", flush=True)

@@ -26,7 +26,6 @@ Checkpoints hold only plain types: the hyperparameters describe ``net``/``sde``/
 
 from __future__ import annotations
 
-import importlib
 import inspect
 import math
 import time
@@ -42,88 +41,55 @@ from .parametrizations import canonical_prediction
 from .losses import ScoreMatchingLoss
 from .sdes import LinearSDE, get_sde
 
-__all__ = ["ScoreModule", "describe", "build_from_config"]
+__all__ = ["ScoreModule", "describe", "build_from_config", "check_hparams"]
 
 OPTIMIZERS = ("adamw", "adam", "sgd")
 LR_SCHEDULES = ("cosine", "constant", "linear")
-# modules from which checkpoint hyperparameters may name classes to rebuild
-_TRUSTED_PREFIXES = ("lit_diffusion.", "diffusers.", "torch.nn.")
 
 
 # --------------------------------------------------------------------------------------------
-# plain-type descriptions of components (for hyperparameters / checkpoints)
+# plain-type descriptions of components (for hyperparameters / checkpoints): lit_diffusion.registry
 # --------------------------------------------------------------------------------------------
-def _plain(v):
-    """``v`` if it is made of plain Python types (lists for tuples), else ``None``-marker."""
-    if v is None or isinstance(v, (bool, int, float, str)):
-        return v
-    if isinstance(v, (list, tuple)):
-        out = [_plain(u) for u in v]
-        return None if any(o is _NOT_PLAIN for o in out) else out
-    if isinstance(v, dict):
-        out = {str(k): _plain(u) for k, u in v.items()}
-        return None if any(o is _NOT_PLAIN for o in out.values()) else out
-    return _NOT_PLAIN
+def describe(obj, kind: Optional[str] = None) -> Any:
+    """A plain ``{"class_path": <registered name>, "init_args": {...}}`` description of ``obj``
+    (see :func:`lit_diffusion.registry.describe`)."""
+    from .registry import describe as _describe
 
-
-_NOT_PLAIN = object()
-
-
-def describe(obj) -> Any:
-    """A plain ``{"class_path": ..., "init_args": {...}}`` description of ``obj`` (best effort).
-
-    Uses, in order: ``obj.config`` (our networks, diffusers models), ``obj.hparams()`` (SDEs), then the
-    attributes named like the constructor's parameters (losses).  Values that are not plain types
-    are left out.
-    """
-    if obj is None or isinstance(obj, (str, int, float, bool)):
-        return obj
-    if isinstance(obj, dict):
-        return _plain(obj) if _plain(obj) is not _NOT_PLAIN else {"class_path": "dict"}
-    cls = type(obj)
-    path = f"{cls.__module__}.{cls.__qualname__}"
-    args: dict = {}
-    cfg = getattr(obj, "config", None)
-    hp = getattr(obj, "hparams", None)
-    if isinstance(cfg, dict) or (cfg is not None and hasattr(cfg, "items") and not callable(cfg)):
-        args = {k: v for k, v in dict(cfg).items() if not str(k).startswith("_")}
-    elif callable(hp) and not isinstance(obj, nn.Module):
-        try:
-            args = dict(hp())
-        except Exception:  # noqa: BLE001 - best effort
-            args = {}
-    else:
-        for klass in cls.__mro__:
-            init = klass.__dict__.get("__init__")
-            if init is None:
-                continue
-            for name in list(inspect.signature(init).parameters)[1:]:
-                if name in args or name in ("args", "kwargs"):
-                    continue
-                if hasattr(obj, name):
-                    args[name] = getattr(obj, name)
-    clean = {}
-    for k, v in args.items():
-        p = _plain(v)
-        if p is not _NOT_PLAIN:
-            clean[k] = p
-    return {"class_path": path, "init_args": clean}
+    return _describe(obj, kind)
 
 
 def build_from_config(cfg, kind: str):
-    """Instantiate a ``{"class_path", "init_args"}`` description (classes from lit_diffusion,
-    diffusers or torch.nn only)."""
-    if not isinstance(cfg, dict) or "class_path" not in cfg:
-        raise TypeError(f"{kind}: expected an object or a {{'class_path', 'init_args'}} dict; got {cfg!r}")
-    path = str(cfg["class_path"])
-    if not path.startswith(_TRUSTED_PREFIXES):
-        raise ValueError(f"{kind}: refusing to import {path!r}; class paths must start with one of {_TRUSTED_PREFIXES}")
-    mod, _, name = path.rpartition(".")
-    try:
-        cls = getattr(importlib.import_module(mod), name)
-    except (ImportError, AttributeError) as e:
-        raise ValueError(f"{kind}: unknown class {path!r} ({e})") from e
-    return cls(**dict(cfg.get("init_args") or {}))
+    """Build a ``{"class_path", "init_args"}`` description through the registry
+    (:func:`lit_diffusion.registry.build`): registered classes and JSON arguments only."""
+    from .registry import build
+
+    return build(cfg, kind)
+
+
+def check_hparams(hp: dict, where: str = "checkpoint") -> dict:
+    """Validate the hyper-parameters of a checkpoint before anything is built: JSON data only, keys
+    that :class:`ScoreModule` accepts, and registered ``net``/``sde``/``loss`` descriptions.  Raises
+    :class:`lit_diffusion.registry.UntrustedConfigError` naming the offending entry."""
+    from .registry import UntrustedConfigError, check_description, check_plain
+
+    if not isinstance(hp, dict):
+        raise UntrustedConfigError(f"{where}: hyper_parameters must be a dictionary; got {type(hp).__name__}")
+    hp = {k: v for k, v in hp.items() if k not in ("_instantiator", "_class_path")}
+    valid = set(inspect.signature(ScoreModule.__init__).parameters) - {"self"}
+    for k, v in hp.items():
+        if k not in valid:
+            raise UntrustedConfigError(
+                f"{where}: hyper_parameters has an unknown entry {k!r}; the checkpoint is not trusted. "
+                f"Valid entries: {sorted(valid)}"
+            )
+        check_plain(v, f"{where}.hyper_parameters.{k}")
+    for k in ("net", "sde", "loss"):
+        v = hp.get(k)
+        if v is not None and not isinstance(v, str):
+            check_description(v, k, f"{where}.hyper_parameters.{k}")
+        elif isinstance(v, str):
+            check_description(v, k, f"{where}.hyper_parameters.{k}")
+    return hp
 
 
 def _build_sde(sde) -> LinearSDE:
@@ -135,7 +101,9 @@ def _build_sde(sde) -> LinearSDE:
         return sde
     if isinstance(sde, str):
         return get_sde(sde)
-    return build_from_config(sde, "sde")
+    if isinstance(sde, dict):
+        return build_from_config(sde, "sde")
+    raise TypeError(f"sde must be a lit_diffusion SDE, its name or a {{'class_path', 'init_args'}} description; got {type(sde).__name__}")
 
 
 def _build_loss(loss):
@@ -159,7 +127,9 @@ def _build_net(net) -> nn.Module:
         from .networks import TimeMLP
 
         return TimeMLP()
-    return build_from_config(net, "net")
+    if isinstance(net, (dict, str)):
+        return build_from_config(net, "net")
+    raise TypeError(f"net must be an nn.Module or a {{'class_path', 'init_args'}} description; got {type(net).__name__}")
 
 
 # --------------------------------------------------------------------------------------------
@@ -275,9 +245,9 @@ class ScoreModule(pl.LightningModule):
 
         # hyperparameters: plain types only (weights_only checkpoint loading)
         self.save_hyperparameters(ignore=["net", "sde", "loss", "betas", "data_shape"])
-        self.hparams["net"] = describe(self.net)
-        self.hparams["sde"] = describe(self.sde)
-        self.hparams["loss"] = describe(self.loss)
+        self.hparams["net"] = describe(self.net, "net")
+        self.hparams["sde"] = describe(self.sde, "sde")
+        self.hparams["loss"] = describe(self.loss, "loss")
         self.hparams["betas"] = [float(b) for b in betas]
         self.hparams["data_shape"] = None if self.data_shape is None else list(self.data_shape)
         self.hparams.pop("_instantiator", None)
@@ -293,14 +263,22 @@ class ScoreModule(pl.LightningModule):
     def load_checkpoint(cls, path: str, map_location="cpu") -> "ScoreModule":
         """Rebuild a module from a checkpoint written by the Trainer, loading it with
         ``torch.load(weights_only=True)`` (a crafted pickle is refused)."""
-        ckpt = torch.load(path, map_location=map_location, weights_only=True)
-        return cls.from_checkpoint_dict(ckpt)
+        from .checkpoint_io import read_checkpoint
+
+        ckpt = read_checkpoint(path, map_location=map_location, require=("state_dict", "hyper_parameters"))
+        return cls.from_checkpoint_dict(ckpt, where=repr(str(path)))
 
     @classmethod
-    def from_checkpoint_dict(cls, ckpt: dict) -> "ScoreModule":
-        hp = dict(ckpt.get("hyper_parameters") or {})
-        for k in ("_instantiator", "_class_path"):
-            hp.pop(k, None)
+    def from_checkpoint_dict(cls, ckpt: dict, where: str = "checkpoint") -> "ScoreModule":
+        """Rebuild from a loaded checkpoint dictionary: every hyper-parameter is checked by the
+        registry (:func:`check_hparams`) before anything is built."""
+        from .checkpoint_io import CheckpointError
+        from .registry import UntrustedConfigError
+
+        try:
+            hp = check_hparams(dict(ckpt.get("hyper_parameters") or {}), where=where)
+        except UntrustedConfigError as e:
+            raise CheckpointError(str(e)) from None
         module = cls(**hp)
         module.load_state_dict(ckpt["state_dict"])
         shape = ckpt.get("data_shape")

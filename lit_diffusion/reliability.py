@@ -26,7 +26,7 @@ import math
 import lightning.pytorch as pl
 import torch
 
-__all__ = ["NonFiniteGuard", "first_nonfinite"]
+__all__ = ["NonFiniteGuard", "first_nonfinite", "SignalCheckpoint", "TrainingInterrupted", "EXIT_CODES"]
 
 
 def first_nonfinite(state: dict) -> str | None:
@@ -78,3 +78,90 @@ class NonFiniteGuard(pl.Callback):
                 f"refusing to save a checkpoint at global step {trainer.global_step}: weight {bad!r} is not finite. "
                 "The last good checkpoint is kept."
             )
+
+
+# --------------------------------------------------------------------------------------------
+# SIGTERM / SIGINT: save at the current step, then exit non-zero
+# --------------------------------------------------------------------------------------------
+EXIT_CODES = {"SIGTERM": 143, "SIGINT": 130}
+
+
+class TrainingInterrupted(SystemExit):
+    """Raised after a signal made the run save its state; ``code`` is 128 + the signal number
+    (143 for SIGTERM, 130 for SIGINT), so a scheduler never mistakes it for success."""
+
+    def __init__(self, signame: str, checkpoint: str | None, step: int):
+        super().__init__(EXIT_CODES.get(signame, 1))
+        self.signame, self.checkpoint, self.step = signame, checkpoint, step
+
+
+class SignalCheckpoint(pl.Callback):
+    """On SIGTERM (what SLURM and Kubernetes send first) or SIGINT (Ctrl-C), finish the current
+    optimizer step, write a checkpoint at it (through the Trainer's CheckpointIO: atomically), print
+    its path, and end the run with exit status 143 (SIGTERM) or 130 (SIGINT).
+
+    The signal only sets a flag (Lightning's own SIGTERM flag, which Lightning broadcasts from rank 0
+    to every DDP process at each batch), so the weights, the optimizer and the EMA are always saved
+    between two steps, never half-updated.  SIGINT is routed through the same flag.  ``path`` is the
+    file written (default ``<dirpath>/last.ckpt``).
+    """
+
+    def __init__(self, dirpath: str | None = None, filename: str = "last.ckpt"):
+        super().__init__()
+        self.dirpath, self.filename = dirpath, filename
+        self.signame: str | None = None
+        self.saved: str | None = None
+        self._old_int = None
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        import signal
+        import threading
+
+        if threading.current_thread() is not threading.main_thread():
+            return
+        lightning_term = signal.getsignal(signal.SIGTERM)
+
+        def on_term(signum, frame):
+            self.signame = self.signame or signal.Signals(signum).name
+            if callable(lightning_term):
+                lightning_term(signum, frame)
+
+        signal.signal(signal.SIGTERM, on_term)  # Lightning restores the original handler at teardown
+        self._old_int = signal.getsignal(signal.SIGINT)
+        signal.signal(signal.SIGINT, on_term)
+
+    def _restore(self) -> None:
+        import signal
+        import threading
+
+        if self._old_int is not None and threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGINT, self._old_int)
+            self._old_int = None
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        self._restore()
+
+    def on_exception(self, trainer, pl_module, exception) -> None:
+        from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+        self._restore()
+        if not isinstance(exception, SIGTERMException):
+            return
+        signame = self.signame or "SIGTERM"
+        import os
+
+        folder = self.dirpath or trainer.default_root_dir
+        path = os.path.join(folder, self.filename)
+        trainer.save_checkpoint(path)
+        self.saved = path
+        if trainer.is_global_zero:
+            print(
+                f"received {signame}: saved a checkpoint at global step {trainer.global_step} -> {path}\n"
+                f"resume with --ckpt_path last; exiting with status {EXIT_CODES.get(signame, 1)}",
+                flush=True,
+            )
+
+    def interrupted(self, step: int) -> TrainingInterrupted:
+        """The exception that ends the process after a signal (raised by the CLI once Lightning has
+        torn the run down)."""
+        return TrainingInterrupted(self.signame or "SIGTERM", self.saved, step)

@@ -200,8 +200,11 @@ def langevin_corrector_step(x: Tensor, score: Tensor, snr: float, kappa, noise: 
     z_norm, s_norm = _per_sample_norm(noise), _per_sample_norm(score)
     if snr_norm == "batch":
         z_norm, s_norm = z_norm.mean().expand_as(z_norm), s_norm.mean().expand_as(s_norm)
-    ratio = z_norm / s_norm.clamp_min(torch.finfo(dtype).tiny)
-    eps = 2 * kappa * (snr * ratio) ** 2
+    # a score that is exactly zero (e.g. a zero-initialised network) or not finite gives no usable
+    # step size: such samples are left where they are instead of being sent to inf/NaN
+    usable = (s_norm > 0) & torch.isfinite(s_norm)
+    ratio = z_norm / torch.where(usable, s_norm, torch.ones_like(s_norm))
+    eps = torch.where(usable, 2 * kappa * (snr * ratio) ** 2, torch.zeros_like(ratio))
     eps = broadcast_to(eps, x)
     return x + eps * score + torch.sqrt(2 * eps) * noise
 

@@ -72,8 +72,7 @@ PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float
 FORMATS = ("npz", "safetensors")
 
 
-class CheckpointError(ValueError):
-    """A checkpoint (file or pipeline folder) that cannot be read or does not describe a model."""
+from .checkpoint_io import CheckpointError  # noqa: E402  (re-exported: sample.py's error type)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -139,22 +138,14 @@ def load_lightning(path, ema: bool = True) -> LoadedModel:
     """A :class:`~lit_diffusion.module.ScoreModule` checkpoint (``weights_only=True``)."""
     from .module import ScoreModule
 
+    from .checkpoint_io import read_checkpoint
+
     path = Path(path)
+    ckpt = read_checkpoint(path, require=("state_dict", "hyper_parameters"))
     try:
-        ckpt = torch.load(str(path), map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001 - any unreadable / unsafe file
-        raise CheckpointError(
-            f"could not read checkpoint {str(path)!r}: it is not a readable PyTorch Lightning checkpoint "
-            f"(torch.load with weights_only=True failed: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})"
-        ) from e
-    if not isinstance(ckpt, dict) or "state_dict" not in ckpt or "hyper_parameters" not in ckpt:
-        keys = sorted(ckpt)[:8] if isinstance(ckpt, dict) else type(ckpt).__name__
-        raise CheckpointError(
-            f"checkpoint {str(path)!r} is not a ScoreModule checkpoint: it needs 'state_dict' and "
-            f"'hyper_parameters' (found {keys})"
-        )
-    try:
-        module = ScoreModule.from_checkpoint_dict(ckpt)
+        module = ScoreModule.from_checkpoint_dict(ckpt, where=repr(str(path)))
+    except CheckpointError:
+        raise
     except Exception as e:  # noqa: BLE001
         raise CheckpointError(f"checkpoint {str(path)!r} could not be rebuilt as a ScoreModule: {type(e).__name__}: {e}") from e
     if ema and module.ema is None:
@@ -327,9 +318,9 @@ def prepare(args: argparse.Namespace) -> Plan:
     _positive_int("--grid", args.grid)
     if not isinstance(args.num_threads, int) or args.num_threads < 0:
         raise ValueError(f"--num-threads {args.num_threads!r} is invalid; it must be an integer >= 0 (0: automatic)")
-    out = Path(args.out)
-    if out.exists() and not out.is_dir():
-        raise ValueError(f"--out {str(out)!r} exists and is not a folder")
+    if isinstance(args.seed, bool) or not isinstance(args.seed, int) or not (0 <= args.seed and args.seed + args.n <= 2**63 - 1):
+        raise ValueError(f"--seed {args.seed!r} is invalid; it must be an integer with 0 <= seed and seed + n <= 2**63 - 1 (sample i uses seed + i)")
+
     options = {}
     pc_opts = {"predictor": args.predictor, "n_corrector": args.n_corrector, "snr": args.snr, "snr_norm": args.snr_norm}
     given = {k: v for k, v in pc_opts.items() if v is not None}
@@ -368,6 +359,7 @@ def prepare(args: argparse.Namespace) -> Plan:
     if tuple(probe.shape[1:]) != shape:
         raise ValueError(f"the network of {str(args.checkpoint)!r} returns shape {tuple(probe.shape[1:])} for inputs of shape {shape}")
     nfe = int(args.steps) * int(stepper.evals_per_step) + (1 if args.final_denoise else 0)
+    check_output_folder(Path(args.out))
     return Plan(args, model, stepper, shape, options, reference, nfe)
 
 
@@ -390,9 +382,17 @@ def generate(plan: Plan, chunks: Sequence[Sequence[int]], device=None, progress:
 
     args = plan.args
     device = torch.device(device or "cpu")
-    total = sum(len(c) > 0 for c in chunks) * plan.nfe_per_sample
+    n_chunks = sum(len(c) > 0 for c in chunks)
+    # moment matching also calls the network for Jacobian products: its count is only known as it runs
+    total = None if getattr(plan.stepper, "needs_jacobian", False) else n_chunks * plan.nfe_per_sample
     bar = tqdm(total=total, desc=f"{args.sampler} x{args.steps}", unit="eval", disable=not progress, file=sys.stderr)
-    net = AutocastNet(plan.model.net.to(device), PRECISIONS[args.precision], plan.model.prediction_type, on_call=lambda: bar.update(1))
+    calls = [0]
+
+    def on_call():
+        calls[0] += 1
+        bar.update(1)
+
+    net = AutocastNet(plan.model.net.to(device), PRECISIONS[args.precision], plan.model.prediction_type, on_call=on_call)
     out: list[tuple[int, np.ndarray]] = []
     try:
         for chunk in chunks:
@@ -409,16 +409,52 @@ def generate(plan: Plan, chunks: Sequence[Sequence[int]], device=None, progress:
             out.extend((int(i), x[k]) for k, i in enumerate(chunk))
     finally:
         bar.close()
+    if n_chunks:
+        # network evaluations per sample as the progress bar counted them (Jacobian products included)
+        plan.nfe_per_sample = int(round(calls[0] / n_chunks))
     return out
 
 
 # ------------------------------------------------------------------------------------------------
 # outputs (atomic)
 # ------------------------------------------------------------------------------------------------
-def _atomic(path: Path, write: Callable[[str], None]) -> None:
+def check_output_folder(out: Path) -> None:
+    """Refuse an ``--out`` that cannot be written, before any work and without creating anything:
+    a file can be created in it, or (when it does not exist yet) in its nearest existing parent."""
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {str(out)!r} exists and is not a folder")
+    probe_dir = out.absolute()
+    while not probe_dir.exists():
+        probe_dir = probe_dir.parent
+    if not probe_dir.is_dir():
+        raise ValueError(f"--out {str(out)!r} cannot be created: {str(probe_dir)!r} is not a folder")
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".write-test.", suffix=".tmp", dir=str(probe_dir))
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        raise ValueError(f"--out {str(out)!r} is not writable ({str(probe_dir)!r}: {e.strerror or e})") from None
+
+
+def _tmp_path(path: Path) -> str:
+    from .checkpoint_io import _clean_stale, _tmp_prefix
+
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix="." + path.name + ".", suffix=".tmp", dir=str(path.parent))
+    _clean_stale(str(path.parent), path.name)  # temp files of this name left by killed sample.py runs
+    fd, tmp = tempfile.mkstemp(prefix=_tmp_prefix(path.name), suffix=".tmp", dir=str(path.parent))
     os.close(fd)
+    os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; outputs get the usual permissions
+    return tmp
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _atomic(path: Path, write: Callable[[str], None]) -> None:
+    tmp = _tmp_path(path)
     try:
         write(tmp)
         os.replace(tmp, path)
@@ -440,21 +476,25 @@ def _image_grid(x: np.ndarray, ncol: int) -> np.ndarray:
     return g[..., 0] if c == 1 else g
 
 
-def write_picture(path: Path, samples: np.ndarray, reference: Optional[np.ndarray], n_grid: int, title: str) -> bool:
-    """PNG grid for images (N, C, H, W) with C in 1/3, scatter for 2-D vectors; False otherwise."""
+def _picture_writer(samples: np.ndarray, reference: Optional[np.ndarray], n_grid: int, title: str, run_id: str = ""):
+    """A function writing the PNG to a path (image grid for (N, C, H, W) with C in 1/3, scatter for
+    2-D vectors), or None when the samples have no picture.  ``run_id`` goes into the PNG's
+    metadata (``Description``), as it goes into the samples file, so the two can be matched."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    meta = {"Description": f"lit_diffusion sample.py run {run_id}"}
     if samples.ndim == 4 and samples.shape[1] in (1, 3):
         x = samples[:n_grid]
         g = _image_grid(x, max(1, int(math.ceil(math.sqrt(len(x))))))
 
         def write(tmp):
-            plt.imsave(tmp, g, cmap="gray" if g.ndim == 2 else None, vmin=0, vmax=1, format="png")
+            plt.imsave(tmp, g, cmap="gray" if g.ndim == 2 else None, vmin=0, vmax=1, format="png", metadata=meta)
 
-    elif samples.ndim == 2 and samples.shape[1] == 2:
+        return write
+    if samples.ndim == 2 and samples.shape[1] == 2:
 
         def write(tmp):
             fig, ax = plt.subplots(figsize=(5, 5))
@@ -464,17 +504,46 @@ def write_picture(path: Path, samples: np.ndarray, reference: Optional[np.ndarra
             ax.set_title(title, fontsize=8)
             ax.legend(loc="upper right", fontsize=7)
             fig.tight_layout()
-            fig.savefig(tmp, format="png", dpi=100)
+            fig.savefig(tmp, format="png", dpi=100, metadata=meta)
             plt.close(fig)
 
-    else:
+        return write
+    return None
+
+
+def write_picture(path: Path, samples: np.ndarray, reference: Optional[np.ndarray], n_grid: int, title: str) -> bool:
+    """Write the picture of ``samples`` to ``path`` atomically; False when they have none."""
+    write = _picture_writer(samples, reference, n_grid, title)
+    if write is None:
         return False
     _atomic(path, write)
     return True
 
 
+def _samples_writer(fmt: str, x: np.ndarray, idx: np.ndarray, meta_json: str):
+    if fmt == "npz":
+
+        def write(tmp):
+            with open(tmp, "wb") as f:
+                np.savez(f, samples=x, indices=idx, args=np.array(meta_json))
+
+        return "samples.npz", write
+    from safetensors.torch import save_file
+
+    def write_st(tmp):
+        save_file({"samples": torch.from_numpy(x), "indices": torch.from_numpy(idx)}, tmp, metadata={"args": meta_json})
+
+    return "samples.safetensors", write_st
+
+
 def write_outputs(plan: Plan, items: list[tuple[int, np.ndarray]], meta: dict) -> dict:
-    """Order by index and write the raw samples and the picture (atomically)."""
+    """Order by index and write the raw samples and the picture as one unit: both are written in full
+    to temporary files first; then the old picture is removed, the samples file and the picture are
+    moved into place.  A kill at any point leaves either the old pair, the new samples without a
+    picture, or the new pair -- never a picture of one run beside the samples of another.  Both carry
+    the same ``run_id``."""
+    import uuid
+
     args = plan.args
     items = sorted(items, key=lambda it: it[0])
     idx = np.array([i for i, _ in items], dtype=np.int64)
@@ -482,30 +551,33 @@ def write_outputs(plan: Plan, items: list[tuple[int, np.ndarray]], meta: dict) -
         raise RuntimeError(f"gathered {len(idx)} samples ({len(set(idx.tolist()))} distinct) for --n {args.n}")
     x = np.stack([s for _, s in items]).astype(np.float32)
     out = Path(args.out)
-    meta_json = json.dumps(meta, sort_keys=True)
-    written = {}
-    if args.format == "npz":
-        path = out / "samples.npz"
+    run_id = uuid.uuid4().hex
+    meta_json = json.dumps({**meta, "run_id": run_id}, sort_keys=True)
+    name, write_samples = _samples_writer(args.format, x, idx, meta_json)
+    title = f"{args.sampler}, {args.steps} steps, {args.schedule}{', ODE' if args.ode else ''}, {args.precision}"
+    write_png = None if args.no_png else _picture_writer(x, plan.reference, int(args.grid), title, run_id)
+    png = out / "samples.png"
+    staged = []
+    try:
+        for path, write in ((out / name, write_samples), (png, write_png)):
+            if write is not None:
+                tmp = _tmp_path(path)
+                staged.append((tmp, path))
+                write(tmp)
+        png.unlink(missing_ok=True)  # an old picture never outlives the samples it showed
+        for tmp, path in staged:
+            os.replace(tmp, path)
+    except BaseException:
+        for tmp, _ in staged:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+        raise
+    from .checkpoint_io import _fsync_dir
 
-        def write(tmp):
-            with open(tmp, "wb") as f:
-                np.savez(f, samples=x, indices=idx, args=np.array(meta_json))
-
-    else:
-        from safetensors.torch import save_file
-
-        path = out / "samples.safetensors"
-
-        def write(tmp):
-            save_file({"samples": torch.from_numpy(x), "indices": torch.from_numpy(idx)}, tmp, metadata={"args": meta_json})
-
-    _atomic(path, write)
-    written["samples"] = str(path)
-    if not args.no_png:
-        title = f"{args.sampler}, {args.steps} steps, {args.schedule}{', ODE' if args.ode else ''}, {args.precision}"
-        png = out / "samples.png"
-        if write_picture(png, x, plan.reference, int(args.grid), title):
-            written["png"] = str(png)
+    _fsync_dir(str(out))
+    written = {"samples": str(out / name), "run_id": run_id}
+    if write_png is not None:
+        written["png"] = str(png)
     return written
 
 
@@ -544,7 +616,7 @@ def run(argv: Optional[Sequence[str]] = None) -> dict:
         msg = (
             f"{args.n} samples of shape {plan.shape} with {args.sampler} ({plan.nfe_per_sample} NFE each, "
             f"{args.precision}, {world} process{'es' if world > 1 else ''}) in {seconds:.1f}s -> "
-            + ", ".join(summary["written"].values())
+            + ", ".join(v for k, v in summary["written"].items() if k != "run_id")
         )
         if bad:
             msg += f"\nwarning: {bad} samples contain NaN or inf"

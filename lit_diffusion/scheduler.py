@@ -385,6 +385,25 @@ class SDEScheduler(SchedulerMixin, ConfigMixin):
         (a DDRaM midpoint, a PC corrector point, ...) or the end point of the step."""
         if self._eval_times is None:
             raise ValueError("call set_timesteps() before step()")
+        if not isinstance(model_output, Tensor) or not isinstance(sample, Tensor):
+            raise TypeError(
+                f"step() takes tensors; got model_output={type(model_output).__name__}, sample={type(sample).__name__}"
+            )
+        learned_variance = (
+            model_output.ndim == sample.ndim >= 2 and model_output.shape[0] == sample.shape[0]
+            and model_output.shape[1] == 2 * sample.shape[1] and model_output.shape[2:] == sample.shape[2:]
+        )
+        if tuple(model_output.shape) != tuple(sample.shape) and not learned_variance:
+            raise ValueError(
+                f"model_output has shape {tuple(model_output.shape)} but sample has shape {tuple(sample.shape)}; "
+                "they must be equal, or have twice the channels for a learned-variance network (variance half ignored)"
+            )
+        if not bool(torch.isfinite(model_output).all()):
+            bad = int((~torch.isfinite(model_output)).sum())
+            raise FloatingPointError(
+                f"the model output at timestep {_as_float(timestep)!r} (evaluation {self._step_index or 0}) has {bad} "
+                "NaN/inf values; the network diverged or ran out of its precision range (try fp32 or bf16)"
+            )
         if self._step_index is None:
             self._step_index = self._begin_index if self._begin_index is not None else self.index_for_timestep(timestep)
         i = self._step_index

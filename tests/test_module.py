@@ -144,7 +144,7 @@ def test_resume_from_last_continues_global_step_and_state(tmp_path):
     assert last.is_file()
     ck = torch.load(last, weights_only=True)  # plain types only
     assert ck["global_step"] == 6 and ck["data_shape"] == [2]
-    assert ck["hyper_parameters"]["sde"]["class_path"] == "lit_diffusion.sdes.VP"
+    assert ck["hyper_parameters"]["sde"]["class_path"] == "VP"  # stable registry name
 
     m2 = make()
     seen = {}

@@ -226,6 +226,7 @@ def _expect_error(args, capsys, out: Path, *needles):
     assert rc == 2, err
     for s in needles:
         assert s in err, (s, err)
+    assert "weights_only=False" not in err and "`weights_only` set to `False`" not in err
     assert not out.exists(), _files(out)
     return err
 
@@ -259,13 +260,16 @@ def test_missing_checkpoint(tmp_path, capsys):
 def test_corrupt_checkpoints(ckpt, tmp_path, capsys):
     garbage = tmp_path / "garbage.ckpt"
     garbage.write_bytes(os.urandom(2048))
-    _expect_error(["-c", garbage], capsys, tmp_path / "o", str(garbage), "not a readable PyTorch Lightning checkpoint")
+    _expect_error(["-c", garbage], capsys, tmp_path / "o", str(garbage), "is not a valid checkpoint", "corrupt")
     truncated = tmp_path / "truncated.ckpt"
     truncated.write_bytes(Path(ckpt).read_bytes()[:3000])
-    _expect_error(["-c", truncated], capsys, tmp_path / "o", str(truncated), "weights_only=True")
+    _expect_error(["-c", truncated], capsys, tmp_path / "o", str(truncated), "is not a valid checkpoint")
+    empty = tmp_path / "empty.ckpt"
+    empty.write_bytes(b"")
+    _expect_error(["-c", empty], capsys, tmp_path / "o", str(empty), "is not a valid checkpoint: it is empty")
     other = tmp_path / "tensor.ckpt"
     torch.save({"weights": torch.zeros(3)}, str(other))
-    _expect_error(["-c", other], capsys, tmp_path / "o", "not a ScoreModule checkpoint", "state_dict")
+    _expect_error(["-c", other], capsys, tmp_path / "o", "not a valid checkpoint of this package", "state_dict")
     folder = tmp_path / "not_a_pipeline"
     folder.mkdir()
     _expect_error(["-c", folder], capsys, tmp_path / "o", "not a diffusers pipeline folder", "scheduler_config.json")

@@ -56,3 +56,11 @@ class InfGradAfterMLP(TimeMLP):
             if self.calls > self.after:
                 out = _InfGrad.apply(out)
         return out
+
+
+# Checkpoints and configs build only registered classes (lit_diffusion.registry): registering is the
+# explicit act that makes these test networks buildable by name.
+from lit_diffusion.registry import register  # noqa: E402
+
+register("net", "NaNAfterMLP", NaNAfterMLP)
+register("net", "InfGradAfterMLP", InfGradAfterMLP)
