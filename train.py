@@ -14,4 +14,4 @@ import sys
 from lit_diffusion.cli import main
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    main()  # LightningCLI reads sys.argv itself

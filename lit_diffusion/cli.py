@@ -91,7 +91,20 @@ def _choices_hint(message: str) -> str:
     from .losses import LOSSES
     from .sdes import SDE_CLASSES
 
+    import inspect
+    import re
+
+    from .registry import registered
+
     hints = []
+    nested = re.search(r"NestedArg\(key='([\w.]+)'", message)
+    for kind in ("sde", "loss", "net"):
+        if nested and f"model.{kind}" in message:
+            valid = {
+                n: sorted(set(inspect.signature(c.__init__).parameters) - {"self", "args", "kwargs"})
+                for n, c in registered(kind).items()
+            }
+            hints.append(f"unknown argument {nested.group(1)!r} for model.{kind}; valid arguments per class: {valid}")
     if "model.sde" in message:
         hints.append(f"valid model.sde choices: {sorted(SDE_CLASSES)} (lit_diffusion.sdes)")
     if "model.loss" in message:
@@ -126,6 +139,66 @@ def _key_hint(message: str, parser) -> str:
         guess = f"did you mean {', '.join(repr(prefix + c) for c in close)}? " if close else ""
         hints.append(f"unknown key {prefix + key!r}: {guess}valid keys of {group or 'the top level'!r}: {names}")
     return ("\n" + "\n".join(hints)) if hints else ""
+
+
+def _config_paths(args) -> list[str]:
+    if isinstance(args, dict):
+        return []
+    paths, args = [], [str(a) for a in (args or [])]
+    for i, a in enumerate(args):
+        if a in ("--config", "-c") and i + 1 < len(args):
+            paths.append(args[i + 1])
+        elif a.startswith("--config="):
+            paths.append(a.split("=", 1)[1])
+    return paths
+
+
+def check_config_files(args) -> None:
+    """Check every ``--config`` file before jsonargparse reads it: a readable UTF-8 YAML mapping, and
+    ``model.sde`` / ``model.loss`` / ``model.net`` / ``data`` entries naming a registered class with
+    arguments it accepts.  Errors name the file, the entry, the bad value and the valid choices.
+    (Class paths the registry does not know are left to jsonargparse's own type checks.)"""
+    import yaml
+
+    from .registry import UntrustedConfigError, check_description, registered, resolve
+
+    for path in _config_paths(args):
+        try:
+            raw = open(path, "rb").read()
+        except OSError as e:
+            raise ValueError(f"config file {path!r} cannot be read: {e.strerror or e}") from None
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise ValueError(
+                f"config file {path!r} is not a text (UTF-8 YAML) file: byte 0x{raw[e.start]:02x} at position {e.start}"
+            ) from None
+        try:
+            cfg = yaml.safe_load(text)
+        except yaml.YAMLError as e:
+            raise ValueError(f"config file {path!r} is not valid YAML: {e}") from None
+        if cfg is None:
+            continue
+        if not isinstance(cfg, dict):
+            raise ValueError(f"config file {path!r} must hold a YAML mapping (model:, data:, trainer: ...); got a {type(cfg).__name__}")
+        entries = [(f"model.{k}", k, (cfg.get("model") or {}).get(k)) for k in ("sde", "loss", "net")]
+        entries.append(("data", "data", cfg.get("data")))
+        for where, kind, entry in entries:
+            if not (isinstance(entry, dict) and "class_path" in entry):
+                continue
+            try:
+                resolve(kind, entry["class_path"])
+            except UntrustedConfigError:
+                if "." in str(entry["class_path"]):
+                    continue  # a class of the user's own: jsonargparse checks it
+                raise ValueError(
+                    f"config file {path!r}: {where}.class_path {entry['class_path']!r} is unknown; "
+                    f"valid choices: {sorted(registered(kind))}"
+                ) from None
+            try:
+                check_description(entry, kind, where=f"{where}")
+            except UntrustedConfigError as e:
+                raise ValueError(f"config file {path!r}: {e}") from None
 
 
 def _with_atomic_checkpoint_io(plugins):
@@ -217,6 +290,13 @@ class DiffusionCLI(LightningCLI):
 
         exit_on_error = getattr(parser, "exit_on_error", True)
         parser.exit_on_error = False
+        try:
+            check_config_files(sys.argv[1:] if args is None else args)
+        except ValueError as e:
+            if exit_on_error:
+                print(f"train.py: error: {e}", file=sys.stderr, flush=True)
+                raise SystemExit(2) from None
+            raise
         try:
             super().parse_arguments(parser, args)
         except ArgumentError as e:
@@ -405,7 +485,7 @@ def main(args=None, exit_on_error: bool = True) -> DiffusionCLI:
     from .checkpoint_io import CheckpointError
     from .run_lock import FolderLockedError
 
-    cli = DiffusionCLI(args=args, exit_on_error=exit_on_error)
+    cli = DiffusionCLI(args=args, exit_on_error=exit_on_error)  # args=None: sys.argv[1:] (train.py)
     try:
         cli.fit()
     except (FolderLockedError, CheckpointError) as e:

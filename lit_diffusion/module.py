@@ -227,6 +227,8 @@ class ScoreModule(pl.LightningModule):
             raise ValueError(f"ScoreModule: warmup_steps={warmup_steps!r} is invalid; it must be >= 0")
         if not (0.0 <= float(min_lr_ratio) <= 1.0):
             raise ValueError(f"ScoreModule: min_lr_ratio={min_lr_ratio!r} is invalid; it must be in [0, 1]")
+        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or not (0 <= seed < 2**32)):
+            raise ValueError(f"ScoreModule: seed={seed!r} is invalid; it must be an integer in [0, 2**32) or None (global RNG)")
         if int(time_buckets) < 1:
             raise ValueError(f"ScoreModule: time_buckets={time_buckets!r} is invalid; it must be >= 1")
         self.net = _build_net(net)

@@ -10,7 +10,8 @@ them crashed or silently wrote ``last-v1.ckpt``).  :class:`RunLock` makes the fo
   and the owner (pid, host, since when);
 * a lock left by a dead run is taken over, with a warning saying so: on the same host when its pid no
   longer exists, on any host when its heartbeat is older than ``stale_after_s`` (node loss, kill -9 of
-  a process on another machine).
+  a process on another machine), and at once when it was written by an earlier run of the same SLURM
+  job (``SLURM_JOB_ID`` equal, ``SLURM_RESTART_COUNT`` different: a requeued job).
 
 The lock is released (the file removed) when the run ends, also on exceptions and signals.
 """
@@ -55,6 +56,8 @@ class RunLock:
             "pid": os.getpid(),
             "started": time.time(),
             "argv": " ".join(sys.argv)[:500],
+            "slurm_job": os.environ.get("SLURM_JOB_ID"),
+            "slurm_restart": os.environ.get("SLURM_RESTART_COUNT", "0"),
         }
 
     # ------------------------------------------------------------------ state of the lock file
@@ -76,6 +79,9 @@ class RunLock:
             return 0.0
 
     def _stale_reason(self, info: dict) -> Optional[str]:
+        job = self._info["slurm_job"]
+        if job is not None and info.get("slurm_job") == job and info.get("slurm_restart") != self._info["slurm_restart"]:
+            return f"SLURM job {job} was requeued (restart {self._info['slurm_restart']}); the lock is its previous run's"
         if info.get("host") == socket.gethostname():
             pid = info.get("pid")
             if isinstance(pid, int) and not pid_alive(pid):

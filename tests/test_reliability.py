@@ -15,7 +15,6 @@
 
 import json
 import os
-import pickle
 import random
 import signal
 import subprocess

@@ -110,7 +110,7 @@ def test_wandb_offline_without_account_writes_local_run(tmp_path, monkeypatch):
     monkeypatch.delenv("WANDB_API_KEY", raising=False)
     monkeypatch.setenv("HOME", str(tmp_path))  # no ~/.netrc
     assert wandb_mode() == "offline"
-    cli = main(_tiny(tmp_path, "--trainer.max_steps", "3", "--logger", "wandb", "--trainer.val_check_interval", "3"))
+    main(_tiny(tmp_path, "--trainer.max_steps", "3", "--logger", "wandb", "--trainer.val_check_interval", "3"))
     assert os.environ.get("WANDB_MODE") in ("offline", "dryrun")  # WandbLogger(offline=True) says dryrun
     runs = glob.glob(str(tmp_path / "logs" / "wandb" / "offline-run-*"))
     assert runs, os.listdir(tmp_path / "logs")
