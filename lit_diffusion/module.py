@@ -271,6 +271,14 @@ class ScoreModule(pl.LightningModule):
         return cls.from_checkpoint_dict(ckpt, where=repr(str(path)))
 
     @classmethod
+    def from_pretrained(cls, folder, map_location="cpu") -> "ScoreModule":
+        """The module of a pretrained-model folder (``model.safetensors`` + ``config.json``, e.g.
+        ``checkpoints/mnist``; see :mod:`lit_diffusion.pretrained`). No pickle is read."""
+        from .pretrained import load_pretrained
+
+        return load_pretrained(folder, map_location=map_location)
+
+    @classmethod
     def from_checkpoint_dict(cls, ckpt: dict, where: str = "checkpoint") -> "ScoreModule":
         """Rebuild from a loaded checkpoint dictionary: every hyper-parameter is checked by the
         registry (:func:`check_hparams`) before anything is built."""

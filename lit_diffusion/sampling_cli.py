@@ -204,6 +204,13 @@ def load_model(path, ema: bool = True) -> LoadedModel:
     if not p.exists():
         raise FileNotFoundError(f"checkpoint {str(path)!r} does not exist (give a .ckpt file or a diffusers pipeline folder)")
     if p.is_dir():
+        from .pretrained import is_pretrained_folder, load_pretrained
+
+        if is_pretrained_folder(p):
+            module = load_pretrained(p)
+            shape = tuple(module.data_shape) if module.data_shape is not None else None
+            return LoadedModel(module.net.eval(), module.sde, module.prediction_type, shape, "pretrained",
+                               {"sde": repr(module.sde), **getattr(module, "pretrained_info", {})})
         return load_diffusers(p)
     return load_lightning(p, ema=ema)
 
@@ -225,15 +232,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=256, help="samples per network batch (a fixed chunk of indices)")
     p.add_argument("--seed", type=int, default=0, help="sample i uses seed + i")
     p.add_argument("--sampler", default="ddram", help=f"one of {list(SAMPLERS)}")
-    p.add_argument("--steps", type=int, default=50, help="sampler steps (NFE = steps x evaluations per step)")
-    p.add_argument("--schedule", default="uniform", help=f"time grid, one of {list(SCHEDULES)}")
+    p.add_argument("--steps", type=int, default=None, help="sampler steps (default 50; NFE = steps x evaluations per step)")
+    p.add_argument("--nfe", type=int, default=None, help="network-evaluation budget: the largest number of steps whose "
+                   "evaluations fit it (ddram and pc take 2 per step), to compare samplers at equal cost")
+    p.add_argument("--schedule", default=None, help=f"time grid, one of {list(SCHEDULES)} (default: log_snr for ddram, "
+                   "uniform for the others)")
     p.add_argument("--parametrization", default=None, help="frozen field: score, relative_score or denoiser")
     p.add_argument("--ode", action="store_true", help="probability-flow ODE form (deterministic)")
     p.add_argument("--predictor", default=None, help="pc: euler, exponential_euler or ddram")
     p.add_argument("--n-corrector", type=int, default=None, help="pc: Langevin corrector steps per step")
     p.add_argument("--snr", type=float, default=None, help="pc: corrector signal-to-noise ratio")
-    p.add_argument("--snr-norm", default=None, help="pc: 'sample' (per-sample step size, default) or 'batch' "
-                   "(batch-mean norms, stable for low-dimensional data)")
+    p.add_argument("--snr-norm", default=None, help="pc step-size rule: 'capped' (default: per sample, ratio capped at "
+                   "4 sigma^2; stable in any dimension), 'batch' (batch-mean norms) or 'sample' (diverges on 1-D/2-D data)")
     p.add_argument("--final-denoise", action="store_true", help="return D(x, t_min) (one more evaluation)")
     p.add_argument("--precision", default="fp32", help=f"network precision, one of {list(PRECISIONS)}")
     p.add_argument("--no-ema", action="store_true", help="use the raw (not the EMA) weights of a Lightning checkpoint")
@@ -301,10 +311,19 @@ def prepare(args: argparse.Namespace) -> Plan:
     sampler = str(args.sampler).lower()
     if sampler not in SAMPLERS:
         raise ValueError(f"unknown sampler {args.sampler!r}; valid choices: {list(SAMPLERS)}")
-    try:
-        _check_steps(args.steps)
-    except (ValueError, TypeError):
-        raise ValueError(f"--steps {args.steps!r} is invalid; it must be an integer >= 1") from None
+    if args.nfe is not None and args.steps is not None:
+        raise ValueError(f"give --steps or --nfe, not both (got --steps {args.steps} and --nfe {args.nfe})")
+    if args.nfe is not None and (isinstance(args.nfe, bool) or args.nfe < 1):
+        raise ValueError(f"--nfe {args.nfe!r} is invalid; it must be an integer >= 1")
+    if args.steps is not None:
+        try:
+            _check_steps(args.steps)
+        except (ValueError, TypeError):
+            raise ValueError(f"--steps {args.steps!r} is invalid; it must be an integer >= 1") from None
+    if args.schedule is None:
+        from .samplers import default_schedule
+
+        args.schedule = default_schedule(sampler)
     try:
         check_schedule(args.schedule)
     except ValueError:
@@ -337,6 +356,16 @@ def prepare(args: argparse.Namespace) -> Plan:
         if pred_name in ("exponential_euler", "ddram"):
             args.parametrization = "denoiser"
     stepper = get_stepper(sampler, model.sde, args.parametrization, args.ode, **options)
+    if args.nfe is not None:
+        budget = int(args.nfe) - (1 if args.final_denoise else 0)
+        args.steps = budget // int(stepper.evals_per_step)
+        if args.steps < 1:
+            raise ValueError(
+                f"--nfe {args.nfe} is too small for {sampler!r}: one step takes {stepper.evals_per_step} evaluations"
+                + (" plus 1 for --final-denoise" if args.final_denoise else "")
+            )
+    elif args.steps is None:
+        args.steps = 50
 
     shape = model.data_shape
     if args.shape is not None:

@@ -114,13 +114,13 @@ class SDEScheduler(SchedulerMixin, ConfigMixin):
         steps_offset: int = 0,
         rescale_betas_zero_snr: bool = False,
         sampler: str = "ddram",
-        schedule: str = "uniform",
+        schedule: Optional[str] = None,
         parametrization: Optional[str] = None,
         ode: bool = False,
         predictor: Optional[str] = None,
         n_corrector: int = 1,
         snr: float = 0.16,
-        snr_norm: str = "sample",
+        snr_norm: str = "capped",
         rho: float = 7.0,
         final_denoise: bool = True,
         seed: Optional[int] = 0,
@@ -137,6 +137,11 @@ class SDEScheduler(SchedulerMixin, ConfigMixin):
                 f"unknown sampler {sampler!r}; valid choices: {list(SCHEDULER_SAMPLERS)} "
                 f"(moment_matching needs network Jacobians and is only available in lit_diffusion.samplers.sample)"
             )
+        if schedule is None:
+            from .samplers import default_schedule
+
+            schedule = default_schedule(name)
+        self._schedule = str(schedule)
         if str(schedule).lower() != "diffusers":
             try:
                 check_schedule(schedule)
@@ -239,8 +244,8 @@ class SDEScheduler(SchedulerMixin, ConfigMixin):
 
     def _step_grid(self, n: int) -> Tensor:
         cfg = self.config
-        if str(cfg.schedule).lower() != "diffusers":
-            return get_timesteps(self.sde, n, cfg.schedule, rho=float(cfg.rho))
+        if self._schedule.lower() != "diffusers":
+            return get_timesteps(self.sde, n, self._schedule, rho=float(cfg.rho))
         # diffusers' integer spacings of the evaluation times, then t_min as the end point
         N = int(cfg.num_train_timesteps)
         if n > N:
