@@ -1,4 +1,5 @@
-"""Overhead of one SDEScheduler.step relative to one UNet2DModel forward (and to DDPMScheduler.step).
+"""Overhead of one SDEScheduler.step relative to one UNet2DModel forward and to diffusers'
+DPMSolverMultistepScheduler.step (the reference: target <= 1.5x), and of set_timesteps(50) (target <= 10 ms).
 
 For each sampler configuration and batch size, the scheduler is driven like a pipeline (one
 ``step`` per entry of ``scheduler.timesteps``) with a fixed stand-in network output, so that only
@@ -7,7 +8,7 @@ number of calls (DDRaM and PC make several calls per sampler step).  ``set_times
 separately (it lays out every evaluation once per run).  The UNet forward is timed on the same
 batch, side by side, with the same number of threads.
 
-    python bench/scheduler_overhead.py                # CPU, batch 1 and 16, 10 steps
+    python bench/scheduler_overhead.py                # CPU, batch 1 and 16, set_timesteps(50)
     python bench/scheduler_overhead.py --threads 2 --image 32 --steps 20
 
 Prints a markdown table (copy it into docs/scheduler.md).
@@ -21,12 +22,14 @@ import time
 
 import torch
 
-from diffusers import DDPMScheduler, UNet2DModel
+from diffusers import DDPMScheduler, DPMSolverMultistepScheduler, UNet2DModel
 
 from lit_diffusion.scheduler import SDEScheduler
 
 CONFIGS = [
-    ("DDPMScheduler (diffusers)", None),
+    ("DPMSolverMultistepScheduler 2M (diffusers)", "dpm"),
+    ("SDE-DPMSolverMultistepScheduler 2M (diffusers)", "sde-dpm"),
+    ("DDPMScheduler (diffusers)", "ddpm"),
     ("euler", dict(sampler="euler")),
     ("euler ode", dict(sampler="euler", ode=True)),
     ("exponential_euler (denoiser)", dict(sampler="exponential_euler")),
@@ -100,7 +103,7 @@ def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--batches", type=int, nargs="+", default=[1, 16])
     p.add_argument("--image", type=int, default=32)
-    p.add_argument("--steps", type=int, default=10)
+    p.add_argument("--steps", type=int, default=50)
     p.add_argument("--reps", type=int, default=3)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--device", default="cpu", help="cpu or cuda (the step noise comes from a CPU generator)")
@@ -115,15 +118,22 @@ def main():
     rows = []
     for B in args.batches:
         t_unet = time_unet(unet, B, args.image, max(3, args.reps), args.device)
-        ddpm_call = None
+        ref_call = None
         for name, cfg in CONFIGS:
-            sched = DDPMScheduler() if cfg is None else SDEScheduler(**cfg)
+            if cfg == "dpm":
+                sched = DPMSolverMultistepScheduler(algorithm_type="dpmsolver++", solver_order=2)
+            elif cfg == "sde-dpm":
+                sched = DPMSolverMultistepScheduler(algorithm_type="sde-dpmsolver++", solver_order=2)
+            elif cfg == "ddpm":
+                sched = DDPMScheduler()
+            else:
+                sched = SDEScheduler(**cfg)
             call, setup, n_calls = time_scheduler(sched, B, args.image, args.steps, args.reps, args.device)
-            if cfg is None:
-                ddpm_call = call
-            rows.append((B, name, n_calls, call * 1e3, 100 * call / t_unet, call / ddpm_call, setup * 1e3, t_unet * 1e3))
+            if cfg == "dpm":
+                ref_call = call
+            rows.append((B, name, n_calls, call * 1e3, 100 * call / t_unet, call / ref_call, setup * 1e3, t_unet * 1e3))
     print()
-    print("| batch | scheduler | step calls | ms / step call | % of one UNet forward | × DDPMScheduler.step | set_timesteps ms | UNet forward ms |")
+    print("| batch | scheduler | step calls | ms / step call | % of one UNet forward | × DPM-Solver++ 2M step | set_timesteps ms | UNet forward ms |")
     print("|---|---|---|---|---|---|---|---|")
     for B, name, n, ms, pct, rel, setup, tu in rows:
         print(f"| {B} | {name} | {n} | {ms:.3f} | {pct:.1f} | {rel:.1f} | {setup:.1f} | {tu:.1f} |")

@@ -209,6 +209,7 @@ class SDEScheduler(SchedulerMixin, ConfigMixin):
         self._eval_step: List[int] = []
         self._eval_stage: List[int] = []
         self._state = None
+        self._plan = None  # lit_diffusion.affine_plan.AffinePlan of the current run (affine samplers)
         self._step_index: Optional[int] = None
         self._begin_index: Optional[int] = None
 
@@ -320,6 +321,21 @@ class SDEScheduler(SchedulerMixin, ConfigMixin):
             else:
                 u = torch.rand(n, generator=gen, device=gen.device, dtype=torch.float64).cpu()
 
+        from .affine_plan import AffinePlan, supports
+
+        self._plan = None
+        if supports(stepper) and not self.config.clip_sample:
+            # the affine samplers: every evaluation's coefficients at once (float64), applied by step()
+            self._plan = AffinePlan(stepper, self.sde, self._declared, grid, u, bool(self.config.final_denoise))
+            per = 2 if self._plan.two_stage else 1
+            steps = [k for k in range(n) for _ in range(per)]
+            stages = [j for _ in range(n) for j in range(per)]
+            if self.config.final_denoise:
+                steps.append(n)
+                stages.append(0)
+            self._finish_set_timesteps(n, grid, u, self._plan.times, steps, stages, device)
+            return
+
         # dry run of the stepper on a 1-element state: the time of every evaluation, in order
         times: List[float] = []
         steps: List[int] = []
@@ -339,12 +355,16 @@ class SDEScheduler(SchedulerMixin, ConfigMixin):
             steps.append(n)
             stages.append(0)
 
+        self._finish_set_timesteps(n, grid, u, torch.tensor(times, dtype=torch.float64), steps, stages, device)
+
+    def _finish_set_timesteps(self, n, grid, u, times: Tensor, steps, stages, device) -> None:
         self.num_inference_steps = n
         self._grid = grid
         self._u = u
-        self._eval_times = torch.tensor(times, dtype=torch.float64)
+        self._eval_times = times.to(torch.float64)
         self._eval_step, self._eval_stage = steps, stages
         self.timesteps = self._eval_times.to(device=device, dtype=torch.float32)
+        self._expected = self.timesteps.tolist()
         self._state = None
         self._step_index = None
         self._begin_index = None
@@ -417,7 +437,7 @@ class SDEScheduler(SchedulerMixin, ConfigMixin):
                 f"step() called {i + 1} times but this run has {len(self._eval_step)} evaluations; call set_timesteps() to restart"
             )
         t_given = _as_float(timestep)
-        t_expected = float(self.timesteps[i])
+        t_expected = self._expected[i]
         if abs(t_given - t_expected) > 1e-4 * max(1.0, self.sde.T):
             raise ValueError(
                 f"timestep {t_given!r} is not the expected evaluation time {t_expected!r} (index {i} of "
@@ -425,7 +445,9 @@ class SDEScheduler(SchedulerMixin, ConfigMixin):
             )
         k, j = self._eval_step[i], self._eval_stage[i]
         n = self.num_inference_steps
-        if k == n:  # final denoising evaluation at t_min
+        if self._plan is not None:
+            prev = self._plan_step(model_output, sample, i, k, j, generator)
+        elif k == n:  # final denoising evaluation at t_min
             t = self._grid[-1]
             prev = self._field(model_output, sample, t, "denoiser").to(sample.dtype)
             self._state = None
@@ -453,6 +475,47 @@ class SDEScheduler(SchedulerMixin, ConfigMixin):
         if not return_dict:
             return (prev,)
         return SchedulerOutput(prev_sample=prev)
+
+    def _plan_step(self, out: Tensor, x: Tensor, i: int, k: int, j: int, generator) -> Tensor:
+        """One evaluation of an affine sampler from the precomputed coefficients (see
+        :mod:`lit_diffusion.affine_plan`): a few fused tensor operations, arithmetic in float32/64."""
+        dtype = compute_dtype(x)
+        mid, end, conv, final = self._plan.cast(dtype, x.device)
+        if out.shape[1:] != x.shape[1:]:
+            out = out[:, : x.shape[1]]  # learned-variance output: the variance half is not used
+        xd, od = x.to(dtype), out.to(dtype)
+        if k == self.num_inference_steps:  # final denoise: D(x, t_min)
+            a, b, c = final
+            self._state = None
+            return torch.addcmul(torch.addcmul(c, a, xd), b, od).to(x.dtype)
+        a, b, c = conv[i]
+        F = torch.addcmul(torch.addcmul(c, a, xd), b, od)
+
+        def noise():
+            return randn(x.shape, generator=generator, device=x.device, dtype=dtype)
+
+        if j == 0:
+            cx, cf, c0, cz = mid[k]
+            y = torch.addcmul(torch.addcmul(c0, cx, xd), cf, F)
+            z1 = None
+            if self._plan.stochastic:
+                z1 = noise()
+                y = y.add_(z1 * cz)
+            if self._plan.two_stage:
+                self._state = (xd, z1)
+            return y.to(x.dtype)
+        if self._state is None:
+            raise ValueError(
+                f"evaluation {i} is stage {j} of step {k}, but the step's first evaluation was not given to this "
+                "scheduler; start from a step boundary (set_begin_index / index multiple of order)"
+            )
+        x_t, z1 = self._state
+        dx, df, d0, dz1, dz2 = end[k]
+        y = torch.addcmul(torch.addcmul(d0, dx, x_t), df, F)
+        if self._plan.stochastic:
+            y = y.add_(z1 * dz1).add_(noise() * dz2)
+        self._state = None
+        return y.to(x.dtype)
 
     # ---------------------------------------------------------------------------------------------
     def _times_tensor(self, timesteps, like: Tensor) -> Tensor:
