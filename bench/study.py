@@ -304,7 +304,7 @@ def tables(all_res: dict) -> str:
                     lines.append(f"| {r['sde']} | {LABELS[r['sampler']]} | {r.get('w1', float('nan')):.4g} | {r.get('mmd2', float('nan')):.3g} |")
             lines.append(f"\nfloor: W1 {res['floor']['w1']:.4g}, MMD² {res['floor']['mmd2']:.3g}")
         lines.append("\nPrior bias (exponential Euler, 128 NFE): sampler started from the prior vs from the exact law of X_T:\n")
-        lines.append(f"| SDE | from prior | from exact X_T |")
+        lines.append("| SDE | from prior | from exact X_T |")
         lines.append("|---|---|---|")
         for e in res["exact_start"]:
             prior = [r.get(key, float("nan")) for r in res["runs"] if r["sde"] == e["sde"] and r["sampler"] == e["sampler"] and r["nfe"] == e["nfe"]]
@@ -318,7 +318,7 @@ def tables(all_res: dict) -> str:
                 if len(rows) == 2:
                     a, b = rows["fp32"], rows["bf16"]
                     lines.append(f"| {LABELS[s]} | {a['seconds']:.2f} | {b['seconds']:.2f} | {b['seconds'] / a['seconds']:.2f} | {a.get(key, float('nan')):.4g} | {b.get(key, float('nan')):.4g} |")
-        lines.append(f"\ntraining seconds per model: " + ", ".join(f"{k} {v:.0f}" for k, v in res["train_seconds"].items()))
+        lines.append("\ntraining seconds per model: " + ", ".join(f"{k} {v:.0f}" for k, v in res["train_seconds"].items()))
     return "\n".join(lines)
 
 
