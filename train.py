@@ -9,7 +9,6 @@
 See docs/training.md.
 """
 
-import sys
 
 from lit_diffusion.cli import main
 
