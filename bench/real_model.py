@@ -41,6 +41,7 @@ N_TRAIN = 1000
 # (label, kind, options): kind "lit" -> SDEScheduler options; else a diffusers class name + config
 SDE_SAMPLERS = [
     ("lit ddram (default)", "lit", {"sampler": "ddram"}),
+    ("lit ddram denoiser", "lit", {"sampler": "ddram", "parametrization": "denoiser"}),
     ("lit ddram relative_score", "lit", {"sampler": "ddram", "parametrization": "relative_score"}),
     ("lit exponential_euler", "lit", {"sampler": "exponential_euler"}),
     ("lit euler (EM)", "lit", {"sampler": "euler"}),
@@ -51,6 +52,7 @@ SDE_SAMPLERS = [
 ]
 ODE_SAMPLERS = [
     ("lit ddram ODE (default)", "lit", {"sampler": "ddram", "ode": True}),
+    ("lit ddram ODE denoiser", "lit", {"sampler": "ddram", "ode": True, "parametrization": "denoiser"}),
     ("lit exponential_euler ODE (DDIM)", "lit", {"sampler": "exponential_euler", "ode": True}),
     ("DDIM", "DDIMScheduler", {}),
     ("Euler", "EulerDiscreteScheduler", {}),
@@ -158,9 +160,18 @@ def main(argv=None) -> dict:
     p.add_argument("--out", default=None, help="JSON lines file to append results to")
     p.add_argument("--threads", type=int, default=0)
     p.add_argument("--dry-run", action="store_true", help="tiny untrained network, 8 samples, NFE 4: checks the loop")
+    p.add_argument("--plot", default=None, help="PNG: FID against NFE, SDE and ODE samplers in two panels")
+    p.add_argument("--pictures", default=None, help="PNG: 16 samples of seed 0 per sampler (rows) and NFE (columns)")
+    p.add_argument("--from-json", default=None, help="only redraw --plot from a JSON lines file of an earlier run")
     a = p.parse_args(argv)
     if a.threads:
         torch.set_num_threads(a.threads)
+    if a.from_json:
+        rows = [json.loads(line) for line in open(a.from_json)]
+        if a.plot:
+            plot(rows, a.plot)
+        print(table(rows))
+        return {"results": rows}
     if a.dry_run:
         a.n, a.seeds, a.nfe, a.batch = 8, [0], [4], 8
     module = load(a.model, a.dry_run)
@@ -179,9 +190,9 @@ def main(argv=None) -> dict:
 
     shape = tuple(module.data_shape)
     wanted = None if a.only is None else set(s.strip() for s in a.only.split(","))
-    results = []
-    for form, table in (("SDE", SDE_SAMPLERS), ("ODE", ODE_SAMPLERS)):
-        for label, kind, opts in table:
+    results, pictures = [], {}
+    for form, samplers in (("SDE", SDE_SAMPLERS), ("ODE", ODE_SAMPLERS)):
+        for label, kind, opts in samplers:
             if wanted is not None and label not in wanted:
                 continue
             for nfe in a.nfe:
@@ -195,6 +206,8 @@ def main(argv=None) -> dict:
                     t0 = time.perf_counter()
                     x, evals = run_loop(sched, lit_model if kind == "lit" else diffusers_model, a.n, shape, seed, nfe, a.batch, device)
                     secs += time.perf_counter() - t0
+                    if seed == a.seeds[0]:
+                        pictures[(form, label, nfe)] = x[:16]
                     fids.append(fid_mnist(x) if not a.dry_run else float(np.abs(x).mean()))
                 row = dict(form=form, sampler=label, nfe_budget=nfe, nfe=evals, fid=float(np.mean(fids)),
                            fid_min=float(np.min(fids)), fid_max=float(np.max(fids)), fids=fids, n=a.n, seconds=secs)
@@ -203,7 +216,80 @@ def main(argv=None) -> dict:
                 if a.out:
                     with open(a.out, "a") as f:
                         f.write(json.dumps(row) + "\n")
+    print(table(results))
+    if a.plot:
+        plot(results, a.plot)
+    if a.pictures:
+        draw_pictures(pictures, a.nfe, a.pictures)
     return {"results": results}
+
+
+def table(rows) -> str:
+    """Markdown: one row per sampler, one column per NFE budget, 'mean [min, max]' over seeds."""
+    nfes = sorted({r["nfe_budget"] for r in rows})
+    out = ["| form | sampler | " + " | ".join(f"NFE {n}" for n in nfes) + " |", "|---|---|" + "---|" * len(nfes)]
+    seen = list(dict.fromkeys((r["form"], r["sampler"]) for r in rows))
+    for form, name in seen:
+        cells = []
+        for n in nfes:
+            r = [x for x in rows if x["form"] == form and x["sampler"] == name and x["nfe_budget"] == n]
+            cells.append(f"{r[0]['fid']:.1f} [{r[0]['fid_min']:.1f}, {r[0]['fid_max']:.1f}]" + (f" ({r[0]['nfe']})" if r[0]["nfe"] != n else "") if r else "")
+        out.append(f"| {form} | {name} | " + " | ".join(cells) + " |")
+    return "\n".join(out)
+
+
+def plot(rows, path: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5), sharey=True)
+    for ax, form in zip(axes, ("SDE", "ODE")):
+        names = list(dict.fromkeys(r["sampler"] for r in rows if r["form"] == form))
+        for name in names:
+            rs = sorted((r for r in rows if r["form"] == form and r["sampler"] == name), key=lambda r: r["nfe"])
+            x = [r["nfe"] for r in rs]
+            style = "-o" if name.startswith("lit") else "--s"
+            ax.errorbar(x, [r["fid"] for r in rs], yerr=[[r["fid"] - r["fid_min"] for r in rs], [r["fid_max"] - r["fid"] for r in rs]],
+                        fmt=style, ms=4, capsize=3, label=name)
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlabel("network evaluations")
+        ax.set_title(f"{form} samplers")
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize=7)
+    axes[0].set_ylabel("FID-MNIST (lower is better)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def draw_pictures(pictures: dict, nfes, path: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from torchvision.utils import make_grid
+
+    keys = list(dict.fromkeys((f, lab) for f, lab, _ in pictures))
+    fig, axes = plt.subplots(len(keys), len(nfes), figsize=(2.2 * len(nfes), 2.3 * len(keys)), squeeze=False)
+    for i, (form, label) in enumerate(keys):
+        for j, n in enumerate(nfes):
+            ax = axes[i][j]
+            ax.axis("off")
+            x = pictures.get((form, label, n))
+            if x is None:
+                continue
+            g = make_grid(torch.from_numpy(np.clip((x + 1) / 2, 0, 1)), nrow=4, padding=1, pad_value=1.0)[0].numpy()
+            ax.imshow(g, cmap="gray", vmin=0, vmax=1, interpolation="nearest")
+            if i == 0:
+                ax.set_title(f"NFE {n}", fontsize=9)
+            if j == 0:
+                ax.text(-0.05, 0.5, label, transform=ax.transAxes, ha="right", va="center", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100, bbox_inches="tight")
+    plt.close(fig)
 
 
 if __name__ == "__main__":

@@ -76,25 +76,39 @@ class AffinePlan:
         t, s = grid[:-1], grid[1:]
         n = t.numel()
         self.two_stage = bool(getattr(stepper, "needs_midpoint", False))
+        # one sub-stepper per step (ddram "auto" picks a parametrization per step; others are themselves)
+        subs = [stepper.for_step(t[k], s[k]) if hasattr(stepper, "for_step") else stepper for k in range(n)]
+        groups: dict = {}
+        for k, sub in enumerate(subs):
+            groups.setdefault(id(sub), (sub, []))[1].append(k)
         if self.two_stage:
-            tau = torch.as_tensor(stepper.midpoint(t, s, u.to(F64)), dtype=F64).reshape(-1)
-            times = torch.stack([t, tau], 1).reshape(-1)
+            tau = torch.empty(n, dtype=F64)
+            self.mid, self.end = torch.empty(n, 4, dtype=F64), torch.empty(n, 5, dtype=F64)
             keys = [{}, {"x": 1}, {"F0": 1}, {"z1": 1}, {"F1": 1}, {"z2": 1}]
-            (m0, e0), (mx, ex), (mf, _), (mz, ez1), (_, ef), (_, ez2) = _probe(stepper, t, s, u, keys)
-            self.mid = torch.stack([mx - m0, mf - m0, m0, mz - m0], 1)  # (n, 4)
-            self.end = torch.stack([ex - e0, ef - e0, e0, ez1 - e0, ez2 - e0], 1)  # (n, 5)
+            for sub, idx in groups.values():
+                i = torch.tensor(idx)
+                tau[i] = torch.as_tensor(sub.midpoint(t[i], s[i], u[i].to(F64)), dtype=F64).reshape(-1)
+                (m0, e0), (mx, ex), (mf, _), (mz, ez1), (_, ef), (_, ez2) = _probe(sub, t[i], s[i], u[i], keys)
+                self.mid[i] = torch.stack([mx - m0, mf - m0, m0, mz - m0], 1)
+                self.end[i] = torch.stack([ex - e0, ef - e0, e0, ez1 - e0, ez2 - e0], 1)
+            times = torch.stack([t, tau], 1).reshape(-1)
+            kinds = [sub.field_kind for sub in subs for _ in range(2)]
         else:
             times = t
             (b0, _), (bx, _), (bf, _), (bz, _) = _probe(stepper, t, s, None, [{}, {"x": 1}, {"F0": 1}, {"z1": 1}])
             self.mid = torch.stack([bx - b0, bf - b0, b0, bz - b0], 1)
             self.end = None
+            kinds = [stepper.field_kind] * n
         if final_denoise:
             times = torch.cat([times, grid[-1:]])
+            kinds.append("denoiser")
         self.times = times
-        A, B, C = _conversion(sde, declared, stepper.field_kind, times)
-        self.conv = torch.stack([A, B, C], 1)  # (E, 3)
+        self.conv = torch.empty(times.numel(), 3, dtype=F64)
+        for kind in set(kinds):
+            i = torch.tensor([e for e, k in enumerate(kinds) if k == kind])
+            self.conv[i] = torch.stack(_conversion(sde, declared, kind, times[i]), 1)
         if final_denoise:
-            self.final = torch.stack(_conversion(sde, declared, "denoiser", grid[-1:]), 1)[0]
+            self.final = self.conv[-1]
         self.n = n
         self.stochastic = bool(stepper.stochastic)
         self._cast: dict = {}

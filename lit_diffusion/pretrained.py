@@ -95,3 +95,30 @@ def load_pretrained(folder, map_location: str = "cpu"):
         module.data_shape = tuple(int(s) for s in cfg["data_shape"])
     module.pretrained_info = dict(cfg.get("info") or {})
     return module.eval()
+
+
+def main(argv=None) -> int:
+    """``python -m lit_diffusion.pretrained --checkpoint run/last.ckpt --out checkpoints/mnist``: turn a
+    training checkpoint into a pretrained-model folder (EMA weights, safetensors, no pickle)."""
+    import argparse
+
+    from .module import ScoreModule
+
+    p = argparse.ArgumentParser(prog="python -m lit_diffusion.pretrained", description=main.__doc__.split(":")[0])
+    p.add_argument("--checkpoint", "-c", required=True, help="a ScoreModule checkpoint written by train.py")
+    p.add_argument("--out", "-o", required=True, help="the folder to write")
+    p.add_argument("--raw", action="store_true", help="the raw weights instead of the EMA")
+    p.add_argument("--info", default="{}", help="JSON object stored under 'info' (command, hardware, time...)")
+    a = p.parse_args(argv)
+    from .checkpoint_io import read_checkpoint
+
+    ckpt = read_checkpoint(a.checkpoint, require=("state_dict", "hyper_parameters"))
+    module = ScoreModule.from_checkpoint_dict(ckpt, where=repr(a.checkpoint))
+    info = {"global_step": int(ckpt.get("global_step", -1)), **json.loads(a.info)}
+    save_pretrained(module, a.out, ema=not a.raw, info=info)
+    print(f"wrote {a.out} ({WEIGHTS}, {CONFIG}) from {a.checkpoint} at global step {info['global_step']}")
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    raise SystemExit(main())

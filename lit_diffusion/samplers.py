@@ -86,7 +86,9 @@ SAMPLERS = ("euler", "exponential_euler", "ddram", "pc", "localization", "moment
 SAMPLER_PARAMETRIZATIONS = {
     "euler": ("score",),
     "exponential_euler": ("denoiser", "score", "relative_score"),
-    "ddram": ("denoiser", "relative_score", "score"),  # denoiser: measured best default (docs/samplers.md)
+    # "auto": relative score on steps shorter than AUTO_LOG_SNR_STEP in log-SNR, denoiser on longer ones
+    # (the measured best default, docs/samplers.md)
+    "ddram": ("auto", "denoiser", "relative_score", "score"),
     "localization": ("denoiser",),
     "moment_matching": ("denoiser",),
 }
@@ -94,6 +96,8 @@ PREDICTORS = ("euler", "exponential_euler", "ddram")
 #: the time grid a sampler uses when none is given (measured, docs/samplers.md: DDRaM gains most on
 #: grids that shrink towards t_min; the other samplers keep the uniform grid of their references)
 DEFAULT_SCHEDULES = {"ddram": "log_snr"}
+#: ddram ``parametrization="auto"``: steps whose log-SNR increase is below this use the relative score
+AUTO_LOG_SNR_STEP = 2.0
 
 
 def default_schedule(sampler: str) -> str:
@@ -470,15 +474,46 @@ class LocalizationStepper(ExpEulerStepper):
 
 
 class DDRaMStepper(Stepper):
+    """Randomized-midpoint steps.  ``parametrization="auto"`` (the default) freezes the relative score
+    on steps that are short in log-SNR (``log snr(s) - log snr(t) < AUTO_LOG_SNR_STEP``) and the
+    denoiser on longer ones: over a short step the relative score barely moves and DDRaM's midpoint
+    correction is at its most accurate, while over a long step it changes by orders of magnitude and
+    the denoiser, bounded by the data, is the stable choice (docs/samplers.md, "Defaults").  Each step
+    is then an ordinary DDRaM step of one parametrization: :meth:`for_step` returns it, and every
+    :class:`StepState` says which field it needs in ``st.stepper.field_kind``."""
+
     name = "ddram"
     needs_midpoint = True
     evals_per_step = 2
 
-    def __init__(self, sde, parametrization="denoiser", ode=False, method="auto"):
+    def __init__(self, sde, parametrization="auto", ode=False, method="auto"):
         super().__init__(sde, parametrization, ode)
-        self.integ = get_integrator(sde, parametrization, ode, method)
+        if parametrization == "auto":
+            self.field_kind = "denoiser"  # the kind of the long steps; short ones ask for relative_score
+            self.integ = None
+            self._subs = {p: DDRaMStepper(sde, p, ode, method) for p in ("relative_score", "denoiser")}
+        else:
+            self.integ = get_integrator(sde, parametrization, ode, method)
+            self._subs = None
+
+    def for_step(self, t, s) -> "DDRaMStepper":
+        """The stepper of one step ``t -> s`` (itself unless ``parametrization="auto"``); per-sample
+        times are decided by the longest step of the batch."""
+        if self._subs is None:
+            return self
+        lt = torch.log(self.sde.snr(torch.as_tensor(t, dtype=torch.float64)))
+        ls = torch.log(self.sde.snr(torch.as_tensor(s, dtype=torch.float64)))
+        short = bool(((ls - lt) < AUTO_LOG_SNR_STEP).all())
+        return self._subs["relative_score" if short else "denoiser"]
+
+    def start(self, x_t: Tensor, t, s, u=None, generator: GeneratorLike = None) -> StepState:
+        if self._subs is not None:
+            return self.for_step(t, s).start(x_t, t, s, u=u, generator=generator)
+        return super().start(x_t, t, s, u=u, generator=generator)
 
     def midpoint(self, t, s, u):
+        if self._subs is not None:
+            return self.for_step(t, s).midpoint(t, s, u)
         return self.integ.midpoint(s, t, u)
 
     def _init(self, st, u):
@@ -515,7 +550,7 @@ class PCStepper(Stepper):
             raise ValueError(f"n_corrector={n_corrector!r} is invalid; it must be an integer >= 0")
         if not (float(snr) > 0):
             raise ValueError(f"snr={snr!r} is invalid; it must be > 0")
-        valid = SAMPLER_PARAMETRIZATIONS[predictor]
+        valid = tuple(p for p in SAMPLER_PARAMETRIZATIONS[predictor] if p != "auto")  # one field for the corrector
         param = valid[0] if parametrization is None else canonical_parametrization(parametrization, valid)
         self.predictor = _make(predictor, sde, param, ode, method=method)
         super().__init__(sde, self.predictor.parametrization, ode)
@@ -774,7 +809,7 @@ def sample(
                 extra = {}
                 if stepper.needs_jacobian:
                     extra["cov_sqrt_apply"] = stepper.cov_sqrt(field, st)
-                F = field(st.x_eval, st.t_eval, stepper.field_kind)
+                F = field(st.x_eval, st.t_eval, st.stepper.field_kind)
                 st.advance(F, **extra)
             x = st.x
             if traj is not None:

@@ -461,7 +461,7 @@ class SDEScheduler(SchedulerMixin, ConfigMixin):
                     "scheduler; start from a step boundary (set_begin_index / index multiple of order)"
                 )
             st = self._state
-            F = self._field(model_output, sample, st.t_eval, self.stepper.field_kind)
+            F = self._field(model_output, sample, st.t_eval, st.stepper.field_kind)
             noise = None
             if st.noise_needed and self.stepper.stochastic:
                 noise = randn(sample.shape, generator=generator, device=sample.device, dtype=compute_dtype(sample))
