@@ -162,14 +162,22 @@ def main(argv=None) -> dict:
     p.add_argument("--dry-run", action="store_true", help="tiny untrained network, 8 samples, NFE 4: checks the loop")
     p.add_argument("--plot", default=None, help="PNG: FID against NFE, SDE and ODE samplers in two panels")
     p.add_argument("--pictures", default=None, help="PNG: 16 samples of seed 0 per sampler (rows) and NFE (columns)")
-    p.add_argument("--from-json", default=None, help="only redraw --plot from a JSON lines file of an earlier run")
+    p.add_argument("--from-json", default=None, help="only redraw --plot / the table from JSON lines files (comma-separated)")
+    p.add_argument("--from-pictures", default=None, help="with --from-json: .npz files saved by earlier --pictures runs")
     a = p.parse_args(argv)
     if a.threads:
         torch.set_num_threads(a.threads)
     if a.from_json:
-        rows = [json.loads(line) for line in open(a.from_json)]
+        rows = [json.loads(line) for f in a.from_json.split(",") for line in open(f)]
         if a.plot:
             plot(rows, a.plot)
+        if a.pictures:  # redraw from the .npz files saved next to earlier pictures (comma-separated)
+            pics = {}
+            for f in a.from_pictures.split(","):
+                for k, v in np.load(f).items():
+                    form, label, n = k.split("|")
+                    pics[(form, label, int(n))] = v
+            draw_pictures(pics, sorted({k[2] for k in pics}), a.pictures)
         print(table(rows))
         return {"results": rows}
     if a.dry_run:
@@ -221,6 +229,7 @@ def main(argv=None) -> dict:
         plot(results, a.plot)
     if a.pictures:
         draw_pictures(pictures, a.nfe, a.pictures)
+        np.savez(a.pictures + ".npz", **{"|".join(map(str, k)): v for k, v in pictures.items()})
     return {"results": results}
 
 
