@@ -31,9 +31,13 @@ F64 = torch.float64
 
 
 def supports(stepper) -> bool:
-    """Whether ``stepper`` is one of the affine samplers (not PC, not moment matching)."""
-    from .samplers import DDRaMStepper, EulerStepper, ExpEulerStepper, LocalizationStepper
+    """Whether a run of ``stepper`` can be planned: the affine samplers, and predictor-corrector with a
+    one-evaluation predictor and the corrector after it (its Langevin steps are applied directly,
+    with precomputed conversions, ``kappa`` and ``sigma``).  Not moment matching."""
+    from .samplers import DDRaMStepper, EulerStepper, ExpEulerStepper, LocalizationStepper, PCStepper
 
+    if type(stepper) is PCStepper:
+        return stepper.corrector == "after" and type(stepper.predictor) in (EulerStepper, ExpEulerStepper)
     return type(stepper) in (EulerStepper, ExpEulerStepper, LocalizationStepper, DDRaMStepper)
 
 
@@ -75,6 +79,14 @@ class AffinePlan:
         grid = grid.to(F64)
         t, s = grid[:-1], grid[1:]
         n = t.numel()
+        self.pc = None
+        outer = stepper
+        if hasattr(stepper, "n_corrector"):  # predictor-corrector: plan the predictor, keep the corrector's data
+            c = int(stepper.n_corrector)
+            kappa = torch.exp(2 * (sde.log_alpha(t) - sde.log_alpha(s))).to(F64)
+            self.pc = dict(n_corrector=c, snr=float(stepper.snr), snr_norm=stepper.snr_norm,
+                           kappa=kappa, sigma=sde.sigma(s).to(F64))
+            stepper = stepper.predictor
         self.two_stage = bool(getattr(stepper, "needs_midpoint", False))
         # one sub-stepper per step (ddram "auto" picks a parametrization per step; others are themselves)
         subs = [stepper.for_step(t[k], s[k]) if hasattr(stepper, "for_step") else stepper for k in range(n)]
@@ -99,6 +111,10 @@ class AffinePlan:
             self.mid = torch.stack([bx - b0, bf - b0, b0, bz - b0], 1)
             self.end = None
             kinds = [stepper.field_kind] * n
+            if self.pc is not None and self.pc["n_corrector"] > 0:  # each step: predictor at t, correctors at s
+                c = self.pc["n_corrector"]
+                times = torch.stack([t] + [s] * c, 1).reshape(-1)
+                kinds = [k for kind in kinds for k in [kind] + ["score"] * c]
         if final_denoise:
             times = torch.cat([times, grid[-1:]])
             kinds.append("denoiser")
@@ -111,6 +127,7 @@ class AffinePlan:
             self.final = self.conv[-1]
         self.n = n
         self.stochastic = bool(stepper.stochastic)
+        self.evals_per_step = int(outer.evals_per_step)
         self._cast: dict = {}
 
     def cast(self, dtype: torch.dtype, device) -> "AffinePlan":

@@ -327,7 +327,7 @@ class SDEScheduler(SchedulerMixin, ConfigMixin):
         if supports(stepper) and not self.config.clip_sample:
             # the affine samplers: every evaluation's coefficients at once (float64), applied by step()
             self._plan = AffinePlan(stepper, self.sde, self._declared, grid, u, bool(self.config.final_denoise))
-            per = 2 if self._plan.two_stage else 1
+            per = self._plan.evals_per_step
             steps = [k for k in range(n) for _ in range(per)]
             stages = [j for _ in range(n) for j in range(per)]
             if self.config.final_denoise:
@@ -494,6 +494,13 @@ class SDEScheduler(SchedulerMixin, ConfigMixin):
         def noise():
             return randn(x.shape, generator=generator, device=x.device, dtype=dtype)
 
+        if j > 0 and self._plan.pc is not None:  # a Langevin corrector step at s (F is the score)
+            from .samplers import langevin_corrector_step
+
+            pc = self._plan.pc
+            kappa, sigma = pc["kappa"][k].to(dtype), pc["sigma"][k].to(dtype)
+            y = langevin_corrector_step(xd, F, pc["snr"], kappa, noise(), pc["snr_norm"], sigma)
+            return y.to(x.dtype)
         if j == 0:
             cx, cf, c0, cz = mid[k]
             y = torch.addcmul(torch.addcmul(c0, cx, xd), cf, F)
