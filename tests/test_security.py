@@ -227,6 +227,26 @@ def test_two_concurrent_train_runs_one_is_refused(tmp_path):
     assert not (tmp_path / "ck" / "swissroll" / LOCK_NAME).exists()
 
 
+def test_accelerate_run_in_a_held_folder_is_refused(tmp_path):
+    from accelerate.state import AcceleratorState, GradientState
+
+    from lit_diffusion.accelerate_train import build_parser, train
+
+    held = RunLock(tmp_path / "ck" / "swissroll").acquire()  # a live run (this process) holds the folder
+    cfg = build_parser().parse_args(["--cpu", "true", "--logger", "none", "--ckpt_dir", str(tmp_path / "ck"),
+                                     "--trainer", "{max_steps: 3}", "--data.init_args.n_samples", "500"])
+    AcceleratorState._reset_state(reset_partial_state=True)
+    GradientState._reset_state()
+    try:
+        with pytest.raises(FolderLockedError, match=f"pid {os.getpid()}"):
+            train(cfg)
+    finally:
+        held.release()
+        AcceleratorState._reset_state(reset_partial_state=True)
+        GradientState._reset_state()
+    assert not list((tmp_path / "ck").rglob("*.ckpt"))
+
+
 def test_temp_cleanup_removes_only_dead_writers_files(tmp_path):
     from lit_diffusion.checkpoint_io import _host, atomic_write_bytes
 
