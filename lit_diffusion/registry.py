@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import inspect
 import math
+import types
 import typing
 from typing import Any, Callable, Optional
 
@@ -197,7 +198,7 @@ def _matches(value: Any, ann: Any) -> bool:
         return True
     origin = typing.get_origin(ann)
     args = typing.get_args(ann)
-    if origin is typing.Union or (origin is not None and str(origin) == "<class 'types.UnionType'>"):
+    if origin is typing.Union or origin is types.UnionType:
         return any(_matches(value, a) for a in args)
     if origin is typing.Literal:
         return value in args
