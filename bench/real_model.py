@@ -43,6 +43,7 @@ SDE_SAMPLERS = [
     ("lit ddram (default)", "lit", {"sampler": "ddram"}),
     ("lit ddram denoiser", "lit", {"sampler": "ddram", "parametrization": "denoiser"}),
     ("lit ddram relative_score", "lit", {"sampler": "ddram", "parametrization": "relative_score"}),
+    ("lit ddram uniform grid", "lit", {"sampler": "ddram", "schedule": "uniform"}),
     ("lit exponential_euler", "lit", {"sampler": "exponential_euler"}),
     ("lit euler (EM)", "lit", {"sampler": "euler"}),
     ("lit pc (default)", "lit", {"sampler": "pc"}),
@@ -53,6 +54,7 @@ SDE_SAMPLERS = [
 ODE_SAMPLERS = [
     ("lit ddram ODE (default)", "lit", {"sampler": "ddram", "ode": True}),
     ("lit ddram ODE denoiser", "lit", {"sampler": "ddram", "ode": True, "parametrization": "denoiser"}),
+    ("lit ddram ODE uniform grid", "lit", {"sampler": "ddram", "ode": True, "schedule": "uniform"}),
     ("lit exponential_euler ODE (DDIM)", "lit", {"sampler": "exponential_euler", "ode": True}),
     ("DDIM", "DDIMScheduler", {}),
     ("Euler", "EulerDiscreteScheduler", {}),
