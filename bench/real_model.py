@@ -47,7 +47,7 @@ SDE_SAMPLERS = [
     ("lit exponential_euler", "lit", {"sampler": "exponential_euler"}),
     ("lit euler (EM)", "lit", {"sampler": "euler"}),
     ("lit pc (default)", "lit", {"sampler": "pc"}),
-    ("lit pc, exponential-Euler predictor", "lit", {"sampler": "pc", "predictor": "exponential_euler"}),
+    ("lit pc (exponential-Euler predictor)", "lit", {"sampler": "pc", "predictor": "exponential_euler"}),
     ("DDPM ancestral", "DDPMScheduler", {}),
     ("Euler ancestral", "EulerAncestralDiscreteScheduler", {}),
     ("SDE-DPM-Solver++ 2M", "DPMSolverMultistepScheduler", {"algorithm_type": "sde-dpmsolver++", "solver_order": 2}),

@@ -93,9 +93,18 @@ SAMPLER_PARAMETRIZATIONS = {
     "moment_matching": ("denoiser",),
 }
 PREDICTORS = ("euler", "exponential_euler", "ddram")
-#: the time grid a sampler uses when none is given (measured, docs/samplers.md: DDRaM gains most on
-#: grids that shrink towards t_min; the other samplers keep the uniform grid of their references)
-DEFAULT_SCHEDULES = {"ddram": "log_snr"}
+#: the time grid a sampler uses when none is given.  Measured (docs/samplers.md, "Defaults"): on the
+#: shipped MNIST network DDRaM on the uniform grid reaches FID-MNIST 15.3 / 5.0 at 10 / 20 evaluations
+#: against 34.8 / 8.2 on the log-SNR grid, so every sampler defaults to the uniform grid; the log-SNR
+#: grid wins on exact (analytic) fields only.  Per-sampler entries override "uniform".
+DEFAULT_SCHEDULES: dict = {}
+
+
+def default_schedule(sampler: str) -> str:
+    """The time grid :func:`sample`, ``sample.py`` and ``SDEScheduler`` use for ``sampler`` by default."""
+    return DEFAULT_SCHEDULES.get(str(sampler).lower(), "uniform")
+
+
 #: ddram ``parametrization="auto"``: steps whose log-SNR increase is below this use the relative score
 AUTO_LOG_SNR_STEP = 2.0
 
@@ -754,8 +763,7 @@ def sample(
             (pc: ``predictor, n_corrector, snr, corrector, snr_norm``; moment_matching: ``covariance,
             exact_dim, lanczos_iters``; all exponential ones: ``method`` of the integrator).
         steps, schedule: the time grid (:func:`lit_diffusion.schedules.get_timesteps`; default
-            :func:`default_schedule`: ``log_snr`` for ddram, ``uniform`` otherwise), or an explicit
-            decreasing ``timesteps`` tensor.
+            :func:`default_schedule`: ``uniform``), or an explicit decreasing ``timesteps`` tensor.
         parametrization: the frozen field (``score``, ``relative_score``, ``denoiser``).
         generator: one ``torch.Generator`` or one per sample (batch-size invariance).
         final_denoise: replace the output by ``D(x, t_min)`` (one more evaluation).

@@ -235,8 +235,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int, default=None, help="sampler steps (default 50; NFE = steps x evaluations per step)")
     p.add_argument("--nfe", type=int, default=None, help="network-evaluation budget: the largest number of steps whose "
                    "evaluations fit it (ddram and pc take 2 per step), to compare samplers at equal cost")
-    p.add_argument("--schedule", default=None, help=f"time grid, one of {list(SCHEDULES)} (default: log_snr for ddram, "
-                   "uniform for the others)")
+    p.add_argument("--schedule", default=None, help=f"time grid, one of {list(SCHEDULES)} (default: uniform, the measured "
+                   "best on learned networks)")
     p.add_argument("--parametrization", default=None, help="frozen field: score, relative_score or denoiser")
     p.add_argument("--ode", action="store_true", help="probability-flow ODE form (deterministic)")
     p.add_argument("--predictor", default=None, help="pc: euler, exponential_euler or ddram")
