@@ -109,11 +109,6 @@ def default_schedule(sampler: str) -> str:
 AUTO_LOG_SNR_STEP = 2.0
 
 
-def default_schedule(sampler: str) -> str:
-    """The time grid :func:`sample`, ``sample.py`` and ``SDEScheduler`` use for ``sampler`` by default."""
-    return DEFAULT_SCHEDULES.get(str(sampler).lower(), "uniform")
-
-
 # --------------------------------------------------------------------------------------------
 # helpers
 # --------------------------------------------------------------------------------------------
