@@ -537,11 +537,15 @@ class DDRaMStepper(Stepper):
 
 
 class PCStepper(Stepper):
-    """Predictor (euler / exponential_euler / ddram) + ``n_corrector`` Langevin steps (§5)."""
+    """Predictor (exponential_euler (default) / euler / ddram) + ``n_corrector`` Langevin steps.
+
+    The default predictor is exponential Euler (denoiser): on the shipped MNIST network PC reaches
+    FID-MNIST 88 / 14 at 10 / 20 evaluations with it against 417 / 145 with Euler-Maruyama
+    (docs/samplers.md)."""
 
     name = "pc"
 
-    def __init__(self, sde, parametrization=None, ode=False, predictor="euler", n_corrector=1, snr=0.16, corrector="after", method="auto", snr_norm="capped"):
+    def __init__(self, sde, parametrization=None, ode=False, predictor="exponential_euler", n_corrector=1, snr=0.16, corrector="after", method="auto", snr_norm="capped"):
         predictor = str(predictor).lower()
         if snr_norm not in SNR_NORMS:
             raise ValueError(f"snr_norm={snr_norm!r} is invalid; valid choices: {list(SNR_NORMS)}")

@@ -239,7 +239,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "best on learned networks)")
     p.add_argument("--parametrization", default=None, help="frozen field: score, relative_score or denoiser")
     p.add_argument("--ode", action="store_true", help="probability-flow ODE form (deterministic)")
-    p.add_argument("--predictor", default=None, help="pc: euler, exponential_euler or ddram")
+    p.add_argument("--predictor", default=None, help="pc: exponential_euler (default), euler or ddram")
     p.add_argument("--n-corrector", type=int, default=None, help="pc: Langevin corrector steps per step")
     p.add_argument("--snr", type=float, default=None, help="pc: corrector signal-to-noise ratio")
     p.add_argument("--snr-norm", default=None, help="pc step-size rule: 'capped' (default: per sample, ratio capped at "
@@ -352,7 +352,7 @@ def prepare(args: argparse.Namespace) -> Plan:
     if args.parametrization is None and _is_discrete(model.sde):
         # as SDEScheduler does: for a DDPM table the denoiser coefficients are closed forms, the
         # relative-score / score ones would need a numerical integral table
-        pred_name = str(args.predictor or "euler").lower() if sampler == "pc" else sampler
+        pred_name = str(args.predictor or "exponential_euler").lower() if sampler == "pc" else sampler
         if pred_name in ("exponential_euler", "ddram"):
             args.parametrization = "denoiser"
     stepper = get_stepper(sampler, model.sde, args.parametrization, args.ode, **options)

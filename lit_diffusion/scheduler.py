@@ -187,7 +187,7 @@ class SDEScheduler(SchedulerMixin, ConfigMixin):
         if parametrization is None and isinstance(self.sde, DiscreteVP):
             # the denoiser coefficients are closed forms for every SDE (exact for the interpolated
             # table); relative_score / score would go through a numerical integral table
-            pred_name = str(predictor or "euler").lower() if name == "pc" else name
+            pred_name = str(predictor or "exponential_euler").lower() if name == "pc" else name
             if pred_name in ("exponential_euler", "ddram"):
                 parametrization = "denoiser"
         if name == "pc":
