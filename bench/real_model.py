@@ -41,21 +41,19 @@ N_TRAIN = 1000
 # (label, kind, options): kind "lit" -> SDEScheduler options; else a diffusers class name + config
 SDE_SAMPLERS = [
     ("lit ddram (default)", "lit", {"sampler": "ddram"}),
-    ("lit ddram denoiser", "lit", {"sampler": "ddram", "parametrization": "denoiser"}),
+    ("lit ddram log-SNR grid", "lit", {"sampler": "ddram", "schedule": "log_snr"}),
     ("lit ddram relative_score", "lit", {"sampler": "ddram", "parametrization": "relative_score"}),
-    ("lit ddram uniform grid", "lit", {"sampler": "ddram", "schedule": "uniform"}),
     ("lit exponential_euler", "lit", {"sampler": "exponential_euler"}),
     ("lit euler (EM)", "lit", {"sampler": "euler"}),
     ("lit pc (default)", "lit", {"sampler": "pc"}),
-    ("lit pc (exponential-Euler predictor)", "lit", {"sampler": "pc", "predictor": "exponential_euler"}),
+    ("lit pc Euler-Maruyama predictor", "lit", {"sampler": "pc", "predictor": "euler"}),
     ("DDPM ancestral", "DDPMScheduler", {}),
     ("Euler ancestral", "EulerAncestralDiscreteScheduler", {}),
     ("SDE-DPM-Solver++ 2M", "DPMSolverMultistepScheduler", {"algorithm_type": "sde-dpmsolver++", "solver_order": 2}),
 ]
 ODE_SAMPLERS = [
     ("lit ddram ODE (default)", "lit", {"sampler": "ddram", "ode": True}),
-    ("lit ddram ODE denoiser", "lit", {"sampler": "ddram", "ode": True, "parametrization": "denoiser"}),
-    ("lit ddram ODE uniform grid", "lit", {"sampler": "ddram", "ode": True, "schedule": "uniform"}),
+    ("lit ddram ODE log-SNR grid", "lit", {"sampler": "ddram", "ode": True, "schedule": "log_snr"}),
     ("lit exponential_euler ODE (DDIM)", "lit", {"sampler": "exponential_euler", "ode": True}),
     ("DDIM", "DDIMScheduler", {}),
     ("Euler", "EulerDiscreteScheduler", {}),
