@@ -40,23 +40,8 @@ from lit_diffusion.networks import TimeMLP  # noqa: E402
 from lit_diffusion.registry import UntrustedConfigError, build, describe  # noqa: E402
 from lit_diffusion.run_lock import LOCK_NAME, FolderLockedError, RunLock  # noqa: E402
 
-TINY = [
-    "--model.net.init_args.hidden", "16", "--model.net.init_args.n_blocks", "1", "--model.net.init_args.time_dim", "8",
-    "--data.init_args.n_samples", "1000", "--data.init_args.batch_size", "32",
-    "--model.warmup_steps", "2", "--model.lr_schedule", "constant",
-    "--logger", "none", "--progress_bar", "none",
-    "--samples.every_n_steps", "0", "--samples.n_samples", "16", "--samples.steps", "2",
-    "--trainer.limit_val_batches", "0", "--trainer.log_every_n_steps", "1000", "--trainer.enable_model_summary", "false",
-]
-
-
-def _env():
-    env = dict(os.environ)
-    env.update(WANDB_MODE="offline", OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONUNBUFFERED="1")
-    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), str(SCRIPTS), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
-    for k in ("LOCAL_RANK", "WORLD_SIZE", "RANK", "NODE_RANK"):
-        env.pop(k, None)
-    return env
+from test_reliability import TINY_TRAIN as TINY  # noqa: E402  (the tiny swiss-roll run of the reliability tests)
+from test_reliability import _env  # noqa: E402
 
 
 # --------------------------------------------------------------------------------------------
