@@ -131,7 +131,7 @@ class AffinePlan:
         self._cast: dict = {}
 
     def cast(self, dtype: torch.dtype, device) -> "AffinePlan":
-        """The coefficient tables as Python floats are not needed: cache per (dtype, device) tensors."""
+        """The coefficient tables in ``dtype`` on ``device`` (cast once per run and cached)."""
         key = (dtype, str(device))
         if key not in self._cast:
             self._cast[key] = tuple(

@@ -84,11 +84,8 @@ def check_hparams(hp: dict, where: str = "checkpoint") -> dict:
             )
         check_plain(v, f"{where}.hyper_parameters.{k}")
     for k in ("net", "sde", "loss"):
-        v = hp.get(k)
-        if v is not None and not isinstance(v, str):
-            check_description(v, k, f"{where}.hyper_parameters.{k}")
-        elif isinstance(v, str):
-            check_description(v, k, f"{where}.hyper_parameters.{k}")
+        if hp.get(k) is not None:
+            check_description(hp[k], k, f"{where}.hyper_parameters.{k}")
     return hp
 
 

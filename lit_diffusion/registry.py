@@ -170,11 +170,7 @@ def stable_name(kind: str, cls: type) -> Optional[str]:
 # ------------------------------------------------------------------------------------------------
 def check_plain(value: Any, where: str) -> Any:
     """``value`` if it is made of JSON types (tuples count as lists), else :class:`UntrustedConfigError`."""
-    if value is None or isinstance(value, (bool, str)):
-        return value
-    if isinstance(value, int):
-        return value
-    if isinstance(value, float):
+    if value is None or isinstance(value, (bool, int, float, str)):
         return value
     if isinstance(value, (list, tuple)):
         for i, v in enumerate(value):

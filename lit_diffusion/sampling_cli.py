@@ -466,7 +466,7 @@ def check_output_folder(out: Path) -> None:
 
 
 def _tmp_path(path: Path) -> str:
-    from .checkpoint_io import _clean_stale, _tmp_prefix
+    from .checkpoint_io import _clean_stale, _tmp_prefix, _umask
 
     path.parent.mkdir(parents=True, exist_ok=True)
     _clean_stale(str(path.parent), path.name)  # temp files of this name left by killed sample.py runs
@@ -474,12 +474,6 @@ def _tmp_path(path: Path) -> str:
     os.close(fd)
     os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; outputs get the usual permissions
     return tmp
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 def _atomic(path: Path, write: Callable[[str], None]) -> None:

@@ -339,23 +339,28 @@ def test_crafted_pickle_refused_by_train_py_resume(crafted, tmp_path):
     assert not marker.exists()
 
 
-def test_crafted_pickle_refused_by_accelerate_resume(crafted, tmp_path):
-    path, marker = crafted
+def accelerate_train_in_process(ckpt_dir, *args):
+    """Run the Accelerate launcher's ``train`` in this process on a small swiss roll (5 steps), with
+    Accelerate's global state reset before and after."""
     from accelerate.state import AcceleratorState, GradientState
 
     from lit_diffusion.accelerate_train import build_parser, train
 
-    cfg = build_parser().parse_args(["--cpu", "true", "--logger", "none", "--ckpt_dir", str(tmp_path / "ck"),
-                                     "--ckpt_path", str(path), "--trainer", "{max_steps: 5}",
-                                     "--data.init_args.n_samples", "500"])
+    cfg = build_parser().parse_args(["--cpu", "true", "--logger", "none", "--ckpt_dir", str(ckpt_dir),
+                                     "--trainer", "{max_steps: 5}", "--data.init_args.n_samples", "500", *args])
     AcceleratorState._reset_state(reset_partial_state=True)
     GradientState._reset_state()
     try:
-        with pytest.raises(CheckpointError, match="not a valid checkpoint: it holds pickled code"):
-            train(cfg)
+        return train(cfg)
     finally:
         AcceleratorState._reset_state(reset_partial_state=True)
         GradientState._reset_state()
+
+
+def test_crafted_pickle_refused_by_accelerate_resume(crafted, tmp_path):
+    path, marker = crafted
+    with pytest.raises(CheckpointError, match="not a valid checkpoint: it holds pickled code"):
+        accelerate_train_in_process(tmp_path / "ck", "--ckpt_path", str(path))
     assert not marker.exists()
 
 

@@ -41,7 +41,7 @@ from lit_diffusion.registry import UntrustedConfigError, build, describe  # noqa
 from lit_diffusion.run_lock import LOCK_NAME, FolderLockedError, RunLock  # noqa: E402
 
 from test_reliability import TINY_TRAIN as TINY  # noqa: E402  (the tiny swiss-roll run of the reliability tests)
-from test_reliability import _env  # noqa: E402
+from test_reliability import _env, accelerate_train_in_process  # noqa: E402
 
 
 # --------------------------------------------------------------------------------------------
@@ -108,22 +108,9 @@ def test_crafted_checkpoint_refused_everywhere(attack, tmp_path, capsys):
 
 
 def test_crafted_checkpoint_refused_by_accelerate_resume(tmp_path):
-    from accelerate.state import AcceleratorState, GradientState
-
-    from lit_diffusion.accelerate_train import build_parser, train
-
     path, marker = _crafted(tmp_path, *ATTACKS["package_file_writer"])
-    cfg = build_parser().parse_args(["--cpu", "true", "--logger", "none", "--ckpt_dir", str(tmp_path / "ck"),
-                                     "--ckpt_path", str(path), "--trainer", "{max_steps: 5}",
-                                     "--data.init_args.n_samples", "500"])
-    AcceleratorState._reset_state(reset_partial_state=True)
-    GradientState._reset_state()
-    try:
-        with pytest.raises(CheckpointError, match="not a registered"):
-            train(cfg)
-    finally:
-        AcceleratorState._reset_state(reset_partial_state=True)
-        GradientState._reset_state()
+    with pytest.raises(CheckpointError, match="not a registered"):
+        accelerate_train_in_process(tmp_path / "ck", "--ckpt_path", str(path))
     assert not marker.exists() and not list((tmp_path / "ck").rglob("*.ckpt"))
 
 
@@ -213,22 +200,12 @@ def test_two_concurrent_train_runs_one_is_refused(tmp_path):
 
 
 def test_accelerate_run_in_a_held_folder_is_refused(tmp_path):
-    from accelerate.state import AcceleratorState, GradientState
-
-    from lit_diffusion.accelerate_train import build_parser, train
-
     held = RunLock(tmp_path / "ck" / "swissroll").acquire()  # a live run (this process) holds the folder
-    cfg = build_parser().parse_args(["--cpu", "true", "--logger", "none", "--ckpt_dir", str(tmp_path / "ck"),
-                                     "--trainer", "{max_steps: 3}", "--data.init_args.n_samples", "500"])
-    AcceleratorState._reset_state(reset_partial_state=True)
-    GradientState._reset_state()
     try:
         with pytest.raises(FolderLockedError, match=f"pid {os.getpid()}"):
-            train(cfg)
+            accelerate_train_in_process(tmp_path / "ck")
     finally:
         held.release()
-        AcceleratorState._reset_state(reset_partial_state=True)
-        GradientState._reset_state()
     assert not list((tmp_path / "ck").rglob("*.ckpt"))
 
 
