@@ -645,6 +645,10 @@ def run(argv: Optional[Sequence[str]] = None) -> dict:
             msg += f"\nwarning: {bad} samples contain NaN or inf"
         print(msg, flush=True)
     accelerator.wait_for_everyone()
+    if world > 1 and torch.distributed.is_available() and torch.distributed.is_initialized():
+        # tear the process group down here: left to interpreter exit, gloo's threads can abort a rank
+        # ("terminate called without an active exception") after the samples were written
+        torch.distributed.destroy_process_group()
     return summary
 
 
