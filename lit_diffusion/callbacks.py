@@ -129,7 +129,12 @@ class SamplePictures(pl.Callback):
         if pl_module.data_shape is None:
             return None
         g = torch.Generator().manual_seed(self.seed)
-        x = pl_module.sample(self.n_samples, sampler=self.sampler, steps=self.steps, ema=self.ema, generator=g)
+        K = getattr(pl_module, "num_classes", None)
+        # a class-conditional model draws the classes in turn (0, 1, ..., K-1, 0, ...), conditionally
+        labels = None if K is None else torch.arange(self.n_samples) % K
+        x = pl_module.sample(
+            self.n_samples, sampler=self.sampler, steps=self.steps, ema=self.ema, generator=g, class_labels=labels
+        )
         step = trainer.global_step
         path = os.path.join(self._dir(trainer), f"samples_step{step:07d}.png")
         ref = self._reference(trainer) if x.ndim == 2 else None

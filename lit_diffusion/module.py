@@ -147,13 +147,14 @@ class _PrecisionNet:
         self.param_dtype = p.dtype if p is not None else torch.float32
         self.last_t: Optional[Tensor] = None
 
-    def __call__(self, x: Tensor, t: Tensor) -> Tensor:
+    def __call__(self, x: Tensor, t: Tensor, class_labels=None) -> Tensor:
         self.last_t = t.detach()
+        kw = {} if class_labels is None else {"class_labels": class_labels}
         if self.autocast:
             with torch.autocast(self.device_type, dtype=self.autocast_dtype):
-                out = self.net(x, t)
+                out = self.net(x, t, **kw)
         else:
-            out = self.net(x.to(self.param_dtype), t)
+            out = self.net(x.to(self.param_dtype), t, **kw)
         return out.float()
 
 
@@ -176,6 +177,10 @@ class ScoreModule(pl.LightningModule):
         min_lr_ratio: final learning rate as a fraction of ``lr``.
         ema_decay: EMA decay (0 disables the EMA); ``ema_warmup``: decay warm-up
             ``min(decay, (1+n)/(ema_warmup+n))``; ``ema_every_n_steps``: update interval.
+        p_uncond: class-conditional networks only: the probability that a training label is
+            replaced by the "no label" token, so that one network learns the conditional and the
+            unconditional model of classifier-free guidance (Ho & Salimans, "Classifier-Free Diffusion
+            Guidance"; 0.1 by default).
         time_buckets: number of equal-width buckets of ``t`` in ``[0, T]`` for the split loss log.
         data_shape: shape of one sample (inferred from the first batch when not given; needed
             by :meth:`sample`).
@@ -207,6 +212,7 @@ class ScoreModule(pl.LightningModule):
         ema_decay: float = 0.999,
         ema_warmup: int = 10,
         ema_every_n_steps: int = 1,
+        p_uncond: float = 0.1,
         time_buckets: int = 4,
         data_shape: Optional[list[int]] = None,
         stop_on_nonfinite: bool = True,
@@ -226,6 +232,8 @@ class ScoreModule(pl.LightningModule):
             raise ValueError(f"ScoreModule: min_lr_ratio={min_lr_ratio!r} is invalid; it must be in [0, 1]")
         if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or not (0 <= seed < 2**32)):
             raise ValueError(f"ScoreModule: seed={seed!r} is invalid; it must be an integer in [0, 2**32) or None (global RNG)")
+        if not (0.0 <= float(p_uncond) <= 1.0):
+            raise ValueError(f"ScoreModule: p_uncond={p_uncond!r} is invalid; it must be in [0, 1]")
         if int(time_buckets) < 1:
             raise ValueError(f"ScoreModule: time_buckets={time_buckets!r} is invalid; it must be >= 1")
         self.net = _build_net(net)
@@ -298,9 +306,22 @@ class ScoreModule(pl.LightningModule):
         """The EMA network (when ``ema`` and one is kept) or the raw one."""
         return self.ema.module if (ema and self.ema is not None) else self.net
 
-    def field(self, ema: bool = True, network_dtype: Optional[torch.dtype] = None) -> Field:
-        """A :class:`lit_diffusion.fields.Field` over the EMA (default) or raw network, for samplers."""
-        return as_field(self.sampling_net(ema), self.sde, prediction_type=self.prediction_type, network_dtype=network_dtype)
+    @property
+    def num_classes(self) -> Optional[int]:
+        """Number of classes of a class-conditional network (``None``: unconditional)."""
+        from .networks import num_classes_of
+
+        return num_classes_of(self.net)
+
+    def field(
+        self, ema: bool = True, network_dtype: Optional[torch.dtype] = None, class_labels=None, guidance_scale: float = 1.0
+    ) -> Field:
+        """A :class:`lit_diffusion.fields.Field` over the EMA (default) or raw network, for samplers;
+        ``class_labels`` and ``guidance_scale`` condition and guide it."""
+        return as_field(
+            self.sampling_net(ema), self.sde, prediction_type=self.prediction_type, network_dtype=network_dtype,
+            class_labels=class_labels, guidance_scale=guidance_scale,
+        )
 
     @torch.no_grad()
     def sample(
@@ -311,33 +332,29 @@ class ScoreModule(pl.LightningModule):
         ema: bool = True,
         generator: Optional[torch.Generator] = None,
         shape: Optional[tuple[int, ...]] = None,
+        class_labels=None,
+        guidance_scale: float = 1.0,
         **options,
     ) -> Tensor:
-        """Draw ``n`` samples with ``lit_diffusion.samplers.sample`` (Euler–Maruyama on
-        ``sde.reverse`` when that module is not available)."""
+        """Draw ``n`` samples with :func:`lit_diffusion.samplers.sample` (``class_labels`` and
+        ``guidance_scale`` for a class-conditional network)."""
+        from .samplers import sample as _sample
+
         shape = tuple(shape) if shape is not None else self.data_shape
         if shape is None:
             raise RuntimeError("ScoreModule.sample: data_shape unknown; pass shape= or train on a batch first")
         full = (int(n),) + tuple(shape)
-        field = self.field(ema=ema)
+        field = self.field(ema=ema, class_labels=class_labels, guidance_scale=guidance_scale)
         was_training = self.training
         self.eval()
         try:
-            try:
-                from .samplers import sample as _sample
-            except ImportError:
-                _sample = None
-            if _sample is not None:
-                out = _sample(
-                    field, self.sde, shape=full, sampler=sampler, steps=steps, generator=generator,
-                    device=self.device, **options,
-                )
-                x = out[0] if isinstance(out, (tuple, list)) else getattr(out, "samples", out)
-            else:
-                x = euler_maruyama(field, self.sde, full, steps, generator=generator, device=self.device)
+            out = _sample(
+                field, self.sde, shape=full, sampler=sampler, steps=steps, generator=generator, device=self.device,
+                **options,
+            )
         finally:
             self.train(was_training)
-        return x
+        return out.samples
 
     # ------------------------------------------------------------------ training
     @staticmethod
@@ -350,10 +367,45 @@ class ScoreModule(pl.LightningModule):
             raise TypeError(f"ScoreModule: a batch must be a tensor (or a tuple whose first item is); got {type(batch).__name__}")
         return batch
 
-    def _loss_terms(self, x0: Tensor, generator=None) -> tuple[Tensor, Optional[Tensor]]:
+    def _labels(self, batch, n: int) -> Optional[Tensor]:
+        """The class labels of a batch for a conditional network (``None`` for an unconditional one,
+        which trains on the images alone); a batch without labels, or with labels out of range, is
+        an error."""
+        K = self.num_classes
+        if K is None:
+            return None
+        y = None
+        if isinstance(batch, (list, tuple)) and len(batch) > 1:
+            y = batch[1]
+        elif isinstance(batch, dict):
+            y = batch.get("y", batch.get("class_labels", batch.get("labels")))
+        if y is None:
+            raise ValueError(
+                f"ScoreModule: the network is class-conditional (num_classes={K}) but the batch has no labels; "
+                "use a data module that yields (x, y) (labels=True) or an unconditional network"
+            )
+        y = torch.as_tensor(y)
+        if y.is_floating_point() or y.reshape(-1).shape[0] != n:
+            raise ValueError(f"ScoreModule: labels must be {n} integers, one per sample; got shape {tuple(y.shape)}, dtype {y.dtype}")
+        y = y.reshape(-1).to(torch.long)
+        if int(y.min()) < 0 or int(y.max()) >= K:
+            raise ValueError(f"ScoreModule: labels must lie in [0, {K}) (num_classes={K}); got [{int(y.min())}, {int(y.max())}]")
+        return y
+
+    def _drop_labels(self, y: Optional[Tensor], generator) -> Optional[Tensor]:
+        """Label dropout: each label becomes "no label" (-1) with probability ``p_uncond``."""
+        p = float(self.hparams.get("p_uncond", 0.0))
+        if y is None or p <= 0:
+            return y
+        from .utils import rand
+
+        drop = rand(y.shape, generator=generator, device=y.device) < p
+        return torch.where(drop, torch.full_like(y, -1), y)
+
+    def _loss_terms(self, x0: Tensor, generator=None, class_labels=None) -> tuple[Tensor, Optional[Tensor]]:
         runner = _PrecisionNet(self.net, self.prediction_type, x0.device.type)
         with torch.autocast(x0.device.type, enabled=False):
-            per = self.loss.per_sample(runner, self.sde, x0.float(), generator=generator)
+            per = self.loss.per_sample(runner, self.sde, x0.float(), generator=generator, class_labels=class_labels)
         return per.float(), runner.last_t
 
     def _step_generator(self, device) -> Optional[torch.Generator]:
@@ -382,7 +434,9 @@ class ScoreModule(pl.LightningModule):
         if self.data_shape is None:
             self.data_shape = tuple(x0.shape[1:])
             self.hparams["data_shape"] = list(self.data_shape)
-        per, t = self._loss_terms(x0, generator=self._step_generator(x0.device))
+        g = self._step_generator(x0.device)
+        y = self._drop_labels(self._labels(batch, x0.shape[0]), g)
+        per, t = self._loss_terms(x0, generator=g, class_labels=y)
         loss = per.mean()
         if not torch.isfinite(loss):
             if self.hparams.stop_on_nonfinite:
@@ -420,13 +474,14 @@ class ScoreModule(pl.LightningModule):
     def validation_step(self, batch, batch_idx):
         x0 = self._batch(batch)
         g = torch.Generator(device=x0.device).manual_seed(1000 + batch_idx)
+        y = self._labels(batch, x0.shape[0])
         if type(self.loss).__name__ in ("SSM", "ISM"):
             # these losses differentiate the network w.r.t. x: leave inference mode for them
             with torch.inference_mode(False), torch.enable_grad():
-                per, t = self._loss_terms(x0.clone(), generator=g)
+                per, t = self._loss_terms(x0.clone(), generator=g, class_labels=None if y is None else y.clone())
                 per = per.detach()
         else:
-            per, t = self._loss_terms(x0, generator=g)
+            per, t = self._loss_terms(x0, generator=g, class_labels=y)
         self.log("val/loss", per.mean(), on_step=False, on_epoch=True, prog_bar=True, batch_size=x0.shape[0])
         if t is not None and t.shape[0] == per.shape[0]:
             self._log_buckets(per.detach(), t.reshape(-1).to(per.device), "val")
@@ -438,6 +493,19 @@ class ScoreModule(pl.LightningModule):
             if grads:
                 norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g.float()) for g in grads]))
                 self.log("train/grad_norm", norm, on_step=True, on_epoch=False)
+
+    def on_fit_start(self) -> None:
+        dm = getattr(self.trainer, "datamodule", None)
+        data_k = getattr(dm, "num_classes", None) if dm is not None else None
+        if self.num_classes is not None and data_k is not None and int(data_k) != self.num_classes:
+            raise ValueError(
+                f"ScoreModule: the network has num_classes={self.num_classes} but the data have {data_k} classes"
+            )
+        if self.num_classes is not None and dm is not None and data_k is None and hasattr(dm, "num_classes"):
+            raise ValueError(
+                f"ScoreModule: the network is class-conditional (num_classes={self.num_classes}) but "
+                f"{type(dm).__name__} yields no labels"
+            )
 
     def on_train_batch_start(self, batch, batch_idx) -> None:
         if self._tput_t0 is None:
@@ -510,24 +578,3 @@ class ScoreModule(pl.LightningModule):
             total = int(est) if est is not None and math.isfinite(est) else None
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: self.lr_factor(step, total))
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step", "frequency": 1}}
-
-
-# --------------------------------------------------------------------------------------------
-# fallback sampler
-# --------------------------------------------------------------------------------------------
-@torch.no_grad()
-def euler_maruyama(field: Field, sde: LinearSDE, shape, steps: int = 100, generator=None, device=None) -> Tensor:
-    """Plain Euler–Maruyama on the reverse SDE (§1) from ``T`` down to ``t_min`` (uniform grid)."""
-    from .utils import randn
-
-    x = sde.prior_sampling(shape, generator=generator).to(device or "cpu")
-    rev = sde.reverse(lambda y, s: field(y, s, "score"))
-    ts = torch.linspace(sde.T, sde.t_min, int(steps) + 1, dtype=torch.float64)
-    for i in range(int(steps)):
-        t, s = float(ts[i]), float(ts[i + 1])
-        h = t - s
-        tt = torch.full((shape[0],), t, device=x.device)
-        drift, g = rev.sde(x, tt)
-        z = randn(x.shape, generator=generator).to(x.device)
-        x = x - drift * h + g.reshape(-1, *([1] * (x.ndim - 1))) * math.sqrt(h) * z
-    return x.float()

@@ -7,6 +7,11 @@
   tests. The continuous time is mapped to the UNet's timestep input as ``t * time_scale / T``
   (``time_scale=1000`` by default, the DDPM convention).
 
+Class-conditional networks (``num_classes=K``) take ``net(x, t, class_labels=y)`` with ``y`` in
+``[0, K)``; a label ``-1`` (or ``class_labels=None``) selects a learned "no label" token (index ``K``
+of the embedding), so one network is both the conditional and the unconditional model of
+classifier-free guidance (Ho & Salimans, "Classifier-Free Diffusion Guidance").
+
 Every network has a ``prediction_type`` attribute (ALGORITHMS.md §2: ``epsilon``, ``score``,
 ``denoiser`` or ``v``), returns a tensor shaped like ``x`` and accepts ``t`` as a scalar or a
 per-sample tensor ``(B,)``. Each keeps its constructor arguments in ``config`` (plain Python
@@ -23,7 +28,39 @@ from torch import Tensor, nn
 
 from .parametrizations import canonical_prediction
 
-__all__ = ["SinusoidalEmbedding", "TimeMLP", "UNet", "UNET_PRESETS"]
+__all__ = ["SinusoidalEmbedding", "TimeMLP", "UNet", "UNET_PRESETS", "label_vector", "num_classes_of"]
+
+
+def num_classes_of(net) -> Optional[int]:
+    """The number of classes a network is conditioned on (``None``: unconditional)."""
+    n = getattr(net, "num_classes", None)
+    return None if n is None else int(n)
+
+
+def label_vector(class_labels, x: Tensor, num_classes: Optional[int], who: str = "network") -> Optional[Tensor]:
+    """Class labels as a long tensor ``(B,)`` on ``x``'s device with the "no label" token
+    ``num_classes`` in place of ``None`` / negative labels; ``None`` for an unconditional network
+    (which refuses labels)."""
+    if num_classes is None:
+        if class_labels is not None:
+            raise ValueError(f"{who} is unconditional (num_classes=None); it takes no class_labels")
+        return None
+    if class_labels is None:
+        return torch.full((x.shape[0],), num_classes, dtype=torch.long, device=x.device)
+    y = torch.as_tensor(class_labels, device=x.device)
+    if y.is_floating_point() or y.dtype == torch.bool:
+        raise TypeError(f"{who}: class_labels must be integers; got dtype {y.dtype}")
+    y = y.to(torch.long).reshape(-1)
+    if y.numel() == 1:
+        y = y.expand(x.shape[0])
+    if y.shape[0] != x.shape[0]:
+        raise ValueError(f"{who}: {y.shape[0]} class labels for a batch of {x.shape[0]}")
+    if y.numel() and int(y.max()) >= num_classes:
+        raise ValueError(
+            f"{who}: class label {int(y.max())} is out of range; valid labels are 0..{num_classes - 1} "
+            "(-1 for no label)"
+        )
+    return torch.where(y < 0, torch.full_like(y, num_classes), y)
 
 
 def _time_vector(t, x: Tensor) -> Tensor:
@@ -90,6 +127,8 @@ class TimeMLP(nn.Module):
         prediction_type: what the network predicts (ALGORITHMS.md §2).
         dropout: dropout inside the blocks.
         zero_init: start the output layer at zero (the initial prediction is 0).
+        num_classes: class-conditional with this many classes (a label embedding added to the time
+            embedding, plus the "no label" token); ``None``: unconditional.
     """
 
     def __init__(
@@ -102,8 +141,11 @@ class TimeMLP(nn.Module):
         prediction_type: str = "epsilon",
         dropout: float = 0.0,
         zero_init: bool = True,
+        num_classes: Optional[int] = None,
     ):
         super().__init__()
+        if num_classes is not None and (isinstance(num_classes, bool) or int(num_classes) != num_classes or num_classes < 1):
+            raise ValueError(f"TimeMLP: num_classes={num_classes!r} is invalid; it must be a positive integer or None")
         for name, v in (("dim", dim), ("hidden", hidden), ("n_blocks", n_blocks)):
             if int(v) != v or v < (0 if name == "n_blocks" else 1):
                 raise ValueError(f"TimeMLP: {name}={v!r} is invalid; it must be a positive integer")
@@ -114,9 +156,13 @@ class TimeMLP(nn.Module):
             dim=int(dim), hidden=int(hidden), n_blocks=int(n_blocks), time_dim=int(time_dim), T=float(T),
             prediction_type=self.prediction_type, dropout=float(dropout), zero_init=bool(zero_init),
         )
+        self.num_classes = None if num_classes is None else int(num_classes)
+        if self.num_classes is not None:
+            self.config["num_classes"] = self.num_classes
         self.time_embed = nn.Sequential(
             SinusoidalEmbedding(time_dim, T=T), nn.Linear(time_dim, hidden), nn.SiLU(), nn.Linear(hidden, hidden)
         )
+        self.label_embed = nn.Embedding(self.num_classes + 1, hidden) if self.num_classes is not None else None
         self.inp = nn.Linear(self.dim, hidden)
         self.blocks = nn.ModuleList([_ResBlock(hidden, hidden, dropout) for _ in range(int(n_blocks))])
         self.out_norm = nn.LayerNorm(hidden)
@@ -125,13 +171,16 @@ class TimeMLP(nn.Module):
             nn.init.zeros_(self.out.weight)
             nn.init.zeros_(self.out.bias)
 
-    def forward(self, x: Tensor, t) -> Tensor:
+    def forward(self, x: Tensor, t, class_labels=None) -> Tensor:
         shape = x.shape
         h = x.reshape(shape[0], -1)
         if h.shape[1] != self.dim:
             raise ValueError(f"TimeMLP(dim={self.dim}) got x of shape {tuple(shape)} ({h.shape[1]} features)")
         t = _time_vector(t, x)
         emb = self.time_embed(t)
+        y = label_vector(class_labels, x, self.num_classes, "TimeMLP")
+        if y is not None:
+            emb = emb + self.label_embed(y)
         h = self.inp(h.to(self.inp.weight.dtype))
         for block in self.blocks:
             h = block(h, emb)
@@ -179,6 +228,8 @@ class UNet(nn.Module):
         T: time horizon of the SDE.
         time_scale: the UNet sees the timestep ``t * time_scale / T`` (1000: DDPM's convention).
         prediction_type: what the network predicts (ALGORITHMS.md §2).
+        num_classes: class-conditional with this many classes (``UNet2DModel``'s class embedding with
+            ``num_classes + 1`` entries, the last one the "no label" token); ``None``: unconditional.
     """
 
     def __init__(
@@ -192,8 +243,11 @@ class UNet(nn.Module):
         T: float = 1.0,
         time_scale: float = 1000.0,
         prediction_type: str = "epsilon",
+        num_classes: Optional[int] = None,
     ):
         super().__init__()
+        if num_classes is not None and (isinstance(num_classes, bool) or int(num_classes) != num_classes or num_classes < 1):
+            raise ValueError(f"UNet: num_classes={num_classes!r} is invalid; it must be a positive integer or None")
         if preset not in UNET_PRESETS:
             raise ValueError(f"UNet: unknown preset {preset!r}; valid choices: {sorted(UNET_PRESETS)}")
         from diffusers import UNet2DModel
@@ -234,12 +288,17 @@ class UNet(nn.Module):
         kw["block_out_channels"] = tuple(kw["block_out_channels"])
         kw["down_block_types"] = tuple(kw["down_block_types"])
         kw["up_block_types"] = tuple(kw["up_block_types"])
+        self.num_classes = None if num_classes is None else int(num_classes)
+        if self.num_classes is not None:
+            self.config["num_classes"] = self.num_classes
+            kw["num_class_embeds"] = self.num_classes + 1
         self.unet = UNet2DModel(in_channels=int(in_channels), out_channels=int(in_channels), dropout=float(dropout), **kw)
 
     def timestep(self, t: Tensor) -> Tensor:
         """The UNet's timestep input for continuous times ``t``."""
         return t * (self.time_scale / self.T)
 
-    def forward(self, x: Tensor, t) -> Tensor:
+    def forward(self, x: Tensor, t, class_labels=None) -> Tensor:
         t = _time_vector(t, x)
-        return self.unet(x, self.timestep(t), return_dict=False)[0]
+        y = label_vector(class_labels, x, self.num_classes, "UNet")
+        return self.unet(x, self.timestep(t), class_labels=y, return_dict=False)[0]

@@ -750,6 +750,8 @@ def sample(
     dtype: torch.dtype = torch.float32,
     prediction_type: Optional[str] = None,
     midpoint_u: Optional[Tensor] = None,
+    class_labels=None,
+    guidance_scale: float = 1.0,
     **sampler_options,
 ) -> SampleResult:
     """Integrate the reverse dynamics of ``sde`` from ``T`` down to ``t_min`` (ALGORITHMS.md §4–§5).
@@ -769,6 +771,11 @@ def sample(
         midpoint_u: DDRaM only: the uniforms of the midpoints, one per step ``(steps,)`` (shared by
             the batch, as :class:`~lit_diffusion.scheduler.SDEScheduler` draws them) or per step and
             sample ``(steps, B)``; drawn from ``generator`` per sample when None.
+        class_labels: one class label per sample (or one for all; ``-1``: no label) for a
+            class-conditional network or the components of an analytic mixture.
+        guidance_scale: classifier-free guidance weight ``w`` (1: conditional, 0: unconditional;
+            :class:`~lit_diffusion.fields.Field`): every evaluation of every sampler, DDRaM's
+            midpoint and the corrector steps included, is the guided one.
 
     Returns:
         :class:`SampleResult` ``(samples, nfe, trajectory, times)`` (a named tuple).
@@ -781,7 +788,7 @@ def sample(
         check_schedule(schedule)
         _check_steps(steps)
     stepper = get_stepper(sampler, sde, parametrization, ode, **sampler_options)
-    field = as_field(field, sde, prediction_type=prediction_type)
+    field = as_field(field, sde, prediction_type=prediction_type, class_labels=class_labels, guidance_scale=guidance_scale)
     if timesteps is not None:
         grid = torch.as_tensor(timesteps, dtype=torch.float64).flatten()
         if grid.numel() < 2 or not bool((grid[1:] < grid[:-1]).all()):

@@ -97,12 +97,13 @@ class AutocastNet(nn.Module):
         self.prediction_type = prediction_type or getattr(net, "prediction_type", None)
         self.on_call = on_call
 
-    def forward(self, x: Tensor, t) -> Tensor:
+    def forward(self, x: Tensor, t, class_labels=None) -> Tensor:
+        kw = {} if class_labels is None else {"class_labels": class_labels}
         if self.dtype == torch.float32:
-            out = self.net(x.float(), t)
+            out = self.net(x.float(), t, **kw)
         else:
             with torch.autocast(x.device.type, dtype=self.dtype):
-                out = self.net(x.float(), t)
+                out = self.net(x.float(), t, **kw)
         if self.on_call is not None:
             self.on_call()
         return out.float()
@@ -244,6 +245,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--snr", type=float, default=None, help="pc: corrector signal-to-noise ratio")
     p.add_argument("--snr-norm", default=None, help="pc step-size rule: 'capped' (default: per sample, ratio capped at "
                    "4 sigma^2; stable in any dimension), 'batch' (batch-mean norms) or 'sample' (diverges on 1-D/2-D data)")
+    p.add_argument("--class-label", type=int, nargs="+", default=None, metavar="K",
+                   help="class-conditional models: the label of every sample, or a list of labels that fill the "
+                   "picture row by row (sample i gets list[(i // columns) %% len(list)]); default: unconditional")
+    p.add_argument("--guidance-scale", type=float, default=1.0, metavar="W",
+                   help="classifier-free guidance weight (1: conditional, 0: unconditional, > 1: guided; default 1)")
     p.add_argument("--final-denoise", action="store_true", help="return D(x, t_min) (one more evaluation)")
     p.add_argument("--precision", default="fp32", help=f"network precision, one of {list(PRECISIONS)}")
     p.add_argument("--no-ema", action="store_true", help="use the raw (not the EMA) weights of a Lightning checkpoint")
@@ -301,6 +307,43 @@ class Plan:
     sampler_options: dict
     reference: Optional[np.ndarray]
     nfe_per_sample: int
+    labels: Optional[np.ndarray] = None
+
+
+def grid_columns(n: int, n_grid: int) -> int:
+    """Columns of the picture of ``min(n, n_grid)`` images (a square-ish grid)."""
+    return max(1, int(math.ceil(math.sqrt(max(1, min(int(n), int(n_grid)))))))
+
+
+def sample_labels(labels: Optional[Sequence[int]], n: int, n_grid: int) -> Optional[np.ndarray]:
+    """The class label of each of ``n`` samples: one label for all, or a list filling the picture's
+    rows in turn (a function of the sample index only: independent of batch size and processes)."""
+    if labels is None:
+        return None
+    labels = [int(k) for k in labels]
+    cols = grid_columns(n, n_grid) if len(labels) > 1 else 1
+    return np.asarray([labels[(i // cols) % len(labels)] for i in range(int(n))], dtype=np.int64)
+
+
+def _check_labels(args, model: "LoadedModel") -> Optional[np.ndarray]:
+    from .fields import check_guidance
+    from .networks import num_classes_of
+
+    K = num_classes_of(model.net)
+    if args.class_label is not None:
+        if K is None:
+            raise ValueError(
+                f"--class-label {' '.join(map(str, args.class_label))}: the model {str(args.checkpoint)!r} is unconditional "
+                "(no class embedding); drop --class-label"
+            )
+        bad = [k for k in args.class_label if not (0 <= int(k) < K)]
+        if bad:
+            raise ValueError(f"--class-label {bad} out of range; valid labels: 0..{K - 1}")
+    try:
+        check_guidance(args.class_label, args.guidance_scale)
+    except ValueError as e:
+        raise ValueError(f"--guidance-scale {args.guidance_scale}: {e}; give --class-label") from None
+    return sample_labels(args.class_label, args.n, args.grid)
 
 
 def prepare(args: argparse.Namespace) -> Plan:
@@ -387,9 +430,10 @@ def prepare(args: argparse.Namespace) -> Plan:
             raise ValueError(f"the network of {str(args.checkpoint)!r} cannot take samples of shape {shape}: {e}") from e
     if tuple(probe.shape[1:]) != shape:
         raise ValueError(f"the network of {str(args.checkpoint)!r} returns shape {tuple(probe.shape[1:])} for inputs of shape {shape}")
+    labels = _check_labels(args, model)
     nfe = int(args.steps) * int(stepper.evals_per_step) + (1 if args.final_denoise else 0)
     check_output_folder(Path(args.out))
-    return Plan(args, model, stepper, shape, options, reference, nfe)
+    return Plan(args, model, stepper, shape, options, reference, nfe, labels)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -428,11 +472,12 @@ def generate(plan: Plan, chunks: Sequence[Sequence[int]], device=None, progress:
             if not chunk:
                 continue
             gens = make_generators([int(args.seed) + i for i in chunk])
+            labels = None if plan.labels is None else torch.as_tensor(plan.labels[list(chunk)], device=device)
             res = sample(
                 net, plan.model.sde, shape=(len(chunk),) + plan.shape, sampler=args.sampler, steps=int(args.steps),
                 schedule=args.schedule, parametrization=args.parametrization, ode=bool(args.ode), generator=gens,
                 final_denoise=bool(args.final_denoise), device=device, prediction_type=plan.model.prediction_type,
-                **plan.sampler_options,
+                class_labels=labels, guidance_scale=float(args.guidance_scale), **plan.sampler_options,
             )
             x = res.samples.detach().float().cpu().numpy()
             out.extend((int(i), x[k]) for k, i in enumerate(chunk))
@@ -511,7 +556,7 @@ def _picture_writer(samples: np.ndarray, reference: Optional[np.ndarray], n_grid
     meta = {"Description": f"lit_diffusion sample.py run {run_id}"}
     if samples.ndim == 4 and samples.shape[1] in (1, 3):
         x = samples[:n_grid]
-        g = _image_grid(x, max(1, int(math.ceil(math.sqrt(len(x))))))
+        g = _image_grid(x, grid_columns(len(x), n_grid))
 
         def write(tmp):
             plt.imsave(tmp, g, cmap="gray" if g.ndim == 2 else None, vmin=0, vmax=1, format="png", metadata=meta)
@@ -543,18 +588,22 @@ def write_picture(path: Path, samples: np.ndarray, reference: Optional[np.ndarra
     return True
 
 
-def _samples_writer(fmt: str, x: np.ndarray, idx: np.ndarray, meta_json: str):
+def _samples_writer(fmt: str, x: np.ndarray, idx: np.ndarray, meta_json: str, labels: Optional[np.ndarray] = None):
     if fmt == "npz":
 
         def write(tmp):
             with open(tmp, "wb") as f:
-                np.savez(f, samples=x, indices=idx, args=np.array(meta_json))
+                extra = {} if labels is None else {"labels": labels}
+                np.savez(f, samples=x, indices=idx, args=np.array(meta_json), **extra)
 
         return "samples.npz", write
     from safetensors.torch import save_file
 
     def write_st(tmp):
-        save_file({"samples": torch.from_numpy(x), "indices": torch.from_numpy(idx)}, tmp, metadata={"args": meta_json})
+        tensors = {"samples": torch.from_numpy(x), "indices": torch.from_numpy(idx)}
+        if labels is not None:
+            tensors["labels"] = torch.from_numpy(labels)
+        save_file(tensors, tmp, metadata={"args": meta_json})
 
     return "samples.safetensors", write_st
 
@@ -576,8 +625,11 @@ def write_outputs(plan: Plan, items: list[tuple[int, np.ndarray]], meta: dict) -
     out = Path(args.out)
     run_id = uuid.uuid4().hex
     meta_json = json.dumps({**meta, "run_id": run_id}, sort_keys=True)
-    name, write_samples = _samples_writer(args.format, x, idx, meta_json)
+    labels = None if plan.labels is None else plan.labels[idx]
+    name, write_samples = _samples_writer(args.format, x, idx, meta_json, labels)
     title = f"{args.sampler}, {args.steps} steps, {args.schedule}{', ODE' if args.ode else ''}, {args.precision}"
+    if plan.labels is not None:
+        title += f", labels {args.class_label}, guidance {args.guidance_scale:g}"
     write_png = None if args.no_png else _picture_writer(x, plan.reference, int(args.grid), title, run_id)
     png = out / "samples.png"
     staged = []

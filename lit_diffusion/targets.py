@@ -100,16 +100,20 @@ class GaussianMixture:
         return GaussianMixture(self.weights, alpha * self.means + m, alpha**2 * self.covariances + s2 * eye)
 
     # ---- sampling ----------------------------------------------------------------------------
-    def sample(self, n: int, generator: GeneratorLike = None, device=None, dtype=torch.float32) -> Tensor:
+    def sample(
+        self, n: int, generator: GeneratorLike = None, device=None, dtype=torch.float32, return_components: bool = False
+    ):
         """``n`` exact samples ``(n, d)``; a list of ``n`` generators makes sample ``i`` depend only on
-        ``generator[i]``."""
+        ``generator[i]``.  ``return_components=True`` also returns the component of each sample (its
+        class label, ``(n,)`` long)."""
         u = rand((n,), generator=generator, dtype=torch.float64)
         z = randn((n, self.dim), generator=generator, dtype=torch.float64)
         cdf = torch.cumsum(self.weights, 0)
         k = torch.searchsorted(cdf, u.clamp(max=float(cdf[-1]) - 1e-12), right=True).clamp(max=self.num_components - 1)
         scale = self._U[k] * self._lam[k].sqrt()[:, None, :]  # U diag(sqrt lam)
         x = self.means[k] + (scale @ z[:, :, None])[..., 0]
-        return x.to(device=device, dtype=dtype)
+        x = x.to(device=device, dtype=dtype)
+        return (x, k.to(device=device)) if return_components else x
 
     # ---- exact marginal quantities -----------------------------------------------------------
     def _components(self, x: Tensor, t, sde: LinearSDE):
@@ -169,9 +173,36 @@ class GaussianMixture:
         cov = (post[..., None, None] * second).sum(1) - D[:, :, None] * D[:, None, :]
         return (0.5 * (cov + cov.transpose(-1, -2))).to(compute_dtype(x))
 
-    def prediction(self, x: Tensor, t, sde: LinearSDE, kind: str = "score") -> Tensor:
-        """Exact prediction of any type (§2) — the interface samplers and losses use."""
+    def conditional(self, x: Tensor, t, sde: LinearSDE, class_labels: Tensor, kind: str = "score") -> Tensor:
+        """The exact prediction of the forward marginal of component ``class_labels[b]`` for each
+        sample ``b`` (the class-conditional field when the component is the label); a negative label
+        gives the unconditional (mixture) prediction for that sample."""
         kind = canonical_prediction(kind)
+        labels = torch.as_tensor(class_labels, device=x.device).reshape(-1).to(torch.long)
+        if labels.numel() == 1:
+            labels = labels.expand(x.shape[0])
+        if labels.shape[0] != x.shape[0] or int(labels.max()) >= self.num_components:
+            raise ValueError(
+                f"class_labels must hold one component index in [0, {self.num_components}) (or -1) per sample; "
+                f"got {labels.tolist()[:8]} for a batch of {x.shape[0]}"
+            )
+        x64 = x.to(torch.float64)
+        post, Dk, _, _ = self._posterior(x64, t, sde)
+        k = labels.clamp(min=0)
+        D = Dk[torch.arange(x.shape[0], device=x.device), k]
+        uncond = labels < 0
+        if bool(uncond.any()):
+            D = torch.where(uncond[:, None], (post[..., None] * Dk).sum(1), D)
+        alpha, m, sigma = sde.marginal_coefficients(as_time(t, x64), x64)
+        eps = (x64 - m - alpha * D) / sigma
+        return from_epsilon(eps, kind, x64, t, sde).to(compute_dtype(x))
+
+    def prediction(self, x: Tensor, t, sde: LinearSDE, kind: str = "score", class_labels=None) -> Tensor:
+        """Exact prediction of any type (§2) — the interface samplers and losses use; with
+        ``class_labels``, the component-conditional one (:meth:`conditional`)."""
+        kind = canonical_prediction(kind)
+        if class_labels is not None:
+            return self.conditional(x, t, sde, class_labels, kind)
         if kind == "score":
             return self.score(x, t, sde)
         if kind == "denoiser":
@@ -181,8 +212,8 @@ class GaussianMixture:
         eps = (x64 - m - alpha * self.denoiser(x64, t, sde)) / sigma
         return from_epsilon(eps, kind, x64, t, sde).to(compute_dtype(x))
 
-    def __call__(self, x, t, sde, kind="score"):
-        return self.prediction(x, t, sde, kind)
+    def __call__(self, x, t, sde, kind="score", class_labels=None):
+        return self.prediction(x, t, sde, kind, class_labels=class_labels)
 
     def __repr__(self):
         return f"GaussianMixture(K={self.num_components}, d={self.dim})"

