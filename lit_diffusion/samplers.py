@@ -732,6 +732,18 @@ class SampleResult(NamedTuple):
     times: Optional[Tensor] = None
 
 
+def _one_step(stepper, field, x: Tensor, t: Tensor, s: Tensor, u, generator) -> Tensor:
+    """One step of ``stepper`` from ``t`` to ``s`` with its field evaluations."""
+    st = stepper.start(x, t, s, u=u, generator=generator)
+    while not st.done:
+        extra = {}
+        if stepper.needs_jacobian:
+            extra["cov_sqrt_apply"] = stepper.cov_sqrt(field, st)
+        F = field(st.x_eval, st.t_eval, st.stepper.field_kind)
+        st.advance(F, **extra)
+    return st.x
+
+
 def sample(
     field,
     sde: LinearSDE,
@@ -752,6 +764,9 @@ def sample(
     midpoint_u: Optional[Tensor] = None,
     class_labels=None,
     guidance_scale: float = 1.0,
+    known: Optional[Tensor] = None,
+    mask: Optional[Tensor] = None,
+    resample: int = 1,
     **sampler_options,
 ) -> SampleResult:
     """Integrate the reverse dynamics of ``sde`` from ``T`` down to ``t_min`` (ALGORITHMS.md §4–§5).
@@ -776,6 +791,11 @@ def sample(
         guidance_scale: classifier-free guidance weight ``w`` (1: conditional, 0: unconditional;
             :class:`~lit_diffusion.fields.Field`): every evaluation of every sampler, DDRaM's
             midpoint and the corrector steps included, is the guided one.
+        known, mask, resample: inpainting (:mod:`lit_diffusion.inpainting`): ``mask`` is 1 where
+            ``known`` is kept and 0 where the state is generated; after every step the known part is
+            replaced by its forward-noised value, and ``resample > 1`` repeats each step that many
+            times after noising back (RePaint).  The returned samples hold ``known`` exactly where
+            ``mask`` is 1.
 
     Returns:
         :class:`SampleResult` ``(samples, nfe, trajectory, times)`` (a named tuple).
@@ -788,6 +808,9 @@ def sample(
         check_schedule(schedule)
         _check_steps(steps)
     stepper = get_stepper(sampler, sde, parametrization, ode, **sampler_options)
+    from .inpainting import as_known_part
+
+    inpaint = as_known_part(sde, known, mask, resample)
     field = as_field(field, sde, prediction_type=prediction_type, class_labels=class_labels, guidance_scale=guidance_scale)
     if timesteps is not None:
         grid = torch.as_tensor(timesteps, dtype=torch.float64).flatten()
@@ -813,23 +836,28 @@ def sample(
             )
         if not bool(((midpoint_u > 0) & (midpoint_u < 1)).all()):
             raise ValueError("midpoint_u must lie strictly inside (0, 1)")
+    if inpaint is not None:
+        inpaint.check(x)
+        x = inpaint.replace(x, grid[0], generator)
     nfe0 = field.nfe
     traj = [x] if return_trajectory else None
     with torch.no_grad():
         for k in range(grid.numel() - 1):
             u = None if midpoint_u is None else midpoint_u[k]
-            st = stepper.start(x, grid[k], grid[k + 1], u=u, generator=generator)
-            while not st.done:
-                extra = {}
-                if stepper.needs_jacobian:
-                    extra["cov_sqrt_apply"] = stepper.cov_sqrt(field, st)
-                F = field(st.x_eval, st.t_eval, st.stepper.field_kind)
-                st.advance(F, **extra)
-            x = st.x
+            repeats = 1 if inpaint is None else inpaint.resample
+            for j in range(repeats):
+                x_next = _one_step(stepper, field, x, grid[k], grid[k + 1], u, generator)
+                if inpaint is not None:
+                    x_next = inpaint.replace(x_next, grid[k + 1], generator)
+                    if j < repeats - 1:  # RePaint: back to t, and the step again
+                        x_next = inpaint.renoise(x_next, grid[k + 1], grid[k], generator)
+                x = x_next
             if traj is not None:
                 traj.append(x)
         if final_denoise:
             x = field(x, grid[-1].expand(x.shape[0]), "denoiser").to(x.dtype)
-            if traj is not None:
-                traj[-1] = x
+        if inpaint is not None:
+            x = inpaint.finish(x)
+        if traj is not None:
+            traj[-1] = x
     return SampleResult(x, field.nfe - nfe0, torch.stack(traj) if traj is not None else None, grid)

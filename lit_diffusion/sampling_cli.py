@@ -250,6 +250,14 @@ def build_parser() -> argparse.ArgumentParser:
                    "picture row by row (sample i gets list[(i // columns) %% len(list)]); default: unconditional")
     p.add_argument("--guidance-scale", type=float, default=1.0, metavar="W",
                    help="classifier-free guidance weight (1: conditional, 0: unconditional, > 1: guided; default 1)")
+    p.add_argument("--inpaint", default=None, metavar="IMAGE",
+                   help="regenerate part of this image (PNG/JPEG, or .npy/.npz of (C,H,W) or (N,C,H,W) in [-1, 1]; "
+                   "sample i inpaints image i %% N); needs --mask")
+    p.add_argument("--mask", default=None, metavar="MASK",
+                   help="--inpaint: which pixels to keep: a picture (white: keep, black: regenerate, as diffusers' "
+                   f"RePaintPipeline), a .npy of 0/1, or one of {list(NAMED_MASKS)} (the named part is regenerated)")
+    p.add_argument("--resample", type=int, default=1, metavar="R",
+                   help="--inpaint: RePaint resampling, each step repeated R times (R x the evaluations; default 1)")
     p.add_argument("--final-denoise", action="store_true", help="return D(x, t_min) (one more evaluation)")
     p.add_argument("--precision", default="fp32", help=f"network precision, one of {list(PRECISIONS)}")
     p.add_argument("--no-ema", action="store_true", help="use the raw (not the EMA) weights of a Lightning checkpoint")
@@ -308,6 +316,84 @@ class Plan:
     reference: Optional[np.ndarray]
     nfe_per_sample: int
     labels: Optional[np.ndarray] = None
+    known: Optional[tuple] = None  # (images (N, *shape), mask (N or 1, *shape)) for --inpaint
+
+
+NAMED_MASKS = ("lower-half", "upper-half", "left-half", "right-half", "center")
+
+
+def _named_mask(name: str, shape: tuple) -> np.ndarray:
+    """1 = keep; the named region is 0 (regenerated)."""
+    m = np.ones(shape, dtype=np.float32)
+    h, w = shape[-2], shape[-1]
+    region = {
+        "lower-half": (slice(h // 2, None), slice(None)), "upper-half": (slice(None, h // 2), slice(None)),
+        "left-half": (slice(None), slice(None, w // 2)), "right-half": (slice(None), slice(w // 2, None)),
+        "center": (slice(h // 4, h - h // 4), slice(w // 4, w - w // 4)),
+    }[name]
+    m[(Ellipsis,) + region] = 0.0
+    return m
+
+
+def _read_array(path: str, what: str) -> np.ndarray:
+    p = Path(path)
+    if not p.is_file():
+        raise ValueError(f"--{what} {path!r} does not exist")
+    if p.suffix.lower() in (".npy", ".npz"):
+        arr = np.load(p, allow_pickle=False)
+        if isinstance(arr, np.lib.npyio.NpzFile):
+            arr = arr["samples"] if "samples" in arr.files else arr[arr.files[0]]
+        return np.asarray(arr, dtype=np.float32)
+    return None
+
+
+def _read_image(path: str, what: str, shape: tuple, resample) -> np.ndarray:
+    """A picture as float32 in [0, 1], shaped ``(C, H, W)`` like one sample (resized to fit)."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as im:
+            im = im.convert("L" if shape[0] == 1 else "RGB").resize((shape[-1], shape[-2]), resample)
+            a = np.asarray(im, dtype=np.float32) / 255.0
+    except OSError as e:
+        raise ValueError(f"--{what} {path!r} is not a readable picture or .npy/.npz array ({e})") from None
+    return a[None] if a.ndim == 2 else a.transpose(2, 0, 1)
+
+
+def _check_inpaint(args, shape: tuple) -> Optional[tuple]:
+    """The known images and the mask of --inpaint/--mask, checked against the sample shape."""
+    from PIL import Image
+
+    if args.inpaint is None and args.mask is None:
+        if args.resample != 1:
+            raise ValueError(f"--resample {args.resample} only applies with --inpaint and --mask")
+        return None
+    if args.inpaint is None or args.mask is None:
+        raise ValueError("--inpaint IMAGE and --mask MASK go together (the image to complete and the pixels to keep)")
+    if isinstance(args.resample, bool) or args.resample < 1:
+        raise ValueError(f"--resample {args.resample!r} is invalid; it must be an integer >= 1")
+    if len(shape) != 3:
+        raise ValueError(f"--inpaint needs an image model; this one generates samples of shape {shape}")
+    known = _read_array(args.inpaint, "inpaint")
+    if known is None:
+        known = _read_image(args.inpaint, "inpaint", shape, Image.BICUBIC) * 2.0 - 1.0
+    known = known.reshape((-1,) + known.shape[-3:]) if known.ndim >= 3 else known
+    if known.ndim != 4 or tuple(known.shape[1:]) != shape:
+        raise ValueError(f"--inpaint {args.inpaint!r} holds an array of shape {tuple(known.shape)}; expected {shape} or (N, *{shape})")
+    if args.mask in NAMED_MASKS:
+        mask = _named_mask(args.mask, shape)
+    else:
+        mask = _read_array(args.mask, "mask")
+        if mask is None:
+            mask = (_read_image(args.mask, "mask", shape, Image.NEAREST) >= 0.5).astype(np.float32)
+        if mask.shape[-2:] != shape[-2:]:
+            raise ValueError(f"--mask {args.mask!r} has shape {tuple(mask.shape)}; expected {shape[-2:]} or {shape}")
+        if not np.isin(mask, (0.0, 1.0)).all():
+            raise ValueError(f"--mask {args.mask!r} must hold only 0 (regenerate) and 1 (keep)")
+        mask = np.broadcast_to(mask.reshape(mask.shape[-3:] if mask.ndim >= 3 else (1,) + mask.shape), shape).copy()
+    if not np.isfinite(known).all():
+        raise ValueError(f"--inpaint {args.inpaint!r} holds NaN or inf values")
+    return known.astype(np.float32), mask.astype(np.float32)
 
 
 def grid_columns(n: int, n_grid: int) -> int:
@@ -431,9 +517,10 @@ def prepare(args: argparse.Namespace) -> Plan:
     if tuple(probe.shape[1:]) != shape:
         raise ValueError(f"the network of {str(args.checkpoint)!r} returns shape {tuple(probe.shape[1:])} for inputs of shape {shape}")
     labels = _check_labels(args, model)
-    nfe = int(args.steps) * int(stepper.evals_per_step) + (1 if args.final_denoise else 0)
+    known = _check_inpaint(args, shape)
+    nfe = (int(args.steps) * int(stepper.evals_per_step)) * int(args.resample) + (1 if args.final_denoise else 0)
     check_output_folder(Path(args.out))
-    return Plan(args, model, stepper, shape, options, reference, nfe, labels)
+    return Plan(args, model, stepper, shape, options, reference, nfe, labels, known)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -473,11 +560,17 @@ def generate(plan: Plan, chunks: Sequence[Sequence[int]], device=None, progress:
                 continue
             gens = make_generators([int(args.seed) + i for i in chunk])
             labels = None if plan.labels is None else torch.as_tensor(plan.labels[list(chunk)], device=device)
+            inpaint = {}
+            if plan.known is not None:
+                images, mask = plan.known
+                idx = [i % len(images) for i in chunk]
+                inpaint = dict(known=torch.as_tensor(images[idx], device=device), mask=torch.as_tensor(mask, device=device),
+                               resample=int(args.resample))
             res = sample(
                 net, plan.model.sde, shape=(len(chunk),) + plan.shape, sampler=args.sampler, steps=int(args.steps),
                 schedule=args.schedule, parametrization=args.parametrization, ode=bool(args.ode), generator=gens,
                 final_denoise=bool(args.final_denoise), device=device, prediction_type=plan.model.prediction_type,
-                class_labels=labels, guidance_scale=float(args.guidance_scale), **plan.sampler_options,
+                class_labels=labels, guidance_scale=float(args.guidance_scale), **inpaint, **plan.sampler_options,
             )
             x = res.samples.detach().float().cpu().numpy()
             out.extend((int(i), x[k]) for k, i in enumerate(chunk))
