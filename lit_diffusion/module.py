@@ -177,6 +177,10 @@ class ScoreModule(pl.LightningModule):
         min_lr_ratio: final learning rate as a fraction of ``lr``.
         ema_decay: EMA decay (0 disables the EMA); ``ema_warmup``: decay warm-up
             ``min(decay, (1+n)/(ema_warmup+n))``; ``ema_every_n_steps``: update interval.
+        autoencoder: latent diffusion: the folder of a diffusers ``AutoencoderKL`` (frozen; see
+            :mod:`lit_diffusion.autoencoder`). Batches are encoded on the fly, the network and
+            ``data_shape`` live in the latent space, and :meth:`sample` decodes to pixels.
+        latent_scaling: the latent scale (default: the autoencoder's ``scaling_factor``).
         p_uncond: class-conditional networks only: the probability that a training label is
             replaced by the "no label" token, so that one network learns the conditional and the
             unconditional model of classifier-free guidance (Ho & Salimans, "Classifier-Free Diffusion
@@ -212,6 +216,8 @@ class ScoreModule(pl.LightningModule):
         ema_decay: float = 0.999,
         ema_warmup: int = 10,
         ema_every_n_steps: int = 1,
+        autoencoder: Optional[str] = None,
+        latent_scaling: Optional[float] = None,
         p_uncond: float = 0.1,
         time_buckets: int = 4,
         data_shape: Optional[list[int]] = None,
@@ -249,6 +255,11 @@ class ScoreModule(pl.LightningModule):
             EMA(self.net, ema_decay, ema_warmup, ema_every_n_steps) if float(ema_decay) > 0 else None
         )
         self.data_shape = None if data_shape is None else tuple(int(s) for s in data_shape)
+        self.codec = None
+        if autoencoder is not None:
+            from .autoencoder import LatentCodec
+
+            self.codec = LatentCodec(autoencoder, latent_scaling)
 
         # hyperparameters: plain types only (weights_only checkpoint loading)
         self.save_hyperparameters(ignore=["net", "sde", "loss", "betas", "data_shape"])
@@ -334,10 +345,12 @@ class ScoreModule(pl.LightningModule):
         shape: Optional[tuple[int, ...]] = None,
         class_labels=None,
         guidance_scale: float = 1.0,
+        decode: bool = True,
         **options,
     ) -> Tensor:
         """Draw ``n`` samples with :func:`lit_diffusion.samplers.sample` (``class_labels`` and
-        ``guidance_scale`` for a class-conditional network)."""
+        ``guidance_scale`` for a class-conditional network; a latent model returns pixels unless
+        ``decode=False``)."""
         from .samplers import sample as _sample
 
         shape = tuple(shape) if shape is not None else self.data_shape
@@ -354,7 +367,14 @@ class ScoreModule(pl.LightningModule):
             )
         finally:
             self.train(was_training)
+        if decode and self.codec is not None:
+            return self.codec.decode(out.samples)
         return out.samples
+
+    def encode(self, x: Tensor, generator=None) -> Tensor:
+        """The diffusion-space version of a data batch: scaled latents for a latent model, ``x``
+        itself otherwise."""
+        return x if self.codec is None else self.codec.encode(x, generator)
 
     # ------------------------------------------------------------------ training
     @staticmethod
@@ -430,11 +450,11 @@ class ScoreModule(pl.LightningModule):
         return (self.global_step + 1) % every == 0 or trainer.fast_dev_run
 
     def training_step(self, batch, batch_idx):
-        x0 = self._batch(batch)
+        g = self._step_generator(self._batch(batch).device)
+        x0 = self.encode(self._batch(batch), g)
         if self.data_shape is None:
             self.data_shape = tuple(x0.shape[1:])
             self.hparams["data_shape"] = list(self.data_shape)
-        g = self._step_generator(x0.device)
         y = self._drop_labels(self._labels(batch, x0.shape[0]), g)
         per, t = self._loss_terms(x0, generator=g, class_labels=y)
         loss = per.mean()
@@ -474,6 +494,7 @@ class ScoreModule(pl.LightningModule):
     def validation_step(self, batch, batch_idx):
         x0 = self._batch(batch)
         g = torch.Generator(device=x0.device).manual_seed(1000 + batch_idx)
+        x0 = self.encode(x0, g)
         y = self._labels(batch, x0.shape[0])
         if type(self.loss).__name__ in ("SSM", "ISM"):
             # these losses differentiate the network w.r.t. x: leave inference mode for them

@@ -24,6 +24,7 @@ from typing import Optional
 __all__ = ["save_pretrained", "load_pretrained", "is_pretrained_folder", "WEIGHTS", "CONFIG", "FORMAT"]
 
 WEIGHTS, CONFIG, FORMAT = "model.safetensors", "config.json", "lit_diffusion"
+AUTOENCODER = "autoencoder"  # sub-folder holding a latent model's AutoencoderKL
 
 
 def is_pretrained_folder(folder) -> bool:
@@ -52,8 +53,13 @@ def save_pretrained(module, folder, ema: bool = True, info: Optional[dict] = Non
         "weights": "ema" if (ema and module.ema is not None) else "raw",
         "info": dict(info or {}),
     }
+    codec = getattr(module, "codec", None)
+    if codec is not None:  # the folder carries its autoencoder, referred to relatively
+        hp["autoencoder"] = AUTOENCODER
     check_plain(cfg, "config")
     os.makedirs(folder, exist_ok=True)
+    if codec is not None:
+        codec.vae.save_pretrained(os.path.join(folder, AUTOENCODER), safe_serialization=True)
     atomic_write_bytes(save(state, metadata={"format": FORMAT}), os.path.join(folder, WEIGHTS))
     atomic_write_bytes(json.dumps(cfg, indent=2, sort_keys=True).encode(), os.path.join(folder, CONFIG))
     return str(folder)
@@ -82,6 +88,11 @@ def load_pretrained(folder, map_location: str = "cpu"):
     except UntrustedConfigError as e:
         raise CheckpointError(str(e)) from None
     hp["ema_decay"] = 0.0
+    if hp.get("autoencoder") is not None:
+        ae = Path(str(hp["autoencoder"]))
+        if ae.is_absolute() or ".." in ae.parts:
+            raise CheckpointError(f"{str(folder / CONFIG)!r}: autoencoder must be a sub-folder of the model folder; got {str(ae)!r}")
+        hp["autoencoder"] = str(folder / ae)
     module = ScoreModule(**hp)
     try:
         state = load_file(str(folder / WEIGHTS), device=map_location)

@@ -133,6 +133,7 @@ class LoadedModel:
     data_shape: Optional[tuple]
     kind: str  # "lightning" or "diffusers"
     info: dict = dc_field(default_factory=dict)
+    decode: Optional[Callable[[Tensor], Tensor]] = None  # latent models: latents -> pixels
 
 
 def load_lightning(path, ema: bool = True) -> LoadedModel:
@@ -156,6 +157,7 @@ def load_lightning(path, ema: bool = True) -> LoadedModel:
     return LoadedModel(
         net, module.sde, module.prediction_type, shape, "lightning",
         {"ema": bool(ema), "global_step": int(ckpt.get("global_step", -1)), "sde": repr(module.sde)},
+        None if module.codec is None else module.codec.decode,
     )
 
 
@@ -211,7 +213,8 @@ def load_model(path, ema: bool = True) -> LoadedModel:
             module = load_pretrained(p)
             shape = tuple(module.data_shape) if module.data_shape is not None else None
             return LoadedModel(module.net.eval(), module.sde, module.prediction_type, shape, "pretrained",
-                               {"sde": repr(module.sde), **getattr(module, "pretrained_info", {})})
+                               {"sde": repr(module.sde), **getattr(module, "pretrained_info", {})},
+                               None if module.codec is None else module.codec.decode)
         return load_diffusers(p)
     return load_lightning(p, ema=ema)
 
@@ -360,7 +363,7 @@ def _read_image(path: str, what: str, shape: tuple, resample) -> np.ndarray:
     return a[None] if a.ndim == 2 else a.transpose(2, 0, 1)
 
 
-def _check_inpaint(args, shape: tuple) -> Optional[tuple]:
+def _check_inpaint(args, shape: tuple, decode=None) -> Optional[tuple]:
     """The known images and the mask of --inpaint/--mask, checked against the sample shape."""
     from PIL import Image
 
@@ -374,6 +377,8 @@ def _check_inpaint(args, shape: tuple) -> Optional[tuple]:
         raise ValueError(f"--resample {args.resample!r} is invalid; it must be an integer >= 1")
     if len(shape) != 3:
         raise ValueError(f"--inpaint needs an image model; this one generates samples of shape {shape}")
+    if decode is not None:
+        raise ValueError("--inpaint works on pixel-space models; this model generates autoencoder latents")
     known = _read_array(args.inpaint, "inpaint")
     if known is None:
         known = _read_image(args.inpaint, "inpaint", shape, Image.BICUBIC) * 2.0 - 1.0
@@ -517,7 +522,7 @@ def prepare(args: argparse.Namespace) -> Plan:
     if tuple(probe.shape[1:]) != shape:
         raise ValueError(f"the network of {str(args.checkpoint)!r} returns shape {tuple(probe.shape[1:])} for inputs of shape {shape}")
     labels = _check_labels(args, model)
-    known = _check_inpaint(args, shape)
+    known = _check_inpaint(args, shape, model.decode)
     nfe = (int(args.steps) * int(stepper.evals_per_step)) * int(args.resample) + (1 if args.final_denoise else 0)
     check_output_folder(Path(args.out))
     return Plan(args, model, stepper, shape, options, reference, nfe, labels, known)
@@ -572,7 +577,10 @@ def generate(plan: Plan, chunks: Sequence[Sequence[int]], device=None, progress:
                 final_denoise=bool(args.final_denoise), device=device, prediction_type=plan.model.prediction_type,
                 class_labels=labels, guidance_scale=float(args.guidance_scale), **inpaint, **plan.sampler_options,
             )
-            x = res.samples.detach().float().cpu().numpy()
+            x = res.samples.detach()
+            if plan.model.decode is not None:  # latent model: the pictures are the decoded latents
+                x = plan.model.decode(x)
+            x = x.float().cpu().numpy()
             out.extend((int(i), x[k]) for k, i in enumerate(chunk))
     finally:
         bar.close()
