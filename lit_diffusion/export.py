@@ -1,8 +1,23 @@
-"""Export a trained image model as a diffusers pipeline folder.
+"""Export a trained image model as a diffusers pipeline folder (safetensors weights).
 
-:func:`export_pipeline` writes ``DDPMPipeline(unet=UNet2DModel, scheduler=SDEScheduler)`` with
-``save_pretrained`` (safetensors weights); ``DiffusionPipeline.from_pretrained(out_dir)`` loads it
-back and runs any sampler of :mod:`lit_diffusion.samplers` through our scheduler.
+What is written depends on what stock diffusers can run faithfully:
+
+* **VP models, unconditional, in pixels** (the default, ``sampler=None``): a stock ``DDPMPipeline``
+  with a stock ``DDPMScheduler`` whose ``trained_betas`` are the *equivalent discrete table*:
+  ``alphas_cumprod[k] = alpha(k / s)^2`` at every integer timestep ``k`` the U-Net sees (``s`` the
+  time scale below; ``k = 0`` uses ``t = 0.5 / s``, where ``alpha = 1`` would make DDPM's variance
+  0/0).  The folder loads and generates with ``DiffusionPipeline.from_pretrained(folder)`` alone, in a
+  fresh interpreter, and every diffusers scheduler swap (``DPMSolverMultistepScheduler.from_config
+  (pipe.scheduler.config)``...) runs the trained process; so does
+  ``SDEScheduler.from_config(pipe.scheduler.config, sampler="ddram")``.
+* **everything else** -- VE / sub-VP / OU processes (whose prior is not ``N(0, I)``), class-conditional
+  and latent models, or an explicit ``sampler=`` of ours: :class:`~lit_diffusion.pipelines.
+  LitDiffusionPipeline` (right prior, class labels with guidance, autoencoder) with an
+  :class:`~lit_diffusion.scheduler.SDEScheduler` running the trained SDE (a VP model keeps the stock
+  table scheduler unless ``sampler=`` asks for ours).  Load with ``LitDiffusionPipeline.from_pretrained
+  (folder)`` or, fresh, ``DiffusionPipeline.from_pretrained(folder, trust_remote_code=True)``.
+
+Every folder has a ``README.md`` saying how to load it and which scheduler swaps are valid.
 
 Time convention. Our :class:`lit_diffusion.networks.UNet` feeds the diffusers U-Net the timestep
 ``u = s t`` with ``s = time_scale / T`` (``t`` the SDE's continuous time). A pipeline hands the U-Net
@@ -18,15 +33,18 @@ U-Net is a plain ``UNet2DModel`` that sees exactly the timesteps it was trained 
 from __future__ import annotations
 
 import copy
+import json
 import math
 import os
+from typing import Optional
 
 import torch
 from torch import nn
 
+from .checkpoint_io import atomic_write_bytes
 from .sdes import ContractiveOU, LinearSDE, OU, VE, SDE_CLASSES
 
-__all__ = ["export_pipeline", "rescale_time"]
+__all__ = ["export_pipeline", "rescale_time", "vp_table"]
 
 _BETA_SDES = ("VP", "SubVP", "ContractiveVP")
 
@@ -70,49 +88,153 @@ def _unet_and_scale(net: nn.Module):
     )
 
 
+_DIFFUSERS_PREDICTIONS = {"epsilon": "epsilon", "v": "v_prediction", "denoiser": "sample"}
+PIPELINE_FILE = "pipeline.py"
+_PIPELINE_SHIM = (
+    "# The pipeline class of this folder lives in the lit_diffusion package (pip install lit_diffusion).\n"
+    "# Load with LitDiffusionPipeline.from_pretrained(folder) after `import lit_diffusion`, or with\n"
+    "# DiffusionPipeline.from_pretrained(folder, trust_remote_code=True); this file only imports it.\n"
+    "from lit_diffusion.pipelines import LitDiffusionPipeline  # noqa: F401\n"
+)
+
+
+def vp_table(sde: LinearSDE, scale: float, n: int) -> list[float]:
+    """The DDPM ``betas`` of ``sde`` (a VP process) at the integer timesteps ``k = 0..n-1`` of a U-Net
+    that sees ``u = scale * t``: ``alphas_cumprod[k] = alpha(k / scale)^2`` (``k = 0``: ``t = 0.5 /
+    scale``)."""
+    k = torch.arange(n, dtype=torch.float64)
+    k[0] = 0.5
+    abar = torch.exp(2 * sde.log_alpha(k / float(scale)))
+    prev = torch.cat([torch.ones(1, dtype=torch.float64), abar[:-1]])
+    return (1 - abar / prev).tolist()
+
+
+def _is_vp(sde: LinearSDE) -> bool:
+    from .discrete_vp import DiscreteVP
+    from .sdes import VP
+
+    return type(sde) is VP or isinstance(sde, DiscreteVP)
+
+
+def _load_module(ckpt_or_module):
+    from .module import ScoreModule
+
+    if isinstance(ckpt_or_module, (str, os.PathLike)):
+        from .pretrained import is_pretrained_folder
+
+        if is_pretrained_folder(ckpt_or_module):
+            return ScoreModule.from_pretrained(ckpt_or_module)
+        return ScoreModule.load_checkpoint(str(ckpt_or_module))
+    if isinstance(ckpt_or_module, ScoreModule):
+        return ckpt_or_module
+    raise TypeError(f"export_pipeline: expected a ScoreModule or a checkpoint path; got {type(ckpt_or_module).__name__}")
+
+
+def _scheduler(module, scale: float, sampler, scheduler_kwargs: dict):
+    """A stock DDPMScheduler table for VP models (unless ``sampler`` asks for ours), else an
+    SDEScheduler running the trained SDE in the U-Net's time units."""
+    from .scheduler import SDEScheduler
+
+    sde = module.sde
+    if sampler is None and _is_vp(sde):
+        from diffusers import DDPMScheduler
+
+        pred = _DIFFUSERS_PREDICTIONS.get(module.prediction_type)
+        if pred is None:
+            raise ValueError(
+                f"export_pipeline: a {module.prediction_type!r}-predicting network has no diffusers prediction_type; "
+                "pass sampler= to export it with SDEScheduler"
+            )
+        n = max(int(round(float(sde.T) * scale)), 2)
+        if scheduler_kwargs:
+            raise ValueError(f"export_pipeline: {sorted(scheduler_kwargs)} are SDEScheduler settings; pass sampler= too")
+        return DDPMScheduler(num_train_timesteps=n, trained_betas=vp_table(sde, scale, n), prediction_type=pred,
+                             clip_sample=False, variance_type="fixed_small", timestep_spacing="trailing")
+    name, kwargs = rescale_time(sde, scale)
+    return SDEScheduler(
+        num_train_timesteps=max(int(round(kwargs["T"])), 1), prediction_type=module.prediction_type,
+        sampler=sampler or "ddram", sde=name, sde_kwargs=kwargs, **scheduler_kwargs,
+    )
+
+
+def _readme(stock: bool, module, sched, conditional: bool, latent: bool) -> str:
+    load = (
+        "from diffusers import DiffusionPipeline\npipe = DiffusionPipeline.from_pretrained(folder)  # a stock DDPMPipeline"
+        if stock else
+        "from diffusers import DiffusionPipeline\npipe = DiffusionPipeline.from_pretrained(folder, trust_remote_code=True)\n"
+        "# or, after `import lit_diffusion`: LitDiffusionPipeline.from_pretrained(folder)"
+    )
+    vp_table_sched = type(sched).__name__ == "DDPMScheduler"
+    swaps = (
+        "Valid: every diffusers scheduler built with `from_config(pipe.scheduler.config)` (DDIM, DPM-Solver++, UniPC, "
+        "Euler...), since the config holds the trained VP process as a DDPM table; and "
+        "`SDEScheduler.from_config(pipe.scheduler.config, sampler=\"ddram\")`."
+        if vp_table_sched else
+        f"Valid: `SDEScheduler.from_config(pipe.scheduler.config, sampler=...)` only. The trained process "
+        f"({sched.sde!r}) is not a DDPM table: a stock diffusers scheduler built from this config would run "
+        "another process."
+    )
+    call = "pipe(batch_size=16, num_inference_steps=50"
+    if conditional:
+        call += ", class_labels=[0, 1, 2, 3] * 4, guidance_scale=3.0"
+    call += ").images"
+    return (
+        "# lit_diffusion export\n\n"
+        f"Network: `UNet2DModel` ({module.prediction_type} prediction){', class-conditional' if conditional else ''}"
+        f"{', latent (with its AutoencoderKL in vae/)' if latent else ''}. Process: {module.sde!r}.\n\n"
+        f"```python\n{load}\nimages = {call}\n```\n\nScheduler swaps: {swaps}\n"
+    )
+
+
 def export_pipeline(
     ckpt_or_module,
     out_dir: str,
-    sampler: str = "ddram",
+    sampler: Optional[str] = None,
     ema: bool = True,
     **scheduler_kwargs,
 ) -> str:
-    """Write a ``DDPMPipeline`` folder for a trained image model and return ``out_dir``.
+    """Write a diffusers pipeline folder for a trained image model and return ``out_dir``.
 
     Args:
-        ckpt_or_module: a :class:`lit_diffusion.module.ScoreModule` or the path of a checkpoint it
-            wrote (loaded with ``weights_only=True``).
-        out_dir: the folder to write (``model_index.json``, ``unet/``, ``scheduler/``).
-        sampler: the scheduler's sampler (see :class:`lit_diffusion.scheduler.SDEScheduler`).
+        ckpt_or_module: a :class:`lit_diffusion.module.ScoreModule`, the path of a checkpoint it
+            wrote (loaded with ``weights_only=True``) or a pretrained-model folder.
+        out_dir: the folder to write (``model_index.json``, ``unet/``, ``scheduler/``, ``README.md``;
+            ``vae/`` for a latent model, ``pipeline.py`` for a :class:`LitDiffusionPipeline`).
+        sampler: ``None`` (default): a stock DDPM table scheduler for VP models, our ``ddram`` for the
+            others; a name of :data:`lit_diffusion.scheduler.SCHEDULER_SAMPLERS`: that sampler of
+            :class:`~lit_diffusion.scheduler.SDEScheduler` (with ``scheduler_kwargs``: ``schedule``,
+            ``ode``, ``final_denoise``...).
         ema: export the EMA weights (default) or the raw ones.
-        scheduler_kwargs: more :class:`~lit_diffusion.scheduler.SDEScheduler` settings
-            (``schedule``, ``ode``, ``final_denoise``...).
     """
     from diffusers import DDPMPipeline
 
-    from .module import ScoreModule
-    from .scheduler import SDEScheduler
+    from .pipelines import LitDiffusionPipeline
 
-    if isinstance(ckpt_or_module, (str, os.PathLike)):
-        module = ScoreModule.load_checkpoint(str(ckpt_or_module))
-    elif isinstance(ckpt_or_module, ScoreModule):
-        module = ckpt_or_module
-    else:
-        raise TypeError(f"export_pipeline: expected a ScoreModule or a checkpoint path; got {type(ckpt_or_module).__name__}")
+    module = _load_module(ckpt_or_module)
     unet, scale = _unet_and_scale(module.sampling_net(ema))
-    name, kwargs = rescale_time(module.sde, scale)
-    sched = SDEScheduler(
-        num_train_timesteps=max(int(round(kwargs["T"])), 1),
-        prediction_type=module.prediction_type,
-        sampler=sampler,
-        sde=name,
-        sde_kwargs=kwargs,
-        **scheduler_kwargs,
-    )
+    sched = _scheduler(module, scale, sampler, scheduler_kwargs)
     unet = copy.deepcopy(unet).cpu().eval()
     if any(p.dtype != torch.float32 for p in unet.parameters()):
         unet = unet.to(torch.float32)
-    pipe = DDPMPipeline(unet=unet, scheduler=sched)
+    conditional = module.num_classes is not None
+    codec = getattr(module, "codec", None)
+    stock = type(sched).__name__ == "DDPMScheduler" and not conditional and codec is None
     os.makedirs(out_dir, exist_ok=True)
-    pipe.save_pretrained(out_dir, safe_serialization=True)
+    if stock:
+        DDPMPipeline(unet=unet, scheduler=sched).save_pretrained(out_dir, safe_serialization=True)
+    else:
+        vae = None
+        if codec is not None:
+            vae = copy.deepcopy(codec.vae).cpu().eval()
+            vae.register_to_config(scaling_factor=codec.scaling)
+        LitDiffusionPipeline(unet=unet, scheduler=sched, vae=vae).save_pretrained(out_dir, safe_serialization=True)
+        index_path = os.path.join(out_dir, "model_index.json")
+        with open(index_path) as f:
+            index = json.load(f)
+        index["_class_name"] = [PIPELINE_FILE[:-3], "LitDiffusionPipeline"]
+        if vae is None:
+            index.pop("vae", None)
+        atomic_write_bytes(json.dumps(index, indent=2, sort_keys=True).encode(), index_path)
+        atomic_write_bytes(_PIPELINE_SHIM.encode(), os.path.join(out_dir, PIPELINE_FILE))
+    atomic_write_bytes(_readme(stock, module, sched, conditional, codec is not None).encode(), os.path.join(out_dir, "README.md"))
     return str(out_dir)

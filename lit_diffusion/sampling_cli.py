@@ -117,12 +117,17 @@ class DiffusersUNet(nn.Module):
         super().__init__()
         self.unet = unet
         self.prediction_type = prediction_type
+        n = getattr(unet.config, "num_class_embeds", None)
+        self.num_classes = None if n is None else int(n) - 1  # the last class embedding: "no label"
 
-    def forward(self, x: Tensor, t) -> Tensor:
+    def forward(self, x: Tensor, t, class_labels=None) -> Tensor:
+        from .networks import label_vector
+
         t = torch.as_tensor(t, device=x.device)
         if t.ndim == 0:
             t = t.expand(x.shape[0])
-        return self.unet(x, t.float(), return_dict=False)[0]
+        y = label_vector(class_labels, x, self.num_classes, "the exported UNet2DModel")
+        return self.unet(x, t.float(), class_labels=y, return_dict=False)[0]
 
 
 @dataclass
@@ -195,9 +200,17 @@ def load_diffusers(folder) -> LoadedModel:
     size = unet.config.sample_size
     hw = (int(size), int(size)) if isinstance(size, int) else tuple(int(s) for s in size)
     shape = (int(unet.config.in_channels),) + hw
+    decode = None
+    if (folder / "vae" / "config.json").is_file():  # a latent export: decode with its autoencoder
+        from .autoencoder import LatentCodec
+
+        try:
+            decode = LatentCodec(folder / "vae").decode
+        except (FileNotFoundError, ValueError) as e:
+            raise CheckpointError(f"the autoencoder in {str(folder / 'vae')!r} is not usable: {e}") from None
     return LoadedModel(
         DiffusersUNet(unet.eval(), pred), scheduler.sde, pred, shape, "diffusers",
-        {"sde": repr(scheduler.sde), "scheduler_class": json.loads(cfg_file.read_text()).get("_class_name")},
+        {"sde": repr(scheduler.sde), "scheduler_class": json.loads(cfg_file.read_text()).get("_class_name")}, decode,
     )
 
 

@@ -55,14 +55,20 @@ def test_export_round_trip_matches_our_loop(trained_ckpt, tmp_path):
 
     from lit_diffusion.scheduler import SDEScheduler
 
+    from lit_diffusion.pipelines import LitDiffusionPipeline
+
     path, module = trained_ckpt
     out = export_pipeline(path, str(tmp_path / "pipe"), sampler="euler")
     index = json.load(open(os.path.join(out, "model_index.json")))
     assert index["scheduler"][1] == "SDEScheduler" and index["unet"][1] == "UNet2DModel"
+    assert index["_class_name"] == ["pipeline", "LitDiffusionPipeline"]
     assert os.path.isfile(os.path.join(out, "unet", "diffusion_pytorch_model.safetensors"))
 
-    pipe = DiffusionPipeline.from_pretrained(out)
+    pipe = LitDiffusionPipeline.from_pretrained(out)
     pipe.set_progress_bar_config(disable=True)
+    # diffusers runs a folder's own code only when told to
+    with pytest.raises(ValueError, match="trust_remote_code"):
+        DiffusionPipeline.from_pretrained(out)
     assert isinstance(pipe.unet, UNet2DModel) and isinstance(pipe.scheduler, SDEScheduler)
     # the exported weights are the EMA weights
     ema = dict(module.ema.module.unet.named_parameters())
@@ -95,3 +101,113 @@ def test_export_refuses_non_image_networks(tmp_path):
         export_pipeline(m, str(tmp_path / "x"))
     with pytest.raises(TypeError, match="ScoreModule or a checkpoint path"):
         export_pipeline(42, str(tmp_path / "x"))
+
+
+# ------------------------------------------------------------------------------------------------
+# exports that load anywhere: a fresh interpreter, stock schedulers, the right prior
+# ------------------------------------------------------------------------------------------------
+_FRESH = r"""
+import json, sys, torch
+from diffusers import DiffusionPipeline
+out = {}
+for folder, trust, extra in json.loads(sys.argv[1]):
+    pipe = DiffusionPipeline.from_pretrained(folder, **({"trust_remote_code": True} if trust else {}))
+    pipe.set_progress_bar_config(disable=True)
+    im = pipe(batch_size=2, num_inference_steps=3, generator=torch.Generator().manual_seed(0), output_type="np", **extra).images
+    out[folder] = [type(pipe).__name__, type(pipe.scheduler).__name__, list(im.shape), bool(torch.isfinite(torch.as_tensor(im)).all()),
+                   float(pipe.scheduler.init_noise_sigma)]
+out["imported"] = "lit_diffusion" in sys.modules
+print(json.dumps(out))
+"""
+
+
+def _export_tiny(tmp_path, sde, **kw):
+    torch.manual_seed(0)
+    m = ScoreModule(UNet("tiny", in_channels=1, sample_size=8, **kw), sde, DSM(dim_reduction="mean"), ema_decay=0.0)
+    m.data_shape = (1, 8, 8)
+    return m
+
+
+def test_exports_load_and_generate_in_a_fresh_interpreter(tmp_path):
+    """A VP export is a stock DDPMPipeline that diffusers alone loads (lit_diffusion never imported);
+    a VE export and a class-conditional export are LitDiffusionPipelines that a fresh interpreter
+    loads with trust_remote_code=True, the VE one starting from its N(0, sigma_max^2 I) prior."""
+    import subprocess
+    import sys
+
+    vp = export_pipeline(_export_tiny(tmp_path, VP()), str(tmp_path / "vp"))
+    ve = export_pipeline(_export_tiny(tmp_path, VE(sigma_max=50.0)), str(tmp_path / "ve"))
+    cond = export_pipeline(_export_tiny(tmp_path, VP(), num_classes=3), str(tmp_path / "cond"))
+    jobs = [[vp, False, {}], [ve, True, {}], [cond, True, {"class_labels": [0, 2], "guidance_scale": 2.0}]]
+    res = subprocess.run([sys.executable, "-c", _FRESH, json.dumps(jobs)], capture_output=True, text=True, timeout=300,
+                         env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert res.returncode == 0, res.stderr[-3000:]
+    got = json.loads(res.stdout.strip().splitlines()[-1])
+    assert got[vp] == ["DDPMPipeline", "DDPMScheduler", [2, 8, 8, 1], True, 1.0]
+    assert got[ve][:4] == ["LitDiffusionPipeline", "SDEScheduler", [2, 8, 8, 1], True]
+    assert got[ve][4] == pytest.approx(50.0, rel=1e-3)
+    assert got[cond][:4] == ["LitDiffusionPipeline", "DDPMScheduler", [2, 8, 8, 1], True]
+    # nothing imported lit_diffusion for the stock folder; the LitDiffusionPipeline folders did
+    assert got["imported"] is True
+    for folder in (vp, ve, cond):
+        assert "Scheduler swaps" in open(os.path.join(folder, "README.md")).read()
+
+
+def test_vp_export_table_is_the_trained_process(tmp_path):
+    """alphas_cumprod[k] of the exported DDPMScheduler is alpha(k / s)^2 at the U-Net's integer
+    timesteps, and stock scheduler swaps run on it."""
+    from diffusers import DDPMPipeline, DPMSolverMultistepScheduler
+
+    from lit_diffusion.scheduler import SDEScheduler
+
+    sde = VP(beta_max=15.0)
+    out = export_pipeline(_export_tiny(tmp_path, sde), str(tmp_path / "vp"))
+    pipe = DDPMPipeline.from_pretrained(out)
+    pipe.set_progress_bar_config(disable=True)
+    abar = pipe.scheduler.alphas_cumprod.double()
+    k = torch.arange(1, 1000, dtype=torch.float64)
+    assert torch.allclose(abar[1:], sde.alpha(k / 1000.0) ** 2, rtol=2e-5)
+    for swap in (DPMSolverMultistepScheduler.from_config(pipe.scheduler.config),
+                 SDEScheduler.from_config(pipe.scheduler.config, sampler="ddram")):
+        pipe.scheduler = swap
+        im = pipe(batch_size=2, num_inference_steps=4, generator=torch.Generator().manual_seed(0), output_type="np").images
+        assert im.shape == (2, 8, 8, 1) and torch.isfinite(torch.as_tensor(im)).all()
+    # the SDEScheduler built from that table runs the same marginals as the trained VP
+    sched = SDEScheduler.from_config(pipe.scheduler.config)
+    u = torch.tensor([50.0, 500.0, 999.0], dtype=torch.float64)
+    assert torch.allclose(sched.sde.alpha(u), sde.alpha(u / 1000.0), rtol=1e-4)
+
+
+def test_conditional_pipeline_guidance(tmp_path):
+    """The conditional pipeline equals the package's own guided sampler on the same scheduler run."""
+    from lit_diffusion.pipelines import LitDiffusionPipeline
+
+    m = _export_tiny(tmp_path, VP(), num_classes=3)
+    torch.nn.init.normal_(m.net.unet.class_embedding.weight)
+    out = export_pipeline(m, str(tmp_path / "cond"), sampler="euler", final_denoise=False)
+    pipe = LitDiffusionPipeline.from_pretrained(out)
+    pipe.set_progress_bar_config(disable=True)
+    assert pipe.num_classes == 3
+    run = lambda **kw: pipe(batch_size=2, num_inference_steps=5, generator=torch.Generator().manual_seed(0),  # noqa: E731
+                            output_type="pt", **kw).images
+    guided, plain, uncond = run(class_labels=[0, 2], guidance_scale=3.0), run(class_labels=[0, 2]), run()
+    assert (guided - plain).abs().max() > 1e-3 and (plain - uncond).abs().max() > 1e-3
+    # by hand: the guided network output u + w (c - u) through the same scheduler
+    sched = pipe.scheduler
+    sched.set_timesteps(5)
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn((2, 1, 8, 8), generator=g) * sched.init_noise_sigma
+    y = torch.tensor([0, 2])
+    with torch.no_grad():
+        for u in sched.timesteps:
+            c = pipe.unet(x, u, class_labels=y).sample
+            n = pipe.unet(x, u, class_labels=torch.full((2,), 3)).sample
+            x = sched.step(n + 3.0 * (c - n), u, x, generator=g).prev_sample
+    raw = pipe(batch_size=2, num_inference_steps=5, generator=torch.Generator().manual_seed(0), output_type="latent",
+               class_labels=[0, 2], guidance_scale=3.0).images
+    assert torch.allclose(raw, x, rtol=1e-4, atol=1e-4)
+    assert torch.allclose(guided, (raw / 2 + 0.5).clamp(0, 1))
+    with pytest.raises(ValueError, match="out of range"):
+        run(class_labels=[0, 3])
+    with pytest.raises(ValueError, match="needs class_labels"):
+        run(guidance_scale=2.0)

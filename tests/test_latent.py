@@ -93,6 +93,19 @@ def test_latent_module_trains_checkpoints_and_samples_pixels(vae_folder, tmp_pat
         s = np.load(out / "samples.npz")["samples"]
         assert s.shape == (3, 1, 8, 8) and np.isfinite(s).all()
 
+    # the diffusers export carries the autoencoder and decodes
+    from lit_diffusion.export import export_pipeline
+    from lit_diffusion.pipelines import LitDiffusionPipeline
+
+    exported = export_pipeline(loaded, str(tmp_path / "pipe"))
+    pipe = LitDiffusionPipeline.from_pretrained(exported)
+    pipe.set_progress_bar_config(disable=True)
+    assert pipe.vae.config.scaling_factor == pytest.approx(loaded.codec.scaling)
+    z = pipe(batch_size=2, num_inference_steps=3, generator=torch.Generator().manual_seed(0), output_type="latent").images
+    im = pipe(batch_size=2, num_inference_steps=3, generator=torch.Generator().manual_seed(0), output_type="pt").images
+    assert z.shape == (2, 4, 4, 4) and im.shape == (2, 1, 8, 8)
+    assert torch.allclose(im, (loaded.codec.decode(z) / 2 + 0.5).clamp(0, 1), atol=1e-5)
+
 
 def test_train_cli_takes_an_autoencoder_folder(vae_folder, tmp_path):
     from lit_diffusion.cli import main
