@@ -41,7 +41,7 @@ from .schedules import SCHEDULES, check_schedule, get_timesteps
 from .sdes import LinearSDE, compute_dtype, get_sde
 from .utils import randn
 
-__all__ = ["SDEScheduler", "SCHEDULER_SAMPLERS"]
+__all__ = ["SDEScheduler", "SCHEDULER_SAMPLERS", "dynamic_threshold"]
 
 #: samplers the scheduler exposes (``moment_matching`` is refused, see :data:`_REFUSED`)
 SCHEDULER_SAMPLERS = ("euler", "exponential_euler", "ddram", "pc", "localization")
@@ -69,6 +69,48 @@ def _as_float(timestep) -> float:
     return float(timestep)
 
 
+FINAL_SIGMAS_TYPES = ("zero", "sigma_min")
+
+
+def _diffusers_schedule(schedule, use_karras_sigmas: bool, timestep_spacing: str, steps_offset: int):
+    """The step grid the diffusers keys ask for: Karras sigmas are the ``edm`` grid; a
+    non-default ``timestep_spacing`` / ``steps_offset`` selects diffusers' integer spacing."""
+    if use_karras_sigmas:
+        if schedule not in (None, "edm"):
+            raise ValueError(f"use_karras_sigmas=True asks for the Karras (edm) grid but schedule={schedule!r} was given")
+        return "edm"
+    if schedule is None and (timestep_spacing != "linspace" or int(steps_offset) != 0):
+        return "diffusers"
+    if schedule is not None and str(schedule).lower() != "diffusers" and (
+        timestep_spacing != "linspace" or int(steps_offset) != 0
+    ):
+        raise ValueError(
+            f"timestep_spacing={timestep_spacing!r} / steps_offset={steps_offset!r} only apply to schedule='diffusers'; "
+            f"got schedule={schedule!r} (drop them, or use schedule='diffusers')"
+        )
+    return schedule
+
+
+def _final_denoise(final_denoise: bool, final_sigmas_type) -> bool:
+    """``final_sigmas_type="zero"`` ends on the data (a final denoising evaluation), ``"sigma_min"`` at
+    the last noise level ``t_min``."""
+    if final_sigmas_type is None:
+        return bool(final_denoise)
+    if final_sigmas_type not in FINAL_SIGMAS_TYPES:
+        raise ValueError(f"final_sigmas_type={final_sigmas_type!r} is invalid; valid choices: {list(FINAL_SIGMAS_TYPES)}")
+    return final_sigmas_type == "zero"
+
+
+def dynamic_threshold(x0: Tensor, ratio: float = 0.995, max_value: float = 1.0) -> Tensor:
+    """Dynamic thresholding of a denoised estimate (Saharia et al., "Photorealistic Text-to-Image
+    Diffusion Models with Deep Language Understanding"): per sample, ``s`` is the ``ratio`` quantile of
+    ``|x0|`` clamped to ``[1, max_value]``, and ``x0`` becomes ``clamp(x0, -s, s) / s``."""
+    flat = x0.reshape(x0.shape[0], -1).abs()
+    s = torch.quantile(flat.float(), ratio, dim=1).clamp(1.0, max_value).to(x0.dtype)
+    s = s.reshape(-1, *([1] * (x0.ndim - 1)))
+    return torch.maximum(torch.minimum(x0, s), -s) / s
+
+
 class SDEScheduler(SchedulerMixin, ConfigMixin):
     """A diffusers scheduler running the samplers of :mod:`lit_diffusion.samplers`.
 
@@ -78,9 +120,16 @@ class SDEScheduler(SchedulerMixin, ConfigMixin):
     ``scaled_linear``, ``squaredcos_cap_v2``, ``sigmoid``), ``trained_betas``, ``prediction_type``
     (``epsilon``, ``v_prediction``, ``sample``, or ours: ``score``, ``denoiser``, ``v``,
     ``relative_score``), ``clip_sample`` / ``clip_sample_range`` (clamp the denoised estimate, as
-    DDPM does), ``timestep_spacing`` / ``steps_offset`` (used by ``schedule="diffusers"``),
-    ``rescale_betas_zero_snr``.  DDPM's ``variance_type``, ``thresholding`` and DDIM's
-    ``set_alpha_to_one`` are not used (a learned-variance output is split off automatically).
+    DDPM does), ``thresholding`` / ``dynamic_thresholding_ratio`` / ``sample_max_value`` (dynamic
+    thresholding of the denoised estimate, :func:`dynamic_threshold`), ``timestep_spacing`` /
+    ``steps_offset`` (a non-default value selects ``schedule="diffusers"``, their integer spacing;
+    refused with another explicit schedule), ``use_karras_sigmas`` (the Karras grid, our ``edm``
+    schedule with ``rho``), ``final_sigmas_type`` (``"zero"``: end on the data with a final
+    denoising evaluation, ``"sigma_min"``: end at ``t_min``; overrides ``final_denoise``),
+    ``rescale_betas_zero_snr``.  DDPM's ``variance_type`` and DDIM's ``set_alpha_to_one`` have no
+    meaning here (a learned-variance output is split off automatically).  After
+    :meth:`set_timesteps`, ``sigmas`` holds diffusers' noise levels ``sigma / alpha`` of the
+    evaluations and of the end point.
 
     *process* — ``sde`` (``None``: the discrete table above as :class:`DiscreteVP`; or a name of
     :data:`lit_diffusion.sdes.SDE_CLASSES` with ``sde_kwargs``; the network is then conditioned on
@@ -127,8 +176,20 @@ class SDEScheduler(SchedulerMixin, ConfigMixin):
         t_min: float = 1e-3,
         sde: Optional[str] = None,
         sde_kwargs: Optional[dict] = None,
+        use_karras_sigmas: bool = False,
+        final_sigmas_type: Optional[str] = None,
+        thresholding: bool = False,
+        dynamic_thresholding_ratio: float = 0.995,
+        sample_max_value: float = 1.0,
     ):
         # ---- validate every name before any work ------------------------------------------------
+        schedule = _diffusers_schedule(schedule, use_karras_sigmas, timestep_spacing, steps_offset)
+        final_denoise = _final_denoise(final_denoise, final_sigmas_type)
+        if not (0.0 < float(dynamic_thresholding_ratio) <= 1.0):
+            raise ValueError(f"dynamic_thresholding_ratio={dynamic_thresholding_ratio!r} is invalid; it must be in (0, 1]")
+        if not (math.isfinite(float(sample_max_value)) and float(sample_max_value) >= 1.0):
+            raise ValueError(f"sample_max_value={sample_max_value!r} is invalid; it must be a finite number >= 1")
+        self._final_denoise = bool(final_denoise)
         name = str(sampler).lower()
         if name in _REFUSED:
             raise ValueError(_REFUSED[name])
@@ -194,8 +255,10 @@ class SDEScheduler(SchedulerMixin, ConfigMixin):
             options.update(n_corrector=int(n_corrector), snr=float(snr), snr_norm=snr_norm)
             if predictor is not None:
                 options["predictor"] = predictor
+        self._stepper_args = (name, parametrization, options)
         self.stepper = get_stepper(name, self.sde, parametrization=parametrization, ode=bool(ode), **options)
         self.order = int(self.stepper.evals_per_step)
+        self._last_layout = None  # the arguments of the last set_timesteps (to re-lay out for eta)
 
         # standard deviation of the prior the pipeline must draw x_T from (1 for VP-type processes)
         self.init_noise_sigma = float(math.sqrt(self.sde.prior_var))
@@ -203,6 +266,7 @@ class SDEScheduler(SchedulerMixin, ConfigMixin):
         # ---- settable state -------------------------------------------------------------------------
         self.num_inference_steps: Optional[int] = None
         self.timesteps = torch.zeros(0)
+        self.sigmas = torch.zeros(0)
         self._grid: Optional[Tensor] = None  # (n+1,) float64 step grid T = t_0 > ... > t_n
         self._u: Optional[Tensor] = None  # (n,) DDRaM uniforms (shared by the batch)
         self._eval_times: Optional[Tensor] = None  # float64 time of every evaluation
@@ -216,6 +280,15 @@ class SDEScheduler(SchedulerMixin, ConfigMixin):
     # ---------------------------------------------------------------------------------------------
     # diffusers API
     # ---------------------------------------------------------------------------------------------
+    @property
+    def compatibles(self):
+        """The schedulers ``from_config(self.config)`` can swap in faithfully: diffusers' DDPM-family
+        schedulers for a DDPM table, only this class for our continuous SDEs (a stock scheduler would
+        read the default DDPM betas of the config and run another process)."""
+        if isinstance(self.sde, DiscreteVP):
+            return super().compatibles
+        return [SDEScheduler]
+
     @property
     def step_index(self) -> Optional[int]:
         """Index in :attr:`timesteps` of the next evaluation (``None`` before the first step)."""
@@ -269,14 +342,23 @@ class SDEScheduler(SchedulerMixin, ConfigMixin):
         device: Union[str, torch.device, None] = None,
         timesteps: Optional[Sequence[float]] = None,
         generator: Optional[torch.Generator] = None,
+        sigmas: Optional[Sequence[float]] = None,
     ) -> None:
         """Lay out every evaluation of a run of ``num_inference_steps`` sampler steps.
 
         ``timesteps``: a custom step grid ``t_0 > ... > t_n`` in the network's time units (then
         ``num_inference_steps`` must be None); values in ``[0, t_min)`` are raised to ``t_min``.
+        ``sigmas``: the same grid given as diffusers' noise levels ``sigma / alpha`` (the noise-to-
+        signal ratio, ``sqrt((1 - abar) / abar)`` for a DDPM table), decreasing; a last value 0 means
+        the data end, i.e. ``t_min`` (what ``retrieve_timesteps(..., sigmas=...)`` passes).
         ``generator``: draws the DDRaM midpoints (else the ``seed`` config value, else torch's global
         RNG).  Resets all state between :meth:`step` calls.
         """
+        self._last_layout = (num_inference_steps, device, timesteps, generator, sigmas)
+        if sigmas is not None:
+            if timesteps is not None:
+                raise ValueError("pass either timesteps or sigmas, not both")
+            timesteps = self._times_of_sigmas(sigmas)
         if timesteps is not None:
             if num_inference_steps is not None:
                 raise ValueError("pass either num_inference_steps or timesteps, not both")
@@ -324,13 +406,13 @@ class SDEScheduler(SchedulerMixin, ConfigMixin):
         from .affine_plan import AffinePlan, supports
 
         self._plan = None
-        if supports(stepper) and not self.config.clip_sample:
+        if supports(stepper) and not (self.config.clip_sample or self.config.thresholding):
             # the affine samplers: every evaluation's coefficients at once (float64), applied by step()
-            self._plan = AffinePlan(stepper, self.sde, self._declared, grid, u, bool(self.config.final_denoise))
+            self._plan = AffinePlan(stepper, self.sde, self._declared, grid, u, self._final_denoise)
             per = self._plan.evals_per_step
             steps = [k for k in range(n) for _ in range(per)]
             stages = [j for _ in range(n) for j in range(per)]
-            if self.config.final_denoise:
+            if self._final_denoise:
                 steps.append(n)
                 stages.append(0)
             self._finish_set_timesteps(n, grid, u, self._plan.times, steps, stages, device)
@@ -350,15 +432,30 @@ class SDEScheduler(SchedulerMixin, ConfigMixin):
                 stages.append(j)
                 st.advance(torch.ones_like(x), noise=torch.zeros_like(x) if st.noise_needed else None)
                 j += 1
-        if self.config.final_denoise:
+        if self._final_denoise:
             times.append(float(grid[-1]))
             steps.append(n)
             stages.append(0)
 
         self._finish_set_timesteps(n, grid, u, torch.tensor(times, dtype=torch.float64), steps, stages, device)
 
+    def _times_of_sigmas(self, sigmas) -> np.ndarray:
+        sig = np.asarray(sigmas, dtype=np.float64).flatten()
+        if sig.size < 2 or not np.all(np.isfinite(sig)) or np.any(sig < 0) or not np.all(sig[:-1] > sig[1:]):
+            raise ValueError(f"sigmas must be a strictly decreasing sequence of >= 2 values >= 0; got {sig.tolist()[:8]}")
+        pos = torch.as_tensor(sig[sig > 0])
+        t = self.sde.t_from_snr(1.0 / pos**2).to(torch.float64).clamp(self.sde.t_min, self.sde.T).numpy()
+        return np.concatenate([t, [0.0]]) if sig[-1] == 0 else t
+
     def _finish_set_timesteps(self, n, grid, u, times: Tensor, steps, stages, device) -> None:
         self.num_inference_steps = n
+        # diffusers' noise levels sigma / alpha of every evaluation, then of the end point
+        ends = torch.cat([times, grid[-1:]])
+        alpha, sigma = self.sde.alpha(ends), self.sde.sigma(ends)
+        sig = (sigma / alpha).to(torch.float32)
+        if self._final_denoise:
+            sig[-1] = 0.0
+        self.sigmas = sig.to(device=device)
         self._grid = grid
         self._u = u
         self._eval_times = times.to(torch.float64)
@@ -392,9 +489,13 @@ class SDEScheduler(SchedulerMixin, ConfigMixin):
         samplers use their own noise law."""
         if model_output.ndim >= 2 and sample.ndim >= 2 and model_output.shape[1] == 2 * sample.shape[1]:
             model_output = model_output[:, : sample.shape[1]]
-        if self.config.clip_sample:
-            r = float(self.config.clip_sample_range)
-            d = convert(model_output, self._declared, "denoiser", sample, t, self.sde).clamp(-r, r)
+        if self.config.clip_sample or self.config.thresholding:
+            d = convert(model_output, self._declared, "denoiser", sample, t, self.sde)
+            if self.config.thresholding:
+                d = dynamic_threshold(d, float(self.config.dynamic_thresholding_ratio), float(self.config.sample_max_value))
+            if self.config.clip_sample:
+                r = float(self.config.clip_sample_range)
+                d = d.clamp(-r, r)
             return convert(d, "denoiser", kind, sample, t, self.sde)
         return convert(model_output, self._declared, kind, sample, t, self.sde)
 
@@ -405,11 +506,26 @@ class SDEScheduler(SchedulerMixin, ConfigMixin):
         sample: Tensor,
         generator: Optional[Union[torch.Generator, List[torch.Generator]]] = None,
         return_dict: bool = True,
+        eta: Optional[float] = None,
+        use_clipped_model_output: Optional[bool] = None,
+        variance_noise: Optional[Tensor] = None,
     ) -> Union[SchedulerOutput, Tuple[Tensor]]:
         """Feed the network output at ``(sample, timestep)``; return the next point to evaluate
-        (a DDRaM midpoint, a PC corrector point, ...) or the end point of the step."""
+        (a DDRaM midpoint, a PC corrector point, ...) or the end point of the step.
+
+        Keywords that pipelines pass: ``eta`` (DDIM's stochasticity level) is honoured: ``0`` runs
+        the probability-flow ODE, ``1`` the reverse SDE (DDPM's level); it is read at the first
+        step of a run (the run is laid out again if it changes the mode) and may not change within
+        it; values in between are refused.  ``use_clipped_model_output`` has no effect: with
+        ``clip_sample``/``thresholding`` the field is always recomputed from the clipped denoised
+        estimate (DDIM's ``True``).  ``variance_noise`` (a caller's own noise) is refused.
+        """
         if self._eval_times is None:
             raise ValueError("call set_timesteps() before step()")
+        if variance_noise is not None:
+            raise ValueError("SDEScheduler.step does not take variance_noise: the noise comes from `generator`")
+        if eta is not None:
+            self._apply_eta(eta)
         if not isinstance(model_output, Tensor) or not isinstance(sample, Tensor):
             raise TypeError(
                 f"step() takes tensors; got model_output={type(model_output).__name__}, sample={type(sample).__name__}"
@@ -523,6 +639,31 @@ class SDEScheduler(SchedulerMixin, ConfigMixin):
             y = y.add_(z1 * dz1).add_(noise() * dz2)
         self._state = None
         return y.to(x.dtype)
+
+    def _apply_eta(self, eta) -> None:
+        eta = float(eta)
+        if eta not in (0.0, 1.0):
+            raise ValueError(
+                f"eta={eta!r} is not supported: SDEScheduler runs the probability-flow ODE (eta=0) or the "
+                "reverse SDE (eta=1, DDPM's level); intermediate levels are not implemented"
+            )
+        want_ode = eta == 0.0
+        if want_ode == (not self.stepper.stochastic):
+            return
+        if self._step_index is not None:
+            raise ValueError(f"eta={eta:g} changes the sampler's mode in the middle of a run; pass the same eta to every step")
+        from .samplers import get_stepper
+
+        name, parametrization, options = self._stepper_args
+        old = self.timesteps
+        self.stepper = get_stepper(name, self.sde, parametrization=parametrization, ode=want_ode, **options)
+        self.set_timesteps(*self._last_layout)
+        if self.timesteps.shape != old.shape or float(self.timesteps[0]) != float(old[0]):
+            raise ValueError(f"eta={eta:g} changes the number of evaluations of sampler {name!r}; set ode= in the config instead")
+        # a pipeline loops over the tensor it read before the first step: update that tensor in place
+        # (the ODE form of a sampler may place its later evaluations, e.g. DDRaM's midpoints, elsewhere)
+        old.copy_(self.timesteps.to(old.device))
+        self.timesteps = old
 
     # ---------------------------------------------------------------------------------------------
     def _times_tensor(self, timesteps, like: Tensor) -> Tensor:

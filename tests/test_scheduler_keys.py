@@ -1,0 +1,108 @@
+"""The diffusers keys users set on a scheduler and the keywords pipelines pass to step(): each is
+mapped to its meaning or refused with a message, never dropped."""
+
+import numpy as np
+import pytest
+import torch
+
+from lit_diffusion.scheduler import SDEScheduler, dynamic_threshold
+from lit_diffusion.schedules import get_timesteps
+
+
+def _tiny_unet():
+    from diffusers import UNet2DModel
+
+    torch.manual_seed(0)
+    return UNet2DModel(sample_size=8, in_channels=1, out_channels=1, block_out_channels=(16, 32), layers_per_block=1,
+                       norm_num_groups=8, down_block_types=("DownBlock2D",) * 2, up_block_types=("UpBlock2D",) * 2).eval()
+
+
+def test_ddim_pipeline_passes_eta_and_it_is_honoured():
+    from diffusers import DDIMPipeline
+
+    unet = _tiny_unet()
+
+    def run(sched, **kw):
+        pipe = DDIMPipeline(unet=unet, scheduler=sched)  # DDIMPipeline converts it to a DDIMScheduler...
+        pipe.scheduler = sched  # ...so swap ours in, as users do
+        pipe.set_progress_bar_config(disable=True)
+        return pipe(batch_size=2, num_inference_steps=4, generator=torch.Generator().manual_seed(0), output_type="np", **kw).images
+
+    # eta=0: the probability-flow ODE, identical to a scheduler configured with ode=True
+    ode = run(SDEScheduler(sampler="ddram", ode=True, seed=0))
+    assert np.allclose(run(SDEScheduler(sampler="ddram", seed=0), eta=0.0), ode, atol=1e-6)
+    # eta=1: the reverse SDE, identical to the default stochastic configuration (DDIMPipeline's
+    # use_clipped_model_output is accepted)
+    sde = run(SDEScheduler(sampler="ddram", seed=0), eta=1.0, use_clipped_model_output=True)
+    assert not np.allclose(sde, ode, atol=1e-3)
+    with pytest.raises(ValueError, match="eta=0.5 is not supported"):
+        run(SDEScheduler(sampler="ddram", seed=0), eta=0.5)
+    with pytest.raises(ValueError, match="variance_noise"):
+        s = SDEScheduler()
+        s.set_timesteps(2)
+        s.step(torch.zeros(1, 1, 2, 2), s.timesteps[0], torch.zeros(1, 1, 2, 2), variance_noise=torch.zeros(1, 1, 2, 2))
+
+
+def test_karras_sigmas_and_final_sigmas_type():
+    s = SDEScheduler(use_karras_sigmas=True, sampler="euler", final_denoise=False)
+    s.set_timesteps(6)
+    want = get_timesteps(s.sde, 6, "edm", rho=7.0)
+    assert torch.allclose(s._grid, want)
+    with pytest.raises(ValueError, match="use_karras_sigmas=True"):
+        SDEScheduler(use_karras_sigmas=True, schedule="uniform")
+    zero, smin = SDEScheduler(final_sigmas_type="zero", final_denoise=False), SDEScheduler(final_sigmas_type="sigma_min")
+    zero.set_timesteps(5)
+    smin.set_timesteps(5)
+    assert len(zero.timesteps) == len(smin.timesteps) + 1  # one final denoising evaluation
+    assert float(zero.sigmas[-1]) == 0.0 and float(smin.sigmas[-1]) > 0
+    with pytest.raises(ValueError, match="final_sigmas_type='last'"):
+        SDEScheduler(final_sigmas_type="last")
+
+
+def test_timestep_spacing_selects_diffusers_spacing():
+    from diffusers import DDIMScheduler
+
+    cfg = dict(timestep_spacing="leading", steps_offset=1, beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012)
+    ours = SDEScheduler(sampler="euler", **cfg)
+    ddim = DDIMScheduler(**cfg)
+    ours.set_timesteps(10)
+    ddim.set_timesteps(10)
+    assert ours.config.schedule is None and ours._schedule == "diffusers"
+    assert np.allclose(ours.timesteps[: len(ddim.timesteps)].numpy(), ddim.timesteps.numpy().astype(np.float32))
+    with pytest.raises(ValueError, match="only apply to schedule='diffusers'"):
+        SDEScheduler(schedule="uniform", timestep_spacing="trailing")
+
+
+def test_dynamic_thresholding_matches_diffusers():
+    from diffusers import DDPMScheduler
+
+    x0 = torch.randn(4, 3, 8, 8) * torch.tensor([0.5, 2.0, 4.0, 9.0])[:, None, None, None]
+    ref = DDPMScheduler(thresholding=True, dynamic_thresholding_ratio=0.9, sample_max_value=3.0)._threshold_sample(x0)
+    assert torch.allclose(dynamic_threshold(x0, 0.9, 3.0), ref, atol=1e-6)
+    # in a run: the thresholded field differs from the plain one where the estimate leaves [-1, 1]
+    s = SDEScheduler(thresholding=True, sampler="euler", prediction_type="sample")
+    s.set_timesteps(3)
+    x = torch.randn(2, 1, 4, 4)
+    out = s.step(x0[:2, :1, :4, :4], s.timesteps[0], x).prev_sample
+    plain = SDEScheduler(sampler="euler", prediction_type="sample")
+    plain.set_timesteps(3)
+    assert not torch.allclose(out, plain.step(x0[:2, :1, :4, :4], plain.timesteps[0], x).prev_sample)
+    with pytest.raises(ValueError, match="sample_max_value"):
+        SDEScheduler(sample_max_value=0.5)
+
+
+def test_retrieve_timesteps_with_sigmas_and_timesteps():
+    from diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion import retrieve_timesteps
+
+    s = SDEScheduler(sampler="euler", final_denoise=False)
+    sig = np.array([14.0, 5.0, 1.5, 0.4, 0.1, 0.0])
+    ts, n = retrieve_timesteps(s, sigmas=sig)
+    assert n == len(ts) == 5
+    # the grid's noise levels are the given sigmas (the final 0 is the data end, t_min)
+    assert np.allclose(s.sigmas[:5].numpy(), sig[:5], rtol=1e-4)
+    ts2, _ = retrieve_timesteps(s, timesteps=[900, 600, 300, 100])
+    assert ts2.tolist()[0] == 900.0 and len(s.sigmas) == len(ts2) + 1
+    with pytest.raises(ValueError, match="strictly decreasing"):
+        s.set_timesteps(sigmas=[1.0, 2.0])
+    with pytest.raises(ValueError, match="either timesteps or sigmas"):
+        s.set_timesteps(sigmas=[2.0, 1.0], timesteps=[900, 100])
