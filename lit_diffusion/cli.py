@@ -30,7 +30,7 @@ from typing import Any, Literal, Optional
 
 import lightning.pytorch as pl
 from lightning.pytorch.callbacks import ModelCheckpoint, RichProgressBar, TQDMProgressBar
-from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 from jsonargparse import lazy_instance
 
 from .callbacks import SamplePictures
@@ -235,6 +235,35 @@ def embedded_defaults() -> dict:
         "trainer.gradient_clip_val": 1.0,
     }
 
+class RunConfig(SaveConfigCallback):
+    """The resolved configuration of the run: written to ``<ckpt_dir>/<run_name>/config.yaml`` (the
+    run's own folder: a resumed run rewrites its own file, another run never touches it) and to the
+    versioned folder of a CSV/TensorBoard logger, and logged as hyper-parameters (``run_config``:
+    model, data, trainer...) to every logger, so wandb's config and ``hparams.yaml`` hold the SDE,
+    loss, network and data of the run."""
+
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        if self.already_saved or not trainer.is_global_zero:
+            return
+        import yaml
+
+        from .checkpoint_io import atomic_write_bytes
+
+        text = self.parser.dump(self.config, skip_none=False)
+        folders = {os.path.join(self.config["ckpt_dir"], self.config["run_name"])}
+        for logger in trainer.loggers:
+            if isinstance(logger, (pl.loggers.CSVLogger, pl.loggers.TensorBoardLogger)):
+                folders.add(logger.log_dir)
+        for folder in folders:
+            os.makedirs(folder, exist_ok=True)
+            atomic_write_bytes(text.encode(), os.path.join(folder, self.config_filename))
+        resolved = yaml.safe_load(text)
+        keep = ("model", "data", "trainer", "run_name", "samples", "ckpt_every_n_steps")
+        for logger in trainer.loggers:
+            logger.log_hyperparams({"run_config": {k: resolved.get(k) for k in keep if k in resolved}})
+        self.already_saved = True
+
+
 class DiffusionCLI(LightningCLI):
     """LightningCLI with checkpointing, logging and picture defaults for diffusion training."""
 
@@ -250,6 +279,7 @@ class DiffusionCLI(LightningCLI):
             args=args,
             run=run,
             auto_configure_optimizers=False,
+            save_config_callback=RunConfig,
             save_config_kwargs={"overwrite": True},
             parser_kwargs=parser_kwargs,
             **kwargs,
@@ -476,6 +506,41 @@ def _show(desc) -> str:
     return f"{desc.get('class_path')}({args})"
 
 
+def short_help() -> str:
+    """``train.py --help``: the options people use and the project's own classes (``--help-full``
+    prints jsonargparse's complete listing, every argument of every group)."""
+    from .registry import registered
+
+    def names(kind):
+        return ", ".join(sorted(registered(kind)))
+
+    return f"""usage: train.py [--config FILE] [--model.* ...] [--data CLASS] [--data.* ...] [--trainer.* ...] [options]
+
+Train a score-based diffusion model (Lightning). With no arguments: the embedded default run
+(swiss roll, small MLP, VP SDE, DSM, 2,000 steps).
+
+common options:
+  --config FILE             a YAML config (configs/*.yaml); later flags override it
+  --run_name NAME           checkpoint folder <ckpt_dir>/<run_name>/ (default: swissroll)
+  --ckpt_path last|FILE     resume (last: the newest loadable checkpoint of the run)
+  --logger KIND             wandb (default; offline without an account), csv, tensorboard, none
+  --ckpt_dir DIR, --log_dir DIR, --ckpt_every_n_steps N, --num_threads N, --progress_bar tqdm|rich|none
+  --samples.every_n_steps N, --samples.n_samples N, --samples.steps N     pictures during training
+  --print_config            print the full resolved configuration and exit
+  --help-full               every option of every group (long)
+
+model (--model.*): lr, warmup_steps, lr_schedule, ema_decay, p_uncond, autoencoder, compile, seed, ...
+  --model.net CLASS         networks: {names("net")}
+  --model.sde CLASS         SDEs: {names("sde")}
+  --model.loss CLASS        losses: {names("loss")}
+  e.g. --model.net UNet --model.net.preset 28x28 --model.net.num_classes 10 --model.sde VE --model.sde.sigma_max 50
+
+data (--data CLASS, --data.*):  {names("data")}
+trainer (--trainer.*):          Lightning Trainer arguments: max_steps, devices, strategy, precision, ...
+
+Examples: see docs/training.md and configs/."""
+
+
 def main(args=None, exit_on_error: bool = True) -> DiffusionCLI:
     """Parse ``args`` (``sys.argv[1:]`` when None), train, print where the results are.
 
@@ -485,6 +550,13 @@ def main(args=None, exit_on_error: bool = True) -> DiffusionCLI:
     from .checkpoint_io import CheckpointError
     from .run_lock import FolderLockedError
 
+    argv = sys.argv[1:] if args is None else args
+    if isinstance(argv, (list, tuple)):
+        if any(a in ("-h", "--help") for a in argv):
+            print(short_help(), flush=True)
+            raise SystemExit(0)
+        if "--help-full" in argv:
+            args = ["--help" if a == "--help-full" else a for a in argv]
     cli = DiffusionCLI(args=args, exit_on_error=exit_on_error)  # args=None: sys.argv[1:] (train.py)
     try:
         cli.fit()

@@ -76,13 +76,5 @@ class EMA(nn.Module):
         self.num_updates += 1
         return d
 
-    @torch.no_grad()
-    def copy_to(self, model: nn.Module) -> None:
-        """Overwrite ``model``'s weights with the averaged ones."""
-        for s, e in zip(model.parameters(), self.module.parameters()):
-            s.copy_(e)
-        for s, e in zip(model.buffers(), self.module.buffers()):
-            s.copy_(e)
-
     def forward(self, *args, **kwargs):
         return self.module(*args, **kwargs)

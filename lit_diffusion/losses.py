@@ -63,8 +63,10 @@ __all__ = [
     "importance_normalizer",
 ]
 
-WEIGHTINGS = ("sigma2", "likelihood", "none")
-_WEIGHTING_ALIASES = {"sigma^2": "sigma2", "g2": "likelihood", "g^2": "likelihood", "uniform": "none", "1": "none"}
+WEIGHTINGS = ("sigma2", "likelihood", "none", "min_snr")
+_WEIGHTING_ALIASES = {
+    "sigma^2": "sigma2", "g2": "likelihood", "g^2": "likelihood", "uniform": "none", "1": "none", "min-snr": "min_snr",
+}
 _DIM_REDUCTIONS = ("sum", "mean")
 _PROJECTIONS = ("gaussian", "rademacher")
 
@@ -108,7 +110,10 @@ class ScoreMatchingLoss:
 
     Args:
         weighting: ``"sigma2"`` (λ = σ², default; DSM then equals the ε-prediction MSE),
-            ``"likelihood"`` (λ = g²) or ``"none"`` (λ = 1).
+            ``"likelihood"`` (λ = g²), ``"none"`` (λ = 1) or ``"min_snr"`` (λ = σ² min(SNR, γ) / SNR:
+            the ε-prediction MSE weighted by ``min(SNR, γ) / SNR``, Hang et al., "Efficient
+            Diffusion Training via Min-SNR Weighting Strategy"; SNR = α²/σ²).
+        min_snr_gamma: γ of ``weighting="min_snr"`` (5 by default, the paper's value).
         t_eps: smallest training time (default: the SDE's ``t_min``); must satisfy ``0 < t_eps < T``.
         importance_sampling: draw ``t`` with density ∝ g²/σ² and reweight (unbiased for the same
             objective); meant for ``weighting="likelihood"`` but valid for any weighting.
@@ -125,8 +130,12 @@ class ScoreMatchingLoss:
         importance_sampling: bool = False,
         dim_reduction: str = "sum",
         prediction_type: Optional[str] = None,
+        min_snr_gamma: float = 5.0,
     ):
         self.weighting = _canonical_weighting(weighting)
+        if not (math.isfinite(float(min_snr_gamma)) and float(min_snr_gamma) > 0):
+            raise ValueError(f"{type(self).__name__}: min_snr_gamma={min_snr_gamma!r} is invalid; it must be a finite number > 0")
+        self.min_snr_gamma = float(min_snr_gamma)
         if t_eps is not None:
             t_eps = float(t_eps)
             if not (math.isfinite(t_eps) and t_eps > 0):
@@ -157,6 +166,9 @@ class ScoreMatchingLoss:
             return sde.sigma2(t)
         if self.weighting == "likelihood":
             return sde.g2(t)
+        if self.weighting == "min_snr":
+            snr = sde.snr(t)
+            return sde.sigma2(t) * torch.clamp(snr, max=self.min_snr_gamma) / snr
         return torch.ones_like(t)
 
     def sample_time(

@@ -29,7 +29,7 @@ from __future__ import annotations
 import inspect
 import math
 import time
-from typing import Any, Literal, Optional
+from typing import Any, Literal, Optional, Union
 
 import lightning.pytorch as pl
 import torch
@@ -185,6 +185,9 @@ class ScoreModule(pl.LightningModule):
             replaced by the "no label" token, so that one network learns the conditional and the
             unconditional model of classifier-free guidance (Ho & Salimans, "Classifier-Free Diffusion
             Guidance"; 0.1 by default).
+        compile: train through ``torch.compile(net)`` (``True``: the default backend, inductor; or a
+            backend name such as ``"aot_eager"``). The weights, checkpoints and sampling use the
+            plain network; only the training and validation forward passes are compiled.
         time_buckets: number of equal-width buckets of ``t`` in ``[0, T]`` for the split loss log.
         data_shape: shape of one sample (inferred from the first batch when not given; needed
             by :meth:`sample`).
@@ -219,6 +222,7 @@ class ScoreModule(pl.LightningModule):
         autoencoder: Optional[str] = None,
         latent_scaling: Optional[float] = None,
         p_uncond: float = 0.1,
+        compile: Union[bool, str] = False,
         time_buckets: int = 4,
         data_shape: Optional[list[int]] = None,
         stop_on_nonfinite: bool = True,
@@ -240,6 +244,8 @@ class ScoreModule(pl.LightningModule):
             raise ValueError(f"ScoreModule: seed={seed!r} is invalid; it must be an integer in [0, 2**32) or None (global RNG)")
         if not (0.0 <= float(p_uncond) <= 1.0):
             raise ValueError(f"ScoreModule: p_uncond={p_uncond!r} is invalid; it must be in [0, 1]")
+        if not isinstance(compile, (bool, str)):
+            raise ValueError(f"ScoreModule: compile={compile!r} is invalid; give true/false or a torch.compile backend name")
         if int(time_buckets) < 1:
             raise ValueError(f"ScoreModule: time_buckets={time_buckets!r} is invalid; it must be >= 1")
         self.net = _build_net(net)
@@ -263,14 +269,17 @@ class ScoreModule(pl.LightningModule):
 
         # hyperparameters: plain types only (weights_only checkpoint loading)
         self.save_hyperparameters(ignore=["net", "sde", "loss", "betas", "data_shape"])
-        self.hparams["net"] = describe(self.net, "net")
-        self.hparams["sde"] = describe(self.sde, "sde")
-        self.hparams["loss"] = describe(self.loss, "loss")
-        self.hparams["betas"] = [float(b) for b in betas]
-        self.hparams["data_shape"] = None if self.data_shape is None else list(self.data_shape)
-        self.hparams.pop("_instantiator", None)
-        self.hparams.pop("_class_path", None)
+        hp = {k: v for k, v in self.hparams.items() if k not in ("_instantiator", "_class_path")}
+        hp.update(
+            net=describe(self.net, "net"), sde=describe(self.sde, "sde"), loss=describe(self.loss, "loss"),
+            betas=[float(b) for b in betas], data_shape=None if self.data_shape is None else list(self.data_shape),
+        )
+        # once more with the full dictionary: the loggers receive the SDE, loss and network too
+        # (Lightning logs the hyper-parameters as first saved)
+        self.save_hyperparameters(hp)
 
+        # torch.compile of the training forward: kept out of the module tree (no second state_dict copy)
+        self.__dict__["_compiled_net"] = None
         self._ema_last_step = -1
         self._tput_t0: Optional[float] = None
         self._tput_samples = 0
@@ -422,8 +431,18 @@ class ScoreModule(pl.LightningModule):
         drop = rand(y.shape, generator=generator, device=y.device) < p
         return torch.where(drop, torch.full_like(y, -1), y)
 
+    def _train_net(self) -> nn.Module:
+        """The network the training forward calls: ``torch.compile(net)`` with ``compile``."""
+        flag = self.hparams.get("compile", False)
+        if not flag:
+            return self.net
+        if self.__dict__.get("_compiled_net") is None:
+            kw = {} if flag is True else {"backend": str(flag)}
+            self.__dict__["_compiled_net"] = torch.compile(self.net, **kw)
+        return self.__dict__["_compiled_net"]
+
     def _loss_terms(self, x0: Tensor, generator=None, class_labels=None) -> tuple[Tensor, Optional[Tensor]]:
-        runner = _PrecisionNet(self.net, self.prediction_type, x0.device.type)
+        runner = _PrecisionNet(self._train_net(), self.prediction_type, x0.device.type)
         with torch.autocast(x0.device.type, enabled=False):
             per = self.loss.per_sample(runner, self.sde, x0.float(), generator=generator, class_labels=class_labels)
         return per.float(), runner.last_t
@@ -516,6 +535,15 @@ class ScoreModule(pl.LightningModule):
                 self.log("train/grad_norm", norm, on_step=True, on_epoch=False)
 
     def on_fit_start(self) -> None:
+        from lightning.pytorch.callbacks import WeightAveraging
+
+        clash = [type(cb).__name__ for cb in self.trainer.callbacks if isinstance(cb, WeightAveraging)]
+        if clash and self.ema is not None:
+            raise ValueError(
+                f"ScoreModule keeps its own EMA of the weights (ema_decay={self.hparams.ema_decay}); the callback "
+                f"{clash} would overwrite the weights with a second average, and the checkpoint and samples would no "
+                "longer be the package's EMA. Remove the callback, or set model.ema_decay 0 to use Lightning's averaging"
+            )
         dm = getattr(self.trainer, "datamodule", None)
         data_k = getattr(dm, "num_classes", None) if dm is not None else None
         if self.num_classes is not None and data_k is not None and int(data_k) != self.num_classes:
@@ -554,11 +582,6 @@ class ScoreModule(pl.LightningModule):
                 self.log("train/samples_per_sec", self._tput_samples * world / dt, on_step=True, on_epoch=False)
             self._tput_t0 = time.perf_counter()
             self._tput_samples = 0
-
-    def update_ema(self) -> None:
-        """One EMA update (for custom loops, e.g. Accelerate)."""
-        if self.ema is not None:
-            self.ema.update(self.net)
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["data_shape"] = None if self.data_shape is None else [int(s) for s in self.data_shape]

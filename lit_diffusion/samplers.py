@@ -51,6 +51,7 @@ where ``integ`` is a :class:`lit_diffusion.integrators.ExpIntegrator` (coefficie
 
 from __future__ import annotations
 
+import sys
 from typing import Callable, NamedTuple, Optional, Sequence
 
 import torch
@@ -767,6 +768,7 @@ def sample(
     known: Optional[Tensor] = None,
     mask: Optional[Tensor] = None,
     resample: int = 1,
+    progress: Optional[bool] = None,
     **sampler_options,
 ) -> SampleResult:
     """Integrate the reverse dynamics of ``sde`` from ``T`` down to ``t_min`` (ALGORITHMS.md §4–§5).
@@ -796,6 +798,8 @@ def sample(
             replaced by its forward-noised value, and ``resample > 1`` repeats each step that many
             times after noising back (RePaint).  The returned samples hold ``known`` exactly where
             ``mask`` is 1.
+        progress: a progress bar over the steps on stderr (``None``: only for runs of 100 steps or
+            more when stderr is a terminal).
 
     Returns:
         :class:`SampleResult` ``(samples, nfe, trajectory, times)`` (a named tuple).
@@ -841,8 +845,18 @@ def sample(
         x = inpaint.replace(x, grid[0], generator)
     nfe0 = field.nfe
     traj = [x] if return_trajectory else None
+    n_steps = grid.numel() - 1
+    if progress is None:
+        progress = n_steps >= 100 and sys.stderr.isatty()
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=n_steps, desc=f"{sampler} x{n_steps}", unit="step", file=sys.stderr)
     with torch.no_grad():
-        for k in range(grid.numel() - 1):
+        for k in range(n_steps):
+            if bar is not None:
+                bar.update(1)
             u = None if midpoint_u is None else midpoint_u[k]
             repeats = 1 if inpaint is None else inpaint.resample
             for j in range(repeats):
@@ -860,4 +874,6 @@ def sample(
             x = inpaint.finish(x)
         if traj is not None:
             traj[-1] = x
+    if bar is not None:
+        bar.close()
     return SampleResult(x, field.nfe - nfe0, torch.stack(traj) if traj is not None else None, grid)

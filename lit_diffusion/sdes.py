@@ -185,9 +185,6 @@ class LinearSDE:
         """``g(t)^2``."""
         return self._g2(as_time(t))
 
-    def prior_std(self) -> float:
-        return math.sqrt(self.prior_var)
-
     # ---- tensors ------------------------------------------------------------------------------
     def marginal_coefficients(self, t: TimeLike, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """``(alpha, m, sigma)`` at ``t`` broadcast against ``x``, in the compute dtype."""

@@ -119,6 +119,10 @@ def test_wandb_offline_without_account_writes_local_run(tmp_path, monkeypatch):
     import wandb
 
     wandb.finish()
+    # the run's SDE, loss, network and data are in the wandb config (the offline run's records)
+    records = open(glob.glob(os.path.join(runs[0], "*.wandb"))[0], "rb").read()
+    for key in (b'"sde"', b'"loss"', b'"net"', b"run_config", b"SwissRollDataModule", b"TimeMLP"):
+        assert key in records, key
     monkeypatch.setenv("WANDB_API_KEY", "x" * 40)
     monkeypatch.delenv("WANDB_MODE", raising=False)
     assert wandb_mode() == "online"
