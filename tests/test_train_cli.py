@@ -120,8 +120,16 @@ def test_wandb_offline_without_account_writes_local_run(tmp_path, monkeypatch):
 
     wandb.finish()
     # the run's SDE, loss, network and data are in the wandb config (the offline run's records)
-    records = open(glob.glob(os.path.join(runs[0], "*.wandb"))[0], "rb").read()
-    for key in (b'"sde"', b'"loss"', b'"net"', b"run_config", b"SwissRollDataModule", b"TimeMLP"):
+    # (wandb's service process writes them asynchronously: wait for them, up to 30 s)
+    import time
+
+    keys = (b'"sde"', b'"loss"', b'"net"', b"run_config", b"SwissRollDataModule", b"TimeMLP")
+    for _ in range(150):
+        records = open(glob.glob(os.path.join(runs[0], "*.wandb"))[0], "rb").read()
+        if all(k in records for k in keys):
+            break
+        time.sleep(0.2)
+    for key in keys:
         assert key in records, key
     monkeypatch.setenv("WANDB_API_KEY", "x" * 40)
     monkeypatch.delenv("WANDB_MODE", raising=False)
