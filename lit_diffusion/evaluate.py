@@ -15,7 +15,8 @@ References: a file in the same formats; a target preset of :mod:`lit_diffusion.t
 ``mnist`` / ``mnist-test`` (the 5,000 embedded digits / the 1,000 held out from the feature net).
 
 Low-dimensional data get W1, sliced W2 and MMD² (see :mod:`lit_diffusion.metrics`); images get FID
-(Inception when local weights exist, else FID-MNIST).  Every score carries its sample counts.
+(Inception when local weights exist, else FID-MNIST, then also KID-MNIST and IS-MNIST with the same
+offline feature network).  Every score carries its sample counts.
 The result is printed as JSON and, with ``--output``, written to a file.
 """
 
@@ -182,6 +183,9 @@ def evaluate(
         res = M.fid(x, ref, backend=fid_backend, value_range=value_range)
         out["n_reference"] = res["n_reference"]
         out["fid"] = res
+        if res["backend"] == "mnist":  # KID and IS with the same offline feature net
+            out["kid"] = M.kid_mnist(x, ref, value_range=value_range, seed=seed, subset_size=min(1000, len(x), res["n_reference"]))
+            out["inception_score"] = M.inception_score_mnist(x, value_range=value_range)
         return out
 
     # ---- low-dimensional

@@ -51,6 +51,8 @@ __all__ = [
     "frechet_distance",
     "inception_status",
     "fid",
+    "kid_mnist",
+    "inception_score_mnist",
     "INCEPTION_ENV",
     "INCEPTION_FILENAME",
 ]
@@ -514,3 +516,70 @@ def fid(
     if chosen != "inception":
         out["inception_unavailable"] = status["reason"]
     return out
+
+
+class _Logits(torch.nn.Module):
+    """The MNIST feature net's class logits (the "Inception" of an MNIST Inception Score)."""
+
+    def __init__(self, net):
+        super().__init__()
+        self.net = net
+
+    def forward(self, x):
+        return self.net.classify(x)
+
+
+def _mnist_images(samples, value_range, name: str) -> torch.Tensor:
+    """Images in ``[0, 1]``, shape ``(N, 1, 28, 28)``."""
+    x = _images_nchw(samples, value_range, name)
+    if x.shape[1:] != (1, 28, 28):
+        raise ValueError(f"the MNIST feature net needs 1x28x28 images; {name} have shape {tuple(x.shape[1:])}")
+    return x.float()
+
+
+def kid_mnist(
+    samples: ArrayLike, reference: Union[str, ArrayLike] = "mnist", *, value_range="auto", subsets: int = 50,
+    subset_size: Optional[int] = None, seed: int = 0, weights=None,
+) -> dict:
+    """KID-MNIST: torchmetrics' ``KernelInceptionDistance`` (Bińkowski et al., "Demystifying MMD
+    GANs": the unbiased MMD² with the cubic polynomial kernel, averaged over random subsets) on the
+    features of the offline MNIST feature net.  Unbiased, so usable with few samples; returns the
+    mean and standard deviation over ``subsets``."""
+    from torchmetrics.image.kid import KernelInceptionDistance
+
+    from .feature_net import load_feature_net
+
+    ref_name = reference if isinstance(reference, str) else None
+    if ref_name is not None:
+        reference = _mnist_reference(ref_name)
+    x = _mnist_images(samples, value_range, "samples")
+    y = _mnist_images(reference, "auto" if ref_name else value_range, "reference")
+    size = int(subset_size or min(len(x), len(y), 1000))
+    if size > min(len(x), len(y)) or size < 2:
+        raise ValueError(f"subset_size={size} must lie in [2, {min(len(x), len(y))}] (the smaller of the two sets)")
+    torch.manual_seed(seed)  # torchmetrics draws its subsets from the global RNG
+    metric = KernelInceptionDistance(feature=load_feature_net(weights), subsets=subsets, subset_size=size, normalize=True)
+    with torch.no_grad():
+        metric.update(y, real=True)
+        metric.update(x, real=False)
+        mean, std = metric.compute()
+    return {"value": float(mean), "std": float(std), "metric": "KID-MNIST", "n_samples": int(len(x)),
+            "n_reference": int(len(y)), "subsets": int(subsets), "subset_size": size,
+            "reference": ref_name if ref_name else "array"}
+
+
+def inception_score_mnist(samples: ArrayLike, *, value_range="auto", splits: int = 10, weights=None) -> dict:
+    """IS-MNIST: torchmetrics' ``InceptionScore`` (Salimans et al., "Improved Techniques for Training
+    GANs": ``exp E KL(p(y|x) || p(y))``) with the MNIST feature net's digit classifier in place of
+    Inception.  At most 10 (the number of classes): high when samples are confidently classified and
+    all digits appear."""
+    from torchmetrics.image.inception import InceptionScore
+
+    from .feature_net import load_feature_net
+
+    x = _mnist_images(samples, value_range, "samples")
+    metric = InceptionScore(feature=_Logits(load_feature_net(weights)).eval(), splits=splits, normalize=False)
+    with torch.no_grad():
+        metric.update(x)
+        mean, std = metric.compute()
+    return {"value": float(mean), "std": float(std), "metric": "IS-MNIST", "n_samples": int(len(x)), "splits": int(splits)}

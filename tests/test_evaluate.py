@@ -95,6 +95,9 @@ def test_images_end_to_end(tmp_path):
     noise = evaluate(tmp_path / "noise.npz", tmp_path / "real.npz")
     assert noise["fid"]["n_samples"] == 300
     assert res["fid"]["value"] < 0.05 * noise["fid"]["value"]
+    # KID and IS with the same offline feature net
+    assert res["kid"]["metric"] == "KID-MNIST" and abs(res["kid"]["value"]) < 0.01 * noise["kid"]["value"]
+    assert res["inception_score"]["value"] > 6 > noise["inception_score"]["value"]
 
 
 def test_bad_inputs_give_clear_errors_and_write_nothing(tmp_path, capsys):

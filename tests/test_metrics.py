@@ -337,3 +337,22 @@ def test_training_script_writes_loadable_safetensors(tmp_path):
     with torch.no_grad():
         acc = (net2.classify(torch.from_numpy(Xte)).argmax(-1).numpy() == yte).mean()
     assert acc == pytest.approx(float(meta["test_accuracy"]), abs=1e-3)
+
+
+def test_kid_and_inception_score_mnist():
+    """KID-MNIST is near 0 for two halves of the data and large for noise; IS-MNIST is 1 for a single
+    repeated digit and close to 10 classes' worth for real digits."""
+    import numpy as np
+
+    from lit_diffusion import metrics as M
+    from lit_diffusion.feature_net import mnist_split
+
+    X, _, Xt, _ = mnist_split()
+    same = M.kid_mnist(Xt[:300], X[:600], subsets=20)
+    noise = M.kid_mnist(np.random.default_rng(0).random((300, 784)) * 255, X[:600], subsets=20)
+    assert abs(same["value"]) < 0.01 * noise["value"] and same["metric"] == "KID-MNIST" and same["subset_size"] == 300
+    one = M.inception_score_mnist(np.repeat(Xt[:1], 200, 0), splits=2)
+    real = M.inception_score_mnist(Xt[:600], splits=2)
+    assert abs(one["value"] - 1.0) < 1e-3 and 6.0 < real["value"] <= 10.0
+    with pytest.raises(ValueError, match="1x28x28"):
+        M.kid_mnist(np.zeros((10, 1, 8, 8)), X[:100])
