@@ -33,7 +33,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint, RichProgressBar, TQDMPr
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 from jsonargparse import lazy_instance
 
-from .callbacks import SamplePictures
+from .callbacks import SamplePictures, SampleQuality
 from .data import BaseDataModule, SwissRollDataModule
 from .losses import DSM
 from .module import ScoreModule
@@ -299,6 +299,7 @@ class DiffusionCLI(LightningCLI):
             "faster on a busy machine, where spinning OpenMP threads stall each other",
         )
         parser.add_class_arguments(SamplePictures, "samples")
+        parser.add_class_arguments(SampleQuality, "quality")
         # the embedded default: swiss roll, small MLP, VP SDE, DSM (configs/swissroll.yaml says the same)
         parser.set_defaults(
             {
@@ -376,6 +377,9 @@ class DiffusionCLI(LightningCLI):
         samples_cb = SamplePictures(**{**dict(s), "out_dir": s.get("out_dir") or os.path.join(ckpt_dir, "samples")})
         self.samples_callback = samples_cb
         extra.append(samples_cb)
+        if int(c["quality"]["every_n_validations"]) > 0:
+            self.quality_callback = SampleQuality(**dict(c["quality"]))
+            extra.append(self.quality_callback)
         if c["progress_bar"] == "rich":
             extra.append(RichProgressBar())
         elif c["progress_bar"] == "none":
@@ -526,6 +530,7 @@ common options:
   --logger KIND             wandb (default; offline without an account), csv, tensorboard, none
   --ckpt_dir DIR, --log_dir DIR, --ckpt_every_n_steps N, --num_threads N, --progress_bar tqdm|rich|none
   --samples.every_n_steps N, --samples.n_samples N, --samples.steps N     pictures during training
+  --quality.every_n_validations N, --quality.n_samples N, --quality.steps N  W1/MMD or FID/KID-MNIST at validation
   --print_config            print the full resolved configuration and exit
   --help-full               every option of every group (long)
 

@@ -111,3 +111,38 @@ def test_sample_progress_bar(capfd):
     assert "ddram x5" in err and "5/5" in err
     sample(ring8_2d(), VP(), shape=(4, 2), steps=5)
     assert capfd.readouterr().err == ""
+
+
+def test_validation_tracks_sample_quality(tmp_path):
+    """val/w1 and val/mmd2 reach the logger at every validation and fall as the model learns."""
+    import csv
+
+    from lit_diffusion.callbacks import SampleQuality
+    from lit_diffusion.data import MixtureDataModule
+
+    torch.manual_seed(0)
+    module = ScoreModule(TimeMLP(dim=2, hidden=64, n_blocks=2), "VP", lr=3e-3, warmup_steps=10, ema_decay=0.9)
+    quality = SampleQuality(every_n_validations=1, n_samples=400, steps=20)
+    logger = pl.loggers.CSVLogger(str(tmp_path), name="q")
+    trainer = pl.Trainer(max_steps=300, val_check_interval=100, check_val_every_n_epoch=None, logger=logger,
+                         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+                         callbacks=[quality], num_sanity_val_steps=0, default_root_dir=str(tmp_path))
+    trainer.fit(module, MixtureDataModule("ring8_2d", n_samples=4000, batch_size=256, val_fraction=0.25, labels=False))
+    rows = list(csv.DictReader(open(glob.glob(str(tmp_path / "q" / "version_*" / "metrics.csv"))[0])))
+    w1 = [float(r["val/w1"]) for r in rows if r.get("val/w1")]
+    mmd = [float(r["val/mmd2"]) for r in rows if r.get("val/mmd2")]
+    assert len(w1) == len(mmd) == 3
+    assert w1[-1] < 0.75 * w1[0], w1
+    assert all(abs(v) < 1 for v in mmd)  # unbiased MMD² estimates (noisy around small values)
+    with pytest.raises(ValueError, match="every_n_validations=-1"):
+        SampleQuality(every_n_validations=-1)
+
+
+def test_sample_quality_scores_mnist_images_with_fid_and_kid():
+    from lit_diffusion.callbacks import SampleQuality
+    from lit_diffusion.data import MNISTDataModule
+
+    module = ScoreModule.from_pretrained(os.path.join(ROOT, "checkpoints", "mnist"))
+    ref = MNISTDataModule(limit=600).eval_data()
+    scores = SampleQuality(n_samples=40, steps=4).score(module, ref)
+    assert set(scores) == {"val/fid_mnist", "val/kid_mnist"} and all(torch.isfinite(torch.tensor(v)) for v in scores.values())

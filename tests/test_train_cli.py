@@ -142,3 +142,13 @@ def test_csv_and_tensorboard_loggers_one_flag_away(kind, pattern, tmp_path):
     assert glob.glob(str(tmp_path / "logs" / "swissroll" / "version_*" / pattern))
     with pytest.raises(ValueError, match="valid choices"):
         make_logger("neptune", str(tmp_path), "x")
+
+
+@pytest.mark.parametrize("config", sorted(glob.glob(os.path.join(os.path.dirname(os.path.dirname(__file__)), "configs", "*.yaml"))),
+                         ids=os.path.basename)
+def test_every_shipped_config_parses(config, capsys):
+    with pytest.raises(SystemExit) as e:
+        DiffusionCLI(args=["--config", config, "--print_config"])
+    assert e.value.code in (0, None)
+    out = capsys.readouterr().out
+    assert "model:" in out and "quality:" in out
