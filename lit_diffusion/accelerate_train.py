@@ -23,9 +23,13 @@ the SDE arithmetic and the loss in float32.
 Data parallelism: ``accelerator.prepare`` wraps the network in DDP (gradients all-reduced, replicas
 identical) and shards the training loader across processes (each process sees different batches of
 ``data.batch_size`` samples, reshuffled every epoch from a seed shared by all processes).  The
-diffusion noise and times are drawn from a per-process seed (``seed + rank``), so the processes do not
-repeat each other's noise; they are drawn from generators seeded by (seed, rank, batch index), so a
-resumed run continues exactly as the uninterrupted run would have (same data order, same noise).
+diffusion noise and times are drawn from generators seeded by :func:`lit_diffusion.module.noise_seed`
+of (``model.seed``, micro-batch index, rank) -- the formula of the Lightning path -- so the processes
+never repeat each other's noise and a resumed run continues exactly as the uninterrupted run would
+have (same data order, same noise).  The EMA follows the same rule as the Lightning path
+(:meth:`lit_diffusion.ema.EMA.step`).  Logging: ``--logger csv`` writes ``<log_dir>/<run_name>/
+metrics.csv`` (a header row, one row per log step), ``tensorboard``/``wandb`` go through Accelerate's
+trackers with the run's configuration; a progress bar shows the steps (``--progress_bar none``).
 
 Checkpoints (main process, atomically: temporary file + fsync + ``os.replace``) go to
 ``<ckpt_dir>/<run_name>/``: ``last.ckpt`` and the newest ``step=N.ckpt`` every ``ckpt_every_n_steps``
@@ -103,7 +107,7 @@ def build_parser(exit_on_error: bool = True):
     p.add_argument("--ckpt_path", type=Optional[str], default=None, help="'last' or a checkpoint file to resume from")
     p.add_argument("--logger", type=Literal["none", "csv", "tensorboard", "wandb"], default="none")
     p.add_argument("--log_dir", type=str, default="logs")
-    p.add_argument("--progress_bar", type=Optional[str], default=None, help="(train.py option; ignored here)")
+    p.add_argument("--progress_bar", type=Optional[str], default=None, help="tqdm (default) or none: the step progress bar")
     p.set_defaults(embedded_defaults())
     return p
 
@@ -189,8 +193,10 @@ class _Runner:
         self.net = net
         self.prediction_type = prediction_type
 
-    def __call__(self, x: Tensor, t: Tensor) -> Tensor:
-        return self.net(x, t).float()
+    def __call__(self, x: Tensor, t: Tensor, class_labels=None) -> Tensor:
+        if class_labels is None:
+            return self.net(x, t).float()
+        return self.net(x, t, class_labels=class_labels).float()
 
 
 # --------------------------------------------------------------------------------------------
@@ -305,7 +311,7 @@ class _SignalFlag:
 def _train(cfg, opts, accelerator, ckpt_dir, resume, on_step, signals) -> TrainResult:
     from accelerate.utils import set_seed
 
-    from lit_diffusion.module import ScoreModule
+    from lit_diffusion.module import ScoreModule, noise_seed
     from lit_diffusion.reliability import EXIT_CODES, TrainingInterrupted
 
     rank, world = accelerator.process_index, accelerator.num_processes
@@ -320,8 +326,14 @@ def _train(cfg, opts, accelerator, ckpt_dir, resume, on_step, signals) -> TrainR
     datamodule.setup("fit")
     loader = datamodule.train_dataloader()
     if module.data_shape is None:
-        module.data_shape = tuple(datamodule.data_shape)
+        shape = tuple(datamodule.data_shape)
+        module.data_shape = module.codec.latent_shape(shape) if module.codec is not None else shape
         module.hparams["data_shape"] = list(module.data_shape)
+    if module.num_classes is not None and getattr(datamodule, "num_classes", None) != module.num_classes:
+        raise ValueError(
+            f"the network has num_classes={module.num_classes} but the data module yields "
+            f"{getattr(datamodule, 'num_classes', None)} classes"
+        )
 
     opt_cfg = module.configure_optimizers()
     optimizer = opt_cfg["optimizer"] if isinstance(opt_cfg, dict) else opt_cfg
@@ -348,11 +360,14 @@ def _train(cfg, opts, accelerator, ckpt_dir, resume, on_step, signals) -> TrainR
     log_every = max(opts["log_every_n_steps"], 1)
 
     if cfg.logger in ("tensorboard", "wandb"):
-        accelerator.init_trackers(cfg.run_name, config={"run_name": cfg.run_name})
-    csv_file = None
-    if cfg.logger == "csv" and accelerator.is_main_process:
-        os.makedirs(os.path.join(cfg.log_dir, cfg.run_name), exist_ok=True)
-        csv_file = open(os.path.join(cfg.log_dir, cfg.run_name, "metrics.csv"), "a")
+        accelerator.init_trackers(cfg.run_name, config=_tracker_config(cfg, module))
+    csv_log = _CSVLog(os.path.join(cfg.log_dir, cfg.run_name, "metrics.csv")) if (
+        cfg.logger == "csv" and accelerator.is_main_process) else None
+    bar = None
+    if accelerator.is_main_process and getattr(cfg, "progress_bar", None) != "none":
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=max_steps, initial=step, desc="train", unit="step", file=sys.stderr, dynamic_ncols=True)
 
     device = accelerator.device
 
@@ -360,7 +375,7 @@ def _train(cfg, opts, accelerator, ckpt_dir, resume, on_step, signals) -> TrainR
         # t and noise of micro-batch ``micro_batch`` on this process: a function of (seed, rank, index) only,
         # so a resumed run draws exactly what the uninterrupted run would have drawn
         g = torch.Generator(device=device)
-        g.manual_seed(((int(cfg.seed) * 1_000_003 + rank) * 1_000_000_007 + micro_batch) % (2**63 - 1))
+        g.manual_seed(noise_seed(int(module.hparams.get("seed") or 0), micro_batch, rank))
         return g
 
     n_batches = len(loader)
@@ -391,10 +406,13 @@ def _train(cfg, opts, accelerator, ckpt_dir, resume, on_step, signals) -> TrainR
         it = accelerator.skip_first_batches(loader, skip) if skip else loader
         skip = 0
         for batch in it:
-            x0 = module._batch(batch)
+            g = noise_generator(micro)
+            # as ScoreModule.training_step: latents for a latent model, labels with dropout for a conditional one
+            x0 = module.encode(module._batch(batch), g)
+            labels = module._drop_labels(module._labels(batch, x0.shape[0]), g)
             with accelerator.accumulate(net):
                 with torch.autocast(x0.device.type, enabled=False):
-                    per = module.loss.per_sample(runner, module.sde, x0.float(), generator=noise_generator(micro))
+                    per = module.loss.per_sample(runner, module.sde, x0.float(), generator=g, class_labels=labels)
                 loss = per.float().mean()
                 accelerator.backward(loss)
                 if accelerator.sync_gradients:
@@ -423,8 +441,10 @@ def _train(cfg, opts, accelerator, ckpt_dir, resume, on_step, signals) -> TrainR
                 continue
             scheduler.step()
             step += 1
-            if ema is not None and step % ema.every_n_steps == 0:
-                ema.update(accelerator.unwrap_model(net))
+            if bar is not None:
+                bar.update(1)
+            if ema is not None:  # the same rule as the Lightning path (EMA.step)
+                ema.step(accelerator.unwrap_model(net))
             if on_step is not None:
                 on_step(step, x0, loss.detach(), accelerator)
             if step % log_every == 0 or step == max_steps:
@@ -436,10 +456,12 @@ def _train(cfg, opts, accelerator, ckpt_dir, resume, on_step, signals) -> TrainR
                            "train/grad_norm": float(norm), "train/samples_per_sec": tput}
                 if cfg.logger in ("tensorboard", "wandb"):
                     accelerator.log(metrics, step=step)
-                if csv_file is not None:
-                    csv_file.write(json.dumps({"step": step, **metrics}) + "\n")
-                    csv_file.flush()
-                accelerator.print(f"step {step}/{max_steps}  loss {last_loss:.4f}  {tput:.0f} samples/s")
+                if csv_log is not None:
+                    csv_log.write({"step": step, **metrics})
+                if bar is not None:
+                    bar.set_postfix(loss=f"{last_loss:.4f}", samples_per_sec=f"{tput:.0f}")
+                else:
+                    accelerator.print(f"step {step}/{max_steps}  loss {last_loss:.4f}  {tput:.0f} samples/s")
                 t0, seen = time.perf_counter(), 0
             if step % int(cfg.ckpt_every_n_steps) == 0 and step < max_steps:
                 save(step)
@@ -459,11 +481,55 @@ def _train(cfg, opts, accelerator, ckpt_dir, resume, on_step, signals) -> TrainR
     save(step)
     if accelerator.is_main_process:
         _export_safetensors(module, os.path.join(ckpt_dir, "model.safetensors"))
-    if csv_file is not None:
-        csv_file.close()
+    if bar is not None:
+        bar.close()
     if cfg.logger in ("tensorboard", "wandb"):
         accelerator.end_training()
     return TrainResult(module, accelerator, step, last_loss, tput, last_ckpt, history)
+
+
+class _CSVLog:
+    """``metrics.csv`` with a header row (appending to the file of a resumed run)."""
+
+    FIELDS = ("step", "train/loss", "train/lr", "train/grad_norm", "train/samples_per_sec")
+
+    def __init__(self, path: str):
+        import csv
+
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        fresh = not os.path.exists(path) or os.path.getsize(path) == 0
+        self.file = open(path, "a", newline="")
+        self.writer = csv.DictWriter(self.file, fieldnames=self.FIELDS)
+        if fresh:
+            self.writer.writeheader()
+            self.file.flush()
+
+    def write(self, row: dict) -> None:
+        self.writer.writerow({k: row.get(k) for k in self.FIELDS})
+        self.file.flush()
+
+
+def _tracker_config(cfg, module) -> dict:
+    """The run's configuration for the trackers (wandb config, TensorBoard hparams): flat keys with
+    scalar values (``model.lr``, ``model.sde.class_path``...), the SDE/loss/net descriptions included."""
+    from jsonargparse import Namespace
+
+    d = cfg.as_dict() if isinstance(cfg, Namespace) else dict(cfg)
+    d.pop("config", None)
+    d["model"] = {**dict(d.get("model") or {}), **{k: module.hparams[k] for k in ("net", "sde", "loss")}}
+    flat: dict = {}
+
+    def walk(prefix, v):
+        if isinstance(v, dict):
+            for k, u in v.items():
+                walk(f"{prefix}.{k}" if prefix else str(k), u)
+        elif v is None or isinstance(v, (bool, int, float, str)):
+            flat[prefix] = v if v is not None else "None"
+        else:
+            flat[prefix] = json.dumps(v, default=str)
+
+    walk("", d)
+    return flat
 
 
 def _instantiate(ns) -> dict:
@@ -515,6 +581,9 @@ def _save(accelerator, module, optimizer, scheduler, step: int, ckpt_dir: str) -
         "prediction_type": module.prediction_type,
         "launcher": "accelerate",
         "world_size": int(accelerator.num_processes),
+        # what Lightning's loaders look for: ScoreModule.load_from_checkpoint reads this file too
+        "pytorch-lightning_version": _lightning_version(),
+        "hparams_name": "kwargs",
     }
     path = os.path.join(ckpt_dir, f"step={step}.ckpt")
     # last.ckpt first: a kill between the two writes leaves last.ckpt the newest checkpoint
@@ -527,6 +596,12 @@ def _save(accelerator, module, optimizer, scheduler, step: int, ckpt_dir: str) -
             except OSError:
                 pass
     return path
+
+
+def _lightning_version() -> str:
+    import lightning
+
+    return str(lightning.__version__)
 
 
 def _export_safetensors(module, path: str) -> str:

@@ -8,10 +8,11 @@ decay warm-up. Here the average is a frozen copy of the network registered as a 
 tensors, and it is restored exactly on resume), moves with the module between devices, is broadcast
 by DDP with the rest of the module, and the raw weights stay untouched.
 
-Update rule after optimizer step ``n = 1, 2, ...`` (``num_updates`` counts them)::
+Update rule, the same for both launchers (:meth:`EMA.step`, called after every optimizer step
+``n = 1, 2, ...``; ``num_updates`` counts the optimizer steps)::
 
     d_n  = min(decay, (1 + n) / (warmup + n))     (warmup > 0; d_n = decay when warmup == 0)
-    ema <- d_n * ema + (1 - d_n) * theta
+    ema <- d_n * ema + (1 - d_n) * theta           at the steps n that are multiples of every_n_steps
 
 Floating buffers (e.g. normalisation statistics) are averaged the same way; integer buffers are
 copied.
@@ -75,6 +76,16 @@ class EMA(nn.Module):
                 e.copy_(s)
         self.num_updates += 1
         return d
+
+    def step(self, model: nn.Module):
+        """Call after every optimizer step: counts the step and, every ``every_n_steps`` steps,
+        averages ``model`` in with the decay of that step number (the one rule both launchers use).
+        Returns the decay used, or ``None`` on a step without update."""
+        n = int(self.num_updates) + 1
+        if n % self.every_n_steps == 0:
+            return self.update(model)
+        self.num_updates += 1
+        return None
 
     def forward(self, *args, **kwargs):
         return self.module(*args, **kwargs)

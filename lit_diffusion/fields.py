@@ -83,6 +83,9 @@ class Field:
         if self.class_labels is None:
             return self.model.prediction(x, t, self.sde, kind) if self.analytic else self.model(x, t)
         y, w = self._labels(x), self.guidance_scale
+        if w == 0.0:  # the unconditional model alone
+            y = torch.full_like(y, -1)
+            w = 1.0
         if w != 1.0:  # conditional and unconditional halves in one batched call
             x = torch.cat([x, x])
             t = torch.cat([t, t]) if t.ndim else t

@@ -41,7 +41,7 @@ from .parametrizations import canonical_prediction
 from .losses import ScoreMatchingLoss
 from .sdes import LinearSDE, get_sde
 
-__all__ = ["ScoreModule", "describe", "build_from_config", "check_hparams"]
+__all__ = ["ScoreModule", "describe", "build_from_config", "check_hparams", "noise_seed"]
 
 OPTIMIZERS = ("adamw", "adam", "sgd")
 LR_SCHEDULES = ("cosine", "constant", "linear")
@@ -127,6 +127,14 @@ def _build_net(net) -> nn.Module:
     if isinstance(net, (dict, str)):
         return build_from_config(net, "net")
     raise TypeError(f"net must be an nn.Module or a {{'class_path', 'init_args'}} description; got {type(net).__name__}")
+
+
+def noise_seed(seed: int, micro_batch: int, rank: int) -> int:
+    """The seed of the times and noise the loss draws for micro-batch ``micro_batch`` (counted from
+    the start of training) on process ``rank``: one formula for both launchers, distinct for every
+    (micro-batch, rank) pair, so processes never share noise and a resumed run repeats the
+    uninterrupted one."""
+    return ((int(seed) * 1_000_003 + int(micro_batch)) * 4099 + int(rank)) % (2**63 - 1)
 
 
 # --------------------------------------------------------------------------------------------
@@ -456,9 +464,9 @@ class ScoreModule(pl.LightningModule):
             g = self._gens[str(device)] = torch.Generator(device=device)
         rank = self.global_rank if self._trainer is not None else 0
         micro = 0
-        if self._trainer is not None:  # batches started since the beginning of training (restored on resume)
-            micro = int(self.trainer.fit_loop.epoch_loop.batch_progress.total.ready)
-        g.manual_seed((int(seed) * 1_000_003 + micro) * 4099 + int(rank))
+        if self._trainer is not None:  # index of this batch since the beginning of training (restored on resume)
+            micro = int(self.trainer.fit_loop.epoch_loop.batch_progress.total.ready) - 1
+        g.manual_seed(noise_seed(int(seed), micro, int(rank)))
         return g
 
     def _should_log(self) -> bool:
@@ -566,11 +574,7 @@ class ScoreModule(pl.LightningModule):
         # EMA right after each optimizer step (so that a checkpoint written at the end of this batch
         # already holds it; accumulation-only batches take no step and do not update)
         if self.ema is not None:
-            n = int(self.ema.num_updates) + 1
-            if n % self.ema.every_n_steps == 0 or self.ema.every_n_steps == 1:
-                self.ema.update(self.net)
-            else:
-                self.ema.num_updates += 1
+            self.ema.step(self.net)
 
     def on_train_batch_end(self, outputs, batch, batch_idx) -> None:
         # throughput (all processes): samples per second since the last log

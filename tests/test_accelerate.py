@@ -78,6 +78,9 @@ def _check_in_sync(ranks, steps):
     # different data (and noise) -> different per-process losses, all finite
     assert a["losses"] != b["losses"]
     assert all(torch.isfinite(torch.tensor(a["losses"] + b["losses"])))
+    # every rank draws its own diffusion noise: the times of the two processes differ at every step
+    assert len(a["times"]) == len(b["times"]) == steps
+    assert all(ta != tb for ta, tb in zip(a["times"], b["times"])), "both ranks drew the same training noise"
     # replicas in sync: bit-identical raw and EMA weights
     pa, pb = torch.tensor(a["params"]), torch.tensor(b["params"])
     assert pa.numel() > 100 and torch.equal(pa, pb)

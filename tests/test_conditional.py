@@ -188,8 +188,8 @@ def test_guided_field_equals_the_closed_form(sde, w):
         net = ExactConditionalNet(target, sde, pred)
         got = Field(net, sde, class_labels=k, guidance_scale=w)(x, t, "score")
         assert torch.allclose(got, want, rtol=1e-7, atol=1e-7), pred
-        # one batched call (2B) when guiding, B otherwise
-        assert net.calls == [32 if w not in (1.0,) else 16]
+        # one batched call (2B) when guiding, B for the conditional (w = 1) or unconditional (w = 0) model alone
+        assert net.calls == [32 if w not in (0.0, 1.0) else 16]
 
 
 def test_guidance_needs_labels_and_a_finite_scale():

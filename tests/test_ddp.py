@@ -51,6 +51,9 @@ def test_lightning_ddp_two_cpu_processes_stay_in_sync(tmp_path):
     assert len(a["batches"]) == len(b["batches"]) == steps
     assert not set(a["batches"]) & set(b["batches"]), "both processes trained on the same batches"
     assert a["losses"] != b["losses"]
+    # every rank draws its own diffusion noise: the times of the two processes differ at every step
+    assert len(a["times"]) == len(b["times"]) == steps
+    assert all(ta != tb for ta, tb in zip(a["times"], b["times"])), "both ranks drew the same training noise"
     pa, pb = torch.tensor(a["params"]), torch.tensor(b["params"])
     assert torch.equal(pa, pb), f"replicas diverged: max |diff| = {(pa - pb).abs().max()}"
     assert torch.equal(torch.tensor(a["ema"]), torch.tensor(b["ema"]))

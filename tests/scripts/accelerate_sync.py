@@ -28,6 +28,18 @@ def main() -> None:
         seen.append(hashlib.sha1(batch.detach().cpu().numpy().tobytes()).hexdigest())
         losses.append(float(loss))
 
+    # the diffusion times of every training forward (a function of the noise generator alone), as the
+    # loop's network runner sees them
+    from lit_diffusion import accelerate_train
+
+    times: list = []
+    call = accelerate_train._Runner.__call__
+
+    def record_and_call(self, x, t, *a, **k):
+        times.append(t[:4].tolist())
+        return call(self, x, t, *a, **k)
+
+    accelerate_train._Runner.__call__ = record_and_call
     res = train(cfg, on_step=on_step)
     acc = res.accelerator
     m = res.module
@@ -45,6 +57,7 @@ def main() -> None:
         "params": vec.tolist(),
         "ema": ema.tolist(),
         "checkpoint": res.checkpoint,
+        "times": times,
     }
     os.makedirs(out, exist_ok=True)
     with open(os.path.join(out, f"rank{acc.process_index}.json"), "w") as f:

@@ -49,6 +49,7 @@ class Recorder(pl.Callback):
             "params": vec.tolist(),
             "ema": ema.tolist(),
             "pid": os.getpid(),
+            "times": getattr(self, "times", []),
         }
         with open(os.path.join(self.out, f"rank{trainer.global_rank}.json"), "w") as f:
             json.dump(info, f)
@@ -62,6 +63,11 @@ def main() -> None:
         net=TimeMLP(dim=2, hidden=16, n_blocks=1, time_dim=8), sde="VP", loss="dsm", warmup_steps=2, ema_decay=0.9
     )
     data = SwissRollDataModule(n_samples=512, batch_size=32)
+    # the diffusion times of every training forward: a function of the noise generator alone
+    times: list = []
+    module.net.register_forward_pre_hook(lambda m, args: times.append(args[1][:4].tolist()) if m.training else None)
+    recorder = Recorder(out)
+    recorder.times = times
     trainer = pl.Trainer(
         strategy="ddp",
         accelerator="cpu",
@@ -74,7 +80,7 @@ def main() -> None:
         limit_val_batches=0,
         num_sanity_val_steps=0,
         gradient_clip_val=1.0,
-        callbacks=[Recorder(out)],
+        callbacks=[recorder],
         plugins=[AtomicCheckpointIO()],
     )
     trainer.fit(module, datamodule=data)
