@@ -3,7 +3,6 @@ checkpoint schema (each loads the other's checkpoints), and a CSV / tracker / pr
 Accelerate loop."""
 
 import csv
-import os
 
 import pytest
 import torch
