@@ -395,7 +395,8 @@ def _train(cfg, opts, accelerator, ckpt_dir, resume, on_step, signals) -> TrainR
         nonlocal last_ckpt
         accelerator.wait_for_everyone()
         if accelerator.is_main_process:
-            last_ckpt = _save(accelerator, module, optimizer, scheduler, tag_step, ckpt_dir)
+            resume_state = {"micro": micro, "n_batches": n_batches, "data": datamodule, "accumulate": opts["accumulate_grad_batches"]}
+            last_ckpt = _save(accelerator, module, optimizer, scheduler, tag_step, ckpt_dir, resume_state)
         accelerator.wait_for_everyone()
         return last_ckpt
 
@@ -568,7 +569,45 @@ def _instantiate_data(v):
     return obj
 
 
-def _save(accelerator, module, optimizer, scheduler, step: int, ckpt_dir: str) -> str:
+def _progress(total: int, current: int, started: bool = True, processed: bool = True) -> dict:
+    d = {"total": {"ready": total, "completed": total}, "current": {"ready": current, "completed": current}}
+    for key in (("started",) if started else ()) + (("processed",) if processed else ()):
+        d["total"][key], d["current"][key] = total, current
+    return d
+
+
+def lightning_loops(step: int, micro: int, n_batches: int, accumulate: int = 1) -> dict:
+    """The ``loops`` entry of a Lightning checkpoint after ``step`` optimizer steps and ``micro``
+    micro-batches (``n_batches`` per epoch), so that ``train.py --ckpt_path`` continues an Accelerate
+    run at the right global step, epoch and batch."""
+    epoch, in_epoch = divmod(int(micro), int(n_batches))
+    steps_in_epoch = in_epoch // max(int(accumulate), 1)
+    empty = {**_progress(0, 0), "is_last_batch": False}
+    return {
+        "fit_loop": {
+            "state_dict": {},
+            "epoch_loop.state_dict": {"_batches_that_stepped": int(step)},
+            "epoch_loop.batch_progress": {**_progress(int(micro), in_epoch), "is_last_batch": False},
+            "epoch_loop.scheduler_progress": _progress(int(step), steps_in_epoch, started=False, processed=False),
+            "epoch_loop.automatic_optimization.state_dict": {},
+            "epoch_loop.automatic_optimization.optim_progress": {"optimizer": {
+                "step": _progress(int(step), steps_in_epoch, started=False, processed=False),
+                "zero_grad": _progress(int(step), steps_in_epoch, processed=False),
+            }},
+            "epoch_loop.manual_optimization.state_dict": {},
+            "epoch_loop.manual_optimization.optim_step_progress": _progress(0, 0, started=False, processed=False),
+            "epoch_loop.val_loop.state_dict": {},
+            "epoch_loop.val_loop.batch_progress": dict(empty),
+            "epoch_progress": {"total": {"ready": epoch + 1, "completed": epoch, "started": epoch + 1, "processed": epoch},
+                               "current": {"ready": epoch + 1, "completed": epoch, "started": epoch + 1, "processed": epoch}},
+        },
+        "validate_loop": {"state_dict": {}, "batch_progress": dict(empty)},
+        "test_loop": {"state_dict": {}, "batch_progress": dict(empty)},
+        "predict_loop": {"state_dict": {}, "batch_progress": _progress(0, 0)},
+    }
+
+
+def _save(accelerator, module, optimizer, scheduler, step: int, ckpt_dir: str, resume_state: Optional[dict] = None) -> str:
     os.makedirs(ckpt_dir, exist_ok=True)
     ckpt = {
         "state_dict": {k: v.detach().cpu() for k, v in module.state_dict().items()},
@@ -585,6 +624,13 @@ def _save(accelerator, module, optimizer, scheduler, step: int, ckpt_dir: str) -
         "pytorch-lightning_version": _lightning_version(),
         "hparams_name": "kwargs",
     }
+    if resume_state is not None:  # what train.py needs to continue this run (one schema for both launchers)
+        micro, n_batches = int(resume_state["micro"]), int(resume_state["n_batches"])
+        ckpt["loops"] = lightning_loops(step, micro, n_batches, int(resume_state.get("accumulate", 1)))
+        ckpt["epoch"] = micro // n_batches
+        dm = resume_state["data"]
+        ckpt[type(dm).__qualname__] = {"epoch": micro // n_batches, "batches": micro % n_batches,
+                                       "batch_size": int(dm.batch_size), "world_size": int(accelerator.num_processes)}
     path = os.path.join(ckpt_dir, f"step={step}.ckpt")
     # last.ckpt first: a kill between the two writes leaves last.ckpt the newest checkpoint
     save_checkpoint_atomic(ckpt, os.path.join(ckpt_dir, "last.ckpt"))

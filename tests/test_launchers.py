@@ -79,3 +79,45 @@ def test_accelerate_progress_bar(tmp_path, fresh_accelerate, capfd):
                                      *COMMON[:-6], "--trainer.max_steps", "4", "--trainer.log_every_n_steps", "2"]))
     err = capfd.readouterr().err
     assert "train" in err and "4/4" in err
+
+
+def _pl(tmp_path, folder, steps, *extra):
+    return main(["--ckpt_dir", str(tmp_path / folder), "--logger", "none", "--progress_bar", "none", "--run_name", "r",
+                 "--samples.every_n_steps", "0", "--samples.n_samples", "4", "--samples.steps", "2",
+                 "--quality.every_n_validations", "0", "--trainer.limit_val_batches", "0",
+                 "--trainer.enable_model_summary", "false", *COMMON, "--trainer.max_steps", str(steps), *extra])
+
+
+def _acc(tmp_path, folder, steps, *extra):
+    return train(build_parser().parse_args(["--ckpt_dir", str(tmp_path / folder), "--run_name", "r", "--cpu", "true",
+                                            "--progress_bar", "none", *COMMON, "--trainer.max_steps", str(steps), *extra]))
+
+
+def _weights(path):
+    m = ScoreModule.load_checkpoint(str(path))
+    return [p.detach().clone() for p in list(m.net.parameters()) + list(m.ema.module.parameters())]
+
+
+@pytest.mark.parametrize("first", ["accelerate", "lightning"])
+def test_a_run_continues_under_the_other_launcher(tmp_path, fresh_accelerate, first):
+    """30 steps = 14 under one launcher + 16 under the other (across an epoch boundary), checkpoint to
+    checkpoint: same global step, data order, noise, optimizer, schedule and EMA as 30 under one.
+    (A constant learning rate: a cosine schedule depends on the max_steps each run was started with.)"""
+    import shutil
+
+    const = ["--model.lr_schedule", "constant"]
+    _pl(tmp_path, "ref", 30, *const)
+    if first == "accelerate":
+        _acc(tmp_path, "a", 14, *const)
+        shutil.copytree(tmp_path / "a", tmp_path / "b")
+        _pl(tmp_path, "b", 30, "--ckpt_path", "last", *const)
+    else:
+        _pl(tmp_path, "a", 14, *const)
+        shutil.copytree(tmp_path / "a", tmp_path / "b")
+        _acc(tmp_path, "b", 30, "--ckpt_path", "last", *const)
+    import torch as _t
+
+    ref, got = _weights(tmp_path / "ref" / "r" / "last.ckpt"), _weights(tmp_path / "b" / "r" / "last.ckpt")
+    assert _t.load(str(tmp_path / "b" / "r" / "last.ckpt"), weights_only=True)["global_step"] == 30
+    for a, b in zip(ref, got):
+        assert _t.allclose(a, b, atol=1e-5), (a - b).abs().max()
