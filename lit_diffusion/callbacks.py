@@ -9,7 +9,6 @@ those loggers is attached. ``last_path`` holds the newest PNG.
 
 from __future__ import annotations
 
-import math
 import os
 from typing import Optional
 
@@ -18,20 +17,6 @@ import torch
 from torch import Tensor
 
 __all__ = ["SamplePictures", "SampleQuality", "save_samples_png"]
-
-
-def _grid(x: Tensor, nrow: Optional[int] = None) -> Tensor:
-    """Images ``(N, C, H, W)`` in ``[-1, 1]`` -> one ``(H', W', C)`` array in ``[0, 1]``."""
-    x = ((x.detach().float().cpu().clamp(-1, 1) + 1) / 2)
-    n, c, h, w = x.shape
-    nrow = nrow or int(math.ceil(math.sqrt(n)))
-    ncol = int(math.ceil(n / nrow))
-    pad = 1
-    out = torch.ones(c, ncol * (h + pad) + pad, nrow * (w + pad) + pad)
-    for i in range(n):
-        r, q = divmod(i, nrow)
-        out[:, pad + r * (h + pad): pad + r * (h + pad) + h, pad + q * (w + pad): pad + q * (w + pad) + w] = x[i]
-    return out.permute(1, 2, 0)
 
 
 def save_samples_png(samples: Tensor, path: str, reference: Optional[Tensor] = None, title: str = "") -> str:
@@ -45,9 +30,11 @@ def save_samples_png(samples: Tensor, path: str, reference: Optional[Tensor] = N
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     samples = samples.detach().float().cpu()
     if samples.ndim == 4:
-        g = _grid(samples)
+        from .pictures import image_grid
+
+        g = image_grid(samples)
         fig, ax = plt.subplots(figsize=(6, 6))
-        ax.imshow(g.squeeze(-1).numpy() if g.shape[-1] == 1 else g.numpy(), cmap="gray" if g.shape[-1] == 1 else None)
+        ax.imshow(g, cmap="gray" if g.ndim == 2 else None, vmin=0, vmax=255, interpolation="nearest")
         ax.axis("off")
     else:
         s = samples.reshape(samples.shape[0], -1)

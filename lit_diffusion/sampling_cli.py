@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import sys
 import tempfile
@@ -241,9 +240,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = argparse.ArgumentParser(
         prog="sample.py",
-        description="Draw samples from a lit_diffusion Lightning checkpoint or a diffusers pipeline folder.",
+        description="Draw samples from a lit_diffusion checkpoint, pretrained-model folder or diffusers pipeline folder.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,  # every option shows its default
     )
-    p.add_argument("--checkpoint", "-c", required=True, help="ScoreModule .ckpt file or diffusers pipeline folder")
+    p.add_argument("--checkpoint", "-c", required=True, help="ScoreModule .ckpt file, pretrained-model folder (checkpoints/mnist) or diffusers pipeline folder")
     p.add_argument("--out", "-o", default="samples", help="output folder (created when sampling succeeds)")
     p.add_argument("--n", type=int, default=64, help="number of samples")
     p.add_argument("--batch-size", type=int, default=256, help="samples per network batch (a fixed chunk of indices)")
@@ -414,9 +414,7 @@ def _check_inpaint(args, shape: tuple, decode=None) -> Optional[tuple]:
     return known.astype(np.float32), mask.astype(np.float32)
 
 
-def grid_columns(n: int, n_grid: int) -> int:
-    """Columns of the picture of ``min(n, n_grid)`` images (a square-ish grid)."""
-    return max(1, int(math.ceil(math.sqrt(max(1, min(int(n), int(n_grid)))))))
+from .pictures import grid_columns  # noqa: E402  (one grid rule for pictures and --class-label rows)
 
 
 def sample_labels(labels: Optional[Sequence[int]], n: int, n_grid: int) -> Optional[np.ndarray]:
@@ -646,18 +644,6 @@ def _atomic(path: Path, write: Callable[[str], None]) -> None:
         raise
 
 
-def _image_grid(x: np.ndarray, ncol: int) -> np.ndarray:
-    """(N, C, H, W) in [-1, 1] -> one (H', W', C) or (H', W') picture in [0, 1]."""
-    x = np.clip((x + 1) / 2, 0, 1)
-    n, c, h, w = x.shape
-    nrow = math.ceil(n / ncol)
-    g = np.ones((nrow * (h + 1) + 1, ncol * (w + 1) + 1, c), dtype=np.float32)
-    for k in range(n):
-        r, q = divmod(k, ncol)
-        g[1 + r * (h + 1) : 1 + r * (h + 1) + h, 1 + q * (w + 1) : 1 + q * (w + 1) + w] = x[k].transpose(1, 2, 0)
-    return g[..., 0] if c == 1 else g
-
-
 def _picture_writer(samples: np.ndarray, reference: Optional[np.ndarray], n_grid: int, title: str, run_id: str = ""):
     """A function writing the PNG to a path (image grid for (N, C, H, W) with C in 1/3, scatter for
     2-D vectors), or None when the samples have no picture.  ``run_id`` goes into the PNG's
@@ -669,11 +655,13 @@ def _picture_writer(samples: np.ndarray, reference: Optional[np.ndarray], n_grid
 
     meta = {"Description": f"lit_diffusion sample.py run {run_id}"}
     if samples.ndim == 4 and samples.shape[1] in (1, 3):
+        from .pictures import image_grid
+
         x = samples[:n_grid]
-        g = _image_grid(x, grid_columns(len(x), n_grid))
+        g = image_grid(x, grid_columns(len(x), n_grid))
 
         def write(tmp):
-            plt.imsave(tmp, g, cmap="gray" if g.ndim == 2 else None, vmin=0, vmax=1, format="png", metadata=meta)
+            plt.imsave(tmp, g, cmap="gray" if g.ndim == 2 else None, vmin=0, vmax=255, format="png", metadata=meta)
 
         return write
     if samples.ndim == 2 and samples.shape[1] == 2:
