@@ -106,3 +106,36 @@ def test_retrieve_timesteps_with_sigmas_and_timesteps():
         s.set_timesteps(sigmas=[1.0, 2.0])
     with pytest.raises(ValueError, match="either timesteps or sigmas"):
         s.set_timesteps(sigmas=[2.0, 1.0], timesteps=[900, 100])
+
+
+def test_stable_diffusion_style_loop_with_guidance():
+    """The loop of Stable-Diffusion pipelines: retrieve_timesteps, a doubled batch for the
+    unconditional and conditional halves, guidance on the noise prediction, scheduler.step."""
+    from diffusers import UNet2DModel
+    from diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion import retrieve_timesteps
+
+    torch.manual_seed(0)
+    unet = UNet2DModel(sample_size=8, in_channels=4, out_channels=4, block_out_channels=(16, 32), layers_per_block=1,
+                       norm_num_groups=8, down_block_types=("DownBlock2D",) * 2, up_block_types=("UpBlock2D",) * 2,
+                       num_class_embeds=3).eval()
+    torch.nn.init.normal_(unet.class_embedding.weight)
+    sd_config = dict(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", steps_offset=1,
+                     timestep_spacing="leading", clip_sample=False)
+
+    def run(w):
+        sched = SDEScheduler(sampler="ddram", seed=0, **sd_config)
+        timesteps, _ = retrieve_timesteps(sched, 6)
+        g = torch.Generator().manual_seed(0)
+        latents = torch.randn(2, 4, 8, 8, generator=g) * sched.init_noise_sigma
+        cond, uncond = torch.tensor([1, 2]), torch.tensor([0, 0])
+        with torch.no_grad():
+            for t in timesteps:
+                inp = sched.scale_model_input(torch.cat([latents] * 2), t)
+                noise_uncond, noise_cond = unet(inp, t, class_labels=torch.cat([uncond, cond])).sample.chunk(2)
+                noise = noise_uncond + w * (noise_cond - noise_uncond)
+                latents = sched.step(noise, t, latents, generator=g).prev_sample
+        return latents
+
+    a, b = run(7.5), run(1.0)
+    assert torch.isfinite(a).all() and a.shape == (2, 4, 8, 8)
+    assert (a - b).abs().max() > 1e-3
