@@ -1,4 +1,4 @@
-"""Offsets, per-sample spread and cost of the training losses on an analytic target (ALGORITHMS.md §3).
+"""Offsets, per-sample spread and cost of the training losses on an analytic target (docs/maths.md §3).
 
     python bench/loss_variance.py [--n 8192] [--sde VP] [--target ring8_2d]
 

@@ -1,4 +1,4 @@
-"""Prior mismatch at T of every SDE: KL(q_T || prior) for analytic targets (ALGORITHMS.md §1, §6).
+"""Prior mismatch at T of every SDE: KL(q_T || prior) for analytic targets (docs/maths.md §1, §6).
 
     python bench/prior_mismatch.py            # prints the Markdown tables of docs/prior_mismatch.md
 

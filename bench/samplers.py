@@ -1,4 +1,4 @@
-"""Sampler benchmark (issue 3 §4): error against exact samples versus NFE, and the cost of our
+"""Sampler benchmark: error against exact samples versus NFE, and the cost of our
 vectorised DDRaM step against a per-sample SciPy quadrature/root-finding version of the same step.
 
     python bench/samplers.py --quick          # small run (3 schedules, NFE 8/32/128)

@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""The sampler study (issue 5 §3): quality against NFE on swiss roll and MNIST for VP, OU and
+"""The sampler study: quality against NFE on swiss roll and MNIST for VP, OU and
 contractive OU, four samplers, samples side by side at 8/32/128 NFE, and bf16 against fp32.
 
 CPU-sized by default (no GPU in the task that wrote it): small time-conditioned MLPs trained for a
@@ -90,7 +90,7 @@ def train(dataset: str, sde_name: str, steps: int, work: Path, seed: int = 0) ->
         # denoiser (x0) prediction: an epsilon-predicting MLP of width 256 < 784 cannot even copy
         # the 784-dim noise at large t (a rank-256 bottleneck: eps-MSE >= 1 - 256/784 = 0.67, measured
         # 0.69 on a first run); the denoiser lives near the digit manifold and the conversion to
-        # epsilon/score adds the skip term x - alpha D exactly (ALGORITHMS.md §2)
+        # epsilon/score adds the skip term x - alpha D exactly (docs/maths.md §2)
         net = TimeMLP(dim=784, hidden=256, n_blocks=2, T=sde.T, prediction_type="denoiser")
         dm = TensorDataModule(xtr, batch_size=128, val_fraction=0.0)
         lr = 1e-3

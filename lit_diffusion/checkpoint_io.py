@@ -1,4 +1,4 @@
-"""Crash-safe checkpoint files (issue 4 §7).
+"""Crash-safe checkpoint files.
 
 Why this exists: Lightning 2.6's ``TorchCheckpointIO`` saves through
 ``lightning.fabric.utilities.cloud_io._atomic_save``: it serialises to memory, then writes inside an

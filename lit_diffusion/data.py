@@ -7,7 +7,7 @@ mixture, image folders with one sub-folder per class).  ``num_classes`` is ``Non
 data; ``labels=False`` drops the labels. Each keeps a seeded held-out split (``val_fraction``) for
 evaluation (:meth:`BaseDataModule.eval_data`) and exposes ``data_shape`` (the shape of one sample).
 
-* :class:`SwissRollDataModule` -- scikit-learn's swiss roll, the ``(x, z)`` plane (seed 003's 2-D
+* :class:`SwissRollDataModule` -- scikit-learn's swiss roll, the ``(x, z)`` plane (Claustre, "Score-Based Diffusion Models via SDEs"'s 2-D
   experiment), scaled by ``scale`` (``1/7`` by default, the scale of
   :func:`lit_diffusion.targets.swissroll_2d`) or standardised.
 * :class:`MixtureDataModule` -- samples of an analytic mixture preset

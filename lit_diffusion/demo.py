@@ -2,7 +2,7 @@
 
     python -m lit_diffusion.demo --out outputs/demo.png [--target ring8_2d] [--sde VP] [--steps 500]
 
-Plain Euler–Maruyama on the reverse-time SDE (ALGORITHMS.md §1 and §5, seed 003 eq. 13),
+Plain Euler–Maruyama on the reverse-time SDE (docs/maths.md §1 and §5, Claustre, "Score-Based Diffusion Models via SDEs" eq. 13),
 ``X_s = X_t - h [a(t) X_t + b(t) - g(t)^2 s(X_t, t)] + g(t) sqrt(h) z``, on a uniform grid from
 ``T`` down to ``t_min``, started from the SDE's prior; the score ``s`` is the exact score of the
 Gaussian-mixture target (``lit_diffusion.targets``), so the only errors are the discretisation, the

@@ -10,7 +10,7 @@ of :mod:`lit_diffusion.samplers` can run on any grid of fractional timesteps in 
   ``t = k`` (float64), extended by the knot ``(t = -1, log abar = 0)``, where the data lives
   (``alpha = 1, sigma = 0``).  The interpolant is monotone whenever ``abar`` is, and it reproduces the
   table exactly at integer timesteps, so ``add_noise`` at integer ``k`` equals diffusers'.
-* VP structure (ALGORITHMS.md §1): ``sigma^2 = 1 - alpha^2``, ``m = 0``, prior ``N(0, I)``;
+* VP structure (docs/maths.md §1): ``sigma^2 = 1 - alpha^2``, ``m = 0``, prior ``N(0, I)``;
   ``a(t) = d log alpha / dt`` is piecewise constant, ``a = (log abar_k - log abar_{k-1}) / 2`` on the
   segment ``(k-1, k]`` (left-continuous: at a knot the slope of the segment *below*, the one a reverse
   step from ``k`` traverses), i.e. ``a = log(1 - beta_k) / 2 ~ -beta_k / 2``; ``g^2 = -2 a``, which is

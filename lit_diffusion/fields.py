@@ -1,7 +1,7 @@
 """A uniform view of anything that can drive a sampler or a loss.
 
 A *field* answers ``field(x, t, kind)``: the prediction of type ``kind`` (score, epsilon, denoiser,
-v, relative_score; ALGORITHMS.md §2) at state ``x`` and time ``t``.  It wraps
+v, relative_score; docs/maths.md §2) at state ``x`` and time ``t``.  It wraps
 
 * an ``nn.Module`` (or any callable ``net(x, t)``) with a declared ``prediction_type``; the network
   may run in bf16/fp16 (``network_dtype``) while the conversion arithmetic stays in float32/64;

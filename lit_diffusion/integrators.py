@@ -1,4 +1,4 @@
-"""Exponential-integrator coefficients ``Phi, W, V`` of ALGORITHMS.md §5.
+"""Exponential-integrator coefficients ``Phi, W, V`` of docs/maths.md §5.
 
 In centred coordinates ``X~ = X - m(t)`` the reverse dynamics with the field ``F`` frozen read
 ``dX~ = [c(u) X~ + e(u) F] du + g(u) dW`` (integrated from ``t`` down to ``s < t``) and one step is
@@ -476,10 +476,12 @@ class ExpIntegrator:
 
     # -- DDRaM midpoint law -------------------------------------------------------------------------
     def midpoint(self, s, t, u) -> Tensor:
-        """Midpoint ``tau in (s, t)`` with density ``∝ Phi(s,tau)|e(tau)|`` by inverse CDF:
-        the mass on ``(s, tau)`` equals ``u W(s,t)`` for ``u ~ U(0,1)``."""
+        """Midpoint ``tau in (s, t)`` with density ``∝ Phi(s,tau)|e(tau)|`` by inverse CDF, for
+        ``u ~ U(0,1)`` counted **from the start of the step** ``t`` (the convention of docs/maths.md §5
+        and of the DDRaM paper's reference implementation): the mass on ``(tau, t)`` is ``u W(s,t)``."""
         s, t, u = _t64(s), _t64(t), _t64(u)
         s, t, u = torch.broadcast_tensors(s, t, u)
+        u = 1.0 - u  # the inverse CDFs below measure the mass from s
         if not self.closed_mid:
             return self.table.midpoint(s, t, u)
         sde = self.sde

@@ -1,4 +1,4 @@
-"""Score-matching training losses (ALGORITHMS.md §3; seed 003 §4).
+"""Score-matching training losses (docs/maths.md §3; Claustre, "Score-Based Diffusion Models via SDEs" §4).
 
 Every loss is a small callable object::
 

@@ -16,7 +16,7 @@ Low-dimensional metrics (arrays ``(N, d)``; ``(N,)`` is read as ``d = 1``; image
 - :func:`kl_gaussian` — exact ``KL(N(m1,C1) || N(m2,C2))``; :func:`kl_gaussian_fit` — the KL of the
   empirical Gaussian fit of samples against an analytic Gaussian target, with its exact expected value
   for exact samples (the finite-sample floor).  For a single-Gaussian target every linear sampler's
-  output is Gaussian, so this KL is exact (ALGORITHMS.md §6).
+  output is Gaussian, so this KL is exact (docs/maths.md §6).
 - :func:`w2_gaussian` — closed-form W2 between Gaussians (also the Fréchet distance).
 
 Image metrics: :func:`frechet_distance` (float64, features -> number) and :func:`fid` (images ->

@@ -4,7 +4,7 @@ The three parts are pluggable by config (jsonargparse ``class_path`` + ``init_ar
 shorthand ``--model.sde VP --model.sde.beta_max 20``):
 
 * ``net``: any ``nn.Module`` called as ``net(x, t)`` with a declared ``prediction_type``
-  (``epsilon``, ``score``, ``denoiser`` or ``v``; ALGORITHMS.md §2), e.g.
+  (``epsilon``, ``score``, ``denoiser`` or ``v``; docs/maths.md §2), e.g.
   :class:`lit_diffusion.networks.TimeMLP` or :class:`lit_diffusion.networks.UNet`;
 * ``sde``: a :class:`lit_diffusion.sdes.LinearSDE` (§1) or its name;
 * ``loss``: a loss of :mod:`lit_diffusion.losses` (DSM/SSM/ISM/ESM, §3) or its name.

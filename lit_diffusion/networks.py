@@ -1,7 +1,7 @@
 """Score networks called as ``net(x, t)`` with continuous time ``t in [0, T]``.
 
 * :class:`TimeMLP` -- a time-conditioned residual MLP for low-dimensional data (swiss roll, mixtures;
-  the MLP of seed 003's 2-D experiments).
+  the MLP of Claustre, "Score-Based Diffusion Models via SDEs"'s 2-D experiments).
 * :class:`UNet` -- a thin wrapper around diffusers' :class:`~diffusers.UNet2DModel` with presets for
   8x8 (scikit-learn digits), 28x28 (MNIST) and 32x32 (CIFAR-10) images, plus a ``tiny`` preset for
   tests. The continuous time is mapped to the UNet's timestep input as ``t * time_scale / T``
@@ -12,7 +12,7 @@ Class-conditional networks (``num_classes=K``) take ``net(x, t, class_labels=y)`
 of the embedding), so one network is both the conditional and the unconditional model of
 classifier-free guidance (Ho & Salimans, "Classifier-Free Diffusion Guidance").
 
-Every network has a ``prediction_type`` attribute (ALGORITHMS.md §2: ``epsilon``, ``score``,
+Every network has a ``prediction_type`` attribute (docs/maths.md §2: ``epsilon``, ``score``,
 ``denoiser`` or ``v``), returns a tensor shaped like ``x`` and accepts ``t`` as a scalar or a
 per-sample tensor ``(B,)``. Each keeps its constructor arguments in ``config`` (plain Python
 values) so that checkpoints only hold plain types (``weights_only=True`` loading).
@@ -124,7 +124,7 @@ class TimeMLP(nn.Module):
         n_blocks: number of residual blocks (LayerNorm -> Linear -> +time -> SiLU -> Linear).
         time_dim: size of the sinusoidal time embedding.
         T: time horizon of the SDE (t is embedded as t / T).
-        prediction_type: what the network predicts (ALGORITHMS.md §2).
+        prediction_type: what the network predicts (docs/maths.md §2).
         dropout: dropout inside the blocks.
         zero_init: start the output layer at zero (the initial prediction is 0).
         num_classes: class-conditional with this many classes (a label embedding added to the time
@@ -227,7 +227,7 @@ class UNet(nn.Module):
         dropout: dropout in the ResNet blocks.
         T: time horizon of the SDE.
         time_scale: the UNet sees the timestep ``t * time_scale / T`` (1000: DDPM's convention).
-        prediction_type: what the network predicts (ALGORITHMS.md §2).
+        prediction_type: what the network predicts (docs/maths.md §2).
         num_classes: class-conditional with this many classes (``UNet2DModel``'s class embedding with
             ``num_classes + 1`` entries, the last one the "no label" token); ``None``: unconditional.
     """

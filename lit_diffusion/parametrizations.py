@@ -1,4 +1,4 @@
-"""What a network predicts, and the exact conversions between predictions (ALGORITHMS.md §2).
+"""What a network predicts, and the exact conversions between predictions (docs/maths.md §2).
 
 With ``X~ = X - m(t)`` the centred state and ``X~ = alpha x0 + sigma eps``:
 

@@ -1,4 +1,4 @@
-"""Stop training on non-finite numbers *before* they reach a checkpoint (issue 4 §7).
+"""Stop training on non-finite numbers *before* they reach a checkpoint.
 
 :class:`ScoreModule` already stops on a NaN/inf **loss** (``stop_on_nonfinite``). A finite loss can
 still come with an inf/NaN **gradient** (an overflow in the backward pass, a bad custom op); with

@@ -1,4 +1,4 @@
-"""Samplers for the reverse dynamics of a linear SDE (ALGORITHMS.md §4–§6).
+"""Samplers for the reverse dynamics of a linear SDE (docs/maths.md §4–§6).
 
 Samplers: ``euler`` (Euler–Maruyama / probability-flow Euler), ``exponential_euler``, ``ddram``
 (randomized midpoint), ``pc`` (predictor + Langevin corrector), ``localization`` (= denoiser
@@ -145,7 +145,7 @@ def _per_sample_norm(v: Tensor) -> Tensor:
 # pure step functions (field values are inputs)
 # --------------------------------------------------------------------------------------------
 def euler_step(x_t: Tensor, score: Tensor, t, s, sde: LinearSDE, noise: Optional[Tensor] = None, ode: bool = False) -> Tensor:
-    """Euler–Maruyama for the reverse SDE (§5, seed 003 eq. 13), or Euler for the probability-flow
+    """Euler–Maruyama for the reverse SDE (§5, Claustre, "Score-Based Diffusion Models via SDEs" eq. 13), or Euler for the probability-flow
     ODE: ``X_s = X_t - h [a X_t + b - k g^2 s] + g sqrt(h) z`` with ``k = 1`` (SDE) or ``1/2`` (ODE)."""
     t, s = _times(t, x_t), _times(s, x_t)
     dtype = compute_dtype(x_t)
@@ -244,7 +244,7 @@ def langevin_corrector_step(
 
 
 def moment_matching_step(x_t: Tensor, D_t: Tensor, cov_sqrt_apply: Callable[[Tensor], Tensor], t, s, integ: ExpIntegrator, noise: Tensor) -> Tensor:
-    """Second-order moment matching (seed 000, Theorem 3 / Remark 5; §5):
+    """Second-order moment matching (Reeves & Pfister, "Information-Theoretic Proofs for Diffusion Sampling", Theorem 3 / Remark 5; §5):
     ``X~_s = Phi X~_t + W D + (W^2 Sigma + V I)^{1/2} z`` with ``Sigma = Cov(X_0 | X_t)``.
     ``cov_sqrt_apply(z)`` must return ``(W^2 Sigma + V I)^{1/2} z`` (see :func:`posterior_cov_sqrt_apply`).
     In localization coordinates this is ``Z_k = Z_{k-1} + d f + (d^2 Sigma + d I)^{1/2} N``."""
@@ -470,7 +470,7 @@ class ExpEulerStepper(Stepper):
 
 
 class LocalizationStepper(ExpEulerStepper):
-    """Discrete-time stochastic localization (seed 000 eq. 1) == denoiser exponential Euler (§5)."""
+    """Discrete-time stochastic localization (Reeves & Pfister, "Information-Theoretic Proofs for Diffusion Sampling" eq. 1) == denoiser exponential Euler (§5)."""
 
     name = "localization"
 
@@ -633,7 +633,7 @@ class PCStepper(Stepper):
 
 
 class MomentMatchingStepper(ExpEulerStepper):
-    """Second-order moment matching (seed 000 Remark 5).  ``advance(D, noise, cov_sqrt_apply=...)``
+    """Second-order moment matching (Reeves & Pfister, "Information-Theoretic Proofs for Diffusion Sampling" Remark 5).  ``advance(D, noise, cov_sqrt_apply=...)``
     needs the posterior-covariance square root, i.e. Jacobians of the network: :func:`sample`
     builds it with :func:`posterior_cov_sqrt_apply`; a diffusers pipeline cannot."""
 
@@ -771,7 +771,7 @@ def sample(
     progress: Optional[bool] = None,
     **sampler_options,
 ) -> SampleResult:
-    """Integrate the reverse dynamics of ``sde`` from ``T`` down to ``t_min`` (ALGORITHMS.md §4–§5).
+    """Integrate the reverse dynamics of ``sde`` from ``T`` down to ``t_min`` (docs/maths.md §4–§5).
 
     Args:
         field: a :class:`~lit_diffusion.fields.Field`, an ``nn.Module`` with ``prediction_type``

@@ -1,4 +1,4 @@
-"""Implementation of ``sample.py``: any checkpoint -> samples on disk (issue 5 §1; ``docs/sampling.md``).
+"""Implementation of ``sample.py``: any checkpoint -> samples on disk (``docs/sampling.md``).
 
 ::
 
@@ -11,7 +11,7 @@ Inputs: a Lightning checkpoint of :class:`~lit_diffusion.module.ScoreModule` (re
 (``unet/`` holding a ``UNet2DModel`` and ``scheduler/scheduler_config.json``; the scheduler config is
 turned into our SDE by :class:`~lit_diffusion.scheduler.SDEScheduler`: a ``betas`` table becomes a
 :class:`~lit_diffusion.discrete_vp.DiscreteVP` in the network's own timestep units).  Sampling runs
-:func:`lit_diffusion.samplers.sample` (ALGORITHMS.md §4–§5) with any sampler / steps / schedule /
+:func:`lit_diffusion.samplers.sample` (docs/maths.md §4–§5) with any sampler / steps / schedule /
 parametrization / ``--ode``.
 
 Precision: ``--precision fp32|bf16|fp16`` runs the *network* under ``torch.autocast`` in that dtype
@@ -79,7 +79,7 @@ from .checkpoint_io import CheckpointError  # noqa: E402  (re-exported: sample.p
 # ------------------------------------------------------------------------------------------------
 class AutocastNet(nn.Module):
     """``net(x, t)`` run under ``torch.autocast`` in ``dtype`` (bf16/fp16) and returned in float32,
-    so that everything downstream (conversions, sampler arithmetic) stays in float32 (ALGORITHMS.md
+    so that everything downstream (conversions, sampler arithmetic) stays in float32 (docs/maths.md
     §5: the SDE arithmetic never runs in low precision).  ``dtype=float32`` calls the net directly.
     ``on_call`` (optional) is called after every evaluation (progress bars)."""
 

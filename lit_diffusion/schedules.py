@@ -1,4 +1,4 @@
-"""Time grids for sampling (ALGORITHMS.md §4): ``t_0 = T > t_1 > ... > t_N = t_min``.
+"""Time grids for sampling (docs/maths.md §4): ``t_0 = T > t_1 > ... > t_N = t_min``.
 
 * ``uniform``   uniform in ``t``;
 * ``bbdd``      Benton–De Bortoli–Doucet–Deligiannidis: in OU-equivalent time

@@ -1,4 +1,4 @@
-"""Linear forward SDEs with scalar diffusion (ALGORITHMS.md §1).
+"""Linear forward SDEs with scalar diffusion (docs/maths.md §1).
 
 Every SDE here has the form ``dX = (a(t) X + b(t)) dt + g(t) dW`` and Gaussian transition kernels
 ``X_t | X_0 = x ~ N(alpha(t) x + m(t), sigma(t)^2 I)``.  Subclasses give the closed forms of
@@ -318,7 +318,7 @@ class OU(LinearSDE):
 
     The defaults ``theta=1, mu=0, sigma=sqrt(2)`` give the standard OU of the theory papers
     (``alpha = e^{-t}``, ``sigma^2 = 1 - e^{-2t}``).  ``T=5`` makes the prior mismatch small
-    (``KL <= e^{-2T} KL(q_0 || N(0, I))``); seed 003 uses ``T=1``.
+    (``KL <= e^{-2T} KL(q_0 || N(0, I))``); Claustre, "Score-Based Diffusion Models via SDEs" uses ``T=1``.
     """
 
     def __init__(self, theta: float = 1.0, mu: float = 0.0, sigma: float = 2**0.5, T: float = 5.0, t_min: float = 1e-3):
@@ -365,7 +365,7 @@ class OU(LinearSDE):
 
 
 class ContractiveOU(OU):
-    """Contractive OU ``dX = theta (X - mu) dt + sigma dW`` (seed 003 §3.5).
+    """Contractive OU ``dX = theta (X - mu) dt + sigma dW`` (Claustre, "Score-Based Diffusion Models via SDEs" §3.5).
 
     The SNR tends to ``2 theta / sigma^2 > 0``: the state at ``T`` keeps part of the data, so the
     prior ``N(m(T), sigma(T)^2)`` is biased by design (KL(q_T || prior) of 0.5-1.9 nats per 1-D/2-D

@@ -1,4 +1,4 @@
-"""Analytic targets: Gaussian mixtures with exact forward marginals (ALGORITHMS.md §6).
+"""Analytic targets: Gaussian mixtures with exact forward marginals (docs/maths.md §6).
 
 For ``p_0 = sum_k w_k N(mu_k, C_k)`` and a linear SDE, the marginal at ``t`` is
 ``sum_k w_k N(alpha mu_k + m, alpha^2 C_k + sigma^2 I)``.  With the eigendecomposition

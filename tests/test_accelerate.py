@@ -1,4 +1,4 @@
-"""Accelerate launcher (issue 4 §5): ``lit_diffusion/accelerate_train.py``.
+"""Accelerate launcher: ``lit_diffusion/accelerate_train.py``.
 
 * two real processes on CPU (``accelerate launch --multi_gpu --num_processes 2`` + ``Accelerator(cpu=True)``,
   gloo): world size 2, different data shards, identical replicas (raw and EMA weights) after training,

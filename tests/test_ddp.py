@@ -1,4 +1,4 @@
-"""Lightning DDP through Trainer flags (issue 4 §5): two real processes on CPU (gloo).
+"""Lightning DDP through Trainer flags: two real processes on CPU (gloo).
 
 ``tests/scripts/ddp_lightning.py`` is started as a plain ``python script.py`` subprocess; Lightning
 re-launches it as rank 1.  Checked: both processes ran (world size 2, distinct pids, ranks 0 and 1),

@@ -1,5 +1,5 @@
 """The ``evaluate`` entry point end to end on small files in tmp_path, with numbers checked against
-closed forms (translation => W1 = shift; Gaussian target => exact KL, ALGORITHMS.md §6), and clear
+closed forms (translation => W1 = shift; Gaussian target => exact KL, docs/maths.md §6), and clear
 errors for bad inputs (nothing written on failure)."""
 
 import json

@@ -1,4 +1,4 @@
-"""Exponential-integrator coefficients (ALGORITHMS.md §5): closed forms vs the float64 table
+"""Exponential-integrator coefficients (docs/maths.md §5): closed forms vs the float64 table
 fallback vs scipy quadrature, semigroup/composition identities and the standard-OU formulas."""
 
 import math
@@ -122,10 +122,11 @@ def test_standard_ou_formulas():
     assert torch.allclose(rel.phi(s, t), torch.exp(-h))
     assert torch.allclose(rel.W(s, t), 2 * (1 - torch.exp(-h)))
     assert torch.allclose(rel.V(s, t), 1 - torch.exp(-2 * h))
-    # DDRaM midpoint: rho = t - tau = log(1 + u'(e^h - 1)) with u' = 1 - u
+    # DDRaM midpoint: rho = t - tau = log(1 + u (e^h - 1)), u counted from the start t of the step
+    # (docs/maths.md §5, the paper's reference implementation)
     u = torch.tensor([0.1, 0.5, 0.9], dtype=torch.float64)
     rho = t - rel.midpoint(s, t, u)
-    assert torch.allclose(rho, torch.log1p((1 - u) * torch.expm1(h)))
+    assert torch.allclose(rho, torch.log1p(u * torch.expm1(h)))
 
 
 @pytest.mark.parametrize("name", ["VP", "VE", "SubVP", "CVP"])
@@ -146,7 +147,7 @@ def test_denoiser_closed_form_and_ddim(name):
 @pytest.mark.parametrize("name", ["SubVP", "VP", "COU"])
 @pytest.mark.parametrize("param", PARAMS)
 def test_midpoint_cdf_against_quad(name, param):
-    """The mass of Phi(s,.)|e(.)| on (s, tau(u)) is u W(s,t)."""
+    """The mass of Phi(s,.)|e(.)| on (tau(u), t) is u W(s,t): u counts from the start t of the step."""
     sde = SDES[name]()
     c, e, _ = _integrands(sde, param, False)
     integ = get_integrator(sde, param)
@@ -154,7 +155,7 @@ def test_midpoint_cdf_against_quad(name, param):
     for u in (0.1, 0.5, 0.93):
         tau = float(integ.midpoint(s, t, u))
         Phi = lambda u_: math.exp(integrate.quad(c, u_, s, epsabs=0, epsrel=1e-12)[0])
-        mass = integrate.quad(lambda w: Phi(w) * e(w), s, tau, epsabs=0, epsrel=1e-10)[0]
+        mass = integrate.quad(lambda w: Phi(w) * e(w), tau, t, epsabs=0, epsrel=1e-10)[0]
         assert mass == pytest.approx(u * float(integ.W(s, t)), rel=1e-6)
 
 

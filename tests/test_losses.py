@@ -1,4 +1,4 @@
-"""Training losses (ALGORITHMS.md §3): SSM, ISM and DSM equal ESM up to network-independent
+"""Training losses (docs/maths.md §3): SSM, ISM and DSM equal ESM up to network-independent
 constants, ESM/DSM of the exact score, importance sampling of t, training signal, shapes, errors.
 
 Monte-Carlo tolerances: every comparison of two estimates uses common random numbers (the same seeded

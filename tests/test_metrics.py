@@ -1,5 +1,5 @@
 """lit_diffusion.metrics and the MNIST feature net: closed forms for Gaussians (W1, W2, sliced W2,
-MMD², KL — ALGORITHMS.md §6 uses exact Gaussian KLs as ground truth), cross-checks against POT, and
+MMD², KL — docs/maths.md §6 uses exact Gaussian KLs as ground truth), cross-checks against POT, and
 FID-MNIST behaviour on real / held-out / noisy digits."""
 
 import importlib.util

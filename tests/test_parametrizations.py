@@ -1,4 +1,4 @@
-"""Prediction types and their exact conversions (ALGORITHMS.md §2), and the Field adapter."""
+"""Prediction types and their exact conversions (docs/maths.md §2), and the Field adapter."""
 
 import itertools
 

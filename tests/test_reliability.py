@@ -1,4 +1,4 @@
-"""Reliability of training (issue 4 §7).
+"""Reliability of training.
 
 * SIGKILL: ``train.py`` killed at random times resumes with ``--ckpt_path last`` exactly where its last
   checkpoint left off (same global step, same weights), and every checkpoint file ever present loads

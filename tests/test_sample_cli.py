@@ -1,6 +1,6 @@
 """sample.py (lit_diffusion.sampling_cli) end to end: a tiny Lightning checkpoint from a real Trainer
 run and a tiny diffusers pipeline folder; the samples are checked against the library sampler
-(ALGORITHMS.md §4–§5) and the diffusers scheduler loop, per-sample seeds, precision, formats, and
+(docs/maths.md §4–§5) and the diffusers scheduler loop, per-sample seeds, precision, formats, and
 every bad input -> a clear error and no file."""
 
 from __future__ import annotations

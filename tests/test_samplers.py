@@ -1,6 +1,6 @@
-"""Samplers (ALGORITHMS.md §4–§6): convergence with exact/Monte-Carlo KLs on Gaussian targets,
+"""Samplers (docs/maths.md §4–§6): convergence with exact/Monte-Carlo KLs on Gaussian targets,
 exactness on the standard OU, the DDRaM midpoint law and shared Brownian path, the localization
-identities of seed 000 (Lemma 2, Theorem 1, equivalence with denoiser exponential Euler), the
+identities of Reeves & Pfister, "Information-Theoretic Proofs for Diffusion Sampling" (Lemma 2, Theorem 1, equivalence with denoiser exponential Euler), the
 faster rate of moment matching, batch-size invariance, shapes/dtypes and errors."""
 
 import math
@@ -208,7 +208,7 @@ def test_ddram_shared_brownian_path(sde, param):
 
 
 # ---------------------------------------------------------------------------------------------
-# localization (seed 000)
+# localization (Reeves & Pfister, "Information-Theoretic Proofs for Diffusion Sampling")
 # ---------------------------------------------------------------------------------------------
 def _ring_sl_mean(target, z, tsl):
     """E[X | t X + sqrt(t) N = z] for an isotropic Gaussian mixture, written directly."""

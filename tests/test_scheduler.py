@@ -1,4 +1,4 @@
-"""SDEScheduler inside real diffusers pipelines, and its accuracy (ALGORITHMS.md §5, §6).
+"""SDEScheduler inside real diffusers pipelines, and its accuracy (docs/maths.md §5, §6).
 
 * a tiny random ``UNet2DModel`` in a real ``DDPMPipeline`` gives finite images of the right shape
   for every sampler; a pipeline folder with our scheduler saves and loads;
@@ -241,10 +241,11 @@ def test_ddram_midpoints_in_timesteps_follow_the_stepper_law():
     assert bool(((mids < grid[:-1]) & (mids > grid[1:])).all())
     tau = sched.stepper.midpoint(grid[:-1], grid[1:], sched._u)
     assert torch.allclose(mids, tau, rtol=1e-12)
-    # denoiser parametrization: the midpoint is uniform in SNR between the step's end points (§5)
+    # denoiser parametrization: the midpoint is uniform in SNR between the step's end points, u counted
+    # from the start of the step (docs/maths.md §5)
     lam = sched.sde.snr(mids)
     lt, ls = sched.sde.snr(grid[:-1]), sched.sde.snr(grid[1:])
-    assert torch.allclose((ls - lam) / (ls - lt), sched._u, atol=1e-8)
+    assert torch.allclose((lam - lt) / (ls - lt), sched._u, atol=1e-8)
     # the same seed config gives the same midpoints; another generator gives others
     again = SDEScheduler(sampler="ddram")
     again.set_timesteps(8)
@@ -360,7 +361,7 @@ def test_errors_name_the_bad_value():
 
 
 # --------------------------------------------------------------------------------------------
-# DiscreteVP: the DDPM table as a VP SDE in timestep units (ALGORITHMS.md §1)
+# DiscreteVP: the DDPM table as a VP SDE in timestep units (docs/maths.md §1)
 # --------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("beta_schedule", ["linear", "scaled_linear", "squaredcos_cap_v2", "sigmoid"])
 def test_discrete_vp_matches_the_ddpm_table(beta_schedule):

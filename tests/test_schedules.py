@@ -1,4 +1,4 @@
-"""Time grids of ALGORITHMS.md §4: end points, monotonicity and each schedule's defining property."""
+"""Time grids of docs/maths.md §4: end points, monotonicity and each schedule's defining property."""
 
 import pytest
 import torch

@@ -1,4 +1,4 @@
-"""Forward SDEs (ALGORITHMS.md §1): closed forms against float64 numerical integration, derived
+"""Forward SDEs (docs/maths.md §1): closed forms against float64 numerical integration, derived
 identities, Euler–Maruyama marginals, numerical safety, broadcasting, dtypes, prior mismatch, bad
 arguments."""
 

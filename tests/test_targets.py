@@ -1,4 +1,4 @@
-"""Analytic Gaussian-mixture targets (ALGORITHMS.md §6): exact score, denoiser, posterior
+"""Analytic Gaussian-mixture targets (docs/maths.md §6): exact score, denoiser, posterior
 covariance and log-density of the forward marginal; sampling; presets; bad arguments."""
 
 import math
