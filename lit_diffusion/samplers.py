@@ -733,6 +733,63 @@ class SampleResult(NamedTuple):
     times: Optional[Tensor] = None
 
 
+def _initial_state(sde, x_T, shape, generator, device, dtype) -> Tensor:
+    """``x_T`` (moved to ``device``) or a draw from the prior of shape ``shape``."""
+    if x_T is not None:
+        return x_T.to(device=device) if device is not None else x_T
+    if shape is None:
+        raise ValueError("give x_T or shape")
+    return sde.prior_sampling(shape, generator=generator, device=device, dtype=dtype)
+
+
+def _time_grid(sde, timesteps, steps, schedule, device) -> Tensor:
+    """The step grid: explicit ``timesteps`` (strictly decreasing) or ``steps`` of ``schedule``."""
+    if timesteps is None:
+        return get_timesteps(sde, steps, schedule, device=device).to(device)
+    grid = torch.as_tensor(timesteps, dtype=torch.float64).flatten()
+    if grid.numel() < 2 or not bool((grid[1:] < grid[:-1]).all()):
+        raise ValueError("timesteps must be a strictly decreasing sequence of at least 2 times")
+    return grid.to(device)
+
+
+def _check_midpoint_u(midpoint_u, stepper, sampler: str, grid: Tensor, x: Tensor):
+    if midpoint_u is None:
+        return None
+    if not stepper.needs_midpoint:
+        raise ValueError(f"midpoint_u is only used by samplers with a random midpoint; {sampler!r} has none")
+    midpoint_u = torch.as_tensor(midpoint_u, dtype=torch.float64, device=x.device)
+    n = grid.numel() - 1
+    if midpoint_u.shape not in ((n,), (n, x.shape[0])):
+        raise ValueError(
+            f"midpoint_u of shape {tuple(midpoint_u.shape)} does not fit {n} steps and a batch "
+            f"of {x.shape[0]}; expected ({n},) or ({n}, {x.shape[0]})"
+        )
+    if not bool(((midpoint_u > 0) & (midpoint_u < 1)).all()):
+        raise ValueError("midpoint_u must lie strictly inside (0, 1)")
+    return midpoint_u
+
+
+def _progress_bar(progress, n_steps: int, sampler: str):
+    if progress is None:
+        progress = n_steps >= 100 and sys.stderr.isatty()
+    if not progress:
+        return None
+    from tqdm.auto import tqdm
+
+    return tqdm(total=n_steps, desc=f"{sampler} x{n_steps}", unit="step", file=sys.stderr)
+
+
+def _step_with_known(stepper, field, x: Tensor, t: Tensor, s: Tensor, u, generator, inpaint) -> Tensor:
+    """One step, with the known part replaced (and the RePaint repeats) when inpainting."""
+    if inpaint is None:
+        return _one_step(stepper, field, x, t, s, u, generator)
+    for j in range(inpaint.resample):
+        x = inpaint.replace(_one_step(stepper, field, x, t, s, u, generator), s, generator)
+        if j < inpaint.resample - 1:  # RePaint: back to t, and the step again
+            x = inpaint.renoise(x, s, t, generator)
+    return x
+
+
 def _one_step(stepper, field, x: Tensor, t: Tensor, s: Tensor, u, generator) -> Tensor:
     """One step of ``stepper`` from ``t`` to ``s`` with its field evaluations."""
     st = stepper.start(x, t, s, u=u, generator=generator)
@@ -816,56 +873,22 @@ def sample(
 
     inpaint = as_known_part(sde, known, mask, resample)
     field = as_field(field, sde, prediction_type=prediction_type, class_labels=class_labels, guidance_scale=guidance_scale)
-    if timesteps is not None:
-        grid = torch.as_tensor(timesteps, dtype=torch.float64).flatten()
-        if grid.numel() < 2 or not bool((grid[1:] < grid[:-1]).all()):
-            raise ValueError("timesteps must be a strictly decreasing sequence of at least 2 times")
-    if x_T is None:
-        if shape is None:
-            raise ValueError("give x_T or shape")
-        x = sde.prior_sampling(shape, generator=generator, device=device, dtype=dtype)
-    else:
-        x = x_T.to(device=device) if device is not None else x_T
-    if timesteps is None:
-        grid = get_timesteps(sde, steps, schedule, device=x.device)
-    grid = grid.to(x.device)
-    if midpoint_u is not None:
-        if not stepper.needs_midpoint:
-            raise ValueError(f"midpoint_u is only used by samplers with a random midpoint; {sampler!r} has none")
-        midpoint_u = torch.as_tensor(midpoint_u, dtype=torch.float64, device=x.device)
-        if midpoint_u.shape not in ((grid.numel() - 1,), (grid.numel() - 1, x.shape[0])):
-            raise ValueError(
-                f"midpoint_u of shape {tuple(midpoint_u.shape)} does not fit {grid.numel() - 1} steps and a batch "
-                f"of {x.shape[0]}; expected ({grid.numel() - 1},) or ({grid.numel() - 1}, {x.shape[0]})"
-            )
-        if not bool(((midpoint_u > 0) & (midpoint_u < 1)).all()):
-            raise ValueError("midpoint_u must lie strictly inside (0, 1)")
+    x = _initial_state(sde, x_T, shape, generator, device, dtype)
+    grid = _time_grid(sde, timesteps, steps, schedule, x.device)
+    midpoint_u = _check_midpoint_u(midpoint_u, stepper, sampler, grid, x)
     if inpaint is not None:
         inpaint.check(x)
         x = inpaint.replace(x, grid[0], generator)
     nfe0 = field.nfe
     traj = [x] if return_trajectory else None
     n_steps = grid.numel() - 1
-    if progress is None:
-        progress = n_steps >= 100 and sys.stderr.isatty()
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=n_steps, desc=f"{sampler} x{n_steps}", unit="step", file=sys.stderr)
+    bar = _progress_bar(progress, n_steps, sampler)
     with torch.no_grad():
         for k in range(n_steps):
             if bar is not None:
                 bar.update(1)
             u = None if midpoint_u is None else midpoint_u[k]
-            repeats = 1 if inpaint is None else inpaint.resample
-            for j in range(repeats):
-                x_next = _one_step(stepper, field, x, grid[k], grid[k + 1], u, generator)
-                if inpaint is not None:
-                    x_next = inpaint.replace(x_next, grid[k + 1], generator)
-                    if j < repeats - 1:  # RePaint: back to t, and the step again
-                        x_next = inpaint.renoise(x_next, grid[k + 1], grid[k], generator)
-                x = x_next
+            x = _step_with_known(stepper, field, x, grid[k], grid[k + 1], u, generator, inpaint)
             if traj is not None:
                 traj.append(x)
         if final_denoise:
