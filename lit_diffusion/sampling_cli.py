@@ -448,12 +448,10 @@ def _check_labels(args, model: "LoadedModel") -> Optional[np.ndarray]:
     return sample_labels(args.class_label, args.n, args.grid)
 
 
-def prepare(args: argparse.Namespace) -> Plan:
-    """Validate every argument, load the model and check shapes: raises before any sampling work."""
-    from .samplers import SAMPLERS, get_stepper
+def _check_budget_args(args, sampler: str) -> None:
+    from .samplers import SAMPLERS
     from .schedules import SCHEDULES, _check_steps, check_schedule
 
-    sampler = str(args.sampler).lower()
     if sampler not in SAMPLERS:
         raise ValueError(f"unknown sampler {args.sampler!r}; valid choices: {list(SAMPLERS)}")
     if args.nfe is not None and args.steps is not None:
@@ -473,6 +471,9 @@ def prepare(args: argparse.Namespace) -> Plan:
         check_schedule(args.schedule)
     except ValueError:
         raise ValueError(f"unknown schedule {args.schedule!r}; valid choices: {list(SCHEDULES)}") from None
+
+
+def _check_output_args(args) -> None:
     if args.precision not in PRECISIONS:
         raise ValueError(f"unknown precision {args.precision!r}; valid choices: {list(PRECISIONS)}")
     if args.format not in FORMATS:
@@ -485,18 +486,21 @@ def prepare(args: argparse.Namespace) -> Plan:
     if isinstance(args.seed, bool) or not isinstance(args.seed, int) or not (0 <= args.seed and args.seed + args.n <= 2**63 - 1):
         raise ValueError(f"--seed {args.seed!r} is invalid; it must be an integer with 0 <= seed and seed + n <= 2**63 - 1 (sample i uses seed + i)")
 
-    options = {}
+
+def _pc_options(args, sampler: str) -> dict:
     pc_opts = {"predictor": args.predictor, "n_corrector": args.n_corrector, "snr": args.snr, "snr_norm": args.snr_norm}
     given = {k: v for k, v in pc_opts.items() if v is not None}
     if given and sampler != "pc":
         raise ValueError(f"options {sorted('--' + k.replace('_', '-') for k in given)} only apply to --sampler pc; got --sampler {sampler!r}")
-    options.update(given)
-    reference = _reference_data(args.reference)
+    return given
 
-    model = load_model(args.checkpoint, ema=not args.no_ema)
+
+def _stepper_and_steps(args, sampler: str, model, options: dict):
+    """The stepper (the denoiser frozen on a DDPM table, as SDEScheduler does: its coefficients are
+    closed forms there) and the number of steps (``--nfe``: the most that fit the budget)."""
+    from .samplers import get_stepper
+
     if args.parametrization is None and _is_discrete(model.sde):
-        # as SDEScheduler does: for a DDPM table the denoiser coefficients are closed forms, the
-        # relative-score / score ones would need a numerical integral table
         pred_name = str(args.predictor or "exponential_euler").lower() if sampler == "pc" else sampler
         if pred_name in ("exponential_euler", "ddram"):
             args.parametrization = "denoiser"
@@ -511,7 +515,11 @@ def prepare(args: argparse.Namespace) -> Plan:
             )
     elif args.steps is None:
         args.steps = 50
+    return stepper
 
+
+def _sample_shape(args, model) -> tuple:
+    """The shape of one sample (checked against ``--shape``), probed with one network evaluation."""
     shape = model.data_shape
     if args.shape is not None:
         want = tuple(int(s) for s in args.shape)
@@ -524,7 +532,6 @@ def prepare(args: argparse.Namespace) -> Plan:
     if shape is None:
         raise ValueError(f"the checkpoint {str(args.checkpoint)!r} does not record its data shape; pass --shape")
     shape = tuple(int(s) for s in shape)
-    # one evaluation of one sample: catches a network that cannot take this shape, before any work
     with torch.no_grad():
         try:
             probe = model.net(torch.zeros((1,) + shape), torch.full((1,), float(model.sde.T)))
@@ -532,6 +539,19 @@ def prepare(args: argparse.Namespace) -> Plan:
             raise ValueError(f"the network of {str(args.checkpoint)!r} cannot take samples of shape {shape}: {e}") from e
     if tuple(probe.shape[1:]) != shape:
         raise ValueError(f"the network of {str(args.checkpoint)!r} returns shape {tuple(probe.shape[1:])} for inputs of shape {shape}")
+    return shape
+
+
+def prepare(args: argparse.Namespace) -> Plan:
+    """Validate every argument, load the model and check shapes: raises before any sampling work."""
+    sampler = str(args.sampler).lower()
+    _check_budget_args(args, sampler)
+    _check_output_args(args)
+    options = _pc_options(args, sampler)
+    reference = _reference_data(args.reference)
+    model = load_model(args.checkpoint, ema=not args.no_ema)
+    stepper = _stepper_and_steps(args, sampler, model, options)
+    shape = _sample_shape(args, model)
     labels = _check_labels(args, model)
     known = _check_inpaint(args, shape, model.decode)
     nfe = (int(args.steps) * int(stepper.evals_per_step)) * int(args.resample) + (1 if args.final_denoise else 0)
