@@ -101,6 +101,81 @@ def _final_denoise(final_denoise: bool, final_sigmas_type) -> bool:
     return final_sigmas_type == "zero"
 
 
+def _check_model_output(model_output, sample, timestep, index) -> None:
+    """The network output must be a finite tensor shaped like the sample (or with twice its channels: a
+    learned-variance network)."""
+    if not isinstance(model_output, Tensor) or not isinstance(sample, Tensor):
+        raise TypeError(
+            f"step() takes tensors; got model_output={type(model_output).__name__}, sample={type(sample).__name__}"
+        )
+    learned_variance = (
+        model_output.ndim == sample.ndim >= 2 and model_output.shape[0] == sample.shape[0]
+        and model_output.shape[1] == 2 * sample.shape[1] and model_output.shape[2:] == sample.shape[2:]
+    )
+    if tuple(model_output.shape) != tuple(sample.shape) and not learned_variance:
+        raise ValueError(
+            f"model_output has shape {tuple(model_output.shape)} but sample has shape {tuple(sample.shape)}; "
+            "they must be equal, or have twice the channels for a learned-variance network (variance half ignored)"
+        )
+    if not bool(torch.isfinite(model_output).all()):
+        bad = int((~torch.isfinite(model_output)).sum())
+        raise FloatingPointError(
+            f"the model output at timestep {_as_float(timestep)!r} (evaluation {index or 0}) has {bad} "
+            "NaN/inf values; the network diverged or ran out of its precision range (try fp32 or bf16)"
+        )
+
+
+def _check_numbers(dynamic_thresholding_ratio, sample_max_value, n_corrector, snr, clip_sample_range) -> None:
+    if not (0.0 < float(dynamic_thresholding_ratio) <= 1.0):
+        raise ValueError(f"dynamic_thresholding_ratio={dynamic_thresholding_ratio!r} is invalid; it must be in (0, 1]")
+    if not (math.isfinite(float(sample_max_value)) and float(sample_max_value) >= 1.0):
+        raise ValueError(f"sample_max_value={sample_max_value!r} is invalid; it must be a finite number >= 1")
+    if isinstance(n_corrector, bool) or int(n_corrector) != n_corrector or int(n_corrector) < 0:
+        raise ValueError(f"n_corrector={n_corrector!r} is invalid; it must be an integer >= 0")
+    if not (math.isfinite(float(snr)) and float(snr) > 0):
+        raise ValueError(f"snr={snr!r} is invalid; it must be a finite number > 0")
+    if not (math.isfinite(float(clip_sample_range)) and float(clip_sample_range) > 0):
+        raise ValueError(f"clip_sample_range={clip_sample_range!r} is invalid; it must be > 0")
+
+
+def _check_sampler_name(sampler) -> str:
+    name = str(sampler).lower()
+    if name in _REFUSED:
+        raise ValueError(_REFUSED[name])
+    if name not in SCHEDULER_SAMPLERS:
+        raise ValueError(
+            f"unknown sampler {sampler!r}; valid choices: {list(SCHEDULER_SAMPLERS)} "
+            f"(moment_matching needs network Jacobians and is only available in lit_diffusion.samplers.sample)"
+        )
+    return name
+
+
+def _check_schedule_name(schedule, sampler: str, timestep_spacing: str) -> str:
+    if schedule is None:
+        from .samplers import default_schedule
+
+        schedule = default_schedule(sampler)
+    if str(schedule).lower() != "diffusers":
+        try:
+            check_schedule(schedule)
+        except ValueError:
+            raise ValueError(f"unknown schedule {schedule!r}; valid choices: {list(SCHEDULES) + ['diffusers']}") from None
+    elif timestep_spacing not in ("linspace", "leading", "trailing"):
+        raise ValueError(f"unknown timestep_spacing {timestep_spacing!r}; valid choices: ['linspace', 'leading', 'trailing']")
+    return str(schedule)
+
+
+def _check_num_steps(n) -> int:
+    if n is None or isinstance(n, bool) or not isinstance(n, (int, np.integer)) and not (
+        isinstance(n, float) and float(n).is_integer()
+    ):
+        raise ValueError(f"num_inference_steps={n!r} is invalid; it must be a positive integer")
+    n = int(n)
+    if n <= 0:
+        raise ValueError(f"num_inference_steps={n!r} is invalid; it must be a positive integer (>= 1)")
+    return n
+
+
 def dynamic_threshold(x0: Tensor, ratio: float = 0.995, max_value: float = 1.0) -> Tensor:
     """Dynamic thresholding of a denoised estimate (Saharia et al., "Photorealistic Text-to-Image
     Diffusion Models with Deep Language Understanding"): per sample, ``s`` is the ``ratio`` quantile of
@@ -185,42 +260,11 @@ class SDEScheduler(SchedulerMixin, ConfigMixin):
         # ---- validate every name before any work ------------------------------------------------
         schedule = _diffusers_schedule(schedule, use_karras_sigmas, timestep_spacing, steps_offset)
         final_denoise = _final_denoise(final_denoise, final_sigmas_type)
-        if not (0.0 < float(dynamic_thresholding_ratio) <= 1.0):
-            raise ValueError(f"dynamic_thresholding_ratio={dynamic_thresholding_ratio!r} is invalid; it must be in (0, 1]")
-        if not (math.isfinite(float(sample_max_value)) and float(sample_max_value) >= 1.0):
-            raise ValueError(f"sample_max_value={sample_max_value!r} is invalid; it must be a finite number >= 1")
+        _check_numbers(dynamic_thresholding_ratio, sample_max_value, n_corrector, snr, clip_sample_range)
         self._final_denoise = bool(final_denoise)
-        name = str(sampler).lower()
-        if name in _REFUSED:
-            raise ValueError(_REFUSED[name])
-        if name not in SCHEDULER_SAMPLERS:
-            raise ValueError(
-                f"unknown sampler {sampler!r}; valid choices: {list(SCHEDULER_SAMPLERS)} "
-                f"(moment_matching needs network Jacobians and is only available in lit_diffusion.samplers.sample)"
-            )
-        if schedule is None:
-            from .samplers import default_schedule
-
-            schedule = default_schedule(name)
-        self._schedule = str(schedule)
-        if str(schedule).lower() != "diffusers":
-            try:
-                check_schedule(schedule)
-            except ValueError:
-                raise ValueError(
-                    f"unknown schedule {schedule!r}; valid choices: {list(SCHEDULES) + ['diffusers']}"
-                ) from None
-        elif timestep_spacing not in ("linspace", "leading", "trailing"):
-            raise ValueError(
-                f"unknown timestep_spacing {timestep_spacing!r}; valid choices: ['linspace', 'leading', 'trailing']"
-            )
+        name = _check_sampler_name(sampler)
+        self._schedule = _check_schedule_name(schedule, name, timestep_spacing)
         self._declared = canonical_prediction(prediction_type)
-        if isinstance(n_corrector, bool) or int(n_corrector) != n_corrector or int(n_corrector) < 0:
-            raise ValueError(f"n_corrector={n_corrector!r} is invalid; it must be an integer >= 0")
-        if not (math.isfinite(float(snr)) and float(snr) > 0):
-            raise ValueError(f"snr={snr!r} is invalid; it must be a finite number > 0")
-        if not (math.isfinite(float(clip_sample_range)) and float(clip_sample_range) > 0):
-            raise ValueError(f"clip_sample_range={clip_sample_range!r} is invalid; it must be > 0")
 
         # ---- the process -------------------------------------------------------------------------
         if sde is None:
@@ -362,46 +406,12 @@ class SDEScheduler(SchedulerMixin, ConfigMixin):
         if timesteps is not None:
             if num_inference_steps is not None:
                 raise ValueError("pass either num_inference_steps or timesteps, not both")
-            grid = torch.as_tensor(np.asarray(timesteps, dtype=np.float64)).flatten()
-            if grid.numel() < 2:
-                raise ValueError(f"timesteps={list(map(float, grid))} needs at least 2 values (one step)")
-            if not bool((grid[:-1] > grid[1:]).all()):
-                raise ValueError(f"timesteps must be strictly decreasing; got {grid.tolist()}")
-            if float(grid[0]) > self.sde.T * (1 + 1e-9) or float(grid[-1]) < 0:
-                raise ValueError(
-                    f"timesteps must lie in [0, {self.sde.T:g}] (the process' time range); got {grid.tolist()}"
-                )
-            grid = grid.clamp(min=self.sde.t_min)
-            keep = torch.cat([grid[:-1] > grid[1:], torch.tensor([True])])
-            grid = grid[keep]
-            if grid.numel() < 2:
-                raise ValueError("timesteps collapse to a single time after raising values below t_min")
-            n = grid.numel() - 1
+            grid = self._custom_grid(timesteps)
         else:
-            n = num_inference_steps
-            if n is None or isinstance(n, bool) or not isinstance(n, (int, np.integer)) and not (
-                isinstance(n, float) and float(n).is_integer()
-            ):
-                raise ValueError(f"num_inference_steps={n!r} is invalid; it must be a positive integer")
-            n = int(n)
-            if n <= 0:
-                raise ValueError(f"num_inference_steps={n!r} is invalid; it must be a positive integer (>= 1)")
-            grid = self._step_grid(n)
-            n = grid.numel() - 1
-
+            grid = self._step_grid(_check_num_steps(num_inference_steps))
+        n = grid.numel() - 1
         stepper = self.stepper
-        u = None
-        if getattr(stepper, "needs_midpoint", False):
-            if generator is not None:
-                gen = generator
-            elif self.config.seed is not None:
-                gen = torch.Generator().manual_seed(int(self.config.seed))
-            else:
-                gen = None
-            if gen is None:
-                u = torch.rand(n, dtype=torch.float64)
-            else:
-                u = torch.rand(n, generator=gen, device=gen.device, dtype=torch.float64).cpu()
+        u = self._draw_midpoints(n, generator) if getattr(stepper, "needs_midpoint", False) else None
 
         from .affine_plan import AffinePlan, supports
 
@@ -438,6 +448,30 @@ class SDEScheduler(SchedulerMixin, ConfigMixin):
             stages.append(0)
 
         self._finish_set_timesteps(n, grid, u, torch.tensor(times, dtype=torch.float64), steps, stages, device)
+
+    def _custom_grid(self, timesteps) -> Tensor:
+        grid = torch.as_tensor(np.asarray(timesteps, dtype=np.float64)).flatten()
+        if grid.numel() < 2:
+            raise ValueError(f"timesteps={list(map(float, grid))} needs at least 2 values (one step)")
+        if not bool((grid[:-1] > grid[1:]).all()):
+            raise ValueError(f"timesteps must be strictly decreasing; got {grid.tolist()}")
+        if float(grid[0]) > self.sde.T * (1 + 1e-9) or float(grid[-1]) < 0:
+            raise ValueError(f"timesteps must lie in [0, {self.sde.T:g}] (the process' time range); got {grid.tolist()}")
+        grid = grid.clamp(min=self.sde.t_min)
+        grid = grid[torch.cat([grid[:-1] > grid[1:], torch.tensor([True])])]
+        if grid.numel() < 2:
+            raise ValueError("timesteps collapse to a single time after raising values below t_min")
+        return grid
+
+    def _draw_midpoints(self, n: int, generator) -> Tensor:
+        """DDRaM's uniforms, one per step: from ``generator``, else the ``seed`` config value, else
+        torch's global RNG."""
+        gen = generator
+        if gen is None and self.config.seed is not None:
+            gen = torch.Generator().manual_seed(int(self.config.seed))
+        if gen is None:
+            return torch.rand(n, dtype=torch.float64)
+        return torch.rand(n, generator=gen, device=gen.device, dtype=torch.float64).cpu()
 
     def _times_of_sigmas(self, sigmas) -> np.ndarray:
         sig = np.asarray(sigmas, dtype=np.float64).flatten()
@@ -526,25 +560,7 @@ class SDEScheduler(SchedulerMixin, ConfigMixin):
             raise ValueError("SDEScheduler.step does not take variance_noise: the noise comes from `generator`")
         if eta is not None:
             self._apply_eta(eta)
-        if not isinstance(model_output, Tensor) or not isinstance(sample, Tensor):
-            raise TypeError(
-                f"step() takes tensors; got model_output={type(model_output).__name__}, sample={type(sample).__name__}"
-            )
-        learned_variance = (
-            model_output.ndim == sample.ndim >= 2 and model_output.shape[0] == sample.shape[0]
-            and model_output.shape[1] == 2 * sample.shape[1] and model_output.shape[2:] == sample.shape[2:]
-        )
-        if tuple(model_output.shape) != tuple(sample.shape) and not learned_variance:
-            raise ValueError(
-                f"model_output has shape {tuple(model_output.shape)} but sample has shape {tuple(sample.shape)}; "
-                "they must be equal, or have twice the channels for a learned-variance network (variance half ignored)"
-            )
-        if not bool(torch.isfinite(model_output).all()):
-            bad = int((~torch.isfinite(model_output)).sum())
-            raise FloatingPointError(
-                f"the model output at timestep {_as_float(timestep)!r} (evaluation {self._step_index or 0}) has {bad} "
-                "NaN/inf values; the network diverged or ran out of its precision range (try fp32 or bf16)"
-            )
+        _check_model_output(model_output, sample, timestep, self._step_index)
         if self._step_index is None:
             self._step_index = self._begin_index if self._begin_index is not None else self.index_for_timestep(timestep)
         i = self._step_index
