@@ -308,23 +308,16 @@ class _SignalFlag:
         self._old = {}
 
 
-def _train(cfg, opts, accelerator, ckpt_dir, resume, on_step, signals) -> TrainResult:
+def _build_module(cfg):
+    """The ScoreModule and data module of the config (the same on every process: same seed)."""
     from accelerate.utils import set_seed
 
-    from lit_diffusion.module import ScoreModule, noise_seed
-    from lit_diffusion.reliability import EXIT_CODES, TrainingInterrupted
+    from lit_diffusion.module import ScoreModule
 
-    rank, world = accelerator.process_index, accelerator.num_processes
-    if getattr(cfg, "num_threads", None):
-        torch.set_num_threads(int(cfg.num_threads))
-
-    # the same module on every process (same seed), then per-process randomness for t and noise
     set_seed(int(cfg.seed))
-    model_kwargs = _instantiate(cfg.model)
-    module: ScoreModule = ScoreModule(**model_kwargs)
+    module = ScoreModule(**_instantiate(cfg.model))
     datamodule = _instantiate_data(cfg.data)
     datamodule.setup("fit")
-    loader = datamodule.train_dataloader()
     if module.data_shape is None:
         shape = tuple(datamodule.data_shape)
         module.data_shape = module.codec.latent_shape(shape) if module.codec is not None else shape
@@ -334,159 +327,206 @@ def _train(cfg, opts, accelerator, ckpt_dir, resume, on_step, signals) -> TrainR
             f"the network has num_classes={module.num_classes} but the data module yields "
             f"{getattr(datamodule, 'num_classes', None)} classes"
         )
+    return module, datamodule
 
-    opt_cfg = module.configure_optimizers()
-    optimizer = opt_cfg["optimizer"] if isinstance(opt_cfg, dict) else opt_cfg
-    max_steps = opts["max_steps"]
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: module.lr_factor(s, max_steps))
 
-    step = 0
-    if resume is not None:
-        ckpt = _load_resume(resume, module)
-        module.load_state_dict(ckpt["state_dict"])
+class _Run:
+    """The state of one Accelerate training run: what the loop reads and updates between steps."""
+
+    def __init__(self, cfg, opts, accelerator, ckpt_dir, on_step, signals):
+        self.cfg, self.opts, self.acc, self.ckpt_dir = cfg, opts, accelerator, ckpt_dir
+        self.on_step, self.signals = on_step, signals
+        self.rank, self.world = accelerator.process_index, accelerator.num_processes
+        self.module, self.datamodule = _build_module(cfg)
+        opt_cfg = self.module.configure_optimizers()
+        self.optimizer = opt_cfg["optimizer"] if isinstance(opt_cfg, dict) else opt_cfg
+        self.max_steps = opts["max_steps"]
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda s: self.module.lr_factor(s, self.max_steps))
+        self.step, self.micro = 0, 0
+        self.history: list = []
+        self.last_loss, self.tput = float("nan"), 0.0
+        self.last_ckpt: Optional[str] = None
+        clip = opts["gradient_clip_val"]
+        self.clip = float(clip) if clip not in (None, 0, 0.0) else float("inf")
+
+    def restore(self, resume: Optional[str]) -> None:
+        if resume is None:
+            return
+        ckpt = _load_resume(resume, self.module)
+        self.module.load_state_dict(ckpt["state_dict"])
         if ckpt.get("optimizer_states"):
-            optimizer.load_state_dict(ckpt["optimizer_states"][0])
+            self.optimizer.load_state_dict(ckpt["optimizer_states"][0])
         if ckpt.get("lr_schedulers"):
-            scheduler.load_state_dict(ckpt["lr_schedulers"][0])
-        step = int(ckpt["global_step"])
-        accelerator.print(f"resumed from {resume} at global step {step}")
+            self.scheduler.load_state_dict(ckpt["lr_schedulers"][0])
+        self.step = int(ckpt["global_step"])
+        self.acc.print(f"resumed from {resume} at global step {self.step}")
 
-    module.to(accelerator.device)
-    net, optimizer, loader = accelerator.prepare(module.net, optimizer, loader)
-    runner = _Runner(net, module.prediction_type)
-    ema = module.ema
-    clip = opts["gradient_clip_val"]
-    clip = float(clip) if clip not in (None, 0, 0.0) else None
-    log_every = max(opts["log_every_n_steps"], 1)
+    def prepare(self) -> None:
+        acc, cfg = self.acc, self.cfg
+        self.module.to(acc.device)
+        self.net, self.optimizer, self.loader = acc.prepare(self.module.net, self.optimizer, self.datamodule.train_dataloader())
+        self.runner = _Runner(self.net, self.module.prediction_type)
+        self.n_batches = len(self.loader)
+        if self.n_batches < 1:
+            raise ValueError("the training loader is empty (data smaller than one batch?)")
+        self.micro = self.step * self.opts["accumulate_grad_batches"]
+        if cfg.logger in ("tensorboard", "wandb"):
+            acc.init_trackers(cfg.run_name, config=_tracker_config(cfg, self.module))
+        self.csv = _CSVLog(os.path.join(cfg.log_dir, cfg.run_name, "metrics.csv")) if (
+            cfg.logger == "csv" and acc.is_main_process) else None
+        self.bar = None
+        if acc.is_main_process and getattr(cfg, "progress_bar", None) != "none":
+            from tqdm.auto import tqdm
 
-    if cfg.logger in ("tensorboard", "wandb"):
-        accelerator.init_trackers(cfg.run_name, config=_tracker_config(cfg, module))
-    csv_log = _CSVLog(os.path.join(cfg.log_dir, cfg.run_name, "metrics.csv")) if (
-        cfg.logger == "csv" and accelerator.is_main_process) else None
-    bar = None
-    if accelerator.is_main_process and getattr(cfg, "progress_bar", None) != "none":
-        from tqdm.auto import tqdm
+            self.bar = tqdm(total=self.max_steps, initial=self.step, desc="train", unit="step", file=sys.stderr, dynamic_ncols=True)
 
-        bar = tqdm(total=max_steps, initial=step, desc="train", unit="step", file=sys.stderr, dynamic_ncols=True)
+    def noise_generator(self) -> torch.Generator:
+        """The times and noise of this micro-batch on this process: a function of (seed, micro-batch,
+        rank) only (lit_diffusion.module.noise_seed, the Lightning path's formula)."""
+        from lit_diffusion.module import noise_seed
 
-    device = accelerator.device
-
-    def noise_generator(micro_batch: int) -> torch.Generator:
-        # t and noise of micro-batch ``micro_batch`` on this process: a function of (seed, rank, index) only,
-        # so a resumed run draws exactly what the uninterrupted run would have drawn
-        g = torch.Generator(device=device)
-        g.manual_seed(noise_seed(int(module.hparams.get("seed") or 0), micro_batch, rank))
+        g = torch.Generator(device=self.acc.device)
+        g.manual_seed(noise_seed(int(self.module.hparams.get("seed") or 0), self.micro, self.rank))
         return g
 
-    n_batches = len(loader)
-    if n_batches < 1:
-        raise ValueError("the training loader is empty (data smaller than one batch?)")
-    micro = step * opts["accumulate_grad_batches"]
-    epoch, skip = divmod(micro, n_batches)
+    def micro_step(self, batch):
+        """Loss, backward and (on a sync step) the clipped optimizer step of one micro-batch, as
+        ScoreModule.training_step computes it (latents, labels with dropout)."""
+        module, acc = self.module, self.acc
+        g = self.noise_generator()
+        x0 = module.encode(module._batch(batch), g)
+        labels = module._drop_labels(module._labels(batch, x0.shape[0]), g)
+        with acc.accumulate(self.net):
+            with torch.autocast(x0.device.type, enabled=False):
+                per = module.loss.per_sample(self.runner, module.sde, x0.float(), generator=g, class_labels=labels)
+            loss = per.float().mean()
+            acc.backward(loss)
+            if acc.sync_gradients:
+                # all-reduced gradients: the same norm on every process, so all stop together
+                self.norm = acc.clip_grad_norm_(self.net.parameters(), self.clip)
+                self._check_finite(loss)
+            self.optimizer.step()
+            self.optimizer.zero_grad(set_to_none=True)
+        self.micro += 1
+        return x0, loss
 
-    history: list = []
-    last_loss = float("nan")
-    last_ckpt: Optional[str] = None
-    t0, seen = time.perf_counter(), 0
-    tput = 0.0
-    net.train()
+    def _check_finite(self, loss) -> None:
+        local_ok = math.isfinite(float(loss.detach()))
+        if self.acc.scaler is not None:
+            # fp16: the GradScaler skips steps with inf gradients by design; decide on the losses of all
+            # processes (one extra all-reduce) so that every process stops together
+            flag = torch.tensor([0.0 if local_ok else 1.0], device=self.acc.device)
+            finite = float(self.acc.reduce(flag, "sum")) == 0.0
+        else:
+            finite = math.isfinite(float(self.norm)) and local_ok
+        if not finite and self.module.hparams.stop_on_nonfinite:
+            raise FloatingPointError(
+                f"non-finite training loss {float(loss.detach())} / gradient norm {float(self.norm)} at global step "
+                f"{self.step} on process {self.rank}; stopping. The last good checkpoint is kept "
+                f"({self.last_ckpt or 'none written yet'})."
+            )
 
-    def save(tag_step: int) -> Optional[str]:
-        nonlocal last_ckpt
-        accelerator.wait_for_everyone()
-        if accelerator.is_main_process:
-            resume_state = {"micro": micro, "n_batches": n_batches, "data": datamodule, "accumulate": opts["accumulate_grad_batches"]}
-            last_ckpt = _save(accelerator, module, optimizer, scheduler, tag_step, ckpt_dir, resume_state)
-        accelerator.wait_for_everyone()
-        return last_ckpt
+    def after_optimizer_step(self, x0, loss, seen: int) -> None:
+        self.scheduler.step()
+        self.step += 1
+        if self.bar is not None:
+            self.bar.update(1)
+        if self.module.ema is not None:  # the same rule as the Lightning path (EMA.step)
+            self.module.ema.step(self.acc.unwrap_model(self.net))
+        if self.on_step is not None:
+            self.on_step(self.step, x0, loss.detach(), self.acc)
 
-    done = step >= max_steps
-    while not done:
-        if hasattr(loader, "set_epoch"):
-            loader.set_epoch(epoch)
-        it = accelerator.skip_first_batches(loader, skip) if skip else loader
-        skip = 0
-        for batch in it:
-            g = noise_generator(micro)
-            # as ScoreModule.training_step: latents for a latent model, labels with dropout for a conditional one
-            x0 = module.encode(module._batch(batch), g)
-            labels = module._drop_labels(module._labels(batch, x0.shape[0]), g)
-            with accelerator.accumulate(net):
-                with torch.autocast(x0.device.type, enabled=False):
-                    per = module.loss.per_sample(runner, module.sde, x0.float(), generator=g, class_labels=labels)
-                loss = per.float().mean()
-                accelerator.backward(loss)
-                if accelerator.sync_gradients:
-                    # all-reduced gradients: the same norm on every process, so all stop together
-                    norm = accelerator.clip_grad_norm_(net.parameters(), clip if clip is not None else float("inf"))
-                    local_ok = math.isfinite(float(loss.detach()))
-                    if accelerator.scaler is not None:
-                        # fp16: the GradScaler skips steps with inf gradients by design; decide on the losses
-                        # of all processes (one extra all-reduce) so that every process stops together
-                        flag = torch.tensor([0.0 if local_ok else 1.0], device=device)
-                        finite = float(accelerator.reduce(flag, "sum")) == 0.0
-                    else:
-                        finite = math.isfinite(float(norm)) and local_ok
-                    if not finite:
-                        if module.hparams.stop_on_nonfinite:
-                            raise FloatingPointError(
-                                f"non-finite training loss {float(loss.detach())} / gradient norm {float(norm)} at global step "
-                                f"{step} on process {rank}; stopping. The last good checkpoint is kept "
-                                f"({last_ckpt or 'none written yet'})."
-                            )
-                optimizer.step()
-                optimizer.zero_grad(set_to_none=True)
+    def log(self, loss, seen: int, dt: float) -> None:
+        self.tput = seen * self.world / dt if dt > 0 else 0.0
+        self.last_loss = float(self.acc.reduce(loss.detach(), "mean"))
+        self.history.append((self.step, self.last_loss))
+        metrics = {"train/loss": self.last_loss, "train/lr": self.scheduler.get_last_lr()[0],
+                   "train/grad_norm": float(self.norm), "train/samples_per_sec": self.tput}
+        if self.cfg.logger in ("tensorboard", "wandb"):
+            self.acc.log(metrics, step=self.step)
+        if self.csv is not None:
+            self.csv.write({"step": self.step, **metrics})
+        if self.bar is not None:
+            self.bar.set_postfix(loss=f"{self.last_loss:.4f}", samples_per_sec=f"{self.tput:.0f}")
+        else:
+            self.acc.print(f"step {self.step}/{self.max_steps}  loss {self.last_loss:.4f}  {self.tput:.0f} samples/s")
+
+    def save(self) -> Optional[str]:
+        acc = self.acc
+        acc.wait_for_everyone()
+        if acc.is_main_process:
+            resume_state = {"micro": self.micro, "n_batches": self.n_batches, "data": self.datamodule,
+                            "accumulate": self.opts["accumulate_grad_batches"]}
+            self.last_ckpt = _save(acc, self.module, self.optimizer, self.scheduler, self.step, self.ckpt_dir, resume_state)
+        acc.wait_for_everyone()
+        return self.last_ckpt
+
+    def maybe_stop_on_signal(self) -> None:
+        from lit_diffusion.reliability import EXIT_CODES, TrainingInterrupted
+
+        if self.step < self.max_steps and self.signals.any(self.acc):
+            path = self.save()
+            name = self.signals.signame or "SIGTERM"
+            if self.bar is not None:  # end the bar's line before the message
+                self.bar.close()
+                self.bar = None
+            self.acc.print(
+                f"received {name}: saved a checkpoint at global step {self.step} -> {path}\n"
+                f"resume with --ckpt_path last; exiting with status {EXIT_CODES.get(name, 1)}"
+            )
+            raise TrainingInterrupted(name, path, self.step)
+
+    def epochs(self):
+        """The batches from the current position on, epoch after epoch (skipping the ones a resumed
+        run has consumed)."""
+        epoch, skip = divmod(self.micro, self.n_batches)
+        while True:
+            if hasattr(self.loader, "set_epoch"):
+                self.loader.set_epoch(epoch)
+            yield from (self.acc.skip_first_batches(self.loader, skip) if skip else self.loader)
+            skip = 0
+            epoch += 1
+
+    def loop(self) -> None:
+        log_every = max(self.opts["log_every_n_steps"], 1)
+        t0, seen = time.perf_counter(), 0
+        self.net.train()
+        if self.step >= self.max_steps:
+            return
+        for batch in self.epochs():
+            x0, loss = self.micro_step(batch)
             seen += x0.shape[0]
-            micro += 1
-            if not accelerator.sync_gradients:
+            if not self.acc.sync_gradients:
                 continue
-            scheduler.step()
-            step += 1
-            if bar is not None:
-                bar.update(1)
-            if ema is not None:  # the same rule as the Lightning path (EMA.step)
-                ema.step(accelerator.unwrap_model(net))
-            if on_step is not None:
-                on_step(step, x0, loss.detach(), accelerator)
-            if step % log_every == 0 or step == max_steps:
-                dt = time.perf_counter() - t0
-                tput = seen * world / dt if dt > 0 else 0.0
-                last_loss = float(accelerator.reduce(loss.detach(), "mean"))
-                history.append((step, last_loss))
-                metrics = {"train/loss": last_loss, "train/lr": scheduler.get_last_lr()[0],
-                           "train/grad_norm": float(norm), "train/samples_per_sec": tput}
-                if cfg.logger in ("tensorboard", "wandb"):
-                    accelerator.log(metrics, step=step)
-                if csv_log is not None:
-                    csv_log.write({"step": step, **metrics})
-                if bar is not None:
-                    bar.set_postfix(loss=f"{last_loss:.4f}", samples_per_sec=f"{tput:.0f}")
-                else:
-                    accelerator.print(f"step {step}/{max_steps}  loss {last_loss:.4f}  {tput:.0f} samples/s")
+            self.after_optimizer_step(x0, loss, seen)
+            if self.step % log_every == 0 or self.step == self.max_steps:
+                self.log(loss, seen, time.perf_counter() - t0)
                 t0, seen = time.perf_counter(), 0
-            if step % int(cfg.ckpt_every_n_steps) == 0 and step < max_steps:
-                save(step)
-            if step < max_steps and signals.any(accelerator):
-                path = save(step)
-                name = signals.signame or "SIGTERM"
-                accelerator.print(
-                    f"received {name}: saved a checkpoint at global step {step} -> {path}\n"
-                    f"resume with --ckpt_path last; exiting with status {EXIT_CODES.get(name, 1)}"
-                )
-                raise TrainingInterrupted(name, path, step)
-            if step >= max_steps:
-                done = True
-                break
-        epoch += 1
+            if self.step % int(self.cfg.ckpt_every_n_steps) == 0 and self.step < self.max_steps:
+                self.save()
+            self.maybe_stop_on_signal()
+            if self.step >= self.max_steps:
+                return
 
-    save(step)
-    if accelerator.is_main_process:
-        _export_safetensors(module, os.path.join(ckpt_dir, "model.safetensors"))
-    if bar is not None:
-        bar.close()
-    if cfg.logger in ("tensorboard", "wandb"):
-        accelerator.end_training()
-    return TrainResult(module, accelerator, step, last_loss, tput, last_ckpt, history)
+    def finish(self) -> TrainResult:
+        self.save()
+        if self.acc.is_main_process:
+            _export_safetensors(self.module, os.path.join(self.ckpt_dir, "model.safetensors"))
+        if self.bar is not None:
+            self.bar.close()
+        if self.cfg.logger in ("tensorboard", "wandb"):
+            self.acc.end_training()
+        return TrainResult(self.module, self.acc, self.step, self.last_loss, self.tput, self.last_ckpt, self.history)
+
+
+def _train(cfg, opts, accelerator, ckpt_dir, resume, on_step, signals) -> TrainResult:
+    if getattr(cfg, "num_threads", None):
+        torch.set_num_threads(int(cfg.num_threads))
+    run = _Run(cfg, opts, accelerator, ckpt_dir, on_step, signals)
+    run.restore(resume)
+    run.prepare()
+    run.loop()
+    return run.finish()
 
 
 class _CSVLog:

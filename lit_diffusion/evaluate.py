@@ -97,6 +97,55 @@ def _is_image(shape, reference_is_mnist: bool) -> bool:
     return len(shape) >= 3 or (reference_is_mnist and len(shape) == 2 and shape[1] == 784)
 
 
+def _resolve_reference(reference, n_reference, seed):
+    """``(target, label, reference)``: an analytic target (or None), the reference's name in the
+    output, and the reference itself (the swiss roll drawn here)."""
+    target = None
+    from .targets import GaussianMixture
+
+    if isinstance(reference, GaussianMixture):
+        target, ref_label = reference, f"target:GaussianMixture(K={reference.num_components}, d={reference.dim})"
+    elif isinstance(reference, str) and reference in _target_names():
+        from .targets import get_target
+
+        target, ref_label = get_target(reference), f"target:{reference}"
+    elif isinstance(reference, str) and reference in M.IMAGE_REFERENCES:
+        ref_label = reference
+    elif isinstance(reference, str) and reference == "swissroll":
+        # the data train.py's default learns (scikit-learn swiss roll, scale 1/7), a fresh seeded draw
+        from .data import swiss_roll
+
+        n_sr = n_reference or 2000
+        ref_label = f"data:swissroll ({n_sr} points, seed {seed + 1})"
+        reference = swiss_roll(n_sr, seed=seed + 1).numpy()
+    elif isinstance(reference, (str, os.PathLike)):
+        if not Path(reference).is_file():
+            raise FileNotFoundError(
+                f"reference {str(reference)!r} is neither an existing file nor one of {list(REFERENCE_NAMES)}"
+            )
+        ref_label = str(reference)
+    else:
+        ref_label = "array"
+
+    return target, ref_label, reference
+
+
+def _score_images(out, x, reference, target, mnist_ref, reference_key, fid_backend, value_range, seed) -> dict:
+    if target is not None:
+        raise ValueError(f"reference {reference!r} is a low-dimensional target but samples {x.shape} are images")
+    ref = reference if mnist_ref else _as_array(reference, "reference", reference_key)
+    if not mnist_ref and ref.shape[1:] != x.shape[1:]:
+        raise ValueError(f"shape mismatch: samples {x.shape} vs reference {ref.shape} (per-sample shapes must match)")
+    res = M.fid(x, ref, backend=fid_backend, value_range=value_range)
+    out["n_reference"] = res["n_reference"]
+    out["fid"] = res
+    if res["backend"] == "mnist":  # KID and IS with the same offline feature net
+        out["kid"] = M.kid_mnist(x, ref, value_range=value_range, seed=seed, subset_size=min(1000, len(x), res["n_reference"]))
+        out["inception_score"] = M.inception_score_mnist(x, value_range=value_range)
+    return out
+
+
+
 def evaluate(
     samples,
     reference,
@@ -135,35 +184,7 @@ def evaluate(
     if fid_backend not in M.FID_BACKENDS:
         raise ValueError(f"fid_backend={fid_backend!r} is invalid; valid choices: {list(M.FID_BACKENDS)}")
 
-    # ---- what is the reference? (validated before any work)
-    target = None
-    ref_label: str
-    from .targets import GaussianMixture
-
-    if isinstance(reference, GaussianMixture):
-        target, ref_label = reference, f"target:GaussianMixture(K={reference.num_components}, d={reference.dim})"
-    elif isinstance(reference, str) and reference in _target_names():
-        from .targets import get_target
-
-        target, ref_label = get_target(reference), f"target:{reference}"
-    elif isinstance(reference, str) and reference in M.IMAGE_REFERENCES:
-        ref_label = reference
-    elif isinstance(reference, str) and reference == "swissroll":
-        # the data train.py's default learns (scikit-learn swiss roll, scale 1/7), a fresh seeded draw
-        from .data import swiss_roll
-
-        n_sr = n_reference or 2000
-        ref_label = f"data:swissroll ({n_sr} points, seed {seed + 1})"
-        reference = swiss_roll(n_sr, seed=seed + 1).numpy()
-    elif isinstance(reference, (str, os.PathLike)):
-        if not Path(reference).is_file():
-            raise FileNotFoundError(
-                f"reference {str(reference)!r} is neither an existing file nor one of {list(REFERENCE_NAMES)}"
-            )
-        ref_label = str(reference)
-    else:
-        ref_label = "array"
-
+    target, ref_label, reference = _resolve_reference(reference, n_reference, seed)
     x = _as_array(samples, "samples", key)
     if x.dtype.kind not in "fiu":
         raise ValueError(f"samples must be a numeric array; got dtype {x.dtype}")
@@ -175,18 +196,7 @@ def evaluate(
     out = {"kind": kind, "reference": ref_label, "samples_shape": list(x.shape), "n_samples": int(x.shape[0])}
 
     if kind == "image":
-        if target is not None:
-            raise ValueError(f"reference {reference!r} is a low-dimensional target but samples {x.shape} are images")
-        ref = reference if mnist_ref else _as_array(reference, "reference", reference_key)
-        if not mnist_ref and ref.shape[1:] != x.shape[1:]:
-            raise ValueError(f"shape mismatch: samples {x.shape} vs reference {ref.shape} (per-sample shapes must match)")
-        res = M.fid(x, ref, backend=fid_backend, value_range=value_range)
-        out["n_reference"] = res["n_reference"]
-        out["fid"] = res
-        if res["backend"] == "mnist":  # KID and IS with the same offline feature net
-            out["kid"] = M.kid_mnist(x, ref, value_range=value_range, seed=seed, subset_size=min(1000, len(x), res["n_reference"]))
-            out["inception_score"] = M.inception_score_mnist(x, value_range=value_range)
-        return out
+        return _score_images(out, x, reference, target, mnist_ref, reference_key, fid_backend, value_range, seed)
 
     # ---- low-dimensional
     if mnist_ref:
