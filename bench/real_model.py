@@ -150,6 +150,36 @@ def fid_mnist(x: np.ndarray) -> float:
     return float(fid(x, "mnist-test", backend="mnist", value_range="-1,1")["value"])
 
 
+def _redraw(a) -> dict:
+    """--from-json: redraw the plot, the pictures and the table from earlier results."""
+    rows = [json.loads(line) for f in a.from_json.split(",") for line in open(f)]
+    if a.plot:
+        plot(rows, a.plot)
+    if a.pictures:  # redraw from the .npz files saved next to earlier pictures (comma-separated)
+        pics = {}
+        for f in a.from_pictures.split(","):
+            for k, v in np.load(f).items():
+                form, label, n = k.split("|")
+                pics[(form, label, int(n))] = v
+        draw_pictures(pics, sorted({k[2] for k in pics}), a.pictures)
+    print(table(rows))
+    return {"results": rows}
+
+
+def _over_seeds(a, sched, model, shape, nfe, device):
+    """FID-MNIST of one sampler at one budget for every seed: (fids, evaluations, seconds, 16 samples
+    of the first seed)."""
+    fids, evals, secs, first = [], None, 0.0, None
+    for seed in a.seeds:
+        t0 = time.perf_counter()
+        x, evals = run_loop(sched, model, a.n, shape, seed, nfe, a.batch, device)
+        secs += time.perf_counter() - t0
+        if first is None:
+            first = x[:16]
+        fids.append(fid_mnist(x) if not a.dry_run else float(np.abs(x).mean()))
+    return fids, evals, secs, first
+
+
 def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--model", default=os.path.join(os.path.dirname(__file__), "..", "checkpoints", "mnist"))
@@ -169,18 +199,7 @@ def main(argv=None) -> dict:
     if a.threads:
         torch.set_num_threads(a.threads)
     if a.from_json:
-        rows = [json.loads(line) for f in a.from_json.split(",") for line in open(f)]
-        if a.plot:
-            plot(rows, a.plot)
-        if a.pictures:  # redraw from the .npz files saved next to earlier pictures (comma-separated)
-            pics = {}
-            for f in a.from_pictures.split(","):
-                for k, v in np.load(f).items():
-                    form, label, n = k.split("|")
-                    pics[(form, label, int(n))] = v
-            draw_pictures(pics, sorted({k[2] for k in pics}), a.pictures)
-        print(table(rows))
-        return {"results": rows}
+        return _redraw(a)
     if a.dry_run:
         a.n, a.seeds, a.nfe, a.batch = 8, [0], [4], 8
     module = load(a.model, a.dry_run)
@@ -210,14 +229,9 @@ def main(argv=None) -> dict:
                     steps_for_budget(sched, nfe)
                 except ValueError:
                     continue
-                fids, evals, secs = [], None, 0.0
-                for seed in a.seeds:
-                    t0 = time.perf_counter()
-                    x, evals = run_loop(sched, lit_model if kind == "lit" else diffusers_model, a.n, shape, seed, nfe, a.batch, device)
-                    secs += time.perf_counter() - t0
-                    if seed == a.seeds[0]:
-                        pictures[(form, label, nfe)] = x[:16]
-                    fids.append(fid_mnist(x) if not a.dry_run else float(np.abs(x).mean()))
+                model = lit_model if kind == "lit" else diffusers_model
+                fids, evals, secs, first = _over_seeds(a, sched, model, shape, nfe, device)
+                pictures[(form, label, nfe)] = first
                 row = dict(form=form, sampler=label, nfe_budget=nfe, nfe=evals, fid=float(np.mean(fids)),
                            fid_min=float(np.min(fids)), fid_max=float(np.max(fids)), fids=fids, n=a.n, seconds=secs)
                 results.append(row)
