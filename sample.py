@@ -12,7 +12,7 @@ every option; see docs/sampling.md.
 
 import sys
 
-from lit_diffusion.sampling_cli import main
+from lit_diffusion.cli.sample import main
 
 if __name__ == "__main__":
     sys.exit(main(sys.argv[1:]))

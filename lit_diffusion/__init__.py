@@ -1,21 +1,21 @@
 """lit_diffusion: score-based diffusion models with PyTorch Lightning."""
 
-from .sdes import OU, VE, VP, SubVP, ContractiveOU, ContractiveVP, LinearSDE, get_sde
-from .parametrizations import PREDICTION_TYPES, convert
-from .fields import Field, as_field
-from .targets import GaussianMixture, get_target
-from .losses import DSM, ESM, ISM, SSM, get_loss
+from .core.sdes import OU, VE, VP, SubVP, ContractiveOU, ContractiveVP, LinearSDE, get_sde
+from .core.parametrizations import PREDICTION_TYPES, convert
+from .core.fields import Field, as_field
+from .core.targets import GaussianMixture, get_target
+from .training.losses import DSM, ESM, ISM, SSM, get_loss
 
 __version__ = "0.1.0"
 
 _LAZY = {
-    "SDEScheduler": ("lit_diffusion.scheduler", "SDEScheduler"),
-    "DiscreteVP": ("lit_diffusion.discrete_vp", "DiscreteVP"),
-    "ScoreModule": ("lit_diffusion.module", "ScoreModule"),
-    "sample": ("lit_diffusion.samplers", "sample"),
-    "TimeMLP": ("lit_diffusion.networks", "TimeMLP"),
-    "UNet": ("lit_diffusion.networks", "UNet"),
-    "export_pipeline": ("lit_diffusion.export", "export_pipeline"),
+    "SDEScheduler": ("lit_diffusion.integrations.scheduler", "SDEScheduler"),
+    "DiscreteVP": ("lit_diffusion.core.discrete_vp", "DiscreteVP"),
+    "ScoreModule": ("lit_diffusion.training.module", "ScoreModule"),
+    "sample": ("lit_diffusion.sampling.samplers", "sample"),
+    "TimeMLP": ("lit_diffusion.training.networks", "TimeMLP"),
+    "UNet": ("lit_diffusion.training.networks", "UNet"),
+    "export_pipeline": ("lit_diffusion.integrations.export", "export_pipeline"),
 }
 
 

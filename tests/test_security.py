@@ -383,15 +383,16 @@ def test_bad_seed_and_config_files_are_named(tmp_path, ckpt, capsys):
 
 def test_moment_matching_reports_the_evaluations_it_counts(ckpt, tmp_path, monkeypatch):
     from lit_diffusion import sampling_cli
+    from lit_diffusion.runtime.precision import NetworkRunner
 
     calls = [0]
-    forward = sampling_cli.AutocastNet.forward
+    forward = NetworkRunner.forward
 
-    def counting(self, x, t):
+    def counting(self, x, t, class_labels=None):
         calls[0] += 1
-        return forward(self, x, t)
+        return forward(self, x, t, class_labels)
 
-    monkeypatch.setattr(sampling_cli.AutocastNet, "forward", counting)
+    monkeypatch.setattr(NetworkRunner, "forward", counting)
     summary = sampling_cli.run(["-c", str(ckpt), "--sampler", "moment_matching", "--steps", "3", "--n", "8",
                                 "--batch-size", "8", "--out", str(tmp_path / "o"), "--no-progress", "--no-png"])
     assert summary["nfe_per_sample"] == calls[0] > 3

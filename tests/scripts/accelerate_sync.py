@@ -30,16 +30,16 @@ def main() -> None:
 
     # the diffusion times of every training forward (a function of the noise generator alone), as the
     # loop's network runner sees them
-    from lit_diffusion import accelerate_train
+    from lit_diffusion.runtime.precision import NetworkRunner
 
     times: list = []
-    call = accelerate_train._Runner.__call__
+    call = NetworkRunner.forward
 
     def record_and_call(self, x, t, *a, **k):
         times.append(t[:4].tolist())
         return call(self, x, t, *a, **k)
 
-    accelerate_train._Runner.__call__ = record_and_call
+    NetworkRunner.forward = record_and_call
     res = train(cfg, on_step=on_step)
     acc = res.accelerator
     m = res.module

@@ -33,12 +33,12 @@ from lightning.pytorch.callbacks import ModelCheckpoint, RichProgressBar, TQDMPr
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 from jsonargparse import lazy_instance
 
-from .callbacks import SamplePictures, SampleQuality
-from .data import BaseDataModule, SwissRollDataModule
-from .losses import DSM
-from .module import ScoreModule
-from .networks import TimeMLP
-from .sdes import VP
+from ..training.callbacks import SamplePictures, SampleQuality
+from ..training.data import BaseDataModule, SwissRollDataModule
+from ..training.losses import DSM
+from ..training.module import ScoreModule
+from ..training.networks import TimeMLP
+from ..core.sdes import VP
 
 __all__ = ["DiffusionCLI", "main", "wandb_mode"]
 
@@ -87,14 +87,14 @@ def make_logger(kind: str, log_dir: str, run_name: str):
 
 def _choices_hint(message: str) -> str:
     """Valid class names for the pluggable parts mentioned in a parse error."""
-    from . import data as _data
-    from .losses import LOSSES
-    from .sdes import SDE_CLASSES
+    from ..training import data as _data
+    from ..training.losses import LOSSES
+    from ..core.sdes import SDE_CLASSES
 
     import inspect
     import re
 
-    from .registry import registered
+    from ..training.registry import registered
 
     hints = []
     nested = re.search(r"NestedArg\(key='([\w.]+)'", message)
@@ -160,7 +160,7 @@ def check_config_files(args) -> None:
     (Class paths the registry does not know are left to jsonargparse's own type checks.)"""
     import yaml
 
-    from .registry import UntrustedConfigError, check_description, registered, resolve
+    from ..training.registry import UntrustedConfigError, check_description, registered, resolve
 
     for path in _config_paths(args):
         try:
@@ -206,7 +206,7 @@ def _with_atomic_checkpoint_io(plugins):
     own folder, fsync, ``os.replace``) unless a ``CheckpointIO`` plugin is configured already."""
     from lightning.fabric.plugins import CheckpointIO
 
-    from .checkpoint_io import AtomicCheckpointIO
+    from ..runtime.checkpoint_io import AtomicCheckpointIO
 
     if plugins is None:
         plugins = []
@@ -247,7 +247,7 @@ class RunConfig(SaveConfigCallback):
             return
         import yaml
 
-        from .checkpoint_io import atomic_write_bytes
+        from ..runtime.checkpoint_io import atomic_write_bytes
 
         text = self.parser.dump(self.config, skip_none=False)
         folders = {os.path.join(self.config["ckpt_dir"], self.config["run_name"])}
@@ -364,12 +364,12 @@ class DiffusionCLI(LightningCLI):
                 # one run per folder (RunLock): overwrite, never write last-v1.ckpt beside a stale last.ckpt
                 enable_version_counter=False,
             )
-        from .reliability import SignalCheckpoint
+        from ..runtime.reliability import SignalCheckpoint
 
         self.signal_callback = SignalCheckpoint(dirpath=ckpt_dir)
         extra = [self.checkpoint_callback, self.signal_callback]
         # stop on an inf/NaN gradient before it reaches the weights; never save non-finite weights
-        from .reliability import NonFiniteGuard
+        from ..runtime.reliability import NonFiniteGuard
 
         if not any(isinstance(cb, NonFiniteGuard) for cb in (config.get("callbacks") or [])):
             extra.append(NonFiniteGuard())
@@ -398,7 +398,7 @@ class DiffusionCLI(LightningCLI):
         """``trainer.fit`` in a locked checkpoint folder, resuming from ``--ckpt_path`` (``last``: the
         loadable checkpoint of the run with the highest global step), after checking that the
         checkpoint is trusted and describes the same SDE, loss and network as this run."""
-        from .run_lock import RunLock
+        from ..runtime.run_lock import RunLock
 
         lock = RunLock(self.checkpoint_dir) if self.trainer.is_global_zero else None
         if lock is not None:
@@ -412,7 +412,7 @@ class DiffusionCLI(LightningCLI):
         return self.trainer
 
     def _resume_path(self) -> Optional[str]:
-        from .checkpoint_io import latest_checkpoint
+        from ..runtime.checkpoint_io import latest_checkpoint
 
         ckpt_path = self.config["ckpt_path"]
         if ckpt_path not in (None, "last") and not os.path.isfile(ckpt_path):
@@ -459,9 +459,9 @@ class DiffusionCLI(LightningCLI):
 def check_resume(path: str, model) -> dict:
     """Refuse to resume from ``path`` unless it is a valid checkpoint whose hyper-parameters the
     registry trusts and whose SDE, loss and network match ``model``'s (the message shows both)."""
-    from .checkpoint_io import CheckpointError, read_checkpoint
-    from .module import check_hparams, describe
-    from .registry import UntrustedConfigError, check_description
+    from ..runtime.checkpoint_io import CheckpointError, read_checkpoint
+    from ..training.module import check_hparams, describe
+    from ..training.registry import UntrustedConfigError, check_description
 
     ckpt = read_checkpoint(path, require=("state_dict", "global_step"))
     try:
@@ -513,7 +513,7 @@ def _show(desc) -> str:
 def short_help() -> str:
     """``train.py --help``: the options people use and the project's own classes (``--help-full``
     prints jsonargparse's complete listing, every argument of every group)."""
-    from .registry import registered
+    from ..training.registry import registered
 
     def names(kind):
         return ", ".join(sorted(registered(kind)))
@@ -552,8 +552,8 @@ def main(args=None, exit_on_error: bool = True) -> DiffusionCLI:
     Exit status: 0 when training finished; 143 / 130 after SIGTERM / SIGINT (a checkpoint at the
     current step was written and its path printed); 2 for a refused run (bad input, folder in use by
     another run, untrusted or mismatching checkpoint)."""
-    from .checkpoint_io import CheckpointError
-    from .run_lock import FolderLockedError
+    from ..runtime.checkpoint_io import CheckpointError
+    from ..runtime.run_lock import FolderLockedError
 
     argv = sys.argv[1:] if args is None else args
     if isinstance(argv, (list, tuple)):

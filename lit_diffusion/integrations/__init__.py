@@ -1,0 +1,2 @@
+"""Layer 6, integrations: the diffusers scheduler, the export, ``LitDiffusionPipeline``
+(docs/architecture.md)."""

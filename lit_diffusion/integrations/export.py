@@ -1,0 +1,240 @@
+"""Export a trained image model as a diffusers pipeline folder (safetensors weights).
+
+What is written depends on what stock diffusers can run faithfully:
+
+* **VP models, unconditional, in pixels** (the default, ``sampler=None``): a stock ``DDPMPipeline``
+  with a stock ``DDPMScheduler`` whose ``trained_betas`` are the *equivalent discrete table*:
+  ``alphas_cumprod[k] = alpha(k / s)^2`` at every integer timestep ``k`` the U-Net sees (``s`` the
+  time scale below; ``k = 0`` uses ``t = 0.5 / s``, where ``alpha = 1`` would make DDPM's variance
+  0/0).  The folder loads and generates with ``DiffusionPipeline.from_pretrained(folder)`` alone, in a
+  fresh interpreter, and every diffusers scheduler swap (``DPMSolverMultistepScheduler.from_config
+  (pipe.scheduler.config)``...) runs the trained process; so does
+  ``SDEScheduler.from_config(pipe.scheduler.config, sampler="ddram")``.
+* **everything else** -- VE / sub-VP / OU processes (whose prior is not ``N(0, I)``), class-conditional
+  and latent models, or an explicit ``sampler=`` of ours: :class:`~lit_diffusion.pipelines.
+  LitDiffusionPipeline` (right prior, class labels with guidance, autoencoder) with an
+  :class:`~lit_diffusion.scheduler.SDEScheduler` running the trained SDE (a VP model keeps the stock
+  table scheduler unless ``sampler=`` asks for ours).  Load with ``LitDiffusionPipeline.from_pretrained
+  (folder)`` or, fresh, ``DiffusionPipeline.from_pretrained(folder, trust_remote_code=True)``.
+
+Every folder has a ``README.md`` saying how to load it and which scheduler swaps are valid.
+
+Time convention. Our :class:`lit_diffusion.networks.UNet` feeds the diffusers U-Net the timestep
+``u = s t`` with ``s = time_scale / T`` (``t`` the SDE's continuous time). A pipeline hands the U-Net
+the scheduler's timesteps unchanged, so the exported scheduler runs the *same* SDE written in the
+time ``u`` (an exact time change, :func:`rescale_time`): for the linear-beta SDEs (VP, subVP,
+contractive VP) ``beta_min/s, beta_max/s``; for VE only the horizon; for the OU processes
+``theta/s, sigma/sqrt(s)``; always ``T' = s T`` and ``t_min' = s t_min``. The marginal
+coefficients agree exactly, ``alpha'(s t) = alpha(t)``, ``sigma'(s t) = sigma(t)``, and every
+prediction type (epsilon, score, denoiser, v) is a function of the state alone, so the exported
+U-Net is a plain ``UNet2DModel`` that sees exactly the timesteps it was trained on.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import os
+from typing import Optional
+
+import torch
+from torch import nn
+
+from ..runtime.checkpoint_io import atomic_write_bytes
+from ..core.sdes import ContractiveOU, LinearSDE, OU, VE, SDE_CLASSES
+
+__all__ = ["export_pipeline", "rescale_time", "vp_table"]
+
+_BETA_SDES = ("VP", "SubVP", "ContractiveVP")
+
+
+def rescale_time(sde: LinearSDE, scale: float) -> tuple[str, dict]:
+    """``(name, kwargs)`` of the SDE ``sde`` written in the time ``u = scale * t`` (exact)."""
+    scale = float(scale)
+    if not (math.isfinite(scale) and scale > 0):
+        raise ValueError(f"rescale_time: scale={scale!r} is invalid; it must be a finite number > 0")
+    name = type(sde).__name__
+    if name not in SDE_CLASSES or type(sde) is not SDE_CLASSES[name]:
+        raise ValueError(
+            f"export: cannot express {name} for the diffusers scheduler; valid SDEs: {sorted(SDE_CLASSES)}"
+        )
+    hp = dict(sde.hparams())
+    hp["T"] = hp["T"] * scale
+    hp["t_min"] = hp["t_min"] * scale
+    if name in _BETA_SDES:
+        hp["beta_min"] = hp["beta_min"] / scale
+        hp["beta_max"] = hp["beta_max"] / scale
+    elif isinstance(sde, (OU, ContractiveOU)):
+        hp["theta"] = hp["theta"] / scale
+        hp["sigma"] = hp["sigma"] / math.sqrt(scale)
+    elif not isinstance(sde, VE):  # pragma: no cover - every SDE_CLASSES entry is handled above
+        raise ValueError(f"export: no time change known for {name}")
+    return name, hp
+
+
+def _unet_and_scale(net: nn.Module):
+    from diffusers import UNet2DModel
+
+    from ..training.networks import UNet
+
+    if isinstance(net, UNet):
+        return net.unet, net.time_scale / net.T
+    if isinstance(net, UNet2DModel):
+        return net, 1.0
+    raise TypeError(
+        f"export_pipeline: the network is a {type(net).__name__}; only lit_diffusion.networks.UNet or a "
+        "diffusers UNet2DModel can become a diffusers pipeline"
+    )
+
+
+_DIFFUSERS_PREDICTIONS = {"epsilon": "epsilon", "v": "v_prediction", "denoiser": "sample"}
+PIPELINE_FILE = "pipeline.py"
+_PIPELINE_SHIM = (
+    "# The pipeline class of this folder lives in the lit_diffusion package (pip install lit_diffusion).\n"
+    "# Load with LitDiffusionPipeline.from_pretrained(folder) after `import lit_diffusion`, or with\n"
+    "# DiffusionPipeline.from_pretrained(folder, trust_remote_code=True); this file only imports it.\n"
+    "from lit_diffusion.pipelines import LitDiffusionPipeline  # noqa: F401\n"
+)
+
+
+def vp_table(sde: LinearSDE, scale: float, n: int) -> list[float]:
+    """The DDPM ``betas`` of ``sde`` (a VP process) at the integer timesteps ``k = 0..n-1`` of a U-Net
+    that sees ``u = scale * t``: ``alphas_cumprod[k] = alpha(k / scale)^2`` (``k = 0``: ``t = 0.5 /
+    scale``)."""
+    k = torch.arange(n, dtype=torch.float64)
+    k[0] = 0.5
+    abar = torch.exp(2 * sde.log_alpha(k / float(scale)))
+    prev = torch.cat([torch.ones(1, dtype=torch.float64), abar[:-1]])
+    return (1 - abar / prev).tolist()
+
+
+def _is_vp(sde: LinearSDE) -> bool:
+    from ..core.discrete_vp import DiscreteVP
+    from ..core.sdes import VP
+
+    return type(sde) is VP or isinstance(sde, DiscreteVP)
+
+
+def _load_module(ckpt_or_module):
+    from ..training.module import ScoreModule
+
+    if isinstance(ckpt_or_module, (str, os.PathLike)):
+        from ..training.pretrained import is_pretrained_folder
+
+        if is_pretrained_folder(ckpt_or_module):
+            return ScoreModule.from_pretrained(ckpt_or_module)
+        return ScoreModule.load_checkpoint(str(ckpt_or_module))
+    if isinstance(ckpt_or_module, ScoreModule):
+        return ckpt_or_module
+    raise TypeError(f"export_pipeline: expected a ScoreModule or a checkpoint path; got {type(ckpt_or_module).__name__}")
+
+
+def _scheduler(module, scale: float, sampler, scheduler_kwargs: dict):
+    """A stock DDPMScheduler table for VP models (unless ``sampler`` asks for ours), else an
+    SDEScheduler running the trained SDE in the U-Net's time units."""
+    from .scheduler import SDEScheduler
+
+    sde = module.sde
+    if sampler is None and _is_vp(sde):
+        from diffusers import DDPMScheduler
+
+        pred = _DIFFUSERS_PREDICTIONS.get(module.prediction_type)
+        if pred is None:
+            raise ValueError(
+                f"export_pipeline: a {module.prediction_type!r}-predicting network has no diffusers prediction_type; "
+                "pass sampler= to export it with SDEScheduler"
+            )
+        n = max(int(round(float(sde.T) * scale)), 2)
+        if scheduler_kwargs:
+            raise ValueError(f"export_pipeline: {sorted(scheduler_kwargs)} are SDEScheduler settings; pass sampler= too")
+        return DDPMScheduler(num_train_timesteps=n, trained_betas=vp_table(sde, scale, n), prediction_type=pred,
+                             clip_sample=False, variance_type="fixed_small", timestep_spacing="trailing")
+    name, kwargs = rescale_time(sde, scale)
+    return SDEScheduler(
+        num_train_timesteps=max(int(round(kwargs["T"])), 1), prediction_type=module.prediction_type,
+        sampler=sampler or "ddram", sde=name, sde_kwargs=kwargs, **scheduler_kwargs,
+    )
+
+
+def _readme(stock: bool, module, sched, conditional: bool, latent: bool) -> str:
+    load = (
+        "from diffusers import DiffusionPipeline\npipe = DiffusionPipeline.from_pretrained(folder)  # a stock DDPMPipeline"
+        if stock else
+        "from diffusers import DiffusionPipeline\npipe = DiffusionPipeline.from_pretrained(folder, trust_remote_code=True)\n"
+        "# or, after `import lit_diffusion`: LitDiffusionPipeline.from_pretrained(folder)"
+    )
+    vp_table_sched = type(sched).__name__ == "DDPMScheduler"
+    swaps = (
+        "Valid: every diffusers scheduler built with `from_config(pipe.scheduler.config)` (DDIM, DPM-Solver++, UniPC, "
+        "Euler...), since the config holds the trained VP process as a DDPM table; and "
+        "`SDEScheduler.from_config(pipe.scheduler.config, sampler=\"ddram\")`."
+        if vp_table_sched else
+        f"Valid: `SDEScheduler.from_config(pipe.scheduler.config, sampler=...)` only. The trained process "
+        f"({sched.sde!r}) is not a DDPM table: a stock diffusers scheduler built from this config would run "
+        "another process."
+    )
+    call = "pipe(batch_size=16, num_inference_steps=50"
+    if conditional:
+        call += ", class_labels=[0, 1, 2, 3] * 4, guidance_scale=3.0"
+    call += ").images"
+    return (
+        "# lit_diffusion export\n\n"
+        f"Network: `UNet2DModel` ({module.prediction_type} prediction){', class-conditional' if conditional else ''}"
+        f"{', latent (with its AutoencoderKL in vae/)' if latent else ''}. Process: {module.sde!r}.\n\n"
+        f"```python\n{load}\nimages = {call}\n```\n\nScheduler swaps: {swaps}\n"
+    )
+
+
+def export_pipeline(
+    ckpt_or_module,
+    out_dir: str,
+    sampler: Optional[str] = None,
+    ema: bool = True,
+    **scheduler_kwargs,
+) -> str:
+    """Write a diffusers pipeline folder for a trained image model and return ``out_dir``.
+
+    Args:
+        ckpt_or_module: a :class:`lit_diffusion.module.ScoreModule`, the path of a checkpoint it
+            wrote (loaded with ``weights_only=True``) or a pretrained-model folder.
+        out_dir: the folder to write (``model_index.json``, ``unet/``, ``scheduler/``, ``README.md``;
+            ``vae/`` for a latent model, ``pipeline.py`` for a :class:`LitDiffusionPipeline`).
+        sampler: ``None`` (default): a stock DDPM table scheduler for VP models, our ``ddram`` for the
+            others; a name of :data:`lit_diffusion.scheduler.SCHEDULER_SAMPLERS`: that sampler of
+            :class:`~lit_diffusion.scheduler.SDEScheduler` (with ``scheduler_kwargs``: ``schedule``,
+            ``ode``, ``final_denoise``...).
+        ema: export the EMA weights (default) or the raw ones.
+    """
+    from diffusers import DDPMPipeline
+
+    from .pipelines import LitDiffusionPipeline
+
+    module = _load_module(ckpt_or_module)
+    unet, scale = _unet_and_scale(module.sampling_net(ema))
+    sched = _scheduler(module, scale, sampler, scheduler_kwargs)
+    unet = copy.deepcopy(unet).cpu().eval()
+    if any(p.dtype != torch.float32 for p in unet.parameters()):
+        unet = unet.to(torch.float32)
+    conditional = module.num_classes is not None
+    codec = getattr(module, "codec", None)
+    stock = type(sched).__name__ == "DDPMScheduler" and not conditional and codec is None
+    os.makedirs(out_dir, exist_ok=True)
+    if stock:
+        DDPMPipeline(unet=unet, scheduler=sched).save_pretrained(out_dir, safe_serialization=True)
+    else:
+        vae = None
+        if codec is not None:
+            vae = copy.deepcopy(codec.vae).cpu().eval()
+            vae.register_to_config(scaling_factor=codec.scaling)
+        LitDiffusionPipeline(unet=unet, scheduler=sched, vae=vae).save_pretrained(out_dir, safe_serialization=True)
+        index_path = os.path.join(out_dir, "model_index.json")
+        with open(index_path) as f:
+            index = json.load(f)
+        index["_class_name"] = [PIPELINE_FILE[:-3], "LitDiffusionPipeline"]
+        if vae is None:
+            index.pop("vae", None)
+        atomic_write_bytes(json.dumps(index, indent=2, sort_keys=True).encode(), index_path)
+        atomic_write_bytes(_PIPELINE_SHIM.encode(), os.path.join(out_dir, PIPELINE_FILE))
+    atomic_write_bytes(_readme(stock, module, sched, conditional, codec is not None).encode(), os.path.join(out_dir, "README.md"))
+    return str(out_dir)

@@ -1,0 +1,177 @@
+"""``LitDiffusionPipeline``: the diffusers pipeline of exports that stock pipelines cannot run.
+
+diffusers' ``DDPMPipeline`` starts from ``N(0, I)``, passes no class labels and has no autoencoder.
+This pipeline takes the same components plus an optional ``vae`` and runs:
+
+* the right prior: ``N(m, s^2 I)`` with the scheduler's ``init_noise_sigma`` ``s`` and, for a
+  :class:`~lit_diffusion.scheduler.SDEScheduler`, its SDE's prior mean ``m`` (a VE process starts
+  from ``N(0, sigma_max^2 I)``, an OU process from its stationary law);
+* class-conditional U-Nets (``UNet2DModel`` with ``num_class_embeds = K + 1``, the last entry the
+  "no label" token) with ``class_labels`` and classifier-free guidance ``guidance_scale``
+  (``u + w (c - u)`` on the network output, one batched call; Ho & Salimans, "Classifier-Free
+  Diffusion Guidance");
+* latent models: the final state is decoded by the ``vae`` (``AutoencoderKL``) after division by
+  its ``scaling_factor``.
+
+Any scheduler with the diffusers ``set_timesteps``/``step`` API works (an exported VP model ships a
+stock ``DDPMScheduler`` table, and ``DPMSolverMultistepScheduler.from_config`` swaps work on it).
+
+Loading an exported folder: ``LitDiffusionPipeline.from_pretrained(folder)`` after ``import
+lit_diffusion``, or, in a fresh interpreter, ``DiffusionPipeline.from_pretrained(folder,
+trust_remote_code=True)``: the folder's ``pipeline.py`` only imports this class (diffusers runs code
+named by a folder only with that flag).
+"""
+
+from __future__ import annotations
+
+from typing import Optional, Union
+
+import torch
+from diffusers import DiffusionPipeline, ImagePipelineOutput
+
+# the SDEScheduler component of an export is named "lit_diffusion.scheduler" in model_index.json:
+# diffusers resolves it from sys.modules, so importing this pipeline makes such folders loadable
+from . import scheduler as _scheduler  # noqa: F401
+
+__all__ = ["LitDiffusionPipeline"]
+
+
+class LitDiffusionPipeline(DiffusionPipeline):
+    model_cpu_offload_seq = "unet->vae"
+    _optional_components = ["vae"]
+
+    def __init__(self, unet, scheduler, vae=None):
+        super().__init__()
+        self.register_modules(unet=unet, scheduler=scheduler, vae=vae)
+
+    # ------------------------------------------------------------------------------------------
+    @classmethod
+    def from_pretrained(cls, folder, torch_dtype: Optional[torch.dtype] = None, **kwargs) -> "LitDiffusionPipeline":
+        """Load an exported folder without running any code from it: the components are built from
+        an explicit list of classes (``UNet2DModel``, ``AutoencoderKL``, diffusers' schedulers and
+        :class:`~lit_diffusion.scheduler.SDEScheduler`), safetensors weights only."""
+        import json
+        from pathlib import Path
+
+        import diffusers
+        from diffusers import AutoencoderKL, UNet2DModel
+
+        from .scheduler import SDEScheduler
+
+        if kwargs:
+            raise TypeError(f"LitDiffusionPipeline.from_pretrained: unsupported arguments {sorted(kwargs)} (only torch_dtype)")
+        folder = Path(folder)
+        try:
+            index = json.loads((folder / "model_index.json").read_text())
+            sched_name = json.loads((folder / "scheduler" / "scheduler_config.json").read_text())["_class_name"]
+        except (OSError, ValueError, KeyError) as e:
+            raise ValueError(f"{str(folder)!r} is not an exported pipeline folder ({type(e).__name__}: {e})") from None
+        if sched_name == "SDEScheduler":
+            sched_cls = SDEScheduler
+        else:
+            sched_cls = getattr(diffusers, str(sched_name), None)
+            if not (isinstance(sched_cls, type) and issubclass(sched_cls, diffusers.SchedulerMixin)):
+                raise ValueError(f"{str(folder)!r}: scheduler class {sched_name!r} is not a diffusers scheduler")
+        load = dict(local_files_only=True, use_safetensors=True)
+        if torch_dtype is not None:
+            load["torch_dtype"] = torch_dtype
+        unet = UNet2DModel.from_pretrained(str(folder / "unet"), **load)
+        vae = AutoencoderKL.from_pretrained(str(folder / "vae"), **load) if index.get("vae") else None
+        return cls(unet=unet, scheduler=sched_cls.from_pretrained(str(folder / "scheduler")), vae=vae)
+
+    @property
+    def num_classes(self) -> Optional[int]:
+        """Number of classes of a class-conditional U-Net (``None``: unconditional)."""
+        n = getattr(self.unet.config, "num_class_embeds", None)
+        return None if n is None else int(n) - 1
+
+    def _labels(self, class_labels, batch_size: int, device) -> Optional[torch.Tensor]:
+        K = self.num_classes
+        if class_labels is None:
+            return None if K is None else torch.full((batch_size,), K, dtype=torch.long, device=device)
+        if K is None:
+            raise ValueError("this pipeline's U-Net is unconditional; it takes no class_labels")
+        y = torch.as_tensor(class_labels, device=device).to(torch.long).reshape(-1)
+        if y.numel() == 1:
+            y = y.expand(batch_size)
+        if y.shape[0] != batch_size:
+            raise ValueError(f"{y.shape[0]} class_labels for batch_size={batch_size}")
+        if int(y.max()) >= K:
+            raise ValueError(f"class label {int(y.max())} is out of range; valid labels are 0..{K - 1} (-1: no label)")
+        return torch.where(y < 0, torch.full_like(y, K), y)
+
+    def _prior(self, shape, generator, device, dtype) -> torch.Tensor:
+        from diffusers.utils.torch_utils import randn_tensor
+
+        x = randn_tensor(shape, generator=generator, device=device, dtype=dtype)
+        x = x * float(getattr(self.scheduler, "init_noise_sigma", 1.0))
+        sde = getattr(self.scheduler, "sde", None)
+        if sde is not None and float(sde.prior_mean) != 0.0:
+            x = x + float(sde.prior_mean)
+        return x
+
+    def _model_output(self, x, t, labels, guidance_scale: float):
+        if labels is None:
+            return self.unet(x, t, return_dict=False)[0]
+        if guidance_scale == 1.0:
+            return self.unet(x, t, class_labels=labels, return_dict=False)[0]
+        null = torch.full_like(labels, self.num_classes)
+        out = self.unet(torch.cat([x, x]), t, class_labels=torch.cat([labels, null]), return_dict=False)[0]
+        cond, uncond = out.chunk(2)
+        return uncond + guidance_scale * (cond - uncond)
+
+    @torch.no_grad()
+    def __call__(
+        self,
+        batch_size: int = 1,
+        generator: Optional[Union[torch.Generator, list]] = None,
+        num_inference_steps: int = 50,
+        class_labels=None,
+        guidance_scale: float = 1.0,
+        output_type: str = "pil",
+        return_dict: bool = True,
+        latents: Optional[torch.Tensor] = None,
+    ):
+        """Generate ``batch_size`` images.
+
+        Args:
+            class_labels: one label per image (or one for all; ``-1``: no label) for a
+                class-conditional U-Net; ``None``: unconditional.
+            guidance_scale: classifier-free guidance weight (1: conditional, 0: unconditional).
+            output_type: ``"pil"``, ``"np"`` or ``"pt"`` (images in ``[0, 1]``), or ``"latent"``
+                (the raw final state, before the autoencoder).
+            latents: the starting state (drawn from the prior when ``None``).
+        """
+        from ..core.fields import check_guidance
+
+        w = check_guidance(class_labels, guidance_scale)
+        if output_type not in ("pil", "np", "pt", "latent"):
+            raise ValueError(f"output_type={output_type!r} is invalid; valid choices: ['pil', 'np', 'pt', 'latent']")
+        cfg = self.unet.config
+        size = cfg.sample_size
+        hw = (size, size) if isinstance(size, int) else tuple(size)
+        shape = (int(batch_size), int(cfg.in_channels), *hw)
+        device, dtype = self.unet.device, self.unet.dtype
+        labels = self._labels(class_labels, int(batch_size), device)
+        x = self._prior(shape, generator, device, torch.float32) if latents is None else latents.to(device, torch.float32)
+        self.scheduler.set_timesteps(num_inference_steps)
+        for t in self.progress_bar(self.scheduler.timesteps):
+            model_in = self.scheduler.scale_model_input(x, t)
+            out = self._model_output(model_in.to(dtype), t, labels, w).float()
+            x = self.scheduler.step(out, t, x, generator=generator).prev_sample
+        if output_type == "latent":
+            images = x
+        else:
+            if self.vae is not None:
+                sf = float(getattr(self.vae.config, "scaling_factor", 1.0) or 1.0)
+                x = self.vae.decode((x / sf).to(self.vae.dtype)).sample.float()
+            images = (x / 2 + 0.5).clamp(0, 1)
+            if output_type != "pt":
+                images = images.cpu().permute(0, 2, 3, 1).numpy()
+                if output_type == "pil":
+                    images = self.numpy_to_pil(images)
+        self.maybe_free_model_hooks()
+        if not return_dict:
+            return (images,)
+        return ImagePipelineOutput(images=images)
+

@@ -1,0 +1,704 @@
+"""``SDEScheduler``: every sampler of :mod:`lit_diffusion.samplers` as a diffusers scheduler.
+
+A thin adapter: the arithmetic of a step is done by the *stepper* of
+:func:`lit_diffusion.samplers.get_stepper` (the same objects the :func:`~lit_diffusion.samplers.sample`
+loop drives, see the "stepper protocol" in that module's docstring); this class only
+
+* turns a diffusers configuration into an SDE (:class:`~lit_diffusion.discrete_vp.DiscreteVP` for
+  ``betas`` / ``alphas_cumprod`` tables, in the network's own timestep units, or one of our
+  continuous SDEs named by the ``sde`` / ``sde_kwargs`` config keys);
+* lays out, in :meth:`SDEScheduler.set_timesteps`, every network evaluation of the whole run (grid
+  points, DDRaM random midpoints drawn there from a generator or the ``seed`` config value, repeated
+  times for PC corrector evaluations, the optional final denoising evaluation), so that a pipeline
+  iterating over ``scheduler.timesteps`` conditions the network on exactly those times;
+* converts the network's output (``prediction_type``: ``epsilon``, ``v_prediction``, ``sample`` or
+  any of ours) into the field the stepper consumes and feeds it to the stepper, one evaluation per
+  :meth:`SDEScheduler.step` call, like diffusers' order-2 schedulers (KDPM2, Heun) do.
+
+Usage::
+
+    pipe.scheduler = SDEScheduler.from_config(pipe.scheduler.config, sampler="ddram")
+
+See ``docs/scheduler.md`` for the options, the diffusers contract this class satisfies and the
+measured overhead.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import List, Optional, Sequence, Tuple, Union
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from diffusers.configuration_utils import ConfigMixin, register_to_config
+from diffusers.schedulers.scheduling_utils import KarrasDiffusionSchedulers, SchedulerMixin, SchedulerOutput
+
+from ..core.discrete_vp import DiscreteVP, make_betas
+from ..core.parametrizations import canonical_prediction, convert
+from ..core.schedules import SCHEDULES, check_schedule, get_timesteps
+from ..core.sdes import LinearSDE, compute_dtype, get_sde
+from ..core.utils import randn
+
+__all__ = ["SDEScheduler", "SCHEDULER_SAMPLERS", "dynamic_threshold"]
+
+#: samplers the scheduler exposes (``moment_matching`` is refused, see :data:`_REFUSED`)
+SCHEDULER_SAMPLERS = ("euler", "exponential_euler", "ddram", "pc", "localization")
+_REFUSED = {
+    "moment_matching": (
+        "sampler='moment_matching' cannot run as a diffusers scheduler: its step needs the posterior "
+        "covariance, i.e. Jacobian-vector products of the denoiser with respect to x, and a pipeline "
+        "only hands the scheduler the network's output at one point. Use "
+        "lit_diffusion.samplers.sample(..., sampler='moment_matching') with the network itself."
+    )
+}
+
+
+def _as_float(timestep) -> float:
+    if isinstance(timestep, Tensor):
+        if timestep.numel() != 1:
+            # pipelines pass one timestep for the whole batch; accept a batch of equal values
+            flat = timestep.detach().flatten()
+            if not bool((flat == flat[0]).all()):
+                raise ValueError(
+                    f"step() got per-sample timesteps {flat.tolist()}; a scheduler step needs one timestep"
+                )
+            timestep = flat[0]
+        return float(timestep.item())
+    return float(timestep)
+
+
+FINAL_SIGMAS_TYPES = ("zero", "sigma_min")
+
+
+def _diffusers_schedule(schedule, use_karras_sigmas: bool, timestep_spacing: str, steps_offset: int):
+    """The step grid the diffusers keys ask for: Karras sigmas are the ``edm`` grid; a
+    non-default ``timestep_spacing`` / ``steps_offset`` selects diffusers' integer spacing."""
+    if use_karras_sigmas:
+        if schedule not in (None, "edm"):
+            raise ValueError(f"use_karras_sigmas=True asks for the Karras (edm) grid but schedule={schedule!r} was given")
+        return "edm"
+    if schedule is None and (timestep_spacing != "linspace" or int(steps_offset) != 0):
+        return "diffusers"
+    if schedule is not None and str(schedule).lower() != "diffusers" and (
+        timestep_spacing != "linspace" or int(steps_offset) != 0
+    ):
+        raise ValueError(
+            f"timestep_spacing={timestep_spacing!r} / steps_offset={steps_offset!r} only apply to schedule='diffusers'; "
+            f"got schedule={schedule!r} (drop them, or use schedule='diffusers')"
+        )
+    return schedule
+
+
+def _final_denoise(final_denoise: bool, final_sigmas_type) -> bool:
+    """``final_sigmas_type="zero"`` ends on the data (a final denoising evaluation), ``"sigma_min"`` at
+    the last noise level ``t_min``."""
+    if final_sigmas_type is None:
+        return bool(final_denoise)
+    if final_sigmas_type not in FINAL_SIGMAS_TYPES:
+        raise ValueError(f"final_sigmas_type={final_sigmas_type!r} is invalid; valid choices: {list(FINAL_SIGMAS_TYPES)}")
+    return final_sigmas_type == "zero"
+
+
+def _check_model_output(model_output, sample, timestep, index) -> None:
+    """The network output must be a finite tensor shaped like the sample (or with twice its channels: a
+    learned-variance network)."""
+    if not isinstance(model_output, Tensor) or not isinstance(sample, Tensor):
+        raise TypeError(
+            f"step() takes tensors; got model_output={type(model_output).__name__}, sample={type(sample).__name__}"
+        )
+    learned_variance = (
+        model_output.ndim == sample.ndim >= 2 and model_output.shape[0] == sample.shape[0]
+        and model_output.shape[1] == 2 * sample.shape[1] and model_output.shape[2:] == sample.shape[2:]
+    )
+    if tuple(model_output.shape) != tuple(sample.shape) and not learned_variance:
+        raise ValueError(
+            f"model_output has shape {tuple(model_output.shape)} but sample has shape {tuple(sample.shape)}; "
+            "they must be equal, or have twice the channels for a learned-variance network (variance half ignored)"
+        )
+    if not bool(torch.isfinite(model_output).all()):
+        bad = int((~torch.isfinite(model_output)).sum())
+        raise FloatingPointError(
+            f"the model output at timestep {_as_float(timestep)!r} (evaluation {index or 0}) has {bad} "
+            "NaN/inf values; the network diverged or ran out of its precision range (try fp32 or bf16)"
+        )
+
+
+def _check_numbers(dynamic_thresholding_ratio, sample_max_value, n_corrector, snr, clip_sample_range) -> None:
+    if not (0.0 < float(dynamic_thresholding_ratio) <= 1.0):
+        raise ValueError(f"dynamic_thresholding_ratio={dynamic_thresholding_ratio!r} is invalid; it must be in (0, 1]")
+    if not (math.isfinite(float(sample_max_value)) and float(sample_max_value) >= 1.0):
+        raise ValueError(f"sample_max_value={sample_max_value!r} is invalid; it must be a finite number >= 1")
+    if isinstance(n_corrector, bool) or int(n_corrector) != n_corrector or int(n_corrector) < 0:
+        raise ValueError(f"n_corrector={n_corrector!r} is invalid; it must be an integer >= 0")
+    if not (math.isfinite(float(snr)) and float(snr) > 0):
+        raise ValueError(f"snr={snr!r} is invalid; it must be a finite number > 0")
+    if not (math.isfinite(float(clip_sample_range)) and float(clip_sample_range) > 0):
+        raise ValueError(f"clip_sample_range={clip_sample_range!r} is invalid; it must be > 0")
+
+
+def _check_sampler_name(sampler) -> str:
+    name = str(sampler).lower()
+    if name in _REFUSED:
+        raise ValueError(_REFUSED[name])
+    if name not in SCHEDULER_SAMPLERS:
+        raise ValueError(
+            f"unknown sampler {sampler!r}; valid choices: {list(SCHEDULER_SAMPLERS)} "
+            f"(moment_matching needs network Jacobians and is only available in lit_diffusion.samplers.sample)"
+        )
+    return name
+
+
+def _check_schedule_name(schedule, sampler: str, timestep_spacing: str) -> str:
+    if schedule is None:
+        from ..sampling.samplers import default_schedule
+
+        schedule = default_schedule(sampler)
+    if str(schedule).lower() != "diffusers":
+        try:
+            check_schedule(schedule)
+        except ValueError:
+            raise ValueError(f"unknown schedule {schedule!r}; valid choices: {list(SCHEDULES) + ['diffusers']}") from None
+    elif timestep_spacing not in ("linspace", "leading", "trailing"):
+        raise ValueError(f"unknown timestep_spacing {timestep_spacing!r}; valid choices: ['linspace', 'leading', 'trailing']")
+    return str(schedule)
+
+
+def _check_num_steps(n) -> int:
+    if n is None or isinstance(n, bool) or not isinstance(n, (int, np.integer)) and not (
+        isinstance(n, float) and float(n).is_integer()
+    ):
+        raise ValueError(f"num_inference_steps={n!r} is invalid; it must be a positive integer")
+    n = int(n)
+    if n <= 0:
+        raise ValueError(f"num_inference_steps={n!r} is invalid; it must be a positive integer (>= 1)")
+    return n
+
+
+def dynamic_threshold(x0: Tensor, ratio: float = 0.995, max_value: float = 1.0) -> Tensor:
+    """Dynamic thresholding of a denoised estimate (Saharia et al., "Photorealistic Text-to-Image
+    Diffusion Models with Deep Language Understanding"): per sample, ``s`` is the ``ratio`` quantile of
+    ``|x0|`` clamped to ``[1, max_value]``, and ``x0`` becomes ``clamp(x0, -s, s) / s``."""
+    flat = x0.reshape(x0.shape[0], -1).abs()
+    s = torch.quantile(flat.float(), ratio, dim=1).clamp(1.0, max_value).to(x0.dtype)
+    s = s.reshape(-1, *([1] * (x0.ndim - 1)))
+    return torch.maximum(torch.minimum(x0, s), -s) / s
+
+
+class SDEScheduler(SchedulerMixin, ConfigMixin):
+    """A diffusers scheduler running the samplers of :mod:`lit_diffusion.samplers`.
+
+    Config (every ``__init__`` argument is saved by ``save_pretrained``):
+
+    *diffusers keys* — ``num_train_timesteps, beta_start, beta_end, beta_schedule`` (``linear``,
+    ``scaled_linear``, ``squaredcos_cap_v2``, ``sigmoid``), ``trained_betas``, ``prediction_type``
+    (``epsilon``, ``v_prediction``, ``sample``, or ours: ``score``, ``denoiser``, ``v``,
+    ``relative_score``), ``clip_sample`` / ``clip_sample_range`` (clamp the denoised estimate, as
+    DDPM does), ``thresholding`` / ``dynamic_thresholding_ratio`` / ``sample_max_value`` (dynamic
+    thresholding of the denoised estimate, :func:`dynamic_threshold`), ``timestep_spacing`` /
+    ``steps_offset`` (a non-default value selects ``schedule="diffusers"``, their integer spacing;
+    refused with another explicit schedule), ``use_karras_sigmas`` (the Karras grid, our ``edm``
+    schedule with ``rho``), ``final_sigmas_type`` (``"zero"``: end on the data with a final
+    denoising evaluation, ``"sigma_min"``: end at ``t_min``; overrides ``final_denoise``),
+    ``rescale_betas_zero_snr``.  DDPM's ``variance_type`` and DDIM's ``set_alpha_to_one`` have no
+    meaning here (a learned-variance output is split off automatically).  After
+    :meth:`set_timesteps`, ``sigmas`` holds diffusers' noise levels ``sigma / alpha`` of the
+    evaluations and of the end point.
+
+    *process* — ``sde`` (``None``: the discrete table above as :class:`DiscreteVP`; or a name of
+    :data:`lit_diffusion.sdes.SDE_CLASSES` with ``sde_kwargs``; the network is then conditioned on
+    that SDE's own continuous time), ``t_min`` (early stopping for the discrete table; our SDEs take
+    it from ``sde_kwargs``).
+
+    *sampler* — ``sampler`` (one of :data:`SCHEDULER_SAMPLERS`), ``schedule`` (one of
+    :data:`lit_diffusion.schedules.SCHEDULES` or ``"diffusers"``: diffusers' integer spacing),
+    ``parametrization`` (``score``, ``relative_score``, ``denoiser``; ``None``: the sampler's
+    default), ``ode``, ``predictor`` / ``n_corrector`` / ``snr`` / ``snr_norm`` (PC), ``rho`` (EDM schedule),
+    ``final_denoise`` (one more evaluation at ``t_min`` returning the denoised estimate, like DDPM's
+    last step), ``seed`` (DDRaM midpoints when ``set_timesteps`` gets no generator; default 0, so
+    that a seeded pipeline is reproducible; ``None``: torch's global RNG).
+    """
+
+    _compatibles = [e.name for e in KarrasDiffusionSchedulers]
+    order = 1  # replaced per instance by the sampler's evaluations per step
+
+    @register_to_config
+    def __init__(
+        self,
+        num_train_timesteps: int = 1000,
+        beta_start: float = 0.0001,
+        beta_end: float = 0.02,
+        beta_schedule: str = "linear",
+        trained_betas: Optional[Union[np.ndarray, List[float]]] = None,
+        prediction_type: str = "epsilon",
+        clip_sample: bool = False,
+        clip_sample_range: float = 1.0,
+        timestep_spacing: str = "linspace",
+        steps_offset: int = 0,
+        rescale_betas_zero_snr: bool = False,
+        sampler: str = "ddram",
+        schedule: Optional[str] = None,
+        parametrization: Optional[str] = None,
+        ode: bool = False,
+        predictor: Optional[str] = None,
+        n_corrector: int = 1,
+        snr: float = 0.16,
+        snr_norm: str = "capped",
+        rho: float = 7.0,
+        final_denoise: bool = True,
+        seed: Optional[int] = 0,
+        t_min: float = 1e-3,
+        sde: Optional[str] = None,
+        sde_kwargs: Optional[dict] = None,
+        use_karras_sigmas: bool = False,
+        final_sigmas_type: Optional[str] = None,
+        thresholding: bool = False,
+        dynamic_thresholding_ratio: float = 0.995,
+        sample_max_value: float = 1.0,
+    ):
+        # ---- validate every name before any work ------------------------------------------------
+        schedule = _diffusers_schedule(schedule, use_karras_sigmas, timestep_spacing, steps_offset)
+        final_denoise = _final_denoise(final_denoise, final_sigmas_type)
+        _check_numbers(dynamic_thresholding_ratio, sample_max_value, n_corrector, snr, clip_sample_range)
+        self._final_denoise = bool(final_denoise)
+        name = _check_sampler_name(sampler)
+        self._schedule = _check_schedule_name(schedule, name, timestep_spacing)
+        self._declared = canonical_prediction(prediction_type)
+
+        # ---- the process -------------------------------------------------------------------------
+        if sde is None:
+            betas = make_betas(
+                num_train_timesteps, beta_start, beta_end, beta_schedule, trained_betas, rescale_betas_zero_snr
+            )
+            self.betas = betas
+            self.alphas = 1.0 - betas
+            self.alphas_cumprod = torch.cumprod(self.alphas, dim=0)
+            self.sde: LinearSDE = DiscreteVP(self.alphas_cumprod.to(torch.float64), t_min=t_min)
+        else:
+            self.sde = get_sde(sde, **dict(sde_kwargs or {}))
+            # the discrete chain of this SDE on ``num_train_timesteps`` uniform steps (informative)
+            n = int(num_train_timesteps)
+            tk = torch.linspace(0.0, self.sde.T, n + 1, dtype=torch.float64)
+            la = self.sde.log_alpha(tk)
+            self.alphas = torch.exp(2 * (la[1:] - la[:-1])).to(torch.float32)
+            self.betas = 1.0 - self.alphas
+            self.alphas_cumprod = torch.exp(2 * la[1:]).to(torch.float32)
+
+        # ---- the stepper (the same object the sample() loop drives) ------------------------------
+        from ..sampling.samplers import get_stepper
+
+        options: dict = {}
+        if parametrization is None and isinstance(self.sde, DiscreteVP):
+            # the denoiser coefficients are closed forms for every SDE (exact for the interpolated
+            # table); relative_score / score would go through a numerical integral table
+            pred_name = str(predictor or "exponential_euler").lower() if name == "pc" else name
+            if pred_name in ("exponential_euler", "ddram"):
+                parametrization = "denoiser"
+        if name == "pc":
+            options.update(n_corrector=int(n_corrector), snr=float(snr), snr_norm=snr_norm)
+            if predictor is not None:
+                options["predictor"] = predictor
+        self._stepper_args = (name, parametrization, options)
+        self.stepper = get_stepper(name, self.sde, parametrization=parametrization, ode=bool(ode), **options)
+        self.order = int(self.stepper.evals_per_step)
+        self._last_layout = None  # the arguments of the last set_timesteps (to re-lay out for eta)
+
+        # standard deviation of the prior the pipeline must draw x_T from (1 for VP-type processes)
+        self.init_noise_sigma = float(math.sqrt(self.sde.prior_var))
+
+        # ---- settable state -------------------------------------------------------------------------
+        self.num_inference_steps: Optional[int] = None
+        self.timesteps = torch.zeros(0)
+        self.sigmas = torch.zeros(0)
+        self._grid: Optional[Tensor] = None  # (n+1,) float64 step grid T = t_0 > ... > t_n
+        self._u: Optional[Tensor] = None  # (n,) DDRaM uniforms (shared by the batch)
+        self._eval_times: Optional[Tensor] = None  # float64 time of every evaluation
+        self._eval_step: List[int] = []
+        self._eval_stage: List[int] = []
+        self._state = None
+        self._plan = None  # lit_diffusion.affine_plan.AffinePlan of the current run (affine samplers)
+        self._step_index: Optional[int] = None
+        self._begin_index: Optional[int] = None
+
+    # ---------------------------------------------------------------------------------------------
+    # diffusers API
+    # ---------------------------------------------------------------------------------------------
+    @property
+    def compatibles(self):
+        """The schedulers ``from_config(self.config)`` can swap in faithfully: diffusers' DDPM-family
+        schedulers for a DDPM table, only this class for our continuous SDEs (a stock scheduler would
+        read the default DDPM betas of the config and run another process)."""
+        if isinstance(self.sde, DiscreteVP):
+            return super().compatibles
+        return [SDEScheduler]
+
+    @property
+    def step_index(self) -> Optional[int]:
+        """Index in :attr:`timesteps` of the next evaluation (``None`` before the first step)."""
+        return self._step_index
+
+    @property
+    def begin_index(self) -> Optional[int]:
+        return self._begin_index
+
+    def set_begin_index(self, begin_index: int = 0) -> None:
+        """Start from evaluation ``begin_index`` (img2img: ``t_start * order``); it must start a step."""
+        begin_index = int(begin_index)
+        if self._eval_times is not None:
+            if not (0 <= begin_index < len(self._eval_step)) or self._eval_stage[begin_index] != 0:
+                starts = [i for i, j in enumerate(self._eval_stage) if j == 0]
+                raise ValueError(
+                    f"begin_index={begin_index} does not start a step; valid values: {starts} (multiples of order={self.order})"
+                )
+        self._begin_index = begin_index
+
+    def scale_model_input(self, sample: Tensor, timestep: Optional[Union[float, Tensor]] = None) -> Tensor:
+        """The network takes the process state itself: no scaling."""
+        return sample
+
+    def __len__(self) -> int:
+        return int(self.config.num_train_timesteps)
+
+    def _step_grid(self, n: int) -> Tensor:
+        cfg = self.config
+        if self._schedule.lower() != "diffusers":
+            return get_timesteps(self.sde, n, self._schedule, rho=float(cfg.rho))
+        # diffusers' integer spacings of the evaluation times, then t_min as the end point
+        N = int(cfg.num_train_timesteps)
+        if n > N:
+            raise ValueError(f"num_inference_steps={n} cannot exceed num_train_timesteps={N} with schedule='diffusers'")
+        if cfg.timestep_spacing == "linspace":
+            ts = np.linspace(0, N - 1, n).round()[::-1]
+        elif cfg.timestep_spacing == "leading":
+            ts = (np.arange(0, n) * (N // n)).round()[::-1] + cfg.steps_offset
+        else:
+            ts = np.round(np.arange(N, 0, -N / n)) - 1
+        ts = torch.as_tensor(np.asarray(ts, dtype=np.float64).copy()) * (self.sde.T / max(N - 1, 1))
+        ts = ts.clamp(self.sde.t_min, self.sde.T)
+        grid = torch.cat([ts, torch.tensor([self.sde.t_min], dtype=torch.float64)])
+        keep = torch.cat([grid[:-1] > grid[1:], torch.tensor([True])])
+        return grid[keep]
+
+    def set_timesteps(
+        self,
+        num_inference_steps: Optional[int] = None,
+        device: Union[str, torch.device, None] = None,
+        timesteps: Optional[Sequence[float]] = None,
+        generator: Optional[torch.Generator] = None,
+        sigmas: Optional[Sequence[float]] = None,
+    ) -> None:
+        """Lay out every evaluation of a run of ``num_inference_steps`` sampler steps.
+
+        ``timesteps``: a custom step grid ``t_0 > ... > t_n`` in the network's time units (then
+        ``num_inference_steps`` must be None); values in ``[0, t_min)`` are raised to ``t_min``.
+        ``sigmas``: the same grid given as diffusers' noise levels ``sigma / alpha`` (the noise-to-
+        signal ratio, ``sqrt((1 - abar) / abar)`` for a DDPM table), decreasing; a last value 0 means
+        the data end, i.e. ``t_min`` (what ``retrieve_timesteps(..., sigmas=...)`` passes).
+        ``generator``: draws the DDRaM midpoints (else the ``seed`` config value, else torch's global
+        RNG).  Resets all state between :meth:`step` calls.
+        """
+        self._last_layout = (num_inference_steps, device, timesteps, generator, sigmas)
+        if sigmas is not None:
+            if timesteps is not None:
+                raise ValueError("pass either timesteps or sigmas, not both")
+            timesteps = self._times_of_sigmas(sigmas)
+        if timesteps is not None:
+            if num_inference_steps is not None:
+                raise ValueError("pass either num_inference_steps or timesteps, not both")
+            grid = self._custom_grid(timesteps)
+        else:
+            grid = self._step_grid(_check_num_steps(num_inference_steps))
+        n = grid.numel() - 1
+        stepper = self.stepper
+        u = self._draw_midpoints(n, generator) if getattr(stepper, "needs_midpoint", False) else None
+
+        from ..sampling.affine_plan import AffinePlan, supports
+
+        self._plan = None
+        if supports(stepper) and not (self.config.clip_sample or self.config.thresholding):
+            # the affine samplers: every evaluation's coefficients at once (float64), applied by step()
+            self._plan = AffinePlan(stepper, self.sde, self._declared, grid, u, self._final_denoise)
+            per = self._plan.evals_per_step
+            steps = [k for k in range(n) for _ in range(per)]
+            stages = [j for _ in range(n) for j in range(per)]
+            if self._final_denoise:
+                steps.append(n)
+                stages.append(0)
+            self._finish_set_timesteps(n, grid, u, self._plan.times, steps, stages, device)
+            return
+
+        # dry run of the stepper on a 1-element state: the time of every evaluation, in order
+        times: List[float] = []
+        steps: List[int] = []
+        stages: List[int] = []
+        x = torch.ones(1, 1, dtype=torch.float64)
+        for k in range(n):
+            st = stepper.start(x, grid[k], grid[k + 1], u=None if u is None else u[k : k + 1])
+            j = 0
+            while not st.done:
+                times.append(float(st.t_eval.flatten()[0]))
+                steps.append(k)
+                stages.append(j)
+                st.advance(torch.ones_like(x), noise=torch.zeros_like(x) if st.noise_needed else None)
+                j += 1
+        if self._final_denoise:
+            times.append(float(grid[-1]))
+            steps.append(n)
+            stages.append(0)
+
+        self._finish_set_timesteps(n, grid, u, torch.tensor(times, dtype=torch.float64), steps, stages, device)
+
+    def _custom_grid(self, timesteps) -> Tensor:
+        grid = torch.as_tensor(np.asarray(timesteps, dtype=np.float64)).flatten()
+        if grid.numel() < 2:
+            raise ValueError(f"timesteps={list(map(float, grid))} needs at least 2 values (one step)")
+        if not bool((grid[:-1] > grid[1:]).all()):
+            raise ValueError(f"timesteps must be strictly decreasing; got {grid.tolist()}")
+        if float(grid[0]) > self.sde.T * (1 + 1e-9) or float(grid[-1]) < 0:
+            raise ValueError(f"timesteps must lie in [0, {self.sde.T:g}] (the process' time range); got {grid.tolist()}")
+        grid = grid.clamp(min=self.sde.t_min)
+        grid = grid[torch.cat([grid[:-1] > grid[1:], torch.tensor([True])])]
+        if grid.numel() < 2:
+            raise ValueError("timesteps collapse to a single time after raising values below t_min")
+        return grid
+
+    def _draw_midpoints(self, n: int, generator) -> Tensor:
+        """DDRaM's uniforms, one per step: from ``generator``, else the ``seed`` config value, else
+        torch's global RNG."""
+        gen = generator
+        if gen is None and self.config.seed is not None:
+            gen = torch.Generator().manual_seed(int(self.config.seed))
+        if gen is None:
+            return torch.rand(n, dtype=torch.float64)
+        return torch.rand(n, generator=gen, device=gen.device, dtype=torch.float64).cpu()
+
+    def _times_of_sigmas(self, sigmas) -> np.ndarray:
+        sig = np.asarray(sigmas, dtype=np.float64).flatten()
+        if sig.size < 2 or not np.all(np.isfinite(sig)) or np.any(sig < 0) or not np.all(sig[:-1] > sig[1:]):
+            raise ValueError(f"sigmas must be a strictly decreasing sequence of >= 2 values >= 0; got {sig.tolist()[:8]}")
+        pos = torch.as_tensor(sig[sig > 0])
+        t = self.sde.t_from_snr(1.0 / pos**2).to(torch.float64).clamp(self.sde.t_min, self.sde.T).numpy()
+        return np.concatenate([t, [0.0]]) if sig[-1] == 0 else t
+
+    def _finish_set_timesteps(self, n, grid, u, times: Tensor, steps, stages, device) -> None:
+        self.num_inference_steps = n
+        # diffusers' noise levels sigma / alpha of every evaluation, then of the end point
+        ends = torch.cat([times, grid[-1:]])
+        alpha, sigma = self.sde.alpha(ends), self.sde.sigma(ends)
+        sig = (sigma / alpha).to(torch.float32)
+        if self._final_denoise:
+            sig[-1] = 0.0
+        self.sigmas = sig.to(device=device)
+        self._grid = grid
+        self._u = u
+        self._eval_times = times.to(torch.float64)
+        self._eval_step, self._eval_stage = steps, stages
+        self.timesteps = self._eval_times.to(device=device, dtype=torch.float32)
+        self._expected = self.timesteps.tolist()
+        self._state = None
+        self._step_index = None
+        self._begin_index = None
+
+    # ---------------------------------------------------------------------------------------------
+    def index_for_timestep(self, timestep) -> int:
+        """First evaluation index that starts a step at ``timestep`` (error if there is none)."""
+        if self._eval_times is None:
+            raise ValueError("call set_timesteps() before step()")
+        t = _as_float(timestep)
+        tol = 1e-4 * max(1.0, self.sde.T)
+        for i, (tt, j) in enumerate(zip(self.timesteps.tolist(), self._eval_stage)):
+            if j == 0 and abs(tt - t) <= tol:
+                return i
+        starts = [round(v, 4) for v, j in zip(self.timesteps.tolist(), self._eval_stage) if j == 0]
+        raise ValueError(
+            f"timestep {t!r} is not a step start of this scheduler's grid; valid values: {starts} "
+            "(use the values of scheduler.timesteps in order)"
+        )
+
+    def _field(self, model_output: Tensor, sample: Tensor, t, kind: str) -> Tensor:
+        """The network output converted to the field ``kind`` at ``(sample, t)`` (§2), clipped like
+        DDPM when ``clip_sample``.  A network with a learned variance (``variance_type="learned"`` /
+        ``"learned_range"``: twice the sample's channels) contributes its first half only: the
+        samplers use their own noise law."""
+        if model_output.ndim >= 2 and sample.ndim >= 2 and model_output.shape[1] == 2 * sample.shape[1]:
+            model_output = model_output[:, : sample.shape[1]]
+        if self.config.clip_sample or self.config.thresholding:
+            d = convert(model_output, self._declared, "denoiser", sample, t, self.sde)
+            if self.config.thresholding:
+                d = dynamic_threshold(d, float(self.config.dynamic_thresholding_ratio), float(self.config.sample_max_value))
+            if self.config.clip_sample:
+                r = float(self.config.clip_sample_range)
+                d = d.clamp(-r, r)
+            return convert(d, "denoiser", kind, sample, t, self.sde)
+        return convert(model_output, self._declared, kind, sample, t, self.sde)
+
+    def step(
+        self,
+        model_output: Tensor,
+        timestep: Union[float, Tensor],
+        sample: Tensor,
+        generator: Optional[Union[torch.Generator, List[torch.Generator]]] = None,
+        return_dict: bool = True,
+        eta: Optional[float] = None,
+        use_clipped_model_output: Optional[bool] = None,
+        variance_noise: Optional[Tensor] = None,
+    ) -> Union[SchedulerOutput, Tuple[Tensor]]:
+        """Feed the network output at ``(sample, timestep)``; return the next point to evaluate
+        (a DDRaM midpoint, a PC corrector point, ...) or the end point of the step.
+
+        Keywords that pipelines pass: ``eta`` (DDIM's stochasticity level) is honoured: ``0`` runs
+        the probability-flow ODE, ``1`` the reverse SDE (DDPM's level); it is read at the first
+        step of a run (the run is laid out again if it changes the mode) and may not change within
+        it; values in between are refused.  ``use_clipped_model_output`` has no effect: with
+        ``clip_sample``/``thresholding`` the field is always recomputed from the clipped denoised
+        estimate (DDIM's ``True``).  ``variance_noise`` (a caller's own noise) is refused.
+        """
+        if self._eval_times is None:
+            raise ValueError("call set_timesteps() before step()")
+        if variance_noise is not None:
+            raise ValueError("SDEScheduler.step does not take variance_noise: the noise comes from `generator`")
+        if eta is not None:
+            self._apply_eta(eta)
+        _check_model_output(model_output, sample, timestep, self._step_index)
+        if self._step_index is None:
+            self._step_index = self._begin_index if self._begin_index is not None else self.index_for_timestep(timestep)
+        i = self._step_index
+        if i >= len(self._eval_step):
+            raise ValueError(
+                f"step() called {i + 1} times but this run has {len(self._eval_step)} evaluations; call set_timesteps() to restart"
+            )
+        t_given = _as_float(timestep)
+        t_expected = self._expected[i]
+        if abs(t_given - t_expected) > 1e-4 * max(1.0, self.sde.T):
+            raise ValueError(
+                f"timestep {t_given!r} is not the expected evaluation time {t_expected!r} (index {i} of "
+                f"scheduler.timesteps); steps must follow scheduler.timesteps in order — call set_timesteps() to restart"
+            )
+        k, j = self._eval_step[i], self._eval_stage[i]
+        n = self.num_inference_steps
+        if self._plan is not None:
+            prev = self._plan_step(model_output, sample, i, k, j, generator)
+        elif k == n:  # final denoising evaluation at t_min
+            t = self._grid[-1]
+            prev = self._field(model_output, sample, t, "denoiser").to(sample.dtype)
+            self._state = None
+        else:
+            if j == 0:
+                u = None if self._u is None else self._u[k : k + 1].to(sample.device)
+                self._state = self.stepper.start(sample, self._grid[k], self._grid[k + 1], u=u, generator=generator)
+            elif self._state is None:
+                raise ValueError(
+                    f"evaluation {i} is stage {j} of step {k}, but the step's first evaluation was not given to this "
+                    "scheduler; start from a step boundary (set_begin_index / index multiple of order)"
+                )
+            st = self._state
+            F = self._field(model_output, sample, st.t_eval, st.stepper.field_kind)
+            noise = None
+            if st.noise_needed and self.stepper.stochastic:
+                noise = randn(sample.shape, generator=generator, device=sample.device, dtype=compute_dtype(sample))
+            st.advance(F, noise=noise)
+            if st.done:
+                prev = st.x.to(sample.dtype)
+                self._state = None
+            else:
+                prev = st.x_eval.to(sample.dtype)
+        self._step_index = i + 1
+        if not return_dict:
+            return (prev,)
+        return SchedulerOutput(prev_sample=prev)
+
+    def _plan_step(self, out: Tensor, x: Tensor, i: int, k: int, j: int, generator) -> Tensor:
+        """One evaluation of an affine sampler from the precomputed coefficients (see
+        :mod:`lit_diffusion.affine_plan`): a few fused tensor operations, arithmetic in float32/64."""
+        dtype = compute_dtype(x)
+        mid, end, conv, final = self._plan.cast(dtype, x.device)
+        if out.shape[1:] != x.shape[1:]:
+            out = out[:, : x.shape[1]]  # learned-variance output: the variance half is not used
+        xd, od = x.to(dtype), out.to(dtype)
+        if k == self.num_inference_steps:  # final denoise: D(x, t_min)
+            a, b, c = final
+            self._state = None
+            return torch.addcmul(torch.addcmul(c, a, xd), b, od).to(x.dtype)
+        a, b, c = conv[i]
+        F = torch.addcmul(torch.addcmul(c, a, xd), b, od)
+
+        def noise():
+            return randn(x.shape, generator=generator, device=x.device, dtype=dtype)
+
+        if j > 0 and self._plan.pc is not None:  # a Langevin corrector step at s (F is the score)
+            from ..sampling.samplers import langevin_corrector_step
+
+            pc = self._plan.pc
+            kappa, sigma = pc["kappa"][k].to(dtype), pc["sigma"][k].to(dtype)
+            y = langevin_corrector_step(xd, F, pc["snr"], kappa, noise(), pc["snr_norm"], sigma)
+            return y.to(x.dtype)
+        if j == 0:
+            cx, cf, c0, cz = mid[k]
+            y = torch.addcmul(torch.addcmul(c0, cx, xd), cf, F)
+            z1 = None
+            if self._plan.stochastic:
+                z1 = noise()
+                y = y.add_(z1 * cz)
+            if self._plan.two_stage:
+                self._state = (xd, z1)
+            return y.to(x.dtype)
+        if self._state is None:
+            raise ValueError(
+                f"evaluation {i} is stage {j} of step {k}, but the step's first evaluation was not given to this "
+                "scheduler; start from a step boundary (set_begin_index / index multiple of order)"
+            )
+        x_t, z1 = self._state
+        dx, df, d0, dz1, dz2 = end[k]
+        y = torch.addcmul(torch.addcmul(d0, dx, x_t), df, F)
+        if self._plan.stochastic:
+            y = y.add_(z1 * dz1).add_(noise() * dz2)
+        self._state = None
+        return y.to(x.dtype)
+
+    def _apply_eta(self, eta) -> None:
+        eta = float(eta)
+        if eta not in (0.0, 1.0):
+            raise ValueError(
+                f"eta={eta!r} is not supported: SDEScheduler runs the probability-flow ODE (eta=0) or the "
+                "reverse SDE (eta=1, DDPM's level); intermediate levels are not implemented"
+            )
+        want_ode = eta == 0.0
+        if want_ode == (not self.stepper.stochastic):
+            return
+        if self._step_index is not None:
+            raise ValueError(f"eta={eta:g} changes the sampler's mode in the middle of a run; pass the same eta to every step")
+        from ..sampling.samplers import get_stepper
+
+        name, parametrization, options = self._stepper_args
+        old = self.timesteps
+        self.stepper = get_stepper(name, self.sde, parametrization=parametrization, ode=want_ode, **options)
+        self.set_timesteps(*self._last_layout)
+        if self.timesteps.shape != old.shape or float(self.timesteps[0]) != float(old[0]):
+            raise ValueError(f"eta={eta:g} changes the number of evaluations of sampler {name!r}; set ode= in the config instead")
+        # a pipeline loops over the tensor it read before the first step: update that tensor in place
+        # (the ODE form of a sampler may place its later evaluations, e.g. DDRaM's midpoints, elsewhere)
+        old.copy_(self.timesteps.to(old.device))
+        self.timesteps = old
+
+    # ---------------------------------------------------------------------------------------------
+    def _times_tensor(self, timesteps, like: Tensor) -> Tensor:
+        t = torch.as_tensor(timesteps).to(device=like.device, dtype=torch.float64).flatten()
+        if t.numel() and (float(t.min()) < 0 or float(t.max()) > self.sde.T * (1 + 1e-9)):
+            raise ValueError(
+                f"timesteps {t.tolist()[:8]} outside the process' time range [0, {self.sde.T:g}]"
+            )
+        if t.numel() == 1 and like.shape[0] != 1:
+            t = t.expand(like.shape[0])
+        return t
+
+    def add_noise(self, original_samples: Tensor, noise: Tensor, timesteps) -> Tensor:
+        """``x_t = alpha(t) x_0 + m(t) + sigma(t) noise`` at (integer or fractional) timesteps (§1)."""
+        t = self._times_tensor(timesteps, original_samples)
+        return self.sde.perturb(original_samples, t, noise).to(original_samples.dtype)
+
+    def get_velocity(self, sample: Tensor, noise: Tensor, timesteps) -> Tensor:
+        """The v-prediction target ``alpha eps - sigma x_0`` (§2) of a training pair."""
+        t = self._times_tensor(timesteps, sample)
+        alpha, _, sigma = self.sde.marginal_coefficients(t, sample)
+        return (alpha * noise.to(alpha.dtype) - sigma * sample.to(alpha.dtype)).to(sample.dtype)

@@ -1,0 +1,252 @@
+"""Crash-safe checkpoint files.
+
+Why this exists: Lightning 2.6's ``TorchCheckpointIO`` saves through
+``lightning.fabric.utilities.cloud_io._atomic_save``: it serialises to memory, then writes inside an
+``fsspec`` transaction.  For a local path the transaction writes to ``tempfile.mkstemp()`` -- in the
+*system temporary folder*, not next to the checkpoint -- and commits with ``shutil.move``.  That is an
+atomic ``rename`` only when ``/tmp`` and the checkpoint folder are on the same file system; on a
+cluster (checkpoints on NFS/Lustre/GPFS, ``/tmp`` node-local) ``shutil.move`` falls back to
+*copy-then-delete*, and a job killed during the copy leaves a truncated ``last.ckpt``.  Nothing is
+``fsync``'ed either, so after a node crash the renamed file can be empty, and a SIGKILL during the
+write leaves the temporary file behind in ``/tmp``.
+
+:class:`AtomicCheckpointIO` writes ``<dir>/.<name>.<random>.tmp`` in the checkpoint's own folder,
+``fsync``'s it, ``os.replace``'s it over the target (atomic on POSIX within one file system) and
+``fsync``'s the folder; leftovers of killed writers are removed at the next save.  Remote URLs
+(``s3://``...) go through Lightning's own code.  It also loads with ``weights_only=True`` unless told
+otherwise.
+
+Use: ``Trainer(plugins=[AtomicCheckpointIO()])`` or, on the command line,
+``python train.py --trainer.plugins lit_diffusion.checkpoint_io.AtomicCheckpointIO``.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import tempfile
+from typing import Any, Callable, Optional
+
+import torch
+from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
+
+__all__ = [
+    "AtomicCheckpointIO",
+    "CheckpointError",
+    "atomic_write_bytes",
+    "atomic_torch_save",
+    "read_checkpoint",
+    "checkpoint_step",
+    "latest_checkpoint",
+    "newest_checkpoint",
+    "TMP_SUFFIX",
+]
+
+TMP_SUFFIX = ".tmp"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint (file or folder) that cannot be read, is not a checkpoint of this package, or
+    describes something the registry refuses to build."""
+
+
+def read_checkpoint(path, map_location="cpu", require: tuple[str, ...] = ("state_dict",)) -> dict:
+    """Load a checkpoint file with ``torch.load(weights_only=True)``; anything unreadable (empty,
+    truncated, not a PyTorch file, or a pickle that asks for code) raises :class:`CheckpointError`
+    "not a valid checkpoint" naming the file.  PyTorch's own advice in that case (retry with
+    ``weights_only=False``) is never passed on: that would run the file's code."""
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise CheckpointError(f"checkpoint {path!r} does not exist or is not a file")
+    try:
+        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as e:  # noqa: BLE001 - any unreadable or unsafe file
+        size, msg = os.path.getsize(path), str(e)
+        if size == 0:
+            why = "it is empty"
+        elif "Unsupported global" in msg or "GLOBAL" in msg:
+            why = "it holds pickled code or objects, which are never loaded (only tensors and plain data are)"
+        else:
+            why = f"it is corrupt, truncated or not a PyTorch checkpoint ({size} bytes; {type(e).__name__})"
+        raise CheckpointError(f"{path!r} is not a valid checkpoint: {why}") from None
+    if not isinstance(ckpt, dict):
+        raise CheckpointError(f"{path!r} is not a valid checkpoint: it holds a {type(ckpt).__name__}, not a dictionary")
+    missing = [k for k in require if k not in ckpt]
+    if missing:
+        raise CheckpointError(f"{path!r} is not a valid checkpoint of this package: no {missing} (found {sorted(ckpt)[:8]})")
+    return ckpt
+
+
+def checkpoint_step(path) -> int:
+    """The ``global_step`` stored in a checkpoint file (:class:`CheckpointError` when unreadable)."""
+    ckpt = read_checkpoint(path, require=("global_step",))
+    try:
+        return int(ckpt["global_step"])
+    except (TypeError, ValueError):
+        raise CheckpointError(f"{os.fspath(path)!r} is not a valid checkpoint: global_step={ckpt['global_step']!r}") from None
+
+
+def latest_checkpoint(folder, log: Optional[Callable[[str], None]] = None) -> Optional[str]:
+    """The loadable ``*.ckpt`` file of ``folder`` with the highest global step (read from each file),
+    or ``None`` when there is none.  Unreadable files are skipped with a warning naming them; on a tie
+    ``last.ckpt`` wins, then the newest file.  File times are not used: a folder copied file by file
+    keeps the right order."""
+    import warnings
+
+    try:
+        names = sorted(os.listdir(folder))
+    except OSError:
+        return None
+    best, best_key = None, None
+    for n in names:
+        if not n.endswith(".ckpt") or n.startswith("."):
+            continue
+        p = os.path.join(folder, n)
+        try:
+            step = checkpoint_step(p)
+        except CheckpointError as e:
+            warnings.warn(f"skipping {e}", stacklevel=2)
+            continue
+        try:
+            mtime = os.stat(p).st_mtime_ns
+        except OSError:
+            continue
+        key = (step, n == "last.ckpt", mtime)
+        if best_key is None or key > best_key:
+            best, best_key = p, key
+    if best is not None and log is not None:
+        log(f"resuming from {best} (global step {best_key[0]})")
+    return best
+
+
+def _is_local(path) -> bool:
+    s = os.fspath(path)
+    return "://" not in s or s.startswith("file://")
+
+
+def _fsync_dir(folder: str) -> None:
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:  # e.g. platforms without directory fds
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _host() -> str:
+    import socket
+
+    return "".join(c if c.isalnum() or c in "-_" else "_" for c in socket.gethostname()) or "host"
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether process ``pid`` exists on this machine."""
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    except OSError:
+        return False
+    return True
+
+
+def _tmp_prefix(name: str) -> str:
+    return f".{name}.{_host()}-{os.getpid()}."
+
+
+def _clean_stale(folder: str, name: str) -> None:
+    """Remove temporary files of ``name`` left by *dead* writers of this machine (``.<name>.<host>-<pid>.
+    <random>.tmp``).  Files of live processes -- another run writing now -- and of other machines are
+    never touched."""
+    prefix = f".{name}."
+    host = _host()
+    try:
+        entries = os.listdir(folder)
+    except OSError:
+        return
+    for e in entries:
+        if not (e.startswith(prefix) and e.endswith(TMP_SUFFIX)):
+            continue
+        owner = e[len(prefix):].split(".", 1)[0]
+        h, _, pid = owner.rpartition("-")
+        if h != host or not pid.isdigit() or (int(pid) != os.getpid() and pid_alive(int(pid))):
+            continue
+        if int(pid) == os.getpid():
+            continue  # this process writes one file at a time; its own temp file is in use
+        try:
+            os.remove(os.path.join(folder, e))
+        except OSError:
+            pass
+
+
+def newest_checkpoint(folder) -> Optional[str]:
+    """Kept for older callers: the same as :func:`latest_checkpoint` (highest global step)."""
+    return latest_checkpoint(folder)
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def atomic_write_bytes(data: bytes, path) -> str:
+    """Write ``data`` to ``path`` so that ``path`` is either the old file or the complete new one:
+    temporary file in the same folder + ``fsync`` + ``os.replace`` + ``fsync`` of the folder."""
+    path = os.fspath(path)
+    if path.startswith("file://"):
+        path = path[len("file://"):]
+    folder = os.path.dirname(os.path.abspath(path))
+    name = os.path.basename(path)
+    os.makedirs(folder, exist_ok=True)
+    _clean_stale(folder, name)
+    fd, tmp = tempfile.mkstemp(prefix=_tmp_prefix(name), suffix=TMP_SUFFIX, dir=folder)
+    try:
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the file the usual permissions
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.remove(tmp)
+        except OSError:
+            pass
+        raise
+    _fsync_dir(folder)
+    return path
+
+
+def atomic_torch_save(obj: Any, path) -> str:
+    """``torch.save(obj)`` written with :func:`atomic_write_bytes`."""
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    return atomic_write_bytes(buf.getbuffer(), path)
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Lightning ``CheckpointIO``: atomic, fsync'ed local saves; ``weights_only=True`` loads by default."""
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path, storage_options: Optional[Any] = None) -> None:
+        if storage_options is not None or not _is_local(path):
+            return super().save_checkpoint(checkpoint, path, storage_options)
+        atomic_torch_save(checkpoint, path)
+
+    def load_checkpoint(
+        self,
+        path,
+        map_location: Optional[Callable] = lambda storage, loc: storage,
+        weights_only: Optional[bool] = None,
+    ) -> dict[str, Any]:
+        if (weights_only is None or weights_only) and _is_local(path):
+            return read_checkpoint(path, map_location=map_location, require=())
+        return super().load_checkpoint(path, map_location=map_location, weights_only=True if weights_only is None else weights_only)

@@ -1,0 +1,141 @@
+"""Per-evaluation affine coefficients of a whole sampling run, computed once (float64) per grid.
+
+Every step of the Euler-Maruyama, exponential-Euler (localization) and DDRaM samplers of a linear SDE
+is an *affine* map of its inputs: the state, the field value, the Gaussian noise (and, for DDRaM's end
+point, the start state and the midpoint noise).  The conversion of a network output into the field
+(``epsilon -> denoiser`` ...) is affine in the output and the state too (docs/maths.md, prediction
+types).  So a whole run is a table of coefficients, one row per network evaluation, that
+:class:`AffinePlan` computes in one vectorised pass by *probing* the samplers' own step functions with
+basis inputs (so the plan cannot drift from the reference implementation) and that
+:class:`lit_diffusion.scheduler.SDEScheduler` then applies with a few fused tensor operations per
+``step`` call:
+
+* single-evaluation steps: ``x_s = cx x + cf F + c0 + cz z`` with ``F = A x + B out + C``;
+* DDRaM stage 1: ``x_tau = cx x_t + cf F_t + c0 + cz z1``; stage 2:
+  ``x_s = dx x_t + df F_tau + d0 + dz1 z1 + dz2 z2``.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+from torch import Tensor
+
+from ..core.parametrizations import convert
+from ..core.sdes import LinearSDE
+
+__all__ = ["AffinePlan", "supports"]
+
+F64 = torch.float64
+
+
+def supports(stepper) -> bool:
+    """Whether a run of ``stepper`` can be planned: the affine samplers, and predictor-corrector with a
+    one-evaluation predictor and the corrector after it (its Langevin steps are applied directly,
+    with precomputed conversions, ``kappa`` and ``sigma``).  Not moment matching."""
+    from .samplers import DDRaMStepper, EulerStepper, ExpEulerStepper, LocalizationStepper, PCStepper
+
+    if type(stepper) is PCStepper:
+        return stepper.corrector == "after" and type(stepper.predictor) in (EulerStepper, ExpEulerStepper)
+    return type(stepper) in (EulerStepper, ExpEulerStepper, LocalizationStepper, DDRaMStepper)
+
+
+def _conversion(sde: LinearSDE, declared: str, kind: str, t: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """``(A, B, C)`` with ``convert(out, declared, kind, x, t) = A x + B out + C`` at each time of ``t``."""
+    e = t.numel()
+    z, o = torch.zeros(e, 1, dtype=F64), torch.ones(e, 1, dtype=F64)
+    c = convert(z, declared, kind, z, t, sde)
+    a = convert(z, declared, kind, o, t, sde) - c
+    b = convert(o, declared, kind, z, t, sde) - c
+    return a[:, 0], b[:, 0], c[:, 0]
+
+
+def _probe(stepper, t: Tensor, s: Tensor, u: Optional[Tensor], probes: list[dict]) -> list[tuple[Tensor, Tensor]]:
+    """Run every step of the grid once per probe, all probes in one batch: ``probes[i]`` gives the
+    constant inputs ``x, F0, z1`` (and ``F1, z2`` for two-stage steps).  Returns, per probe, the state
+    after the first evaluation (``x_eval``: the midpoint, or the end point of a one-stage step) and the
+    end point (``None`` for one-stage steps)."""
+    n, p = t.numel(), len(probes)
+
+    def col(key):
+        return torch.cat([torch.full((n, 1), float(pr.get(key, 0.0)), dtype=F64) for pr in probes])
+
+    rep = lambda v: None if v is None else v.repeat(p)  # noqa: E731
+    st = stepper.start(col("x"), rep(t), rep(s), **({} if u is None else {"u": rep(u.to(F64))}))
+    st.advance(col("F0"), noise=col("z1") if st.noise_needed else None)
+    first = (st.x if st.done else st.x_eval)[:, 0].to(F64).reshape(p, n)
+    if st.done:
+        return [(first[i], None) for i in range(p)]
+    st.advance(col("F1"), noise=col("z2") if st.noise_needed else None)
+    end = st.x[:, 0].to(F64).reshape(p, n)
+    return [(first[i], end[i]) for i in range(p)]
+
+
+class AffinePlan:
+    """The coefficient table of one run (grid ``T = t_0 > ... > t_n``, DDRaM uniforms ``u``)."""
+
+    def __init__(self, stepper, sde: LinearSDE, declared: str, grid: Tensor, u: Optional[Tensor], final_denoise: bool):
+        grid = grid.to(F64)
+        t, s = grid[:-1], grid[1:]
+        n = t.numel()
+        self.pc = None
+        outer = stepper
+        if hasattr(stepper, "n_corrector"):  # predictor-corrector: plan the predictor, keep the corrector's data
+            c = int(stepper.n_corrector)
+            kappa = torch.exp(2 * (sde.log_alpha(t) - sde.log_alpha(s))).to(F64)
+            self.pc = dict(n_corrector=c, snr=float(stepper.snr), snr_norm=stepper.snr_norm,
+                           kappa=kappa, sigma=sde.sigma(s).to(F64))
+            stepper = stepper.predictor
+        self.two_stage = bool(getattr(stepper, "needs_midpoint", False))
+        # one sub-stepper per step (ddram "auto" picks a parametrization per step; others are themselves)
+        subs = [stepper.for_step(t[k], s[k]) if hasattr(stepper, "for_step") else stepper for k in range(n)]
+        groups: dict = {}
+        for k, sub in enumerate(subs):
+            groups.setdefault(id(sub), (sub, []))[1].append(k)
+        if self.two_stage:
+            tau = torch.empty(n, dtype=F64)
+            self.mid, self.end = torch.empty(n, 4, dtype=F64), torch.empty(n, 5, dtype=F64)
+            keys = [{}, {"x": 1}, {"F0": 1}, {"z1": 1}, {"F1": 1}, {"z2": 1}]
+            for sub, idx in groups.values():
+                i = torch.tensor(idx)
+                tau[i] = torch.as_tensor(sub.midpoint(t[i], s[i], u[i].to(F64)), dtype=F64).reshape(-1)
+                (m0, e0), (mx, ex), (mf, _), (mz, ez1), (_, ef), (_, ez2) = _probe(sub, t[i], s[i], u[i], keys)
+                self.mid[i] = torch.stack([mx - m0, mf - m0, m0, mz - m0], 1)
+                self.end[i] = torch.stack([ex - e0, ef - e0, e0, ez1 - e0, ez2 - e0], 1)
+            times = torch.stack([t, tau], 1).reshape(-1)
+            kinds = [sub.field_kind for sub in subs for _ in range(2)]
+        else:
+            times = t
+            (b0, _), (bx, _), (bf, _), (bz, _) = _probe(stepper, t, s, None, [{}, {"x": 1}, {"F0": 1}, {"z1": 1}])
+            self.mid = torch.stack([bx - b0, bf - b0, b0, bz - b0], 1)
+            self.end = None
+            kinds = [stepper.field_kind] * n
+            if self.pc is not None and self.pc["n_corrector"] > 0:  # each step: predictor at t, correctors at s
+                c = self.pc["n_corrector"]
+                times = torch.stack([t] + [s] * c, 1).reshape(-1)
+                kinds = [k for kind in kinds for k in [kind] + ["score"] * c]
+        if final_denoise:
+            times = torch.cat([times, grid[-1:]])
+            kinds.append("denoiser")
+        self.times = times
+        self.conv = torch.empty(times.numel(), 3, dtype=F64)
+        for kind in set(kinds):
+            i = torch.tensor([e for e, k in enumerate(kinds) if k == kind])
+            self.conv[i] = torch.stack(_conversion(sde, declared, kind, times[i]), 1)
+        if final_denoise:
+            self.final = self.conv[-1]
+        self.n = n
+        self.stochastic = bool(stepper.stochastic)
+        self.evals_per_step = int(outer.evals_per_step)
+        self._cast: dict = {}
+
+    def cast(self, dtype: torch.dtype, device) -> "AffinePlan":
+        """The coefficient tables in ``dtype`` on ``device`` (cast once per run and cached)."""
+        key = (dtype, str(device))
+        if key not in self._cast:
+            self._cast[key] = tuple(
+                None if v is None else v.to(device=device, dtype=dtype)
+                for v in (self.mid, self.end, self.conv, getattr(self, "final", None))
+            )
+        return self._cast[key]
