@@ -139,3 +139,19 @@ def test_stable_diffusion_style_loop_with_guidance():
     a, b = run(7.5), run(1.0)
     assert torch.isfinite(a).all() and a.shape == (2, 4, 8, 8)
     assert (a - b).abs().max() > 1e-3
+
+
+@pytest.mark.parametrize("bad", [dict(snr=float("inf")), dict(snr=0.0), dict(n_corrector=-1), dict(n_corrector=1.5),
+                                 dict(snr_norm="nope")])
+def test_one_sampler_specification_sample_and_scheduler_agree(bad):
+    """The stepper validates the sampler options once: sample() and SDEScheduler refuse the same values
+    with the same message."""
+    from lit_diffusion.samplers import sample
+    from lit_diffusion.targets import ring8_2d
+    from lit_diffusion.sdes import VP
+
+    with pytest.raises(ValueError) as a:
+        sample(ring8_2d(), VP(), shape=(2, 2), sampler="pc", steps=2, **bad)
+    with pytest.raises(ValueError) as b:
+        SDEScheduler(sampler="pc", **bad)
+    assert str(a.value) == str(b.value)

@@ -32,10 +32,10 @@ def _beta_fns(beta_min, beta_max, T):
 def table_coefficients(sde):
     name = type(sde).__name__
     if name == "OU":
-        th, mu, s = sde.theta, sde.mu, sde.sigma_
+        th, mu, s = sde.theta, sde.mu, sde.s
         return (lambda t: -th, lambda t: th * mu, lambda t: s**2)
     if name == "ContractiveOU":
-        th, mu, s = sde.theta, sde.mu, sde.sigma_
+        th, mu, s = sde.theta, sde.mu, sde.s
         return (lambda t: th, lambda t: -th * mu, lambda t: s**2)
     if name == "VE":
         smin, r, T = sde.sigma_min, sde.sigma_max / sde.sigma_min, sde.T
@@ -266,7 +266,7 @@ def test_prior_is_consistent_with_marginal_at_T(key):
         assert sde.prior_mean == pytest.approx(sde.mean_offset(T).item(), rel=1e-12, abs=1e-12)
     elif isinstance(sde, OU):
         assert sde.prior_mean == sde.mu
-        assert sde.prior_var == pytest.approx(sde.sigma_**2 / (2 * sde.theta))
+        assert sde.prior_var == pytest.approx(sde.s**2 / (2 * sde.theta))
     else:
         assert sde.prior_var == 1.0 and sde.prior_mean == 0.0
 

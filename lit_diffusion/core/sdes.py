@@ -324,8 +324,14 @@ class OU(LinearSDE):
     def __init__(self, theta: float = 1.0, mu: float = 0.0, sigma: float = 2**0.5, T: float = 5.0, t_min: float = 1e-3):
         super().__init__(T, t_min)
         self.theta = _check_positive("theta", theta, type(self).__name__)
-        self.sigma_ = _check_positive("sigma", sigma, type(self).__name__)
+        self.s = _check_positive("sigma", sigma, type(self).__name__)
         self.mu = float(mu)
+
+    @property
+    def sigma_(self) -> float:
+        """The diffusion constant ``s`` under its former attribute name (``OU.s``; ``OU.sigma(t)`` is
+        the marginal standard deviation, docs/maths.md glossary)."""
+        return self.s
 
     def _a(self, t):
         return torch.full_like(t, -self.theta)
@@ -334,7 +340,7 @@ class OU(LinearSDE):
         return torch.full_like(t, self.theta * self.mu)
 
     def _g2(self, t):
-        return torch.full_like(t, self.sigma_**2)
+        return torch.full_like(t, self.s**2)
 
     def _log_alpha(self, t):
         return -self.theta * t
@@ -343,14 +349,14 @@ class OU(LinearSDE):
         return -self.mu * torch.expm1(-self.theta * t)
 
     def _sigma2(self, t):
-        return -self.sigma_**2 * torch.expm1(-2 * self.theta * t) / (2 * self.theta)
+        return -self.s**2 * torch.expm1(-2 * self.theta * t) / (2 * self.theta)
 
     def _log_snr(self, t):
         # lambda = 2 theta / (s^2 (e^{2 theta t} - 1))
-        return math.log(2 * self.theta / self.sigma_**2) - torch.log(torch.expm1(2 * self.theta * t))
+        return math.log(2 * self.theta / self.s**2) - torch.log(torch.expm1(2 * self.theta * t))
 
     def _t_from_snr(self, snr):
-        return torch.log1p(2 * self.theta / (self.sigma_**2 * snr)) / (2 * self.theta)
+        return torch.log1p(2 * self.theta / (self.s**2 * snr)) / (2 * self.theta)
 
     @property
     def prior_mean(self):
@@ -358,10 +364,10 @@ class OU(LinearSDE):
 
     @property
     def prior_var(self):
-        return self.sigma_**2 / (2 * self.theta)
+        return self.s**2 / (2 * self.theta)
 
     def hparams(self):
-        return dict(theta=self.theta, mu=self.mu, sigma=self.sigma_, T=self.T, t_min=self.t_min)
+        return dict(theta=self.theta, mu=self.mu, sigma=self.s, T=self.T, t_min=self.t_min)
 
 
 class ContractiveOU(OU):
@@ -390,14 +396,14 @@ class ContractiveOU(OU):
         return -self.mu * torch.expm1(self.theta * t)
 
     def _sigma2(self, t):
-        return self.sigma_**2 * torch.expm1(2 * self.theta * t) / (2 * self.theta)
+        return self.s**2 * torch.expm1(2 * self.theta * t) / (2 * self.theta)
 
     def _log_snr(self, t):
         # lambda = 2 theta / (s^2 (1 - e^{-2 theta t}))
-        return math.log(2 * self.theta / self.sigma_**2) - torch.log(-torch.expm1(-2 * self.theta * t))
+        return math.log(2 * self.theta / self.s**2) - torch.log(-torch.expm1(-2 * self.theta * t))
 
     def _t_from_snr(self, snr):
-        return -torch.log1p(-2 * self.theta / (self.sigma_**2 * snr)) / (2 * self.theta)
+        return -torch.log1p(-2 * self.theta / (self.s**2 * snr)) / (2 * self.theta)
 
     @property
     def prior_mean(self):
@@ -405,7 +411,7 @@ class ContractiveOU(OU):
 
     @property
     def prior_var(self):
-        return self.sigma_**2 * math.expm1(2 * self.theta * self.T) / (2 * self.theta)
+        return self.s**2 * math.expm1(2 * self.theta * self.T) / (2 * self.theta)
 
 
 class VE(LinearSDE):

@@ -125,15 +125,11 @@ def _check_model_output(model_output, sample, timestep, index) -> None:
         )
 
 
-def _check_numbers(dynamic_thresholding_ratio, sample_max_value, n_corrector, snr, clip_sample_range) -> None:
+def _check_numbers(dynamic_thresholding_ratio, sample_max_value, clip_sample_range) -> None:
     if not (0.0 < float(dynamic_thresholding_ratio) <= 1.0):
         raise ValueError(f"dynamic_thresholding_ratio={dynamic_thresholding_ratio!r} is invalid; it must be in (0, 1]")
     if not (math.isfinite(float(sample_max_value)) and float(sample_max_value) >= 1.0):
         raise ValueError(f"sample_max_value={sample_max_value!r} is invalid; it must be a finite number >= 1")
-    if isinstance(n_corrector, bool) or int(n_corrector) != n_corrector or int(n_corrector) < 0:
-        raise ValueError(f"n_corrector={n_corrector!r} is invalid; it must be an integer >= 0")
-    if not (math.isfinite(float(snr)) and float(snr) > 0):
-        raise ValueError(f"snr={snr!r} is invalid; it must be a finite number > 0")
     if not (math.isfinite(float(clip_sample_range)) and float(clip_sample_range) > 0):
         raise ValueError(f"clip_sample_range={clip_sample_range!r} is invalid; it must be > 0")
 
@@ -260,7 +256,7 @@ class SDEScheduler(SchedulerMixin, ConfigMixin):
         # ---- validate every name before any work ------------------------------------------------
         schedule = _diffusers_schedule(schedule, use_karras_sigmas, timestep_spacing, steps_offset)
         final_denoise = _final_denoise(final_denoise, final_sigmas_type)
-        _check_numbers(dynamic_thresholding_ratio, sample_max_value, n_corrector, snr, clip_sample_range)
+        _check_numbers(dynamic_thresholding_ratio, sample_max_value, clip_sample_range)
         self._final_denoise = bool(final_denoise)
         name = _check_sampler_name(sampler)
         self._schedule = _check_schedule_name(schedule, name, timestep_spacing)
@@ -296,7 +292,7 @@ class SDEScheduler(SchedulerMixin, ConfigMixin):
             if pred_name in ("exponential_euler", "ddram"):
                 parametrization = "denoiser"
         if name == "pc":
-            options.update(n_corrector=int(n_corrector), snr=float(snr), snr_norm=snr_norm)
+            options.update(n_corrector=n_corrector, snr=snr, snr_norm=snr_norm)
             if predictor is not None:
                 options["predictor"] = predictor
         self._stepper_args = (name, parametrization, options)

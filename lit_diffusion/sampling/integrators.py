@@ -6,15 +6,15 @@ In centred coordinates ``X~ = X - m(t)`` the reverse dynamics with the field ``F
     X~_s = Phi(s,t) X~_t + W(s,t) F + N(0, V(s,t) I)
     Phi(s,u) = exp int_u^s c,   W(s,t) = int_s^t Phi(s,u) |e(u)| du,   V(s,t) = int_s^t Phi(s,u)^2 g^2 du
 
-(``e < 0`` for every parametrization here, so ``W > 0``).  With ``kappa = 1`` (SDE) or ``1/2``
+(``e < 0`` for every parametrization here, so ``W > 0``).  With ``g2_factor = 1`` (SDE) or ``1/2``
 (probability-flow ODE, ``V = 0``):
 
-* ``score``          ``c = a``,                  ``|e| = kappa g^2``
-* ``relative_score`` ``c = a + kappa g^2 / v``,  ``|e| = kappa g^2``  (``v``: prior variance)
-* ``denoiser``       ``c = a + kappa g^2/sigma^2``, ``|e| = kappa g^2 alpha / sigma^2``
+* ``score``          ``c = a``,                  ``|e| = g2_factor g^2``
+* ``relative_score`` ``c = a + g2_factor g^2 / v``,  ``|e| = g2_factor g^2``  (``v``: prior variance)
+* ``denoiser``       ``c = a + g2_factor g^2/sigma^2``, ``|e| = g2_factor g^2 alpha / sigma^2``
 
 Every coefficient is written as ``C(u) = int_0^u c`` (closed form for all three
-parametrizations: ``log alpha``, ``log alpha + kappa G / v`` with ``G = int_0^u g^2``, and
+parametrizations: ``log alpha``, ``log alpha + g2_factor G / v`` with ``G = int_0^u g^2``, and
 ``log(sigma^2/alpha)`` or ``log sigma``), so ``Phi(s,t) = exp(C(s) - C(t))``.
 
 Closed forms (derived in docs/samplers.md):
@@ -22,12 +22,12 @@ Closed forms (derived in docs/samplers.md):
 * denoiser, every SDE: ``W = alpha_s (1 - lambda_t/lambda_s)``, ``V = sigma_s^2 (1 - lambda_t/lambda_s)``;
   ODE ``W = alpha_s (1 - sqrt(lambda_t/lambda_s))``.  Midpoint law: uniform in ``lambda`` (ODE: in
   ``sqrt lambda``).
-* score, every SDE of §1: ``W = kappa alpha_s int_s^t g^2/alpha`` with
+* score, every SDE of §1: ``W = g2_factor alpha_s int_s^t g^2/alpha`` with
   OU ``(s^2/theta) expm1(theta h)``, COU ``-(s^2/theta) expm1(-theta h)``, VE ``sigma_t^2 - sigma_s^2``,
   VP ``2 expm1(dB/2)``, CVP ``-2 expm1(-dB/2)``, subVP ``2 expm1(dB/2) + (2/3) e^{-2B_s} expm1(-3dB/2)``;
   ``V = sigma_s^2 expm1(log lambda_s - log lambda_t)``.  Midpoint law: uniform in ``int g^2/alpha``.
-* relative_score, OU/COU/VP/CVP/VE: ``c = k g^2`` with constant ``k = a/g^2 + kappa/v``, so
-  ``Phi = exp(-k dG)``, ``W = kappa dG phi1(-k dG)``, ``V = dG phi1(-2 k dG)`` with
+* relative_score, OU/COU/VP/CVP/VE: ``c = k g^2`` with constant ``k = a/g^2 + g2_factor/v``, so
+  ``Phi = exp(-k dG)``, ``W = g2_factor dG phi1(-k dG)``, ``V = dG phi1(-2 k dG)`` with
   ``phi1(x) = expm1(x)/x``; the midpoint has density ``∝ e^{-k (G - G_s)}`` in ``G``.
   subVP has no constant ``k``: its ``W``, ``V`` and midpoint law come from the table.
 
@@ -109,7 +109,7 @@ def G_closed(sde: LinearSDE, t: Tensor) -> Optional[Tensor]:
     """``G(t) = int_0^t g^2`` (closed for every SDE of §1)."""
     k = _kind(sde)
     if k in ("OU", "COU"):
-        return sde.sigma_**2 * t
+        return sde.s**2 * t
     if k == "VE":
         return sde.sigma2(t)
     if k in ("VP", "CVP"):
@@ -130,7 +130,7 @@ def _dvp_forward(sde, s, y):
 def dG_closed(sde: LinearSDE, s: Tensor, t: Tensor) -> Optional[Tensor]:
     k = _kind(sde)
     if k in ("OU", "COU"):
-        return sde.sigma_**2 * (t - s)
+        return sde.s**2 * (t - s)
     if k == "VE":
         kk = 2 * sde._log_r / sde.T
         return sde.sigma_min**2 * torch.exp(kk * s) * torch.expm1(kk * (t - s))
@@ -148,7 +148,7 @@ def G_forward(sde: LinearSDE, s: Tensor, y: Tensor) -> Optional[Tensor]:
     """The time ``u >= s`` with ``G(u) - G(s) = y`` (OU, COU, VE, VP, CVP)."""
     k = _kind(sde)
     if k in ("OU", "COU"):
-        return s + y / sde.sigma_**2
+        return s + y / sde.s**2
     if k == "VE":
         kk = 2 * sde._log_r / sde.T
         return s + torch.log1p(y * torch.exp(-kk * s) / sde.sigma_min**2) / kk
@@ -165,10 +165,10 @@ def score_W_closed(sde: LinearSDE, s: Tensor, t: Tensor) -> Optional[Tensor]:
     h = t - s
     if k == "OU":
         th = sde.theta
-        return (sde.sigma_**2 / th) * torch.expm1(th * h)
+        return (sde.s**2 / th) * torch.expm1(th * h)
     if k == "COU":
         th = sde.theta
-        return -(sde.sigma_**2 / th) * torch.expm1(-th * h)
+        return -(sde.s**2 / th) * torch.expm1(-th * h)
     if k == "VE":
         return dG_closed(sde, s, t)
     if k == "VP":
@@ -188,10 +188,10 @@ def score_W_inverse(sde: LinearSDE, s: Tensor, y: Tensor) -> Optional[Tensor]:
     k = _kind(sde)
     if k == "OU":
         th = sde.theta
-        return s + torch.log1p(th * y / sde.sigma_**2) / th
+        return s + torch.log1p(th * y / sde.s**2) / th
     if k == "COU":
         th = sde.theta
-        return s - torch.log1p(-th * y / sde.sigma_**2) / th
+        return s - torch.log1p(-th * y / sde.s**2) / th
     if k == "VE":
         return G_forward(sde, s, y)
     if k == "VP":
@@ -203,20 +203,20 @@ def score_W_inverse(sde: LinearSDE, s: Tensor, y: Tensor) -> Optional[Tensor]:
     return None
 
 
-def relative_k(sde: LinearSDE, kappa: float) -> Optional[float]:
-    """The constant ``k`` with ``c = a + kappa g^2/v = k g^2`` (None for subVP)."""
+def relative_k(sde: LinearSDE, g2_factor: float) -> Optional[float]:
+    """The constant ``k`` with ``c = a + g2_factor g^2/v = k g^2`` (None for subVP)."""
     k = _kind(sde)
     v = sde.prior_var
     if k == "OU":
-        return -sde.theta / sde.sigma_**2 + kappa / v
+        return -sde.theta / sde.s**2 + g2_factor / v
     if k == "COU":
-        return sde.theta / sde.sigma_**2 + kappa / v
+        return sde.theta / sde.s**2 + g2_factor / v
     if k == "VE":
-        return kappa / v
+        return g2_factor / v
     if k in ("VP", "DVP"):
-        return -0.5 + kappa / v
+        return -0.5 + g2_factor / v
     if k == "CVP":
-        return 0.5 + kappa / v
+        return 0.5 + g2_factor / v
     return None
 
 
@@ -240,17 +240,17 @@ def _G_generic(sde: LinearSDE, t: Tensor) -> Tensor:
     return 0.5 * t * (w * sde.g2(u)).sum(-1)
 
 
-def _C_and_abs_e(sde: LinearSDE, param: str, kappa: float, u: Tensor):
+def _C_and_abs_e(sde: LinearSDE, param: str, g2_factor: float, u: Tensor):
     """``C(u) = int_0^u c`` (up to a constant) and ``|e(u)|`` in float64."""
     la = sde.log_alpha(u)
     g2 = sde.g2(u)
     if param == "score":
-        return la, kappa * g2
+        return la, g2_factor * g2
     if param == "relative_score":
-        return la + kappa * _G_generic(sde, u) / sde.prior_var, kappa * g2
+        return la + g2_factor * _G_generic(sde, u) / sde.prior_var, g2_factor * g2
     s2 = sde.sigma2(u)
-    abs_e = kappa * g2 * torch.exp(la) / s2
-    if kappa == 1.0:
+    abs_e = g2_factor * g2 * torch.exp(la) / s2
+    if g2_factor == 1.0:
         return torch.log(s2) - la, abs_e
     # ODE: c = a + g^2/(2 sigma^2) = d/du log sigma
     return 0.5 * torch.log(s2), abs_e
@@ -264,7 +264,7 @@ class IntegralTable:
     """
 
     def __init__(self, sde: LinearSDE, param: str, ode: bool = False, n_cells: int = 6000, t_lo: Optional[float] = None, gl_points: int = 8):
-        self.sde, self.param, self.kappa = sde, param, 0.5 if ode else 1.0
+        self.sde, self.param, self.g2_factor = sde, param, 0.5 if ode else 1.0
         t_lo = float(t_lo) if t_lo is not None else sde.t_min / 4
         T = sde.T
         geo = np.geomspace(t_lo, T, n_cells // 2 + 1)
@@ -279,14 +279,14 @@ class IntegralTable:
         q = 0.5 * (a + b) + 0.5 * (b - a) * xg  # (n, gl)
         C_ref = self._C(u[:1])  # reference to keep exponents moderate
         self.C_ref = C_ref
-        Cq, eq = _C_and_abs_e(sde, param, self.kappa, q)
+        Cq, eq = _C_and_abs_e(sde, param, self.g2_factor, q)
         fJ = torch.exp(-(Cq - C_ref)) * eq
         fK = torch.exp(-2 * (Cq - C_ref)) * sde.g2(q)
         half = 0.5 * (b - a)[:, 0]
         dJ = half * (fJ * wg).sum(-1)
         dK = half * (fK * wg).sum(-1)
         self.u = u
-        Cn, en = _C_and_abs_e(sde, param, self.kappa, u)
+        Cn, en = _C_and_abs_e(sde, param, self.g2_factor, u)
         self.dJ = torch.exp(-(Cn - C_ref)) * en  # derivatives at the nodes
         self.dK = torch.exp(-2 * (Cn - C_ref)) * sde.g2(u)
         self.J = self._cumulative(dJ, self.dJ)
@@ -304,7 +304,7 @@ class IntegralTable:
         return torch.cat([zero, torch.cumsum(cells, 0)])
 
     def _C(self, u):
-        return _C_and_abs_e(self.sde, self.param, self.kappa, u)[0]
+        return _C_and_abs_e(self.sde, self.param, self.g2_factor, u)[0]
 
     def _on(self, device):
         key = str(device)
@@ -394,7 +394,7 @@ class ExpIntegrator:
         self.sde = sde
         self.param = canonical_parametrization(parametrization)
         self.ode = bool(ode)
-        self.kappa = 0.5 if self.ode else 1.0
+        self.g2_factor = 0.5 if self.ode else 1.0
         self.method = method
         kind = _kind(sde)
         if self.param == "denoiser":
@@ -403,7 +403,7 @@ class ExpIntegrator:
             closed_W = kind != "other"
             closed_mid = kind not in ("other", "SubVP")
         else:
-            closed_W = closed_mid = relative_k(sde, self.kappa) is not None
+            closed_W = closed_mid = relative_k(sde, self.g2_factor) is not None
         if method == "closed" and not (closed_W and closed_mid):
             raise ValueError(
                 f"no closed form for parametrization {self.param!r} with {type(sde).__name__}; use method='auto' or 'table'"
@@ -433,7 +433,7 @@ class ExpIntegrator:
         dG = dG_closed(sde, s, t)
         if dG is None:
             dG = _G_generic(sde, t) - _G_generic(sde, s)
-        return sde.log_alpha(s) - sde.log_alpha(t) - self.kappa * dG / sde.prior_var
+        return sde.log_alpha(s) - sde.log_alpha(t) - self.g2_factor * dG / sde.prior_var
 
     def phi(self, s, t) -> Tensor:
         return torch.exp(self.log_phi(s, t))
@@ -448,10 +448,10 @@ class ExpIntegrator:
             dl = sde.log_snr(t) - sde.log_snr(s)
             return -sde.alpha(s) * torch.expm1((1.0 if not self.ode else 0.5) * dl)
         if self.param == "score":
-            return self.kappa * score_W_closed(sde, s, t)
-        k = relative_k(sde, self.kappa)
+            return self.g2_factor * score_W_closed(sde, s, t)
+        k = relative_k(sde, self.g2_factor)
         dG = dG_closed(sde, s, t)
-        return self.kappa * dG * _phi1(-k * dG)
+        return self.g2_factor * dG * _phi1(-k * dG)
 
     def V(self, s, t) -> Tensor:
         s, t = _t64(s), _t64(t)
@@ -466,7 +466,7 @@ class ExpIntegrator:
             if self.param == "denoiser":
                 return sde.sigma2(s) * (-torch.expm1(-dl))
             return sde.sigma2(s) * e
-        k = relative_k(sde, self.kappa)
+        k = relative_k(sde, self.g2_factor)
         dG = dG_closed(sde, s, t)
         return dG * _phi1(-2 * k * dG)
 
@@ -495,7 +495,7 @@ class ExpIntegrator:
         elif self.param == "score":
             tau = score_W_inverse(sde, s, u * score_W_closed(sde, s, t))
         else:
-            k = relative_k(sde, self.kappa)
+            k = relative_k(sde, self.g2_factor)
             dG = dG_closed(sde, s, t)
             if abs(k) < 1e-300:
                 y = u * dG

@@ -51,6 +51,7 @@ where ``integ`` is a :class:`lit_diffusion.integrators.ExpIntegrator` (coefficie
 
 from __future__ import annotations
 
+import math
 import sys
 from typing import Callable, NamedTuple, Optional, Sequence
 
@@ -557,8 +558,8 @@ class PCStepper(Stepper):
             raise ValueError(f"corrector={corrector!r} is invalid; valid choices: ['after', 'before']")
         if isinstance(n_corrector, bool) or int(n_corrector) != n_corrector or n_corrector < 0:
             raise ValueError(f"n_corrector={n_corrector!r} is invalid; it must be an integer >= 0")
-        if not (float(snr) > 0):
-            raise ValueError(f"snr={snr!r} is invalid; it must be > 0")
+        if not (math.isfinite(float(snr)) and float(snr) > 0):
+            raise ValueError(f"snr={snr!r} is invalid; it must be a finite number > 0")
         valid = tuple(p for p in SAMPLER_PARAMETRIZATIONS[predictor] if p != "auto")  # one field for the corrector
         param = valid[0] if parametrization is None else canonical_parametrization(parametrization, valid)
         self.predictor = _make(predictor, sde, param, ode, method=method)
