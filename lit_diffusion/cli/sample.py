@@ -621,25 +621,17 @@ def check_output_folder(out: Path) -> None:
 
 
 def _tmp_path(path: Path) -> str:
-    from ..runtime.checkpoint_io import _clean_stale, _tmp_prefix, _umask
+    """A staged temporary file beside ``path`` (:func:`lit_diffusion.runtime.checkpoint_io.staged_path`)."""
+    from ..runtime.checkpoint_io import staged_path
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    _clean_stale(str(path.parent), path.name)  # temp files of this name left by killed sample.py runs
-    fd, tmp = tempfile.mkstemp(prefix=_tmp_prefix(path.name), suffix=".tmp", dir=str(path.parent))
-    os.close(fd)
-    os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; outputs get the usual permissions
-    return tmp
+    return staged_path(path)
 
 
 def _atomic(path: Path, write: Callable[[str], None]) -> None:
-    tmp = _tmp_path(path)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    """:func:`lit_diffusion.runtime.checkpoint_io.atomic_write`, the package's one atomic writer."""
+    from ..runtime.checkpoint_io import atomic_write
+
+    atomic_write(path, write)
 
 
 def _picture_writer(samples: np.ndarray, reference: Optional[np.ndarray], n_grid: int, title: str, run_id: str = ""):

@@ -198,23 +198,33 @@ def _umask() -> int:
     return mask
 
 
-def atomic_write_bytes(data: bytes, path) -> str:
-    """Write ``data`` to ``path`` so that ``path`` is either the old file or the complete new one:
-    temporary file in the same folder + ``fsync`` + ``os.replace`` + ``fsync`` of the folder."""
+def staged_path(path) -> str:
+    """A new empty temporary file beside ``path`` (same folder: ``os.replace`` is atomic there), with
+    the usual permissions, after removing the temporary files of this name left by dead writers."""
     path = os.fspath(path)
-    if path.startswith("file://"):
-        path = path[len("file://"):]
     folder = os.path.dirname(os.path.abspath(path))
     name = os.path.basename(path)
     os.makedirs(folder, exist_ok=True)
     _clean_stale(folder, name)
     fd, tmp = tempfile.mkstemp(prefix=_tmp_prefix(name), suffix=TMP_SUFFIX, dir=folder)
+    os.close(fd)
+    os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the file the usual permissions
+    return tmp
+
+
+def atomic_write(path, write: Callable[[str], None], fsync: bool = True) -> str:
+    """The one atomic writer: ``write(tmp)`` fills a staged temporary file, which is fsync'ed and
+    moved onto ``path`` with ``os.replace`` (then the folder is fsync'ed), so ``path`` is always the
+    old file or the complete new one; the temporary file is removed on any error or signal."""
+    path = os.fspath(path)
+    if path.startswith("file://"):
+        path = path[len("file://"):]
+    tmp = staged_path(path)
     try:
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the file the usual permissions
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
+        write(tmp)
+        if fsync:
+            with open(tmp, "rb+") as f:
+                os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
         try:
@@ -222,8 +232,18 @@ def atomic_write_bytes(data: bytes, path) -> str:
         except OSError:
             pass
         raise
-    _fsync_dir(folder)
+    _fsync_dir(os.path.dirname(os.path.abspath(path)))
     return path
+
+
+def atomic_write_bytes(data: bytes, path) -> str:
+    """Write ``data`` to ``path`` with :func:`atomic_write`."""
+
+    def write(tmp):
+        with open(tmp, "wb") as f:
+            f.write(data)
+
+    return atomic_write(path, write)
 
 
 def atomic_torch_save(obj: Any, path) -> str:

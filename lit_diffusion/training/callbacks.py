@@ -54,10 +54,12 @@ def save_samples_png(samples: Tensor, path: str, reference: Optional[Tensor] = N
     if title:
         ax.set_title(title)
     fig.tight_layout()
-    tmp = path + ".tmp.png"
-    fig.savefig(tmp, dpi=100)
-    plt.close(fig)
-    os.replace(tmp, path)
+    from ..runtime.checkpoint_io import atomic_write
+
+    try:
+        atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=100, format="png"))
+    finally:
+        plt.close(fig)
     return path
 
 
