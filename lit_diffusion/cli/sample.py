@@ -35,18 +35,14 @@ raises before any sampling work and writes nothing.
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import sys
-import tempfile
 import time
-from dataclasses import dataclass, field as dc_field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Optional, Sequence
+from typing import Optional, Sequence
 
 import numpy as np
 import torch
-from torch import Tensor, nn
 
 __all__ = [
     "PRECISIONS",
@@ -67,146 +63,20 @@ __all__ = [
     "main",
 ]
 
-PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
-FORMATS = ("npz", "safetensors")
 
 
 from ..runtime.checkpoint_io import CheckpointError  # noqa: E402  (re-exported: sample.py's error type)
 
 
-# ------------------------------------------------------------------------------------------------
-# networks
-# ------------------------------------------------------------------------------------------------
-def AutocastNet(net: nn.Module, dtype: torch.dtype = torch.float32, prediction_type: Optional[str] = None,
-                on_call: Optional[Callable[[], None]] = None):
-    """``net`` in ``--precision`` (bf16/fp16 autocast), float32 out, ``on_call`` after every evaluation
-    (:class:`lit_diffusion.runtime.precision.NetworkRunner`)."""
-    from ..runtime.precision import NetworkRunner
-
-    return NetworkRunner(net, dtype, prediction_type, on_call=on_call)
-
-
-class DiffusersUNet(nn.Module):
-    """A diffusers ``UNet2DModel`` as ``net(x, t)``: ``t`` is passed as the UNet's timestep unchanged
-    (for a :class:`~lit_diffusion.discrete_vp.DiscreteVP` the SDE time *is* the training timestep)."""
-
-    def __init__(self, unet: nn.Module, prediction_type: str):
-        super().__init__()
-        self.unet = unet
-        self.prediction_type = prediction_type
-        n = getattr(unet.config, "num_class_embeds", None)
-        self.num_classes = None if n is None else int(n) - 1  # the last class embedding: "no label"
-
-    def forward(self, x: Tensor, t, class_labels=None) -> Tensor:
-        from ..training.networks import label_vector
-
-        t = torch.as_tensor(t, device=x.device)
-        if t.ndim == 0:
-            t = t.expand(x.shape[0])
-        y = label_vector(class_labels, x, self.num_classes, "the exported UNet2DModel")
-        return self.unet(x, t.float(), class_labels=y, return_dict=False)[0]
-
-
-@dataclass
-class LoadedModel:
-    net: nn.Module
-    sde: object
-    prediction_type: str
-    data_shape: Optional[tuple]
-    kind: str  # "lightning" or "diffusers"
-    info: dict = dc_field(default_factory=dict)
-    decode: Optional[Callable[[Tensor], Tensor]] = None  # latent models: latents -> pixels
-
-
-def load_lightning(path, ema: bool = True) -> LoadedModel:
-    """A :class:`~lit_diffusion.module.ScoreModule` checkpoint (``weights_only=True``)."""
-    from ..training.module import ScoreModule
-
-    from ..runtime.checkpoint_io import read_checkpoint
-
-    path = Path(path)
-    ckpt = read_checkpoint(path, require=("state_dict", "hyper_parameters"))
-    try:
-        module = ScoreModule.from_checkpoint_dict(ckpt, where=repr(str(path)))
-    except CheckpointError:
-        raise
-    except Exception as e:  # noqa: BLE001
-        raise CheckpointError(f"checkpoint {str(path)!r} could not be rebuilt as a ScoreModule: {type(e).__name__}: {e}") from e
-    if ema and module.ema is None:
-        ema = False
-    net = module.sampling_net(ema).eval()
-    shape = tuple(module.data_shape) if module.data_shape is not None else None
-    return LoadedModel(
-        net, module.sde, module.prediction_type, shape, "lightning",
-        {"ema": bool(ema), "global_step": int(ckpt.get("global_step", -1)), "sde": repr(module.sde)},
-        None if module.codec is None else module.codec.decode,
-    )
-
-
-def load_diffusers(folder) -> LoadedModel:
-    """A diffusers pipeline folder: ``unet/`` (``UNet2DModel``) + ``scheduler/scheduler_config.json``."""
-    from ..core.parametrizations import canonical_prediction
-    from ..integrations.scheduler import SDEScheduler
-
-    folder = Path(folder)
-    unet_dir, cfg_file = folder / "unet", folder / "scheduler" / "scheduler_config.json"
-    missing = [str(p.relative_to(folder)) for p in (unet_dir / "config.json", cfg_file) if not p.is_file()]
-    if missing:
-        raise CheckpointError(
-            f"{str(folder)!r} is not a diffusers pipeline folder: missing {missing} "
-            "(expected unet/ with a UNet2DModel and scheduler/scheduler_config.json)"
-        )
-    try:
-        cfg = json.loads(cfg_file.read_text())
-        if not isinstance(cfg, dict):
-            raise ValueError("the scheduler config is not a JSON object")
-    except Exception as e:  # noqa: BLE001
-        raise CheckpointError(f"could not read {str(cfg_file)!r}: {type(e).__name__}: {e}") from e
-    from diffusers import UNet2DModel
-
-    try:
-        unet = UNet2DModel.from_pretrained(str(unet_dir), local_files_only=True)
-    except Exception as e:  # noqa: BLE001
-        raise CheckpointError(f"could not load the UNet2DModel in {str(unet_dir)!r}: {type(e).__name__}: {e}") from e
-    cfg = {k: v for k, v in cfg.items() if not k.startswith("_")}
-    try:
-        scheduler = SDEScheduler.from_config(cfg)
-    except Exception as e:  # noqa: BLE001
-        raise CheckpointError(f"scheduler config {str(cfg_file)!r} is not usable: {type(e).__name__}: {e}") from e
-    pred = canonical_prediction(scheduler.config.prediction_type)
-    size = unet.config.sample_size
-    hw = (int(size), int(size)) if isinstance(size, int) else tuple(int(s) for s in size)
-    shape = (int(unet.config.in_channels),) + hw
-    decode = None
-    if (folder / "vae" / "config.json").is_file():  # a latent export: decode with its autoencoder
-        from ..training.autoencoder import LatentCodec
-
-        try:
-            decode = LatentCodec(folder / "vae").decode
-        except (FileNotFoundError, ValueError) as e:
-            raise CheckpointError(f"the autoencoder in {str(folder / 'vae')!r} is not usable: {e}") from None
-    return LoadedModel(
-        DiffusersUNet(unet.eval(), pred), scheduler.sde, pred, shape, "diffusers",
-        {"sde": repr(scheduler.sde), "scheduler_class": json.loads(cfg_file.read_text()).get("_class_name")}, decode,
-    )
-
-
-def load_model(path, ema: bool = True) -> LoadedModel:
-    """A Lightning checkpoint file or a diffusers pipeline folder (errors name the path)."""
-    p = Path(path)
-    if not p.exists():
-        raise FileNotFoundError(f"checkpoint {str(path)!r} does not exist (give a .ckpt file or a diffusers pipeline folder)")
-    if p.is_dir():
-        from ..training.pretrained import is_pretrained_folder, load_pretrained
-
-        if is_pretrained_folder(p):
-            module = load_pretrained(p)
-            shape = tuple(module.data_shape) if module.data_shape is not None else None
-            return LoadedModel(module.net.eval(), module.sde, module.prediction_type, shape, "pretrained",
-                               {"sde": repr(module.sde), **getattr(module, "pretrained_info", {})},
-                               None if module.codec is None else module.codec.decode)
-        return load_diffusers(p)
-    return load_lightning(p, ema=ema)
+from .sample_models import (  # noqa: E402,F401  (re-exported: sample.py's API as before)
+    PRECISIONS, AutocastNet, DiffusersUNet, LoadedModel, load_diffusers, load_lightning, load_model,
+)
+from .sample_inputs import (  # noqa: E402,F401
+    NAMED_MASKS, _check_inpaint, _check_labels, _named_mask, _read_array, _read_image, sample_labels,
+)
+from .sample_outputs import (  # noqa: E402,F401
+    FORMATS, _atomic, _picture_writer, _samples_writer, _tmp_path, check_output_folder, write_outputs, write_picture,
+)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -311,119 +181,6 @@ class Plan:
     nfe_per_sample: int
     labels: Optional[np.ndarray] = None
     known: Optional[tuple] = None  # (images (N, *shape), mask (N or 1, *shape)) for --inpaint
-
-
-NAMED_MASKS = ("lower-half", "upper-half", "left-half", "right-half", "center")
-
-
-def _named_mask(name: str, shape: tuple) -> np.ndarray:
-    """1 = keep; the named region is 0 (regenerated)."""
-    m = np.ones(shape, dtype=np.float32)
-    h, w = shape[-2], shape[-1]
-    region = {
-        "lower-half": (slice(h // 2, None), slice(None)), "upper-half": (slice(None, h // 2), slice(None)),
-        "left-half": (slice(None), slice(None, w // 2)), "right-half": (slice(None), slice(w // 2, None)),
-        "center": (slice(h // 4, h - h // 4), slice(w // 4, w - w // 4)),
-    }[name]
-    m[(Ellipsis,) + region] = 0.0
-    return m
-
-
-def _read_array(path: str, what: str) -> np.ndarray:
-    p = Path(path)
-    if not p.is_file():
-        raise ValueError(f"--{what} {path!r} does not exist")
-    if p.suffix.lower() in (".npy", ".npz"):
-        arr = np.load(p, allow_pickle=False)
-        if isinstance(arr, np.lib.npyio.NpzFile):
-            arr = arr["samples"] if "samples" in arr.files else arr[arr.files[0]]
-        return np.asarray(arr, dtype=np.float32)
-    return None
-
-
-def _read_image(path: str, what: str, shape: tuple, resample) -> np.ndarray:
-    """A picture as float32 in [0, 1], shaped ``(C, H, W)`` like one sample (resized to fit)."""
-    from PIL import Image
-
-    try:
-        with Image.open(path) as im:
-            im = im.convert("L" if shape[0] == 1 else "RGB").resize((shape[-1], shape[-2]), resample)
-            a = np.asarray(im, dtype=np.float32) / 255.0
-    except OSError as e:
-        raise ValueError(f"--{what} {path!r} is not a readable picture or .npy/.npz array ({e})") from None
-    return a[None] if a.ndim == 2 else a.transpose(2, 0, 1)
-
-
-def _check_inpaint(args, shape: tuple, decode=None) -> Optional[tuple]:
-    """The known images and the mask of --inpaint/--mask, checked against the sample shape."""
-    from PIL import Image
-
-    if args.inpaint is None and args.mask is None:
-        if args.resample != 1:
-            raise ValueError(f"--resample {args.resample} only applies with --inpaint and --mask")
-        return None
-    if args.inpaint is None or args.mask is None:
-        raise ValueError("--inpaint IMAGE and --mask MASK go together (the image to complete and the pixels to keep)")
-    if isinstance(args.resample, bool) or args.resample < 1:
-        raise ValueError(f"--resample {args.resample!r} is invalid; it must be an integer >= 1")
-    if len(shape) != 3:
-        raise ValueError(f"--inpaint needs an image model; this one generates samples of shape {shape}")
-    if decode is not None:
-        raise ValueError("--inpaint works on pixel-space models; this model generates autoencoder latents")
-    known = _read_array(args.inpaint, "inpaint")
-    if known is None:
-        known = _read_image(args.inpaint, "inpaint", shape, Image.BICUBIC) * 2.0 - 1.0
-    known = known.reshape((-1,) + known.shape[-3:]) if known.ndim >= 3 else known
-    if known.ndim != 4 or tuple(known.shape[1:]) != shape:
-        raise ValueError(f"--inpaint {args.inpaint!r} holds an array of shape {tuple(known.shape)}; expected {shape} or (N, *{shape})")
-    if args.mask in NAMED_MASKS:
-        mask = _named_mask(args.mask, shape)
-    else:
-        mask = _read_array(args.mask, "mask")
-        if mask is None:
-            mask = (_read_image(args.mask, "mask", shape, Image.NEAREST) >= 0.5).astype(np.float32)
-        if mask.shape[-2:] != shape[-2:]:
-            raise ValueError(f"--mask {args.mask!r} has shape {tuple(mask.shape)}; expected {shape[-2:]} or {shape}")
-        if not np.isin(mask, (0.0, 1.0)).all():
-            raise ValueError(f"--mask {args.mask!r} must hold only 0 (regenerate) and 1 (keep)")
-        mask = np.broadcast_to(mask.reshape(mask.shape[-3:] if mask.ndim >= 3 else (1,) + mask.shape), shape).copy()
-    if not np.isfinite(known).all():
-        raise ValueError(f"--inpaint {args.inpaint!r} holds NaN or inf values")
-    return known.astype(np.float32), mask.astype(np.float32)
-
-
-from ..runtime.pictures import grid_columns  # noqa: E402  (one grid rule for pictures and --class-label rows)
-
-
-def sample_labels(labels: Optional[Sequence[int]], n: int, n_grid: int) -> Optional[np.ndarray]:
-    """The class label of each of ``n`` samples: one label for all, or a list filling the picture's
-    rows in turn (a function of the sample index only: independent of batch size and processes)."""
-    if labels is None:
-        return None
-    labels = [int(k) for k in labels]
-    cols = grid_columns(n, n_grid) if len(labels) > 1 else 1
-    return np.asarray([labels[(i // cols) % len(labels)] for i in range(int(n))], dtype=np.int64)
-
-
-def _check_labels(args, model: "LoadedModel") -> Optional[np.ndarray]:
-    from ..core.fields import check_guidance
-    from ..training.networks import num_classes_of
-
-    K = num_classes_of(model.net)
-    if args.class_label is not None:
-        if K is None:
-            raise ValueError(
-                f"--class-label {' '.join(map(str, args.class_label))}: the model {str(args.checkpoint)!r} is unconditional "
-                "(no class embedding); drop --class-label"
-            )
-        bad = [k for k in args.class_label if not (0 <= int(k) < K)]
-        if bad:
-            raise ValueError(f"--class-label {bad} out of range; valid labels: 0..{K - 1}")
-    try:
-        check_guidance(args.class_label, args.guidance_scale)
-    except ValueError as e:
-        raise ValueError(f"--guidance-scale {args.guidance_scale}: {e}; give --class-label") from None
-    return sample_labels(args.class_label, args.n, args.grid)
 
 
 def _check_budget_args(args, sampler: str) -> None:
@@ -597,155 +354,6 @@ def generate(plan: Plan, chunks: Sequence[Sequence[int]], device=None, progress:
         # network evaluations per sample as the progress bar counted them (Jacobian products included)
         plan.nfe_per_sample = int(round(calls[0] / n_chunks))
     return out
-
-
-# ------------------------------------------------------------------------------------------------
-# outputs (atomic)
-# ------------------------------------------------------------------------------------------------
-def check_output_folder(out: Path) -> None:
-    """Refuse an ``--out`` that cannot be written, before any work and without creating anything:
-    a file can be created in it, or (when it does not exist yet) in its nearest existing parent."""
-    if out.exists() and not out.is_dir():
-        raise ValueError(f"--out {str(out)!r} exists and is not a folder")
-    probe_dir = out.absolute()
-    while not probe_dir.exists():
-        probe_dir = probe_dir.parent
-    if not probe_dir.is_dir():
-        raise ValueError(f"--out {str(out)!r} cannot be created: {str(probe_dir)!r} is not a folder")
-    try:
-        fd, probe = tempfile.mkstemp(prefix=".write-test.", suffix=".tmp", dir=str(probe_dir))
-        os.close(fd)
-        os.unlink(probe)
-    except OSError as e:
-        raise ValueError(f"--out {str(out)!r} is not writable ({str(probe_dir)!r}: {e.strerror or e})") from None
-
-
-def _tmp_path(path: Path) -> str:
-    """A staged temporary file beside ``path`` (:func:`lit_diffusion.runtime.checkpoint_io.staged_path`)."""
-    from ..runtime.checkpoint_io import staged_path
-
-    return staged_path(path)
-
-
-def _atomic(path: Path, write: Callable[[str], None]) -> None:
-    """:func:`lit_diffusion.runtime.checkpoint_io.atomic_write`, the package's one atomic writer."""
-    from ..runtime.checkpoint_io import atomic_write
-
-    atomic_write(path, write)
-
-
-def _picture_writer(samples: np.ndarray, reference: Optional[np.ndarray], n_grid: int, title: str, run_id: str = ""):
-    """A function writing the PNG to a path (image grid for (N, C, H, W) with C in 1/3, scatter for
-    2-D vectors), or None when the samples have no picture.  ``run_id`` goes into the PNG's
-    metadata (``Description``), as it goes into the samples file, so the two can be matched."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    meta = {"Description": f"lit_diffusion sample.py run {run_id}"}
-    if samples.ndim == 4 and samples.shape[1] in (1, 3):
-        from ..runtime.pictures import image_grid
-
-        x = samples[:n_grid]
-        g = image_grid(x, grid_columns(len(x), n_grid))
-
-        def write(tmp):
-            plt.imsave(tmp, g, cmap="gray" if g.ndim == 2 else None, vmin=0, vmax=255, format="png", metadata=meta)
-
-        return write
-    if samples.ndim == 2 and samples.shape[1] == 2:
-
-        def write(tmp):
-            fig, ax = plt.subplots(figsize=(5, 5))
-            if reference is not None and reference.ndim == 2 and reference.shape[1] == 2:
-                ax.scatter(reference[:, 0], reference[:, 1], s=2, c="0.75", label="reference data")
-            ax.scatter(samples[:, 0], samples[:, 1], s=2, c="C0", label="samples")
-            ax.set_title(title, fontsize=8)
-            ax.legend(loc="upper right", fontsize=7)
-            fig.tight_layout()
-            fig.savefig(tmp, format="png", dpi=100, metadata=meta)
-            plt.close(fig)
-
-        return write
-    return None
-
-
-def write_picture(path: Path, samples: np.ndarray, reference: Optional[np.ndarray], n_grid: int, title: str) -> bool:
-    """Write the picture of ``samples`` to ``path`` atomically; False when they have none."""
-    write = _picture_writer(samples, reference, n_grid, title)
-    if write is None:
-        return False
-    _atomic(path, write)
-    return True
-
-
-def _samples_writer(fmt: str, x: np.ndarray, idx: np.ndarray, meta_json: str, labels: Optional[np.ndarray] = None):
-    if fmt == "npz":
-
-        def write(tmp):
-            with open(tmp, "wb") as f:
-                extra = {} if labels is None else {"labels": labels}
-                np.savez(f, samples=x, indices=idx, args=np.array(meta_json), **extra)
-
-        return "samples.npz", write
-    from safetensors.torch import save_file
-
-    def write_st(tmp):
-        tensors = {"samples": torch.from_numpy(x), "indices": torch.from_numpy(idx)}
-        if labels is not None:
-            tensors["labels"] = torch.from_numpy(labels)
-        save_file(tensors, tmp, metadata={"args": meta_json})
-
-    return "samples.safetensors", write_st
-
-
-def write_outputs(plan: Plan, items: list[tuple[int, np.ndarray]], meta: dict) -> dict:
-    """Order by index and write the raw samples and the picture as one unit: both are written in full
-    to temporary files first; then the old picture is removed, the samples file and the picture are
-    moved into place.  A kill at any point leaves either the old pair, the new samples without a
-    picture, or the new pair -- never a picture of one run beside the samples of another.  Both carry
-    the same ``run_id``."""
-    import uuid
-
-    args = plan.args
-    items = sorted(items, key=lambda it: it[0])
-    idx = np.array([i for i, _ in items], dtype=np.int64)
-    if len(set(idx.tolist())) != len(idx) or len(idx) != int(args.n):
-        raise RuntimeError(f"gathered {len(idx)} samples ({len(set(idx.tolist()))} distinct) for --n {args.n}")
-    x = np.stack([s for _, s in items]).astype(np.float32)
-    out = Path(args.out)
-    run_id = uuid.uuid4().hex
-    meta_json = json.dumps({**meta, "run_id": run_id}, sort_keys=True)
-    labels = None if plan.labels is None else plan.labels[idx]
-    name, write_samples = _samples_writer(args.format, x, idx, meta_json, labels)
-    title = f"{args.sampler}, {args.steps} steps, {args.schedule}{', ODE' if args.ode else ''}, {args.precision}"
-    if plan.labels is not None:
-        title += f", labels {args.class_label}, guidance {args.guidance_scale:g}"
-    write_png = None if args.no_png else _picture_writer(x, plan.reference, int(args.grid), title, run_id)
-    png = out / "samples.png"
-    staged = []
-    try:
-        for path, write in ((out / name, write_samples), (png, write_png)):
-            if write is not None:
-                tmp = _tmp_path(path)
-                staged.append((tmp, path))
-                write(tmp)
-        png.unlink(missing_ok=True)  # an old picture never outlives the samples it showed
-        for tmp, path in staged:
-            os.replace(tmp, path)
-    except BaseException:
-        for tmp, _ in staged:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-        raise
-    from ..runtime.checkpoint_io import _fsync_dir
-
-    _fsync_dir(str(out))
-    written = {"samples": str(out / name), "run_id": run_id}
-    if write_png is not None:
-        written["png"] = str(png)
-    return written
 
 
 # ------------------------------------------------------------------------------------------------

@@ -1,0 +1,151 @@
+"""``sample.py``'s models: a Lightning checkpoint, a pretrained-model folder or a diffusers pipeline
+folder, loaded into one :class:`LoadedModel` (network, SDE, prediction type, shape, decoder)."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field as dc_field
+from pathlib import Path
+from typing import Callable, Optional
+
+import torch
+from torch import Tensor, nn
+
+from ..runtime.checkpoint_io import CheckpointError
+
+PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+# ------------------------------------------------------------------------------------------------
+# networks
+# ------------------------------------------------------------------------------------------------
+def AutocastNet(net: nn.Module, dtype: torch.dtype = torch.float32, prediction_type: Optional[str] = None,
+                on_call: Optional[Callable[[], None]] = None):
+    """``net`` in ``--precision`` (bf16/fp16 autocast), float32 out, ``on_call`` after every evaluation
+    (:class:`lit_diffusion.runtime.precision.NetworkRunner`)."""
+    from ..runtime.precision import NetworkRunner
+
+    return NetworkRunner(net, dtype, prediction_type, on_call=on_call)
+
+
+class DiffusersUNet(nn.Module):
+    """A diffusers ``UNet2DModel`` as ``net(x, t)``: ``t`` is passed as the UNet's timestep unchanged
+    (for a :class:`~lit_diffusion.discrete_vp.DiscreteVP` the SDE time *is* the training timestep)."""
+
+    def __init__(self, unet: nn.Module, prediction_type: str):
+        super().__init__()
+        self.unet = unet
+        self.prediction_type = prediction_type
+        n = getattr(unet.config, "num_class_embeds", None)
+        self.num_classes = None if n is None else int(n) - 1  # the last class embedding: "no label"
+
+    def forward(self, x: Tensor, t, class_labels=None) -> Tensor:
+        from ..training.networks import label_vector
+
+        t = torch.as_tensor(t, device=x.device)
+        if t.ndim == 0:
+            t = t.expand(x.shape[0])
+        y = label_vector(class_labels, x, self.num_classes, "the exported UNet2DModel")
+        return self.unet(x, t.float(), class_labels=y, return_dict=False)[0]
+
+
+@dataclass
+class LoadedModel:
+    net: nn.Module
+    sde: object
+    prediction_type: str
+    data_shape: Optional[tuple]
+    kind: str  # "lightning" or "diffusers"
+    info: dict = dc_field(default_factory=dict)
+    decode: Optional[Callable[[Tensor], Tensor]] = None  # latent models: latents -> pixels
+
+
+def load_lightning(path, ema: bool = True) -> LoadedModel:
+    """A :class:`~lit_diffusion.module.ScoreModule` checkpoint (``weights_only=True``)."""
+    from ..training.module import ScoreModule
+
+    from ..runtime.checkpoint_io import read_checkpoint
+
+    path = Path(path)
+    ckpt = read_checkpoint(path, require=("state_dict", "hyper_parameters"))
+    try:
+        module = ScoreModule.from_checkpoint_dict(ckpt, where=repr(str(path)))
+    except CheckpointError:
+        raise
+    except Exception as e:  # noqa: BLE001
+        raise CheckpointError(f"checkpoint {str(path)!r} could not be rebuilt as a ScoreModule: {type(e).__name__}: {e}") from e
+    if ema and module.ema is None:
+        ema = False
+    net = module.sampling_net(ema).eval()
+    shape = tuple(module.data_shape) if module.data_shape is not None else None
+    return LoadedModel(
+        net, module.sde, module.prediction_type, shape, "lightning",
+        {"ema": bool(ema), "global_step": int(ckpt.get("global_step", -1)), "sde": repr(module.sde)},
+        None if module.codec is None else module.codec.decode,
+    )
+
+
+def load_diffusers(folder) -> LoadedModel:
+    """A diffusers pipeline folder: ``unet/`` (``UNet2DModel``) + ``scheduler/scheduler_config.json``."""
+    from ..core.parametrizations import canonical_prediction
+    from ..integrations.scheduler import SDEScheduler
+
+    folder = Path(folder)
+    unet_dir, cfg_file = folder / "unet", folder / "scheduler" / "scheduler_config.json"
+    missing = [str(p.relative_to(folder)) for p in (unet_dir / "config.json", cfg_file) if not p.is_file()]
+    if missing:
+        raise CheckpointError(
+            f"{str(folder)!r} is not a diffusers pipeline folder: missing {missing} "
+            "(expected unet/ with a UNet2DModel and scheduler/scheduler_config.json)"
+        )
+    try:
+        cfg = json.loads(cfg_file.read_text())
+        if not isinstance(cfg, dict):
+            raise ValueError("the scheduler config is not a JSON object")
+    except Exception as e:  # noqa: BLE001
+        raise CheckpointError(f"could not read {str(cfg_file)!r}: {type(e).__name__}: {e}") from e
+    from diffusers import UNet2DModel
+
+    try:
+        unet = UNet2DModel.from_pretrained(str(unet_dir), local_files_only=True)
+    except Exception as e:  # noqa: BLE001
+        raise CheckpointError(f"could not load the UNet2DModel in {str(unet_dir)!r}: {type(e).__name__}: {e}") from e
+    cfg = {k: v for k, v in cfg.items() if not k.startswith("_")}
+    try:
+        scheduler = SDEScheduler.from_config(cfg)
+    except Exception as e:  # noqa: BLE001
+        raise CheckpointError(f"scheduler config {str(cfg_file)!r} is not usable: {type(e).__name__}: {e}") from e
+    pred = canonical_prediction(scheduler.config.prediction_type)
+    size = unet.config.sample_size
+    hw = (int(size), int(size)) if isinstance(size, int) else tuple(int(s) for s in size)
+    shape = (int(unet.config.in_channels),) + hw
+    decode = None
+    if (folder / "vae" / "config.json").is_file():  # a latent export: decode with its autoencoder
+        from ..training.autoencoder import LatentCodec
+
+        try:
+            decode = LatentCodec(folder / "vae").decode
+        except (FileNotFoundError, ValueError) as e:
+            raise CheckpointError(f"the autoencoder in {str(folder / 'vae')!r} is not usable: {e}") from None
+    return LoadedModel(
+        DiffusersUNet(unet.eval(), pred), scheduler.sde, pred, shape, "diffusers",
+        {"sde": repr(scheduler.sde), "scheduler_class": json.loads(cfg_file.read_text()).get("_class_name")}, decode,
+    )
+
+
+def load_model(path, ema: bool = True) -> LoadedModel:
+    """A Lightning checkpoint file or a diffusers pipeline folder (errors name the path)."""
+    p = Path(path)
+    if not p.exists():
+        raise FileNotFoundError(f"checkpoint {str(path)!r} does not exist (give a .ckpt file or a diffusers pipeline folder)")
+    if p.is_dir():
+        from ..training.pretrained import is_pretrained_folder, load_pretrained
+
+        if is_pretrained_folder(p):
+            module = load_pretrained(p)
+            shape = tuple(module.data_shape) if module.data_shape is not None else None
+            return LoadedModel(module.net.eval(), module.sde, module.prediction_type, shape, "pretrained",
+                               {"sde": repr(module.sde), **getattr(module, "pretrained_info", {})},
+                               None if module.codec is None else module.codec.decode)
+        return load_diffusers(p)
+    return load_lightning(p, ema=ema)
