@@ -1,0 +1,104 @@
+"""The one checkpoint schema of both launchers: Lightning's dictionary (``state_dict`` with the EMA,
+``hyper_parameters``, ``global_step``, optimizer and scheduler states, the fit loop's progress and the
+data module's position), written by the Accelerate loop so that ``train.py --ckpt_path`` and
+``ScoreModule.load_from_checkpoint`` read it, and the other way round."""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Optional
+
+from .checkpoint_io import atomic_torch_save
+
+
+def _progress(total: int, current: int, started: bool = True, processed: bool = True) -> dict:
+    d = {"total": {"ready": total, "completed": total}, "current": {"ready": current, "completed": current}}
+    for key in (("started",) if started else ()) + (("processed",) if processed else ()):
+        d["total"][key], d["current"][key] = total, current
+    return d
+
+
+def lightning_loops(step: int, micro: int, n_batches: int, accumulate: int = 1) -> dict:
+    """The ``loops`` entry of a Lightning checkpoint after ``step`` optimizer steps and ``micro``
+    micro-batches (``n_batches`` per epoch), so that ``train.py --ckpt_path`` continues an Accelerate
+    run at the right global step, epoch and batch."""
+    epoch, in_epoch = divmod(int(micro), int(n_batches))
+    steps_in_epoch = in_epoch // max(int(accumulate), 1)
+    empty = {**_progress(0, 0), "is_last_batch": False}
+    return {
+        "fit_loop": {
+            "state_dict": {},
+            "epoch_loop.state_dict": {"_batches_that_stepped": int(step)},
+            "epoch_loop.batch_progress": {**_progress(int(micro), in_epoch), "is_last_batch": False},
+            "epoch_loop.scheduler_progress": _progress(int(step), steps_in_epoch, started=False, processed=False),
+            "epoch_loop.automatic_optimization.state_dict": {},
+            "epoch_loop.automatic_optimization.optim_progress": {"optimizer": {
+                "step": _progress(int(step), steps_in_epoch, started=False, processed=False),
+                "zero_grad": _progress(int(step), steps_in_epoch, processed=False),
+            }},
+            "epoch_loop.manual_optimization.state_dict": {},
+            "epoch_loop.manual_optimization.optim_step_progress": _progress(0, 0, started=False, processed=False),
+            "epoch_loop.val_loop.state_dict": {},
+            "epoch_loop.val_loop.batch_progress": dict(empty),
+            "epoch_progress": {"total": {"ready": epoch + 1, "completed": epoch, "started": epoch + 1, "processed": epoch},
+                               "current": {"ready": epoch + 1, "completed": epoch, "started": epoch + 1, "processed": epoch}},
+        },
+        "validate_loop": {"state_dict": {}, "batch_progress": dict(empty)},
+        "test_loop": {"state_dict": {}, "batch_progress": dict(empty)},
+        "predict_loop": {"state_dict": {}, "batch_progress": _progress(0, 0)},
+    }
+
+
+def _save(accelerator, module, optimizer, scheduler, step: int, ckpt_dir: str, resume_state: Optional[dict] = None) -> str:
+    os.makedirs(ckpt_dir, exist_ok=True)
+    ckpt = {
+        "state_dict": {k: v.detach().cpu() for k, v in module.state_dict().items()},
+        "hyper_parameters": dict(module.hparams),
+        "global_step": int(step),
+        "epoch": 0,
+        "optimizer_states": [optimizer.state_dict()],
+        "lr_schedulers": [scheduler.state_dict()],
+        "data_shape": None if module.data_shape is None else [int(s) for s in module.data_shape],
+        "prediction_type": module.prediction_type,
+        "launcher": "accelerate",
+        "world_size": int(accelerator.num_processes),
+        # what Lightning's loaders look for: ScoreModule.load_from_checkpoint reads this file too
+        "pytorch-lightning_version": _lightning_version(),
+        "hparams_name": "kwargs",
+    }
+    if resume_state is not None:  # what train.py needs to continue this run (one schema for both launchers)
+        micro, n_batches = int(resume_state["micro"]), int(resume_state["n_batches"])
+        ckpt["loops"] = lightning_loops(step, micro, n_batches, int(resume_state.get("accumulate", 1)))
+        ckpt["epoch"] = micro // n_batches
+        dm = resume_state["data"]
+        ckpt[type(dm).__qualname__] = {"epoch": micro // n_batches, "batches": micro % n_batches,
+                                       "batch_size": int(dm.batch_size), "world_size": int(accelerator.num_processes)}
+    path = os.path.join(ckpt_dir, f"step={step}.ckpt")
+    # last.ckpt first: a kill between the two writes leaves last.ckpt the newest checkpoint
+    atomic_torch_save(ckpt, os.path.join(ckpt_dir, "last.ckpt"))
+    atomic_torch_save(ckpt, path)
+    for name in os.listdir(ckpt_dir):  # keep the newest step file only (as train.py does)
+        if name.startswith("step=") and name.endswith(".ckpt") and name != os.path.basename(path):
+            try:
+                os.remove(os.path.join(ckpt_dir, name))
+            except OSError:
+                pass
+    return path
+
+
+def _lightning_version() -> str:
+    import lightning
+
+    return str(lightning.__version__)
+
+
+def _export_safetensors(module, path: str) -> str:
+    from safetensors.torch import save
+
+    from lit_diffusion.checkpoint_io import atomic_write_bytes
+
+    state = {k: v.detach().cpu().contiguous() for k, v in module.state_dict().items()}
+    meta = {"hyper_parameters": json.dumps(dict(module.hparams)), "prediction_type": module.prediction_type}
+    atomic_write_bytes(save(state, metadata=meta), path)
+    return path
