@@ -1,0 +1,153 @@
+"""The diffusers configuration of :class:`~lit_diffusion.integrations.scheduler.SDEScheduler`: how each
+diffusers key maps to a meaning (or is refused), the checks made before any work, and dynamic
+thresholding."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from ..core.schedules import SCHEDULES, check_schedule
+
+#: samplers the scheduler exposes (``moment_matching`` is refused, see :data:`_REFUSED`)
+SCHEDULER_SAMPLERS = ("euler", "exponential_euler", "ddram", "pc", "localization")
+_REFUSED = {
+    "moment_matching": (
+        "sampler='moment_matching' cannot run as a diffusers scheduler: its step needs the posterior "
+        "covariance, i.e. Jacobian-vector products of the denoiser with respect to x, and a pipeline "
+        "only hands the scheduler the network's output at one point. Use "
+        "lit_diffusion.samplers.sample(..., sampler='moment_matching') with the network itself."
+    )
+}
+
+
+def _as_float(timestep) -> float:
+    if isinstance(timestep, Tensor):
+        if timestep.numel() != 1:
+            # pipelines pass one timestep for the whole batch; accept a batch of equal values
+            flat = timestep.detach().flatten()
+            if not bool((flat == flat[0]).all()):
+                raise ValueError(
+                    f"step() got per-sample timesteps {flat.tolist()}; a scheduler step needs one timestep"
+                )
+            timestep = flat[0]
+        return float(timestep.item())
+    return float(timestep)
+
+
+FINAL_SIGMAS_TYPES = ("zero", "sigma_min")
+
+
+def _diffusers_schedule(schedule, use_karras_sigmas: bool, timestep_spacing: str, steps_offset: int):
+    """The step grid the diffusers keys ask for: Karras sigmas are the ``edm`` grid; a
+    non-default ``timestep_spacing`` / ``steps_offset`` selects diffusers' integer spacing."""
+    if use_karras_sigmas:
+        if schedule not in (None, "edm"):
+            raise ValueError(f"use_karras_sigmas=True asks for the Karras (edm) grid but schedule={schedule!r} was given")
+        return "edm"
+    if schedule is None and (timestep_spacing != "linspace" or int(steps_offset) != 0):
+        return "diffusers"
+    if schedule is not None and str(schedule).lower() != "diffusers" and (
+        timestep_spacing != "linspace" or int(steps_offset) != 0
+    ):
+        raise ValueError(
+            f"timestep_spacing={timestep_spacing!r} / steps_offset={steps_offset!r} only apply to schedule='diffusers'; "
+            f"got schedule={schedule!r} (drop them, or use schedule='diffusers')"
+        )
+    return schedule
+
+
+def _final_denoise(final_denoise: bool, final_sigmas_type) -> bool:
+    """``final_sigmas_type="zero"`` ends on the data (a final denoising evaluation), ``"sigma_min"`` at
+    the last noise level ``t_min``."""
+    if final_sigmas_type is None:
+        return bool(final_denoise)
+    if final_sigmas_type not in FINAL_SIGMAS_TYPES:
+        raise ValueError(f"final_sigmas_type={final_sigmas_type!r} is invalid; valid choices: {list(FINAL_SIGMAS_TYPES)}")
+    return final_sigmas_type == "zero"
+
+
+def _check_model_output(model_output, sample, timestep, index) -> None:
+    """The network output must be a finite tensor shaped like the sample (or with twice its channels: a
+    learned-variance network)."""
+    if not isinstance(model_output, Tensor) or not isinstance(sample, Tensor):
+        raise TypeError(
+            f"step() takes tensors; got model_output={type(model_output).__name__}, sample={type(sample).__name__}"
+        )
+    learned_variance = (
+        model_output.ndim == sample.ndim >= 2 and model_output.shape[0] == sample.shape[0]
+        and model_output.shape[1] == 2 * sample.shape[1] and model_output.shape[2:] == sample.shape[2:]
+    )
+    if tuple(model_output.shape) != tuple(sample.shape) and not learned_variance:
+        raise ValueError(
+            f"model_output has shape {tuple(model_output.shape)} but sample has shape {tuple(sample.shape)}; "
+            "they must be equal, or have twice the channels for a learned-variance network (variance half ignored)"
+        )
+    if not bool(torch.isfinite(model_output).all()):
+        bad = int((~torch.isfinite(model_output)).sum())
+        raise FloatingPointError(
+            f"the model output at timestep {_as_float(timestep)!r} (evaluation {index or 0}) has {bad} "
+            "NaN/inf values; the network diverged or ran out of its precision range (try fp32 or bf16)"
+        )
+
+
+def _check_numbers(dynamic_thresholding_ratio, sample_max_value, clip_sample_range) -> None:
+    if not (0.0 < float(dynamic_thresholding_ratio) <= 1.0):
+        raise ValueError(f"dynamic_thresholding_ratio={dynamic_thresholding_ratio!r} is invalid; it must be in (0, 1]")
+    if not (math.isfinite(float(sample_max_value)) and float(sample_max_value) >= 1.0):
+        raise ValueError(f"sample_max_value={sample_max_value!r} is invalid; it must be a finite number >= 1")
+    if not (math.isfinite(float(clip_sample_range)) and float(clip_sample_range) > 0):
+        raise ValueError(f"clip_sample_range={clip_sample_range!r} is invalid; it must be > 0")
+
+
+def _check_sampler_name(sampler) -> str:
+    name = str(sampler).lower()
+    if name in _REFUSED:
+        raise ValueError(_REFUSED[name])
+    if name not in SCHEDULER_SAMPLERS:
+        raise ValueError(
+            f"unknown sampler {sampler!r}; valid choices: {list(SCHEDULER_SAMPLERS)} "
+            f"(moment_matching needs network Jacobians and is only available in lit_diffusion.samplers.sample)"
+        )
+    return name
+
+
+def _check_schedule_name(schedule, sampler: str, timestep_spacing: str) -> str:
+    if schedule is None:
+        from ..sampling.samplers import default_schedule
+
+        schedule = default_schedule(sampler)
+    if str(schedule).lower() != "diffusers":
+        try:
+            check_schedule(schedule)
+        except ValueError:
+            raise ValueError(f"unknown schedule {schedule!r}; valid choices: {list(SCHEDULES) + ['diffusers']}") from None
+    elif timestep_spacing not in ("linspace", "leading", "trailing"):
+        raise ValueError(f"unknown timestep_spacing {timestep_spacing!r}; valid choices: ['linspace', 'leading', 'trailing']")
+    return str(schedule)
+
+
+def _check_num_steps(n) -> int:
+    if n is None or isinstance(n, bool) or not isinstance(n, (int, np.integer)) and not (
+        isinstance(n, float) and float(n).is_integer()
+    ):
+        raise ValueError(f"num_inference_steps={n!r} is invalid; it must be a positive integer")
+    n = int(n)
+    if n <= 0:
+        raise ValueError(f"num_inference_steps={n!r} is invalid; it must be a positive integer (>= 1)")
+    return n
+
+
+def dynamic_threshold(x0: Tensor, ratio: float = 0.995, max_value: float = 1.0) -> Tensor:
+    """Dynamic thresholding of a denoised estimate (Saharia et al., "Photorealistic Text-to-Image
+    Diffusion Models with Deep Language Understanding"): per sample, ``s`` is the ``ratio`` quantile of
+    ``|x0|`` clamped to ``[1, max_value]``, and ``x0`` becomes ``clamp(x0, -s, s) / s``."""
+    flat = x0.reshape(x0.shape[0], -1).abs()
+    s = torch.quantile(flat.float(), ratio, dim=1).clamp(1.0, max_value).to(x0.dtype)
+    s = s.reshape(-1, *([1] * (x0.ndim - 1)))
+    return torch.maximum(torch.minimum(x0, s), -s) / s
+
+
