@@ -1,0 +1,211 @@
+"""``train.py``'s checks made before any work: config files (text, YAML, registered classes with their
+arguments), parse-error hints that name the valid choices, the resume check (same SDE, loss and
+network as the checkpoint), and the short ``--help``."""
+
+from __future__ import annotations
+
+
+def _choices_hint(message: str) -> str:
+    """Valid class names for the pluggable parts mentioned in a parse error."""
+    from ..training import data as _data
+    from ..training.losses import LOSSES
+    from ..core.sdes import SDE_CLASSES
+
+    import inspect
+    import re
+
+    from ..training.registry import registered
+
+    hints = []
+    nested = re.search(r"NestedArg\(key='([\w.]+)'", message)
+    for kind in ("sde", "loss", "net"):
+        if nested and f"model.{kind}" in message:
+            valid = {
+                n: sorted(set(inspect.signature(c.__init__).parameters) - {"self", "args", "kwargs"})
+                for n, c in registered(kind).items()
+            }
+            hints.append(f"unknown argument {nested.group(1)!r} for model.{kind}; valid arguments per class: {valid}")
+    if "model.sde" in message:
+        hints.append(f"valid model.sde choices: {sorted(SDE_CLASSES)} (lit_diffusion.sdes)")
+    if "model.loss" in message:
+        hints.append(f"valid model.loss choices: {sorted(c.__name__ for c in LOSSES.values())} (lit_diffusion.losses)")
+    if "model.net" in message:
+        hints.append("valid model.net choices: ['TimeMLP', 'UNet'] (lit_diffusion.networks) or any nn.Module net(x, t)")
+    if '"data"' in message or "data." in message or "'data'" in message:
+        names = [n for n in _data.__all__ if n.endswith("DataModule") and n not in ("BaseDataModule", "TensorDataModule")]
+        hints.append(f"valid data choices: {names} (lit_diffusion.data)")
+    return ("\n" + "\n".join(hints)) if hints else ""
+
+
+def _key_hint(message: str, parser) -> str:
+    """For an unknown key (``Group 'model' does not accept option 'lrr'`` from a config file, or
+    ``unrecognized arguments: --model.lrr``): the closest valid keys and all valid keys of its group."""
+    import difflib
+    import re
+
+    bad = re.findall(r"Group '([\w.]+)' does not accept option '([\w.]+)'", message)
+    for tok in re.findall(r"--([\w.]+)", message.split("unrecognized arguments:", 1)[1]) if "unrecognized arguments:" in message else []:
+        group, _, key = tok.rpartition(".")
+        bad.append((group, key))
+    options = {o[2:] for a in getattr(parser, "_actions", []) for o in a.option_strings if o.startswith("--")}
+    hints = []
+    for group, key in bad:
+        prefix = f"{group}." if group else ""
+        names = sorted({o[len(prefix):].split(".")[0] for o in options if o.startswith(prefix) and len(o) > len(prefix)} - {""})
+        names = [n for n in names if not n.endswith("+")]
+        if not names:
+            continue
+        close = difflib.get_close_matches(key, names, n=3, cutoff=0.5)
+        guess = f"did you mean {', '.join(repr(prefix + c) for c in close)}? " if close else ""
+        hints.append(f"unknown key {prefix + key!r}: {guess}valid keys of {group or 'the top level'!r}: {names}")
+    return ("\n" + "\n".join(hints)) if hints else ""
+
+
+def _config_paths(args) -> list[str]:
+    if isinstance(args, dict):
+        return []
+    paths, args = [], [str(a) for a in (args or [])]
+    for i, a in enumerate(args):
+        if a in ("--config", "-c") and i + 1 < len(args):
+            paths.append(args[i + 1])
+        elif a.startswith("--config="):
+            paths.append(a.split("=", 1)[1])
+    return paths
+
+
+def check_config_files(args) -> None:
+    """Check every ``--config`` file before jsonargparse reads it: a readable UTF-8 YAML mapping, and
+    ``model.sde`` / ``model.loss`` / ``model.net`` / ``data`` entries naming a registered class with
+    arguments it accepts.  Errors name the file, the entry, the bad value and the valid choices.
+    (Class paths the registry does not know are left to jsonargparse's own type checks.)"""
+    import yaml
+
+    from ..training.registry import UntrustedConfigError, check_description, registered, resolve
+
+    for path in _config_paths(args):
+        try:
+            raw = open(path, "rb").read()
+        except OSError as e:
+            raise ValueError(f"config file {path!r} cannot be read: {e.strerror or e}") from None
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise ValueError(
+                f"config file {path!r} is not a text (UTF-8 YAML) file: byte 0x{raw[e.start]:02x} at position {e.start}"
+            ) from None
+        try:
+            cfg = yaml.safe_load(text)
+        except yaml.YAMLError as e:
+            raise ValueError(f"config file {path!r} is not valid YAML: {e}") from None
+        if cfg is None:
+            continue
+        if not isinstance(cfg, dict):
+            raise ValueError(f"config file {path!r} must hold a YAML mapping (model:, data:, trainer: ...); got a {type(cfg).__name__}")
+        entries = [(f"model.{k}", k, (cfg.get("model") or {}).get(k)) for k in ("sde", "loss", "net")]
+        entries.append(("data", "data", cfg.get("data")))
+        for where, kind, entry in entries:
+            if not (isinstance(entry, dict) and "class_path" in entry):
+                continue
+            try:
+                resolve(kind, entry["class_path"])
+            except UntrustedConfigError:
+                if "." in str(entry["class_path"]):
+                    continue  # a class of the user's own: jsonargparse checks it
+                raise ValueError(
+                    f"config file {path!r}: {where}.class_path {entry['class_path']!r} is unknown; "
+                    f"valid choices: {sorted(registered(kind))}"
+                ) from None
+            try:
+                check_description(entry, kind, where=f"{where}")
+            except UntrustedConfigError as e:
+                raise ValueError(f"config file {path!r}: {e}") from None
+
+
+def check_resume(path: str, model) -> dict:
+    """Refuse to resume from ``path`` unless it is a valid checkpoint whose hyper-parameters the
+    registry trusts and whose SDE, loss and network match ``model``'s (the message shows both)."""
+    from ..runtime.checkpoint_io import CheckpointError, read_checkpoint
+    from ..training.module import check_hparams, describe
+    from ..training.registry import UntrustedConfigError, check_description
+
+    ckpt = read_checkpoint(path, require=("state_dict", "global_step"))
+    try:
+        hp = check_hparams(dict(ckpt.get("hyper_parameters") or {}), where=repr(path))
+    except UntrustedConfigError as e:
+        raise CheckpointError(str(e)) from None
+    diffs = []
+    for kind in ("sde", "loss", "net"):
+        if hp.get(kind) is None:
+            continue
+        mine = describe(getattr(model, kind), kind)
+        theirs = hp[kind]
+        c1, a1 = check_description(theirs, kind)
+        c2 = type(getattr(model, kind))
+        a2 = mine["init_args"]
+        a1n, a2n = _norm(a1), _norm(a2)
+        shared = set(a1n) & set(a2n)
+        if c1 is not c2 or any(a1n[k] != a2n[k] for k in shared):
+            diffs.append(f"  {kind}: checkpoint {_show(theirs)}\n  {' ' * len(kind)}  this run   {_show(mine)}")
+    if diffs:
+        raise CheckpointError(
+            f"refusing to resume from {path!r}: it was trained with a different model than this run's configuration:\n"
+            + "\n".join(diffs)
+            + "\nresume with the checkpoint's settings (or start a new run with another --run_name)"
+        )
+    return ckpt
+
+
+def _norm(args: dict) -> dict:
+    def n(v):
+        if isinstance(v, (list, tuple)):
+            return [n(u) for u in v]
+        if isinstance(v, dict):
+            return {k: n(u) for k, u in v.items()}
+        if isinstance(v, (int, float)) and not isinstance(v, bool):
+            return float(v)
+        return v
+
+    return {k: n(v) for k, v in dict(args).items()}
+
+
+def _show(desc) -> str:
+    if isinstance(desc, str):
+        return desc
+    args = ", ".join(f"{k}={v!r}" for k, v in sorted(dict(desc.get("init_args") or {}).items()))
+    return f"{desc.get('class_path')}({args})"
+
+
+def short_help() -> str:
+    """``train.py --help``: the options people use and the project's own classes (``--help-full``
+    prints jsonargparse's complete listing, every argument of every group)."""
+    from ..training.registry import registered
+
+    def names(kind):
+        return ", ".join(sorted(registered(kind)))
+
+    return f"""usage: train.py [--config FILE] [--model.* ...] [--data CLASS] [--data.* ...] [--trainer.* ...] [options]
+
+Train a score-based diffusion model (Lightning). With no arguments: the embedded default run
+(swiss roll, small MLP, VP SDE, DSM, 2,000 steps).
+
+common options:
+  --config FILE             a YAML config (configs/*.yaml); later flags override it
+  --run_name NAME           checkpoint folder <ckpt_dir>/<run_name>/ (default: swissroll)
+  --ckpt_path last|FILE     resume (last: the newest loadable checkpoint of the run)
+  --logger KIND             wandb (default; offline without an account), csv, tensorboard, none
+  --ckpt_dir DIR, --log_dir DIR, --ckpt_every_n_steps N, --num_threads N, --progress_bar tqdm|rich|none
+  --samples.every_n_steps N, --samples.n_samples N, --samples.steps N     pictures during training
+  --quality.every_n_validations N, --quality.n_samples N, --quality.steps N  W1/MMD or FID/KID-MNIST at validation
+  --print_config            print the full resolved configuration and exit
+  --help-full               every option of every group (long)
+
+model (--model.*): lr, warmup_steps, lr_schedule, ema_decay, p_uncond, autoencoder, compile, seed, ...
+  --model.net CLASS         networks: {names("net")}
+  --model.sde CLASS         SDEs: {names("sde")}
+  --model.loss CLASS        losses: {names("loss")}
+  e.g. --model.net UNet --model.net.preset 28x28 --model.net.num_classes 10 --model.sde VE --model.sde.sigma_max 50
+
+data (--data CLASS, --data.*):  {names("data")}
+trainer (--trainer.*):          Lightning Trainer arguments: max_steps, devices, strategy, precision, ...
+
+Examples: see docs/training.md and configs/."""
