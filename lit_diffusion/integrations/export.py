@@ -176,7 +176,7 @@ def _readme(stock: bool, module, sched, conditional: bool, latent: bool) -> str:
     )
     call = "pipe(batch_size=16, num_inference_steps=50"
     if conditional:
-        call += ", class_labels=[0, 1, 2, 3] * 4, guidance_scale=3.0"
+        call += f", class_labels=[i % {module.num_classes} for i in range(16)], guidance_scale=3.0"
     call += ").images"
     return (
         "# lit_diffusion export\n\n"
