@@ -10,7 +10,14 @@ See docs/training.md.
 """
 
 
-from lit_diffusion.cli import main
+import sys
 
 if __name__ == "__main__":
+    if any(a in ("-h", "--help") for a in sys.argv[1:]):  # short and fast: no Lightning import
+        from lit_diffusion.cli.train_checks import short_help
+
+        print(short_help())
+        sys.exit(0)
+    from lit_diffusion.cli import main
+
     main()  # LightningCLI reads sys.argv itself

@@ -146,3 +146,20 @@ def test_sample_quality_scores_mnist_images_with_fid_and_kid():
     ref = MNISTDataModule(limit=600).eval_data()
     scores = SampleQuality(n_samples=40, steps=4).score(module, ref)
     assert set(scores) == {"val/fid_mnist", "val/kid_mnist"} and all(torch.isfinite(torch.tensor(v)) for v in scores.values())
+
+
+def test_help_lists_exactly_the_registered_classes():
+    from lit_diffusion.cli.train_checks import HELP_NAMES
+    from lit_diffusion.registry import registered
+
+    for kind, names in HELP_NAMES.items():
+        assert sorted(names) == sorted(registered(kind)), kind
+
+
+def test_train_help_does_not_import_lightning():
+    code = ("import runpy, sys; sys.argv = ['train.py', '--help']\n"
+            "try:\n    runpy.run_path(%r, run_name='__main__')\n"
+            "except SystemExit:\n    pass\n"
+            "print('LIGHTNING' if 'lightning' in sys.modules else 'NO-LIGHTNING')") % os.path.join(ROOT, "train.py")
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert res.stdout.strip().splitlines()[-1] == "NO-LIGHTNING", res.stdout[-500:] + res.stderr[-500:]

@@ -175,13 +175,23 @@ def _show(desc) -> str:
     return f"{desc.get('class_path')}({args})"
 
 
+#: the classes the registry builds by name, listed here so that ``--help`` needs no import of Lightning
+#: or diffusers (``tests/test_ecosystem.py`` checks the list against the registry)
+HELP_NAMES = {
+    "net": ("TimeMLP", "UNet", "UNet2DModel"),
+    "sde": ("ContractiveOU", "ContractiveVP", "DiscreteVP", "OU", "SubVP", "VE", "VP"),
+    "loss": ("DSM", "ESM", "ISM", "SSM"),
+    "data": ("CIFAR10DataModule", "DigitsDataModule", "ImageFolderDataModule", "MNISTDataModule", "MixtureDataModule",
+             "SwissRollDataModule"),
+}
+
+
 def short_help() -> str:
     """``train.py --help``: the options people use and the project's own classes (``--help-full``
     prints jsonargparse's complete listing, every argument of every group)."""
-    from ..training.registry import registered
 
     def names(kind):
-        return ", ".join(sorted(registered(kind)))
+        return ", ".join(HELP_NAMES[kind])
 
     return f"""usage: train.py [--config FILE] [--model.* ...] [--data CLASS] [--data.* ...] [--trainer.* ...] [options]
 
