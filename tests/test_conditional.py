@@ -315,3 +315,17 @@ def test_sample_cli_label_errors(cond_ckpt, ckpt, tmp_path):
     assert main(["-c", str(ckpt), "--class-label", "1", "--out", str(tmp_path / "y")] + common) == 2
     assert main(["-c", str(cond_ckpt), "--guidance-scale", "3", "--out", str(tmp_path / "z")] + common) == 2
     assert not any((tmp_path / d).exists() for d in "xyz")
+
+
+def test_guidance_arithmetic_stays_in_float32_with_a_bf16_network():
+    torch.manual_seed(0)
+    net = UNet("tiny", sample_size=8, num_classes=3).to(torch.bfloat16).eval()
+    nn.init.normal_(net.unet.class_embedding.weight)
+    x, t, y = torch.randn(8, 1, 8, 8), torch.full((8,), 0.3), torch.arange(8) % 3
+    f = Field(net, VP(), network_dtype=torch.bfloat16, class_labels=y, guidance_scale=7.0)
+    got = f.raw(x, t)
+    with torch.no_grad():
+        c = net(x.bfloat16(), t, class_labels=y).float()
+        u = net(x.bfloat16(), t, class_labels=torch.full_like(y, -1)).float()
+    assert got.dtype == torch.float32
+    assert torch.allclose(got, u + 7.0 * (c - u), atol=1e-6)  # combined in float32, not rounded to bf16

@@ -96,7 +96,8 @@ class Field:
             out = self.model(x, t, class_labels=y)
         if w == 1.0:
             return out
-        cond, uncond = out.chunk(2)
+        # the guidance arithmetic in float32 (or float64) even when the network ran in bf16/fp16
+        cond, uncond = out.to(torch.promote_types(out.dtype, torch.float32)).chunk(2)
         return uncond + (cond - uncond) * w
 
     def raw(self, x: Tensor, t) -> Tensor:
