@@ -34,7 +34,7 @@ from torch import Tensor
 from .parametrizations import canonical_prediction, convert, declared_prediction
 from .sdes import LinearSDE, as_time, compute_dtype
 
-__all__ = ["Field", "as_field", "check_guidance"]
+__all__ = ["Field", "as_field", "check_guidance", "guided_call"]
 
 
 def check_guidance(class_labels, guidance_scale) -> float:
@@ -49,6 +49,23 @@ def check_guidance(class_labels, guidance_scale) -> float:
     if class_labels is None and w != 1.0:
         raise ValueError(f"guidance_scale={w} needs class_labels (guidance mixes conditional and unconditional predictions)")
     return w
+
+
+def guided_call(call, x: Tensor, t: Tensor, labels: Tensor, w: float) -> Tensor:
+    """One model evaluation under classifier-free guidance (docs/maths.md §7), the one place its
+    arithmetic lives (the sampling field and ``LitDiffusionPipeline`` both use it).
+
+    ``call(x, t, labels)`` evaluates the model with per-sample labels, ``-1`` meaning "no label".
+    ``w = 1``: the conditional model alone; ``w = 0``: the unconditional one alone; otherwise one
+    batched call on ``2B`` samples, combined as ``u + w (c - u)`` in float32 (float64 for float64
+    outputs) even when the network ran in bf16/fp16."""
+    if w == 0.0:
+        return call(x, t, torch.full_like(labels, -1))
+    if w == 1.0:
+        return call(x, t, labels)
+    out = call(torch.cat([x, x]), torch.cat([t, t]) if t.ndim else t, torch.cat([labels, torch.full_like(labels, -1)]))
+    cond, uncond = out.to(torch.promote_types(out.dtype, torch.float32)).chunk(2)
+    return uncond + (cond - uncond) * w
 
 
 class Field:
@@ -82,23 +99,13 @@ class Field:
         """One (possibly guided) call of the model: its own prediction, or ``kind`` for an analytic one."""
         if self.class_labels is None:
             return self.model.prediction(x, t, self.sde, kind) if self.analytic else self.model(x, t)
-        y, w = self._labels(x), self.guidance_scale
-        if w == 0.0:  # the unconditional model alone
-            y = torch.full_like(y, -1)
-            w = 1.0
-        if w != 1.0:  # conditional and unconditional halves in one batched call
-            x = torch.cat([x, x])
-            t = torch.cat([t, t]) if t.ndim else t
-            y = torch.cat([y, torch.full_like(y, -1)])
         if self.analytic:
-            out = self.model.prediction(x, t, self.sde, kind, class_labels=y)
+            def call(x, t, y):
+                return self.model.prediction(x, t, self.sde, kind, class_labels=y)
         else:
-            out = self.model(x, t, class_labels=y)
-        if w == 1.0:
-            return out
-        # the guidance arithmetic in float32 (or float64) even when the network ran in bf16/fp16
-        cond, uncond = out.to(torch.promote_types(out.dtype, torch.float32)).chunk(2)
-        return uncond + (cond - uncond) * w
+            def call(x, t, y):
+                return self.model(x, t, class_labels=y)
+        return guided_call(call, x, t, self._labels(x), self.guidance_scale)
 
     def raw(self, x: Tensor, t) -> Tensor:
         """The wrapped model's own output (its declared prediction type; guided when asked), in the

@@ -85,21 +85,6 @@ class LitDiffusionPipeline(DiffusionPipeline):
         n = getattr(self.unet.config, "num_class_embeds", None)
         return None if n is None else int(n) - 1
 
-    def _labels(self, class_labels, batch_size: int, device) -> Optional[torch.Tensor]:
-        K = self.num_classes
-        if class_labels is None:
-            return None if K is None else torch.full((batch_size,), K, dtype=torch.long, device=device)
-        if K is None:
-            raise ValueError("this pipeline's U-Net is unconditional; it takes no class_labels")
-        y = torch.as_tensor(class_labels, device=device).to(torch.long).reshape(-1)
-        if y.numel() == 1:
-            y = y.expand(batch_size)
-        if y.shape[0] != batch_size:
-            raise ValueError(f"{y.shape[0]} class_labels for batch_size={batch_size}")
-        if int(y.max()) >= K:
-            raise ValueError(f"class label {int(y.max())} is out of range; valid labels are 0..{K - 1} (-1: no label)")
-        return torch.where(y < 0, torch.full_like(y, K), y)
-
     def _prior(self, shape, generator, device, dtype) -> torch.Tensor:
         from diffusers.utils.torch_utils import randn_tensor
 
@@ -111,14 +96,19 @@ class LitDiffusionPipeline(DiffusionPipeline):
         return x
 
     def _model_output(self, x, t, labels, guidance_scale: float):
-        if labels is None:
+        """The U-Net's output at ``(x, t)``: plain for an unconditional U-Net, else guided by
+        :func:`lit_diffusion.core.fields.guided_call` (labels ``-1`` mean "no label")."""
+        from ..core.fields import guided_call
+        from ..training.networks import label_vector
+
+        if self.num_classes is None:
             return self.unet(x, t, return_dict=False)[0]
-        if guidance_scale == 1.0:
-            return self.unet(x, t, class_labels=labels, return_dict=False)[0]
-        null = torch.full_like(labels, self.num_classes)
-        out = self.unet(torch.cat([x, x]), t, class_labels=torch.cat([labels, null]), return_dict=False)[0]
-        cond, uncond = out.chunk(2)
-        return uncond + guidance_scale * (cond - uncond)
+
+        def call(x, t, y):
+            y = label_vector(y, x, self.num_classes, "LitDiffusionPipeline")
+            return self.unet(x, t, class_labels=y, return_dict=False)[0]
+
+        return guided_call(call, x, t, labels, guidance_scale)
 
     @torch.no_grad()
     def __call__(
@@ -143,6 +133,7 @@ class LitDiffusionPipeline(DiffusionPipeline):
             latents: the starting state (drawn from the prior when ``None``).
         """
         from ..core.fields import check_guidance
+        from ..training.networks import label_vector
 
         w = check_guidance(class_labels, guidance_scale)
         if output_type not in ("pil", "np", "pt", "latent"):
@@ -152,8 +143,11 @@ class LitDiffusionPipeline(DiffusionPipeline):
         hw = (size, size) if isinstance(size, int) else tuple(size)
         shape = (int(batch_size), int(cfg.in_channels), *hw)
         device, dtype = self.unet.device, self.unet.dtype
-        labels = self._labels(class_labels, int(batch_size), device)
         x = self._prior(shape, generator, device, torch.float32) if latents is None else latents.to(device, torch.float32)
+        labels = None  # per-sample labels, -1 for "no label"; checked against the U-Net before any step
+        if class_labels is not None or self.num_classes is not None:
+            checked = label_vector(class_labels, x, self.num_classes, "LitDiffusionPipeline")
+            labels = torch.where(checked == self.num_classes, torch.full_like(checked, -1), checked)
         self.scheduler.set_timesteps(num_inference_steps)
         for t in self.progress_bar(self.scheduler.timesteps):
             model_in = self.scheduler.scale_model_input(x, t)
