@@ -15,6 +15,7 @@ from typing import Any, Optional
 import torch
 
 from lit_diffusion.runtime.checkpoint_schema import _export_safetensors, _save
+from lit_diffusion.runtime.precision import NetworkRunner
 
 
 @dataclass
@@ -35,13 +36,6 @@ def _load_resume(path: str, module) -> dict:
     from lit_diffusion.cli.train import check_resume
 
     return check_resume(path, module)
-
-
-def _Runner(net, prediction_type: str):
-    """The loss's view of the (DDP-wrapped, Accelerator-autocast) network: float32 out."""
-    from lit_diffusion.runtime.precision import NetworkRunner
-
-    return NetworkRunner(net, prediction_type=prediction_type)
 
 
 def _build_module(cfg):
@@ -101,7 +95,8 @@ class _Run:
         acc, cfg = self.acc, self.cfg
         self.module.to(acc.device)
         self.net, self.optimizer, self.loader = acc.prepare(self.module.net, self.optimizer, self.datamodule.train_dataloader())
-        self.runner = _Runner(self.net, self.module.prediction_type)
+        # the loss's view of the (DDP-wrapped, Accelerator-autocast) network: float32 out
+        self.runner = NetworkRunner(self.net, prediction_type=self.module.prediction_type)
         self.n_batches = len(self.loader)
         if self.n_batches < 1:
             raise ValueError("the training loader is empty (data smaller than one batch?)")
@@ -130,8 +125,7 @@ class _Run:
         ScoreModule.training_step computes it (latents, labels with dropout)."""
         module, acc = self.module, self.acc
         g = self.noise_generator()
-        x0 = module.encode(module._batch(batch), g)
-        labels = module._drop_labels(module._labels(batch, x0.shape[0]), g)
+        x0, labels = module.training_inputs(batch, g)
         with acc.accumulate(self.net):
             with torch.autocast(x0.device.type, enabled=False):
                 per = module.loss.per_sample(self.runner, module.sde, x0.float(), generator=g, class_labels=labels)

@@ -272,7 +272,7 @@ class _SignalFlag:
 
 
 from lit_diffusion.cli.accelerate_loop import (  # noqa: E402,F401  (re-exported)
-    TrainResult, _build_module, _CSVLog, _instantiate, _instantiate_data, _Run, _Runner, _load_resume, _train,
+    TrainResult, _build_module, _CSVLog, _instantiate, _instantiate_data, _Run, _load_resume, _train,
     _tracker_config,
 )
 from lit_diffusion.runtime.checkpoint_schema import _export_safetensors, _save, lightning_loops  # noqa: E402,F401

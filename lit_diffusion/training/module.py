@@ -34,6 +34,7 @@ import lightning.pytorch as pl
 import torch
 from torch import Tensor, nn
 
+from ..runtime.precision import NetworkRunner
 from .ema import EMA
 from ..core.parametrizations import canonical_prediction
 from .losses import ScoreMatchingLoss
@@ -46,7 +47,7 @@ LR_SCHEDULES = ("cosine", "constant", "linear")
 
 
 from .module_parts import (  # noqa: E402,F401  (re-exported: module.describe / check_hparams / noise_seed as before)
-    BatchesMixin, SamplingMixin, _build_loss, _build_net, _build_sde, _PrecisionNet, build_from_config, check_hparams,
+    BatchesMixin, SamplingMixin, _build_loss, _build_net, _build_sde, build_from_config, check_hparams,
     describe, noise_seed,
 )
 
@@ -226,7 +227,8 @@ class ScoreModule(SamplingMixin, BatchesMixin, pl.LightningModule):
         return self.__dict__["_compiled_net"]
 
     def _loss_terms(self, x0: Tensor, generator=None, class_labels=None) -> tuple[Tensor, Optional[Tensor]]:
-        runner = _PrecisionNet(self._train_net(), self.prediction_type, x0.device.type)
+        # the network in the Trainer's precision (autocast state captured now), float32 out
+        runner = NetworkRunner(self._train_net(), prediction_type=self.prediction_type, autocast_from=x0.device.type)
         with torch.autocast(x0.device.type, enabled=False):
             per = self.loss.per_sample(runner, self.sde, x0.float(), generator=generator, class_labels=class_labels)
         return per.float(), runner.last_t
@@ -254,11 +256,10 @@ class ScoreModule(SamplingMixin, BatchesMixin, pl.LightningModule):
 
     def training_step(self, batch, batch_idx):
         g = self._step_generator(self._batch(batch).device)
-        x0 = self.encode(self._batch(batch), g)
+        x0, y = self.training_inputs(batch, g)
         if self.data_shape is None:
             self.data_shape = tuple(x0.shape[1:])
             self.hparams["data_shape"] = list(self.data_shape)
-        y = self._drop_labels(self._labels(batch, x0.shape[0]), g)
         per, t = self._loss_terms(x0, generator=g, class_labels=y)
         loss = per.mean()
         if not torch.isfinite(loss):

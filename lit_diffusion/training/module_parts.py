@@ -106,17 +106,6 @@ def noise_seed(seed: int, micro_batch: int, rank: int) -> int:
     return ((int(seed) * 1_000_003 + int(micro_batch)) * 4099 + int(rank)) % (2**63 - 1)
 
 
-# --------------------------------------------------------------------------------------------
-# network call in the Trainer's precision, everything else in float32
-# --------------------------------------------------------------------------------------------
-def _PrecisionNet(net: nn.Module, prediction_type: str, device_type: str):
-    """The training step's network call: the autocast state captured at the start of the step (or the
-    weights' dtype), float32 out, the last per-sample ``t`` kept for the time-bucket logging."""
-    from ..runtime.precision import NetworkRunner
-
-    return NetworkRunner(net, prediction_type=prediction_type, autocast_from=device_type)
-
-
 def _score_module_init():
     from .module import ScoreModule
 
@@ -125,6 +114,13 @@ def _score_module_init():
 
 class BatchesMixin:
     """Images and labels of a batch, label dropout."""
+
+    def training_inputs(self, batch, generator) -> tuple[Tensor, Optional[Tensor]]:
+        """What the loss trains on for one batch, the same under both launchers: the diffusion-space
+        data (latents for a latent model) and, for a conditional network, the labels after dropout,
+        both drawn from the step's generator."""
+        x0 = self.encode(self._batch(batch), generator)
+        return x0, self._drop_labels(self._labels(batch, x0.shape[0]), generator)
 
     @staticmethod
     def _batch(batch) -> Tensor:
