@@ -34,7 +34,8 @@ ROOT = Path(__file__).resolve().parents[1]
 SCRIPTS = ROOT / "tests" / "scripts"
 sys.path.insert(0, str(ROOT))
 
-from lit_diffusion.checkpoint_io import CheckpointError, latest_checkpoint  # noqa: E402
+from lit_diffusion.checkpoint_io import CheckpointError  # noqa: E402
+from lit_diffusion.training.run_folder import checkpoint_candidates  # noqa: E402
 from lit_diffusion.module import ScoreModule  # noqa: E402
 from lit_diffusion.networks import TimeMLP  # noqa: E402
 from lit_diffusion.registry import UntrustedConfigError, build, describe  # noqa: E402
@@ -235,7 +236,7 @@ def test_latest_checkpoint_by_step_not_file_time(tmp_path):
         time.sleep(0.01)
     (tmp_path / "last.ckpt").write_bytes(b"\x00" * 100)  # newest and corrupt
     with pytest.warns(UserWarning, match=r"skipping .*last.ckpt.* not a valid checkpoint"):
-        best = latest_checkpoint(tmp_path)
+        best = checkpoint_candidates(tmp_path)[0][0]
     assert Path(best).name == "step=1200.ckpt"
 
 

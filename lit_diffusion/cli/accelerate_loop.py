@@ -76,10 +76,30 @@ class _Run:
         self.history: list = []
         self.last_loss, self.tput = float("nan"), 0.0
         self.last_ckpt: Optional[str] = None
+        self.run_id: Optional[str] = None
         clip = opts["gradient_clip_val"]
         self.clip = float(clip) if clip not in (None, 0, 0.0) else float("inf")
 
-    def restore(self, resume: Optional[str]) -> None:
+    def restore(self, ckpt_path: Optional[str]) -> None:
+        """Resume from ``ckpt_path`` (``None``, ``"last"`` or a file), within this run only: the main
+        process decides (:func:`lit_diffusion.training.run_folder.prepare_run`) and tells the others."""
+        from accelerate.utils import broadcast_object_list
+
+        from lit_diffusion.training.run_folder import prepare_run
+
+        decision = [None, None, None]
+        if self.acc.is_main_process:
+            try:
+                resume, run_id = prepare_run(self.ckpt_dir, ckpt_path, fits=lambda p: _load_resume(p, self.module),
+                                             write=True, log=self.acc.print)
+                decision = [resume, run_id, None]
+            except (ValueError, OSError) as e:  # CheckpointError, FileNotFoundError: every process stops
+                decision = [None, None, e]
+        if self.world > 1:
+            broadcast_object_list(decision, from_process=0)
+        resume, self.run_id, err = decision
+        if err is not None:
+            raise err
         if resume is None:
             return
         ckpt = _load_resume(resume, self.module)
@@ -187,7 +207,8 @@ class _Run:
         if acc.is_main_process:
             resume_state = {"micro": self.micro, "n_batches": self.n_batches, "data": self.datamodule,
                             "accumulate": self.opts["accumulate_grad_batches"]}
-            self.last_ckpt = _save(acc, self.module, self.optimizer, self.scheduler, self.step, self.ckpt_dir, resume_state)
+            self.last_ckpt = _save(acc, self.module, self.optimizer, self.scheduler, self.step, self.ckpt_dir, resume_state,
+                                   run_id=self.run_id)
         acc.wait_for_everyone()
         return self.last_ckpt
 

@@ -187,14 +187,8 @@ def train(
     if int(cfg.ckpt_every_n_steps) < 1:
         raise ValueError(f"ckpt_every_n_steps={cfg.ckpt_every_n_steps!r} is invalid; it must be >= 1")
     ckpt_dir = os.path.join(cfg.ckpt_dir, cfg.run_name)
-    resume = cfg.ckpt_path
-    if resume == "last":
-        from lit_diffusion.checkpoint_io import latest_checkpoint
-
-        resume = latest_checkpoint(ckpt_dir)
-        if resume is None:
-            warnings.warn(f"--ckpt_path last: no checkpoint in {ckpt_dir!r} yet; starting from scratch")
-    elif resume is not None and not os.path.isfile(resume):
+    resume = cfg.ckpt_path  # decided within the run by _Run.restore (lit_diffusion.training.run_folder)
+    if resume not in (None, "last") and not os.path.isfile(resume):
         raise FileNotFoundError(f"--ckpt_path {resume!r}: no such checkpoint file (or use 'last')")
 
     if accelerator is None:

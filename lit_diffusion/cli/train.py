@@ -251,7 +251,10 @@ class DiffusionCLI(LightningCLI):
         from ..runtime.reliability import SignalCheckpoint
 
         self.signal_callback = SignalCheckpoint(dirpath=ckpt_dir)
-        extra = [self.checkpoint_callback, self.signal_callback]
+        from ..training.run_folder import RunStamp
+
+        self.run_stamp = RunStamp()
+        extra = [self.run_stamp, self.checkpoint_callback, self.signal_callback]
         # stop on an inf/NaN gradient before it reaches the weights; never save non-finite weights
         from ..runtime.reliability import NonFiniteGuard
 
@@ -296,19 +299,19 @@ class DiffusionCLI(LightningCLI):
         return self.trainer
 
     def _resume_path(self) -> Optional[str]:
-        from ..runtime.checkpoint_io import latest_checkpoint
+        """The checkpoint to resume from, within this run only (:mod:`lit_diffusion.training.run_folder`):
+        ``last`` skips, with a warning each, files that are unreadable, of another run or unfit for
+        this model; a new run moves an older run's checkpoints aside."""
+        from ..training.run_folder import prepare_run
 
-        ckpt_path = self.config["ckpt_path"]
-        if ckpt_path not in (None, "last") and not os.path.isfile(ckpt_path):
-            raise FileNotFoundError(f"--ckpt_path {ckpt_path!r}: no such checkpoint file (or use 'last')")
-        if ckpt_path == "last":
-            log = print if self.trainer.is_global_zero else None
-            ckpt_path = latest_checkpoint(self.checkpoint_dir, log=log)
-            if ckpt_path is None:
-                warnings.warn(f"--ckpt_path last: no checkpoint in {self.checkpoint_dir!r} yet; starting from scratch")
-        if ckpt_path is not None:
-            check_resume(ckpt_path, self.model)
-        return ckpt_path
+        zero = self.trainer.is_global_zero
+        resume, run_id = prepare_run(
+            self.checkpoint_dir, self.config["ckpt_path"], fits=lambda p: check_resume(p, self.model),
+            write=zero, log=print if zero else None,
+        )
+        self.run_stamp.run_id = run_id
+        self.run_id = run_id
+        return resume
 
     def _fit(self, ckpt_path: Optional[str]) -> None:
         from lightning.pytorch.utilities.exceptions import SIGTERMException

@@ -152,7 +152,25 @@ def check_resume(path: str, model) -> dict:
             + "\n".join(diffs)
             + "\nresume with the checkpoint's settings (or start a new run with another --run_name)"
         )
+    _check_weights_fit(path, ckpt.get("state_dict"), model)
     return ckpt
+
+
+def _check_weights_fit(path: str, state, model) -> None:
+    """The checkpoint's weights have exactly the model's names and shapes (else CheckpointError)."""
+    from ..runtime.checkpoint_io import CheckpointError
+
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{path!r} is not a valid checkpoint: its state_dict is a {type(state).__name__}")
+    mine = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    theirs = {k: tuple(getattr(v, "shape", ())) for k, v in state.items()}
+    missing, extra = sorted(set(mine) - set(theirs)), sorted(set(theirs) - set(mine))
+    wrong = sorted(k for k in set(mine) & set(theirs) if mine[k] != theirs[k])
+    if missing or extra or wrong:
+        raise CheckpointError(
+            f"{path!r} does not fit this model: missing weights {missing[:3]}, unexpected {extra[:3]}, "
+            f"wrong shapes {[(k, theirs[k], mine[k]) for k in wrong[:3]]}"
+        )
 
 
 def _norm(args: dict) -> dict:

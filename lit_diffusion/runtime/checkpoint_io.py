@@ -37,8 +37,6 @@ __all__ = [
     "atomic_torch_save",
     "read_checkpoint",
     "checkpoint_step",
-    "latest_checkpoint",
-    "newest_checkpoint",
     "TMP_SUFFIX",
 ]
 
@@ -84,39 +82,6 @@ def checkpoint_step(path) -> int:
         return int(ckpt["global_step"])
     except (TypeError, ValueError):
         raise CheckpointError(f"{os.fspath(path)!r} is not a valid checkpoint: global_step={ckpt['global_step']!r}") from None
-
-
-def latest_checkpoint(folder, log: Optional[Callable[[str], None]] = None) -> Optional[str]:
-    """The loadable ``*.ckpt`` file of ``folder`` with the highest global step (read from each file),
-    or ``None`` when there is none.  Unreadable files are skipped with a warning naming them; on a tie
-    ``last.ckpt`` wins, then the newest file.  File times are not used: a folder copied file by file
-    keeps the right order."""
-    import warnings
-
-    try:
-        names = sorted(os.listdir(folder))
-    except OSError:
-        return None
-    best, best_key = None, None
-    for n in names:
-        if not n.endswith(".ckpt") or n.startswith("."):
-            continue
-        p = os.path.join(folder, n)
-        try:
-            step = checkpoint_step(p)
-        except CheckpointError as e:
-            warnings.warn(f"skipping {e}", stacklevel=2)
-            continue
-        try:
-            mtime = os.stat(p).st_mtime_ns
-        except OSError:
-            continue
-        key = (step, n == "last.ckpt", mtime)
-        if best_key is None or key > best_key:
-            best, best_key = p, key
-    if best is not None and log is not None:
-        log(f"resuming from {best} (global step {best_key[0]})")
-    return best
 
 
 def _is_local(path) -> bool:
@@ -185,11 +150,6 @@ def _clean_stale(folder: str, name: str) -> None:
             os.remove(os.path.join(folder, e))
         except OSError:
             pass
-
-
-def newest_checkpoint(folder) -> Optional[str]:
-    """Kept for older callers: the same as :func:`latest_checkpoint` (highest global step)."""
-    return latest_checkpoint(folder)
 
 
 def _umask() -> int:

@@ -50,11 +50,13 @@ def lightning_loops(step: int, micro: int, n_batches: int, accumulate: int = 1) 
     }
 
 
-def _save(accelerator, module, optimizer, scheduler, step: int, ckpt_dir: str, resume_state: Optional[dict] = None) -> str:
+def _save(accelerator, module, optimizer, scheduler, step: int, ckpt_dir: str, resume_state: Optional[dict] = None,
+          run_id: Optional[str] = None) -> str:
     os.makedirs(ckpt_dir, exist_ok=True)
     ckpt = {
         "state_dict": {k: v.detach().cpu() for k, v in module.state_dict().items()},
-        "hyper_parameters": dict(module.hparams),
+        "hyper_parameters": {k: v for k, v in dict(module.hparams).items() if k not in ("_instantiator", "_class_path")},
+        "run_id": run_id,
         "global_step": int(step),
         "epoch": 0,
         "optimizer_states": [optimizer.state_dict()],

@@ -27,6 +27,7 @@ Checkpoints hold only plain types: the hyperparameters describe ``net``/``sde``/
 from __future__ import annotations
 
 import math
+import os
 import time
 from typing import Literal, Optional, Union
 
@@ -190,6 +191,30 @@ class ScoreModule(SamplingMixin, BatchesMixin, pl.LightningModule):
         return cls.from_checkpoint_dict(ckpt, where=repr(str(path)))
 
     @classmethod
+    def load_from_checkpoint(cls, checkpoint_path, map_location=None, hparams_file=None, strict=None,
+                             weights_only=None, **kwargs) -> "ScoreModule":
+        """Lightning's loader, routed through the registry: the file is read with
+        ``torch.load(weights_only=True)`` and the module rebuilt from its checked hyper-parameters,
+        exactly as :meth:`load_checkpoint`.  Lightning's own path would rebuild the module through
+        jsonargparse (the ``_instantiator`` that ``LightningCLI`` stores), which imports and builds any
+        ``class_path`` a crafted file names; here ``_instantiator`` and ``_class_path`` are ignored.
+        ``kwargs`` override hyper-parameters (objects given in code are trusted: they are code)."""
+        from ..runtime.checkpoint_io import CheckpointError, read_checkpoint
+
+        if weights_only is False:
+            raise ValueError("ScoreModule.load_from_checkpoint: weights_only=False is refused; checkpoints are read as data only")
+        if hparams_file is not None:
+            raise ValueError("ScoreModule.load_from_checkpoint: hparams_file is not supported; the checkpoint holds its hyper-parameters")
+        if not isinstance(checkpoint_path, (str, os.PathLike)):
+            raise TypeError(f"ScoreModule.load_from_checkpoint: give a checkpoint path; got {type(checkpoint_path).__name__}")
+        ckpt = read_checkpoint(checkpoint_path, map_location=map_location or "cpu", require=("state_dict", "hyper_parameters"))
+        module = cls.from_checkpoint_dict(ckpt, where=repr(str(checkpoint_path)), overrides=kwargs,
+                                          strict=True if strict is None else bool(strict))
+        if not isinstance(module, ScoreModule):  # pragma: no cover - from_checkpoint_dict builds cls
+            raise CheckpointError(f"{checkpoint_path!r}: not a ScoreModule checkpoint")
+        return module
+
+    @classmethod
     def from_pretrained(cls, folder, map_location="cpu") -> "ScoreModule":
         """The module of a pretrained-model folder (``model.safetensors`` + ``config.json``, e.g.
         ``checkpoints/mnist``; see :mod:`lit_diffusion.pretrained`). No pickle is read."""
@@ -198,9 +223,10 @@ class ScoreModule(SamplingMixin, BatchesMixin, pl.LightningModule):
         return load_pretrained(folder, map_location=map_location)
 
     @classmethod
-    def from_checkpoint_dict(cls, ckpt: dict, where: str = "checkpoint") -> "ScoreModule":
+    def from_checkpoint_dict(cls, ckpt: dict, where: str = "checkpoint", overrides: Optional[dict] = None,
+                             strict: bool = True) -> "ScoreModule":
         """Rebuild from a loaded checkpoint dictionary: every hyper-parameter is checked by the
-        registry (:func:`check_hparams`) before anything is built."""
+        registry (:func:`check_hparams`) before anything is built (``overrides``, given in code, win)."""
         from ..runtime.checkpoint_io import CheckpointError
         from .registry import UntrustedConfigError
 
@@ -208,8 +234,11 @@ class ScoreModule(SamplingMixin, BatchesMixin, pl.LightningModule):
             hp = check_hparams(dict(ckpt.get("hyper_parameters") or {}), where=where)
         except UntrustedConfigError as e:
             raise CheckpointError(str(e)) from None
-        module = cls(**hp)
-        module.load_state_dict(ckpt["state_dict"])
+        module = cls(**{**hp, **dict(overrides or {})})
+        try:
+            module.load_state_dict(ckpt["state_dict"], strict=strict)
+        except RuntimeError as e:
+            raise CheckpointError(f"{where}: the weights do not fit the model the checkpoint describes: {e}") from None
         shape = ckpt.get("data_shape")
         if shape is not None and module.data_shape is None:
             module.data_shape = tuple(int(s) for s in shape)
@@ -365,6 +394,9 @@ class ScoreModule(SamplingMixin, BatchesMixin, pl.LightningModule):
             self._tput_samples = 0
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
+        # LightningCLI's instantiator (jsonargparse) is never written: loaders rebuild through the registry
+        for key in ("_instantiator", "_class_path"):
+            checkpoint.get("hyper_parameters", {}).pop(key, None)
         checkpoint["data_shape"] = None if self.data_shape is None else [int(s) for s in self.data_shape]
         checkpoint["prediction_type"] = self.prediction_type
 
