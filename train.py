@@ -18,6 +18,21 @@ if __name__ == "__main__":
 
         print(short_help())
         sys.exit(0)
-    from lit_diffusion.cli import main
+    from lit_diffusion.runtime.processes import exit_early_on_signal
 
-    main()  # LightningCLI reads sys.argv itself
+    exit_early_on_signal()  # a signal before training starts: exit 143/130 at once (nothing to save yet)
+    from lit_diffusion.cli.train_checks import take_run_lock
+    from lit_diffusion.runtime.run_lock import FolderLockedError
+
+    try:  # the run lock first, before Lightning is imported: a second run is refused at once
+        lock = take_run_lock(sys.argv[1:])
+    except FolderLockedError as e:
+        print(f"train.py: error: {e}", file=sys.stderr, flush=True)
+        sys.exit(2)
+    try:
+        from lit_diffusion.cli import main
+
+        main(sys.argv[1:], lock=lock)
+    finally:
+        if lock is not None:
+            lock.release()

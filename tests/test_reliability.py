@@ -134,7 +134,7 @@ def _kill_and_resume(tmp_path: Path, kills: int, seed: int):
         "trainer:\n  callbacks:\n    - class_path: step_recorder.StartRecorder\n"
         f"      init_args: {{path: {json.dumps(str(record))}}}\n"
     )
-    common = ["--config", str(cfg), "--ckpt_dir", str(tmp_path / "ck"), "--run_name", "run",
+    common = ["--register", "step_recorder.StartRecorder", "--config", str(cfg), "--ckpt_dir", str(tmp_path / "ck"), "--run_name", "run",
               "--ckpt_every_n_steps", "4"]
     expected_starts = [0]
     last_step = -1
@@ -194,7 +194,8 @@ def test_train_py_killed_repeatedly_at_random_times(tmp_path):
 # --------------------------------------------------------------------------------------------
 def test_nan_loss_stops_train_py_and_keeps_last_good_checkpoint(tmp_path):
     r = subprocess.run(
-        _train_cmd("--model.net", "faulty_nets.NaNAfterMLP", "--model.net.init_args.nan_after", "9",
+        _train_cmd("--register", "faulty_nets.NaNAfterMLP", "--model.net", "faulty_nets.NaNAfterMLP",
+                   "--model.net.init_args.nan_after", "9",
                    "--model.net.init_args.dim", "2", "--trainer.max_steps", "50", "--ckpt_every_n_steps", "4",
                    "--ckpt_dir", str(tmp_path / "ck"), "--run_name", "run"),
         cwd=tmp_path, env=_env(), capture_output=True, text=True, timeout=300,

@@ -261,6 +261,7 @@ class _Run:
 
     def finish(self) -> TrainResult:
         self.save()
+        self.signals.stop_now(self.last_ckpt, self.step)  # from here a signal ends the process at once
         if self.acc.is_main_process:
             _export_safetensors(self.module, os.path.join(self.ckpt_dir, "model.safetensors"))
         if self.bar is not None:

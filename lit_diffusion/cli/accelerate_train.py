@@ -257,6 +257,15 @@ class _SignalFlag:
         flag = torch.tensor([1.0 if local else 0.0], device=accelerator.device)
         return float(accelerator.reduce(flag, "sum")) > 0
 
+    def stop_now(self, checkpoint: Optional[str], step: int) -> None:
+        """Training is over and saved: a signal received meanwhile, or from now on, ends the process."""
+        from lit_diffusion.runtime.reliability import TrainingInterrupted, exit_on_signal
+
+        if self.signame is not None:
+            raise TrainingInterrupted(self.signame, checkpoint, step)
+        if self._old:
+            exit_on_signal(checkpoint, step)
+
     def restore(self) -> None:
         import signal
 
@@ -274,8 +283,18 @@ from lit_diffusion.runtime.checkpoint_schema import _export_safetensors, _save, 
 
 def main(args=None) -> TrainResult:
     """Parse ``args`` (``sys.argv[1:]`` when None) and train."""
+    from lit_diffusion.cli.train_checks import check_config_files, register_classes, split_register_flags
+
+    argv = sys.argv[1:] if args is None else list(args)
+    argv, paths = split_register_flags(argv)
+    try:  # configs are data: class paths are checked before jsonargparse imports anything
+        register_classes(paths)
+        check_config_files(argv)
+    except ValueError as e:
+        print(f"accelerate_train.py: error: {e}", file=sys.stderr, flush=True)
+        raise SystemExit(2) from None
     parser = build_parser()
-    cfg = parser.parse_args(args)
+    cfg = parser.parse_args(argv)
     res = train(cfg)
     if res.accelerator.is_main_process:
         print(f"checkpoint: {res.checkpoint}", flush=True)

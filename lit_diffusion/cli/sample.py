@@ -35,6 +35,7 @@ raises before any sampling work and writes nothing.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from dataclasses import dataclass
@@ -140,10 +141,38 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def available_memory() -> Optional[int]:
+    """Bytes of memory available now (Linux ``/proc/meminfo``, else the free physical pages), or None."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return int(os.sysconf("SC_AVPHYS_PAGES")) * int(os.sysconf("SC_PAGE_SIZE"))
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def _check_memory(n: int, shape, latent: bool) -> None:
+    """All ``n`` samples are held (as float32, about three copies while they are gathered and written):
+    refuse before any work when that cannot fit in the memory available now."""
+    per = 4 * int(np.prod(shape)) * (3 if not latent else 3 * 64)  # a latent decodes to ~64x more pixels
+    need, have = n * per, available_memory()
+    if have is not None and need > have:
+        raise ValueError(
+            f"--n {n} samples of shape {tuple(shape)} need about {need / 2**30:.1f} GiB while writing them; "
+            f"{have / 2**30:.1f} GiB is available: the bound here is --n {max(have // per, 1)}. Sample in several runs "
+            "(--seed) or with a smaller --n"
+        )
+
+
 def _positive_int(name: str, value) -> int:
-    if isinstance(value, bool) or int(value) != value or int(value) < 1:
-        raise ValueError(f"{name}={value!r} is invalid; it must be an integer >= 1")
-    return int(value)
+    from ..core.utils import check_count
+
+    return check_count(name, value, 1)
 
 
 def _reference_data(ref: Optional[str]) -> Optional[np.ndarray]:
@@ -197,7 +226,9 @@ def _check_budget_args(args, sampler: str) -> None:
         try:
             _check_steps(args.steps)
         except (ValueError, TypeError):
-            raise ValueError(f"--steps {args.steps!r} is invalid; it must be an integer >= 1") from None
+            from ..core.utils import MAX_STEPS
+
+            raise ValueError(f"--steps {args.steps!r} is invalid; it must be an integer in [1, {MAX_STEPS}]") from None
     if args.schedule is None:
         from ..sampling.samplers import default_schedule
 
@@ -287,6 +318,7 @@ def prepare(args: argparse.Namespace) -> Plan:
     model = load_model(args.checkpoint, ema=not args.no_ema)
     stepper = _stepper_and_steps(args, sampler, model, options)
     shape = _sample_shape(args, model)
+    _check_memory(int(args.n), shape, model.decode is not None)
     labels = _check_labels(args, model)
     known = _check_inpaint(args, shape, model.decode)
     nfe = (int(args.steps) * int(stepper.evals_per_step)) * int(args.resample) + (1 if args.final_denoise else 0)
@@ -342,6 +374,7 @@ def generate(plan: Plan, chunks: Sequence[Sequence[int]], device=None, progress:
                 schedule=args.schedule, parametrization=args.parametrization, ode=bool(args.ode), generator=gens,
                 final_denoise=bool(args.final_denoise), device=device, prediction_type=plan.model.prediction_type,
                 class_labels=labels, guidance_scale=float(args.guidance_scale), **inpaint, **plan.sampler_options,
+                check_finite=False,  # counted below, so that every process stops together before writing
             )
             x = res.samples.detach()
             if plan.model.decode is not None:  # latent model: the pictures are the decoded latents
@@ -378,6 +411,13 @@ def run(argv: Optional[Sequence[str]] = None) -> dict:
     seconds = time.perf_counter() - t0
     if world > 1:
         items = gather_object(items)
+    bad = sum(int(not np.isfinite(s).all()) for _, s in items)
+    if bad:  # every process holds the gathered samples: all of them stop here, nothing is written
+        accelerator.wait_for_everyone()
+        raise FloatingPointError(
+            f"{bad} of {args.n} samples contain NaN or inf (the network produced non-finite values); nothing was written. "
+            "Check the model, or try --precision fp32"
+        )
     summary = {"rank": rank, "world_size": world, "seconds": seconds, "nfe_per_sample": plan.nfe_per_sample}
     if accelerator.is_main_process:
         meta = {k: v for k, v in vars(args).items()}
@@ -386,15 +426,11 @@ def run(argv: Optional[Sequence[str]] = None) -> dict:
             prediction_type=plan.model.prediction_type, **{f"model_{k}": v for k, v in plan.model.info.items()},
         )
         summary["written"] = write_outputs(plan, items, meta)
-        x = np.stack([s for _, s in items])
-        bad = int((~np.isfinite(x.reshape(len(x), -1))).any(axis=1).sum())
         msg = (
             f"{args.n} samples of shape {plan.shape} with {args.sampler} ({plan.nfe_per_sample} NFE each, "
             f"{args.precision}, {world} process{'es' if world > 1 else ''}) in {seconds:.1f}s -> "
             + ", ".join(v for k, v in summary["written"].items() if k != "run_id")
         )
-        if bad:
-            msg += f"\nwarning: {bad} samples contain NaN or inf"
         print(msg, flush=True)
     accelerator.wait_for_everyone()
     if world > 1 and torch.distributed.is_available() and torch.distributed.is_initialized():
@@ -410,4 +446,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except (ValueError, FileNotFoundError) as e:
         print(f"sample.py: error: {e}", file=sys.stderr)
         return 2
+    except FloatingPointError as e:
+        print(f"sample.py: error: {e}", file=sys.stderr)
+        return 1
     return 0

@@ -278,7 +278,10 @@ class DiffusionCLI(LightningCLI):
         if not config.get("default_root_dir"):
             config["default_root_dir"] = ckpt_dir
         config["plugins"] = _with_atomic_checkpoint_io(config.get("plugins"))
-        return super()._instantiate_trainer(config, list(callbacks) + extra)
+        # the signal callback and the run stamp first: at the end of training the final step is saved
+        # before any other callback's on_train_end (pictures, the user's own) runs
+        first = [self.run_stamp, self.signal_callback]
+        return super()._instantiate_trainer(config, first + list(callbacks) + [c for c in extra if c not in first])
 
     # -- run ------------------------------------------------------------------------------------------
     def fit(self) -> pl.Trainer:
@@ -287,9 +290,10 @@ class DiffusionCLI(LightningCLI):
         checkpoint is trusted and describes the same SDE, loss and network as this run."""
         from ..runtime.run_lock import RunLock
 
-        lock = RunLock(self.checkpoint_dir) if self.trainer.is_global_zero else None
-        if lock is not None:
-            lock.acquire()  # FolderLockedError names the other run before any work
+        lock = None
+        early = getattr(self, "early_lock", None)
+        if self.trainer.is_global_zero and not (early is not None and early.folder == os.path.abspath(self.checkpoint_dir)):
+            lock = RunLock(self.checkpoint_dir).acquire()  # FolderLockedError names the other run before any work
         try:
             ckpt_path = self._resume_path()
             self._fit(ckpt_path)
@@ -324,12 +328,12 @@ class DiffusionCLI(LightningCLI):
                 self.trainer.fit(self.model, datamodule=self.datamodule, ckpt_path=ckpt_path, weights_only=True)
         except SIGTERMException:
             raise self.signal_callback.interrupted(self.trainer.global_step) from None
-        # the periodic checkpoint may predate the last steps: write last.ckpt at the final step
-        # (through the same CheckpointIO plugin: AtomicCheckpointIO by default)
-        cb = self.checkpoint_callback
-        if cb is not None and getattr(cb, "_last_global_step_saved", -1) != self.trainer.global_step:
-            self.trainer.save_checkpoint(os.path.join(self.checkpoint_dir, "last.ckpt"), weights_only=False)
-            self.final_checkpoint = os.path.join(self.checkpoint_dir, "last.ckpt")
+        # SignalCheckpoint.on_train_end saved the final step before the last picture; Lightning's
+        # teardown restored the signal handlers: a signal from here on still ends the run at once
+        from ..runtime.reliability import exit_on_signal
+
+        self.final_checkpoint = self.signal_callback.final
+        exit_on_signal(self.final_checkpoint, self.trainer.global_step, self.trainer.is_global_zero)
 
     def report(self) -> dict:
         """Paths of the checkpoint this run wrote last and of the last picture (printed by train.py)."""
@@ -348,7 +352,7 @@ from .train_checks import (  # noqa: E402,F401  (re-exported: the names of train
 )
 
 
-def main(args=None, exit_on_error: bool = True) -> DiffusionCLI:
+def main(args=None, exit_on_error: bool = True, lock=None) -> DiffusionCLI:
     """Parse ``args`` (``sys.argv[1:]`` when None), train, print where the results are.
 
     Exit status: 0 when training finished; 143 / 130 after SIGTERM / SIGINT (a checkpoint at the
@@ -356,6 +360,7 @@ def main(args=None, exit_on_error: bool = True) -> DiffusionCLI:
     another run, untrusted or mismatching checkpoint)."""
     from ..runtime.checkpoint_io import CheckpointError
     from ..runtime.run_lock import FolderLockedError
+    from .train_checks import register_classes, split_register_flags, take_run_lock
 
     argv = sys.argv[1:] if args is None else args
     if isinstance(argv, (list, tuple)):
@@ -363,15 +368,29 @@ def main(args=None, exit_on_error: bool = True) -> DiffusionCLI:
             print(short_help(), flush=True)
             raise SystemExit(0)
         if "--help-full" in argv:
-            args = ["--help" if a == "--help-full" else a for a in argv]
-    cli = DiffusionCLI(args=args, exit_on_error=exit_on_error)  # args=None: sys.argv[1:] (train.py)
+            argv = ["--help" if a == "--help-full" else a for a in argv]
     try:
+        argv, registered_paths = split_register_flags(argv)
+        if lock is None:
+            lock = take_run_lock(argv)  # before any building: a second run is refused at once
+        register_classes(registered_paths)
+    except (ValueError, FolderLockedError) as e:
+        if not exit_on_error:
+            raise
+        print(f"train.py: error: {e}", file=sys.stderr, flush=True)
+        raise SystemExit(2) from None
+    try:
+        cli = DiffusionCLI(args=argv, exit_on_error=exit_on_error)
+        cli.early_lock = lock
         cli.fit()
     except (FolderLockedError, CheckpointError) as e:
         if not exit_on_error:
             raise
         print(f"train.py: error: {e}", file=sys.stderr, flush=True)
         raise SystemExit(2) from None
+    finally:
+        if lock is not None:
+            lock.release()
     if cli.trainer.is_global_zero:
         rep = cli.report()
         print(f"checkpoint: {rep['checkpoint']}", flush=True)

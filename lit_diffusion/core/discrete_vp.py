@@ -63,12 +63,12 @@ def make_betas(
     """
     if trained_betas is not None:
         betas = torch.as_tensor(np.asarray(trained_betas, dtype=np.float64)).to(torch.float32).flatten()
-        if betas.numel() < 2:
-            raise ValueError(f"trained_betas={trained_betas!r} is invalid; it needs at least 2 values")
+        if not (2 <= betas.numel() <= 100_000):
+            raise ValueError(f"trained_betas has {betas.numel()} values; it needs between 2 and 100000")
     else:
-        n = int(num_train_timesteps)
-        if n < 2:
-            raise ValueError(f"num_train_timesteps={num_train_timesteps!r} is invalid; it must be an integer >= 2")
+        from .utils import MAX_TRAIN_TIMESTEPS, check_count
+
+        n = check_count("num_train_timesteps", num_train_timesteps, 2, MAX_TRAIN_TIMESTEPS)
         if beta_schedule == "linear":
             betas = torch.linspace(beta_start, beta_end, n, dtype=torch.float32)
         elif beta_schedule == "scaled_linear":

@@ -35,12 +35,11 @@ def check_schedule(schedule: str) -> str:
 
 
 def _check_steps(steps) -> int:
-    if isinstance(steps, bool) or not isinstance(steps, (int,)) and not (hasattr(steps, "__index__")):
-        raise ValueError(f"steps={steps!r} is invalid; it must be a positive integer")
-    steps = int(steps)
-    if steps <= 0:
-        raise ValueError(f"steps={steps!r} is invalid; it must be a positive integer (>= 1)")
-    return steps
+    from .utils import MAX_STEPS, check_count
+
+    if isinstance(steps, float):
+        raise ValueError(f"steps={steps!r} is invalid; it must be an integer in [1, {MAX_STEPS}]")
+    return check_count("steps", steps, 1, MAX_STEPS)
 
 
 def get_timesteps(

@@ -1,4 +1,5 @@
-"""Small shared helpers: per-sample random numbers."""
+"""Small shared helpers: per-sample random numbers, and the one validator of counts that come from
+outside (steps, timesteps, sample counts), with the package's documented bounds."""
 
 from __future__ import annotations
 
@@ -9,7 +10,28 @@ from torch import Tensor
 
 GeneratorLike = Optional[Union[torch.Generator, Sequence[torch.Generator]]]
 
-__all__ = ["randn", "rand", "make_generators"]
+__all__ = ["randn", "rand", "make_generators", "check_count", "MAX_STEPS", "MAX_TRAIN_TIMESTEPS"]
+
+#: the most sampler steps one run may take (``sample(steps=)``, ``set_timesteps``, ``sample.py --steps``):
+#: far beyond any useful grid (a reference solution needs a few thousand), and a few seconds of grid
+#: arithmetic at most, so that a typo such as 10**6 is refused instead of running for minutes
+MAX_STEPS = 100_000
+#: the most timesteps of a discrete (DDPM) table: diffusers' models use 1,000
+MAX_TRAIN_TIMESTEPS = 100_000
+
+
+def check_count(name: str, value, low: int = 1, high: Optional[int] = None) -> int:
+    """``value`` as an int if it is an integer in ``[low, high]`` (floats with an integer value
+    accepted), else ``ValueError`` naming ``name``, the value and the bounds."""
+    ok = not isinstance(value, bool) and (isinstance(value, int) or hasattr(value, "__index__")
+                                          or (isinstance(value, float) and value.is_integer()))
+    bounds = f"an integer >= {low}" if high is None else f"an integer in [{low}, {high}]"
+    if not ok:
+        raise ValueError(f"{name}={value!r} is invalid; it must be {bounds}")
+    n = int(value)
+    if n < low or (high is not None and n > high):
+        raise ValueError(f"{name}={value!r} is invalid; it must be {bounds}")
+    return n
 
 
 def make_generators(seeds: Sequence[int], device="cpu") -> list[torch.Generator]:

@@ -41,7 +41,7 @@ from typing import Optional
 import torch
 from torch import nn
 
-from ..runtime.checkpoint_io import atomic_write_bytes
+from ..runtime.checkpoint_io import atomic_folder, atomic_write_bytes
 from ..core.sdes import ContractiveOU, LinearSDE, OU, VE, SDE_CLASSES
 
 __all__ = ["export_pipeline", "rescale_time", "vp_table"]
@@ -206,10 +206,6 @@ def export_pipeline(
             ``ode``, ``final_denoise``...).
         ema: export the EMA weights (default) or the raw ones.
     """
-    from diffusers import DDPMPipeline
-
-    from .pipelines import LitDiffusionPipeline
-
     module = _load_module(ckpt_or_module)
     unet, scale = _unet_and_scale(module.sampling_net(ema))
     sched = _scheduler(module, scale, sampler, scheduler_kwargs)
@@ -219,7 +215,17 @@ def export_pipeline(
     conditional = module.num_classes is not None
     codec = getattr(module, "codec", None)
     stock = type(sched).__name__ == "DDPMScheduler" and not conditional and codec is None
-    os.makedirs(out_dir, exist_ok=True)
+    # the folder is replaced as a whole: a kill never leaves a mix of two exports or truncated weights
+    with atomic_folder(out_dir) as tmp:
+        _write_export(tmp, stock, unet, sched, codec, module, conditional)
+    return str(out_dir)
+
+
+def _write_export(out_dir: str, stock: bool, unet, sched, codec, module, conditional: bool) -> None:
+    from diffusers import DDPMPipeline
+
+    from .pipelines import LitDiffusionPipeline
+
     if stock:
         DDPMPipeline(unet=unet, scheduler=sched).save_pretrained(out_dir, safe_serialization=True)
     else:
@@ -237,4 +243,3 @@ def export_pipeline(
         atomic_write_bytes(json.dumps(index, indent=2, sort_keys=True).encode(), index_path)
         atomic_write_bytes(_PIPELINE_SHIM.encode(), os.path.join(out_dir, PIPELINE_FILE))
     atomic_write_bytes(_readme(stock, module, sched, conditional, codec is not None).encode(), os.path.join(out_dir, "README.md"))
-    return str(out_dir)

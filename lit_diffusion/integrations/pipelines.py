@@ -60,12 +60,19 @@ class LitDiffusionPipeline(DiffusionPipeline):
 
         if kwargs:
             raise TypeError(f"LitDiffusionPipeline.from_pretrained: unsupported arguments {sorted(kwargs)} (only torch_dtype)")
+        from ..runtime.checkpoint_io import inside_folder
+
         folder = Path(folder)
         try:
-            index = json.loads((folder / "model_index.json").read_text())
-            sched_name = json.loads((folder / "scheduler" / "scheduler_config.json").read_text())["_class_name"]
+            index = json.loads(Path(inside_folder(folder, "model_index.json")).read_text())
+            sched_cfg = json.loads(Path(inside_folder(folder, "scheduler", "scheduler_config.json")).read_text())
+            if not isinstance(index, dict) or not isinstance(sched_cfg, dict):
+                raise ValueError("model_index.json and scheduler/scheduler_config.json must each hold a JSON object")
+            sched_name = sched_cfg["_class_name"]
         except (OSError, ValueError, KeyError) as e:
             raise ValueError(f"{str(folder)!r} is not an exported pipeline folder ({type(e).__name__}: {e})") from None
+        for part in ("unet", "scheduler") + (("vae",) if index.get("vae") else ()):
+            inside_folder(folder, part)  # no symbolic link out of the folder
         if sched_name == "SDEScheduler":
             sched_cls = SDEScheduler
         else:

@@ -36,6 +36,7 @@ from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.schedulers.scheduling_utils import KarrasDiffusionSchedulers, SchedulerMixin, SchedulerOutput
 
 from ..core.discrete_vp import DiscreteVP, make_betas
+from ..core.utils import MAX_TRAIN_TIMESTEPS, check_count
 from ..core.parametrizations import canonical_prediction, convert
 from ..core.schedules import get_timesteps
 from ..core.sdes import LinearSDE, compute_dtype, get_sde
@@ -141,7 +142,7 @@ class SDEScheduler(SchedulerMixin, ConfigMixin):
         else:
             self.sde = get_sde(sde, **dict(sde_kwargs or {}))
             # the discrete chain of this SDE on ``num_train_timesteps`` uniform steps (informative)
-            n = int(num_train_timesteps)
+            n = check_count("num_train_timesteps", num_train_timesteps, 1, MAX_TRAIN_TIMESTEPS)
             tk = torch.linspace(0.0, self.sde.T, n + 1, dtype=torch.float64)
             la = self.sde.log_alpha(tk)
             self.alphas = torch.exp(2 * (la[1:] - la[:-1])).to(torch.float32)

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import math
 
-import numpy as np
 import torch
 from torch import Tensor
 
@@ -131,14 +130,9 @@ def _check_schedule_name(schedule, sampler: str, timestep_spacing: str) -> str:
 
 
 def _check_num_steps(n) -> int:
-    if n is None or isinstance(n, bool) or not isinstance(n, (int, np.integer)) and not (
-        isinstance(n, float) and float(n).is_integer()
-    ):
-        raise ValueError(f"num_inference_steps={n!r} is invalid; it must be a positive integer")
-    n = int(n)
-    if n <= 0:
-        raise ValueError(f"num_inference_steps={n!r} is invalid; it must be a positive integer (>= 1)")
-    return n
+    from ..core.utils import MAX_STEPS, check_count
+
+    return check_count("num_inference_steps", n, 1, MAX_STEPS)
 
 
 def dynamic_threshold(x0: Tensor, ratio: float = 0.995, max_value: float = 1.0) -> Tensor:

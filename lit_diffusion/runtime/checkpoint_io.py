@@ -30,6 +30,8 @@ from typing import Any, Callable, Optional
 import torch
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 
+from .processes import host_tag as _host, pid_alive
+
 __all__ = [
     "AtomicCheckpointIO",
     "CheckpointError",
@@ -37,6 +39,8 @@ __all__ = [
     "atomic_torch_save",
     "read_checkpoint",
     "checkpoint_step",
+    "inside_folder",
+    "atomic_folder",
     "TMP_SUFFIX",
 ]
 
@@ -75,6 +79,29 @@ def read_checkpoint(path, map_location="cpu", require: tuple[str, ...] = ("state
     return ckpt
 
 
+def inside_folder(folder, *parts) -> str:
+    """``folder/parts...`` if its real path (every symbolic link resolved) lies inside the real path of
+    ``folder``, and so does everything under it when it is a folder; else :class:`CheckpointError`.
+    A model folder can then never make a loader read a file outside it through a link."""
+    root = os.path.realpath(os.fspath(folder))
+    path = os.path.join(os.fspath(folder), *[os.fspath(p) for p in parts])
+
+    def check(p: str) -> None:
+        real = os.path.realpath(p)
+        if real != root and not real.startswith(root + os.sep):
+            raise CheckpointError(
+                f"{p!r} leads outside the model folder {os.fspath(folder)!r} (to {real!r}); links out of a model folder "
+                "are refused"
+            )
+
+    check(path)
+    if os.path.isdir(path):
+        for base, dirs, files in os.walk(path):
+            for n in dirs + files:
+                check(os.path.join(base, n))
+    return path
+
+
 def checkpoint_step(path) -> int:
     """The ``global_step`` stored in a checkpoint file (:class:`CheckpointError` when unreadable)."""
     ckpt = read_checkpoint(path, require=("global_step",))
@@ -102,27 +129,6 @@ def _fsync_dir(folder: str) -> None:
         os.close(fd)
 
 
-def _host() -> str:
-    import socket
-
-    return "".join(c if c.isalnum() or c in "-_" else "_" for c in socket.gethostname()) or "host"
-
-
-def pid_alive(pid: int) -> bool:
-    """Whether process ``pid`` exists on this machine."""
-    if pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    except OSError:
-        return False
-    return True
-
-
 def _tmp_prefix(name: str) -> str:
     return f".{name}.{_host()}-{os.getpid()}."
 
@@ -147,7 +153,13 @@ def _clean_stale(folder: str, name: str) -> None:
         if int(pid) == os.getpid():
             continue  # this process writes one file at a time; its own temp file is in use
         try:
-            os.remove(os.path.join(folder, e))
+            target = os.path.join(folder, e)
+            if os.path.isdir(target) and not os.path.islink(target):
+                import shutil
+
+                shutil.rmtree(target, ignore_errors=True)  # a staged folder (atomic_folder)
+            else:
+                os.remove(target)
         except OSError:
             pass
 
@@ -230,3 +242,89 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         if (weights_only is None or weights_only) and _is_local(path):
             return read_checkpoint(path, map_location=map_location, require=())
         return super().load_checkpoint(path, map_location=map_location, weights_only=True if weights_only is None else weights_only)
+
+
+def _exchange(a: str, b: str) -> bool:
+    """Swap two existing paths atomically (Linux ``renameat2(RENAME_EXCHANGE)``); False if unsupported."""
+    import ctypes
+    import ctypes.util
+    import sys
+
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        fn = libc.renameat2
+    except (OSError, AttributeError):
+        return False
+    fn.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+    at_fdcwd, rename_exchange = -100, 2
+    return fn(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0
+
+
+class atomic_folder:
+    """Write a whole folder so that a reader sees the old folder or the new one, never a mix::
+
+        with atomic_folder("exports/mnist") as tmp:
+            write everything into tmp
+
+    The new folder is written in ``.<name>.<host>-<pid>.<random>.tmp`` beside the target and fsync'ed;
+    on success it is swapped with the old folder in one atomic step (``renameat2(RENAME_EXCHANGE)`` on
+    Linux; elsewhere two renames, between which the target is briefly absent but never mixed), and the
+    old one is removed.  On an error or a signal the staged folder is removed and the old folder is
+    untouched; a kill leaves a staged folder that the next write of the same target removes.
+    ``keep_others``: entries of the old folder that the writer did not write (a README, pictures) are
+    carried into the new one."""
+
+    def __init__(self, path, keep_others: bool = False):
+        self.path = os.path.abspath(os.fspath(path))
+        self.keep_others = keep_others
+
+    def __enter__(self) -> str:
+        parent, name = os.path.split(self.path)
+        os.makedirs(parent, exist_ok=True)
+        _clean_stale(parent, name)
+        self.stage = tempfile.mkdtemp(prefix=_tmp_prefix(name), suffix=TMP_SUFFIX, dir=parent)
+        os.chmod(self.stage, 0o777 & ~_umask())
+        return self.stage
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        import shutil
+
+        if exc_type is not None:
+            shutil.rmtree(self.stage, ignore_errors=True)
+            return
+        try:
+            if self.keep_others and os.path.isdir(self.path):
+                self._carry_others()
+            for base, _, files in os.walk(self.stage):
+                for n in files:
+                    with open(os.path.join(base, n), "rb") as f:
+                        os.fsync(f.fileno())
+                _fsync_dir(base)
+            if os.path.isdir(self.path) and not os.path.islink(self.path):
+                if _exchange(self.stage, self.path):
+                    shutil.rmtree(self.stage, ignore_errors=True)  # now the old folder
+                else:
+                    old = self.stage + ".old"
+                    os.rename(self.path, old)
+                    os.rename(self.stage, self.path)
+                    shutil.rmtree(old, ignore_errors=True)
+            else:
+                os.replace(self.stage, self.path)
+        except BaseException:
+            shutil.rmtree(self.stage, ignore_errors=True)
+            raise
+        _fsync_dir(os.path.dirname(self.path))
+
+    def _carry_others(self) -> None:
+        import shutil
+
+        for n in os.listdir(self.path):
+            src, dst = os.path.join(self.path, n), os.path.join(self.stage, n)
+            if os.path.lexists(dst):
+                continue
+            if os.path.isdir(src) and not os.path.islink(src):
+                shutil.copytree(src, dst, symlinks=True)
+            else:
+                shutil.copy2(src, dst, follow_symlinks=False)

@@ -26,7 +26,7 @@ import math
 import lightning.pytorch as pl
 import torch
 
-__all__ = ["NonFiniteGuard", "first_nonfinite", "SignalCheckpoint", "TrainingInterrupted", "EXIT_CODES"]
+__all__ = ["NonFiniteGuard", "first_nonfinite", "SignalCheckpoint", "TrainingInterrupted", "EXIT_CODES", "exit_on_signal"]
 
 
 def first_nonfinite(state: dict) -> str | None:
@@ -113,6 +113,11 @@ class SignalCheckpoint(pl.Callback):
         self.saved: str | None = None
         self._old_int = None
 
+    def setup(self, trainer, pl_module, stage: str) -> None:
+        from .processes import hand_over_signals
+
+        hand_over_signals()  # Lightning's flag handler is installed: a signal now saves before exiting
+
     def on_train_start(self, trainer, pl_module) -> None:
         import signal
         import threading
@@ -139,7 +144,29 @@ class SignalCheckpoint(pl.Callback):
             self._old_int = None
 
     def on_train_end(self, trainer, pl_module) -> None:
+        """The loop is over: save the final step now (before the end-of-training picture and
+        export), then let a signal end the process at once, with its exit status."""
         self._restore()
+        self.final = self._save_final(trainer)
+        if self.signame is not None:  # arrived while the final checkpoint was written
+            raise TrainingInterrupted(self.signame, self.final, trainer.global_step)
+        exit_on_signal(self.final, trainer.global_step, trainer.is_global_zero)
+
+    def _save_final(self, trainer) -> str | None:
+        import os
+
+        from lightning.pytorch.callbacks import ModelCheckpoint
+
+        step = trainer.global_step
+        for cb in trainer.checkpoint_callbacks:
+            if isinstance(cb, ModelCheckpoint) and getattr(cb, "_last_global_step_saved", -1) == step and cb.last_model_path:
+                return cb.last_model_path
+        path = os.path.join(self.dirpath or trainer.default_root_dir, self.filename)
+        trainer.save_checkpoint(path, weights_only=False)
+        for cb in trainer.checkpoint_callbacks:  # the checkpoint callback knows it is saved at this step
+            if isinstance(cb, ModelCheckpoint):
+                cb._last_global_step_saved = step
+        return path
 
     def on_exception(self, trainer, pl_module, exception) -> None:
         from lightning.pytorch.utilities.exceptions import SIGTERMException
@@ -161,7 +188,30 @@ class SignalCheckpoint(pl.Callback):
                 flush=True,
             )
 
+    final: str | None = None
+
     def interrupted(self, step: int) -> TrainingInterrupted:
         """The exception that ends the process after a signal (raised by the CLI once Lightning has
         torn the run down)."""
         return TrainingInterrupted(self.signame or "SIGTERM", self.saved, step)
+
+
+def exit_on_signal(checkpoint: str | None, step: int, verbose: bool = True) -> None:
+    """From now on (training is over, its final checkpoint saved), SIGTERM / SIGINT end the process at
+    once with :class:`TrainingInterrupted` (status 143 / 130), whatever it is doing (the final picture,
+    an export): nothing is left to save, and a scheduler's grace period is never spent."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        return
+
+    def stop(signum, frame):
+        name = signal.Signals(signum).name
+        if verbose:
+            print(f"received {name} after training: the checkpoint at global step {step} is saved -> {checkpoint}; "
+                  f"exiting with status {EXIT_CODES.get(name, 1)}", flush=True)
+        raise TrainingInterrupted(name, checkpoint, step)
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)

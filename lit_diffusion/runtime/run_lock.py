@@ -14,6 +14,14 @@ them crashed or silently wrote ``last-v1.ckpt``).  :class:`RunLock` makes the fo
   job (``SLURM_JOB_ID`` equal, ``SLURM_RESTART_COUNT`` different: a requeued job).
 
 The lock is released (the file removed) when the run ends, also on exceptions and signals.
+
+The lock file is never seen half-written: its content is written and fsync'ed in a temporary file
+first, then *linked* to ``.run.lock`` (``os.link`` fails when the name exists: the same exclusivity
+as ``O_EXCL``), so a full disk or a kill leaves either no lock or a complete one.  A lock whose fields
+are not what this module writes (a crafted or foreign file) is described as unreadable and is stale
+once older than two heartbeats.  On Linux the owner's process start time (``/proc/<pid>/stat``) and the
+boot id are recorded too, so a pid recycled by an unrelated process, or a reboot, does not keep a dead
+run's lock alive.
 """
 
 from __future__ import annotations
@@ -27,11 +35,30 @@ import time
 import warnings
 from typing import Optional
 
-from .checkpoint_io import pid_alive
+from .processes import host_tag, pid_alive
 
-__all__ = ["RunLock", "FolderLockedError", "LOCK_NAME"]
+__all__ = ["RunLock", "FolderLockedError", "LOCK_NAME", "process_start", "boot_id"]
 
 LOCK_NAME = ".run.lock"
+
+
+def process_start(pid: int) -> Optional[int]:
+    """The start time of process ``pid`` in clock ticks since boot (Linux ``/proc``), else ``None``."""
+    try:
+        with open(f"/proc/{int(pid)}/stat") as f:
+            stat = f.read()
+        return int(stat.rsplit(")", 1)[1].split()[19])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def boot_id() -> Optional[str]:
+    """This boot's id (Linux), else ``None``."""
+    try:
+        with open("/proc/sys/kernel/random/boot_id") as f:
+            return f.read().strip() or None
+    except OSError:
+        return None
 
 
 class FolderLockedError(RuntimeError):
@@ -54,6 +81,8 @@ class RunLock:
         self._info = {
             "host": socket.gethostname(),
             "pid": os.getpid(),
+            "proc_start": process_start(os.getpid()),
+            "boot_id": boot_id(),
             "started": time.time(),
             "argv": " ".join(sys.argv)[:500],
             "slurm_job": os.environ.get("SLURM_JOB_ID"),
@@ -82,12 +111,18 @@ class RunLock:
         job = self._info["slurm_job"]
         if job is not None and info.get("slurm_job") == job and info.get("slurm_restart") != self._info["slurm_restart"]:
             return f"SLURM job {job} was requeued (restart {self._info['slurm_restart']}); the lock is its previous run's"
+        pid = info.get("pid")
+        if not info or isinstance(pid, bool) or not isinstance(pid, int) or not isinstance(info.get("host"), str):
+            return "the lock file is unreadable" if self._age() > self.heartbeat_s * 2 else None
         if info.get("host") == socket.gethostname():
-            pid = info.get("pid")
-            if isinstance(pid, int) and not pid_alive(pid):
+            if not pid_alive(pid):
                 return f"process {pid} on this host no longer exists"
-            if not isinstance(pid, int):
-                return "the lock file is unreadable" if self._age() > self.heartbeat_s * 2 else None
+            if isinstance(info.get("boot_id"), str) and boot_id() not in (None, info["boot_id"]):
+                return "the machine was restarted since the lock was written"
+            start = info.get("proc_start")
+            now = process_start(pid)
+            if isinstance(start, int) and now is not None and now != start:
+                return f"process {pid} is another process now (its pid was reused)"
             return None
         age = self._age()
         if age > self.stale_after_s:
@@ -98,22 +133,54 @@ class RunLock:
     def describe_owner(info: dict) -> str:
         if not info:
             return "an unknown run (unreadable lock file)"
-        since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(info.get("started", 0)))
-        return f"pid {info.get('pid')} on host {info.get('host')} (since {since}; command: {info.get('argv', '?')})"
+        started = info.get("started")
+        try:
+            since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(float(started)))
+        except (TypeError, ValueError, OverflowError, OSError):
+            since = "an unknown time"
+        return f"pid {info.get('pid')} on host {info.get('host')} (since {since}; command: {str(info.get('argv', '?'))[:200]})"
 
     # ------------------------------------------------------------------ acquire / release
-    def _write(self, fd: int) -> None:
-        with os.fdopen(fd, "w") as f:
-            json.dump({**self._info, "heartbeat": time.time()}, f)
-            f.flush()
-            os.fsync(f.fileno())
+    def _create(self) -> bool:
+        """Create the complete lock file atomically; False when a lock exists."""
+        import tempfile
+
+        fd, tmp = tempfile.mkstemp(prefix=f".{LOCK_NAME}.{host_tag()}-{os.getpid()}.", suffix=".tmp", dir=self.folder)
+        os.close(fd)
+        try:
+            with open(tmp, "w") as f:
+                json.dump({**self._info, "heartbeat": time.time()}, f)
+                f.flush()
+                os.fsync(f.fileno())
+            try:
+                os.link(tmp, self.path)
+            except FileExistsError:
+                return False
+            return True
+        finally:
+            try:
+                os.remove(tmp)
+            except OSError:
+                pass
 
     def acquire(self) -> "RunLock":
+        if self.held:
+            return self
+        # the folders this lock creates, removed again at release when the run left nothing in them
+        self._created = []
+        p = self.folder
+        while p and not os.path.isdir(p) and os.path.dirname(p) != p:
+            self._created.append(p)
+            p = os.path.dirname(p)
         os.makedirs(self.folder, exist_ok=True)
         for _ in range(3):
             try:
-                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-            except FileExistsError:
+                created = self._create()
+            except OSError as e:
+                raise FolderLockedError(
+                    f"could not write the run lock {self.path!r}: {e.strerror or e} (is the disk full or the folder read-only?)"
+                ) from None
+            if not created:
                 info = self.owner()
                 if info is None:
                     continue  # released meanwhile
@@ -133,7 +200,6 @@ class RunLock:
                 except FileNotFoundError:
                     pass
                 continue
-            self._write(fd)
             self.held = True
             self._start_heartbeat()
             return self
@@ -165,6 +231,11 @@ class RunLock:
                 os.remove(self.path)
             except OSError:
                 pass
+        for p in getattr(self, "_created", []):  # innermost first; a folder holding anything stays
+            try:
+                os.rmdir(p)
+            except OSError:
+                break
 
     def __enter__(self) -> "RunLock":
         return self.acquire()

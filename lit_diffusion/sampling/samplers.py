@@ -193,6 +193,7 @@ def sample(
     mask: Optional[Tensor] = None,
     resample: int = 1,
     progress: Optional[bool] = None,
+    check_finite: bool = True,
     **sampler_options,
 ) -> SampleResult:
     """Integrate the reverse dynamics of ``sde`` from ``T`` down to ``t_min`` (docs/maths.md §4–§5).
@@ -224,6 +225,8 @@ def sample(
             ``mask`` is 1.
         progress: a progress bar over the steps on stderr (``None``: only for runs of 100 steps or
             more when stderr is a terminal).
+        check_finite: raise ``FloatingPointError`` when a sample holds NaN or inf (a network that
+            produced non-finite values), as :meth:`SDEScheduler.step` does; ``False`` returns them.
 
     Returns:
         :class:`SampleResult` ``(samples, nfe, trajectory, times)`` (a named tuple).
@@ -266,4 +269,11 @@ def sample(
             traj[-1] = x
     if bar is not None:
         bar.close()
+    if check_finite:
+        bad = ~torch.isfinite(x.reshape(x.shape[0], -1)).all(dim=1) if x.dim() > 0 else ~torch.isfinite(x)
+        if bool(bad.any()):
+            raise FloatingPointError(
+                f"sample: {int(bad.sum())} of {x.shape[0] if x.dim() else 1} samples contain NaN or inf after {sampler} with "
+                f"{n_steps} steps (the field produced non-finite values); pass check_finite=False to get them anyway"
+            )
     return SampleResult(x, field.nfe - nfe0, torch.stack(traj) if traj is not None else None, grid)

@@ -34,11 +34,12 @@ def is_pretrained_folder(folder) -> bool:
 
 
 def save_pretrained(module, folder, ema: bool = True, info: Optional[dict] = None) -> str:
-    """Write ``module``'s sampling network (EMA by default) and description to ``folder`` (atomic
-    writes; the weights first, then the config that makes the folder loadable)."""
+    """Write ``module``'s sampling network (EMA by default) and description to ``folder``, replacing
+    the folder as a whole (:class:`~lit_diffusion.runtime.checkpoint_io.atomic_folder`; other files
+    already in it, such as a README, are kept)."""
     from safetensors.torch import save
 
-    from ..runtime.checkpoint_io import atomic_write_bytes
+    from ..runtime.checkpoint_io import atomic_folder
     from .registry import check_plain
 
     net = module.sampling_net(ema)
@@ -57,11 +58,14 @@ def save_pretrained(module, folder, ema: bool = True, info: Optional[dict] = Non
     if codec is not None:  # the folder carries its autoencoder, referred to relatively
         hp["autoencoder"] = AUTOENCODER
     check_plain(cfg, "config")
-    os.makedirs(folder, exist_ok=True)
-    if codec is not None:
-        codec.vae.save_pretrained(os.path.join(folder, AUTOENCODER), safe_serialization=True)
-    atomic_write_bytes(save(state, metadata={"format": FORMAT}), os.path.join(folder, WEIGHTS))
-    atomic_write_bytes(json.dumps(cfg, indent=2, sort_keys=True).encode(), os.path.join(folder, CONFIG))
+    # the folder is replaced as a whole: a reader (or a kill) never sees new weights beside an old config
+    with atomic_folder(folder, keep_others=True) as tmp:
+        if codec is not None:
+            codec.vae.save_pretrained(os.path.join(tmp, AUTOENCODER), safe_serialization=True)
+        with open(os.path.join(tmp, WEIGHTS), "wb") as f:
+            f.write(save(state, metadata={"format": FORMAT}))
+        with open(os.path.join(tmp, CONFIG), "w") as f:
+            f.write(json.dumps(cfg, indent=2, sort_keys=True))
     return str(folder)
 
 
@@ -70,13 +74,15 @@ def load_pretrained(folder, map_location: str = "cpu"):
     the description is checked by the registry before anything is built)."""
     from safetensors.torch import load_file
 
-    from ..runtime.checkpoint_io import CheckpointError
+    from ..runtime.checkpoint_io import CheckpointError, inside_folder
     from .module import ScoreModule, check_hparams
     from .registry import UntrustedConfigError
 
     folder = Path(folder)
     if not is_pretrained_folder(folder):
         raise CheckpointError(f"{str(folder)!r} is not a pretrained-model folder (needs {WEIGHTS} and {CONFIG})")
+    inside_folder(folder, CONFIG)
+    inside_folder(folder, WEIGHTS)
     try:
         cfg = json.loads((folder / CONFIG).read_text())
     except (OSError, ValueError) as e:
@@ -92,7 +98,7 @@ def load_pretrained(folder, map_location: str = "cpu"):
         ae = Path(str(hp["autoencoder"]))
         if ae.is_absolute() or ".." in ae.parts:
             raise CheckpointError(f"{str(folder / CONFIG)!r}: autoencoder must be a sub-folder of the model folder; got {str(ae)!r}")
-        hp["autoencoder"] = str(folder / ae)
+        hp["autoencoder"] = inside_folder(folder, ae)  # its real path too: no link out of the folder
     module = ScoreModule(**hp)
     try:
         state = load_file(str(folder / WEIGHTS), device=map_location)
