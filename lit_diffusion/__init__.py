@@ -16,6 +16,7 @@ _LAZY = {
     "TimeMLP": ("lit_diffusion.training.networks", "TimeMLP"),
     "UNet": ("lit_diffusion.training.networks", "UNet"),
     "export_pipeline": ("lit_diffusion.integrations.export", "export_pipeline"),
+    "LitDiffusionPipeline": ("lit_diffusion.integrations.pipelines", "LitDiffusionPipeline"),
 }
 
 
@@ -34,4 +35,5 @@ __all__ = [
     "PREDICTION_TYPES", "convert", "Field", "as_field", "GaussianMixture", "get_target",
     "DSM", "SSM", "ISM", "ESM", "get_loss",
     "SDEScheduler", "DiscreteVP", "ScoreModule", "sample", "TimeMLP", "UNet", "export_pipeline",
+    "LitDiffusionPipeline",
 ]

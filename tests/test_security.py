@@ -85,6 +85,9 @@ def test_crafted_checkpoint_refused_everywhere(attack, tmp_path, capsys):
     # ScoreModule.load_checkpoint
     with pytest.raises(CheckpointError, match="not trusted|not a registered|no argument|does not fit|unknown entry"):
         ScoreModule.load_checkpoint(str(path))
+    # Lightning's own loader, documented in docs/multigpu.md, goes through the same checks
+    with pytest.raises(CheckpointError, match="not trusted|not a registered|no argument|does not fit|unknown entry"):
+        ScoreModule.load_from_checkpoint(str(path))
     # export_pipeline
     from lit_diffusion.export import export_pipeline
 

@@ -15,7 +15,9 @@ What is written depends on what stock diffusers can run faithfully:
   LitDiffusionPipeline` (right prior, class labels with guidance, autoencoder) with an
   :class:`~lit_diffusion.scheduler.SDEScheduler` running the trained SDE (a VP model keeps the stock
   table scheduler unless ``sampler=`` asks for ours).  Load with ``LitDiffusionPipeline.from_pretrained
-  (folder)`` or, fresh, ``DiffusionPipeline.from_pretrained(folder, trust_remote_code=True)``.
+  (folder)``, which runs no code from the folder.  ``DiffusionPipeline.from_pretrained(folder,
+  trust_remote_code=True)`` also loads it but *runs the folder's* ``pipeline.py``: only for folders
+  you wrote yourself (a crafted folder's file would run).
 
 Every folder has a ``README.md`` saying how to load it and which scheduler swaps are valid.
 
@@ -161,8 +163,10 @@ def _readme(stock: bool, module, sched, conditional: bool, latent: bool) -> str:
     load = (
         "from diffusers import DiffusionPipeline\npipe = DiffusionPipeline.from_pretrained(folder)  # a stock DDPMPipeline"
         if stock else
-        "from diffusers import DiffusionPipeline\npipe = DiffusionPipeline.from_pretrained(folder, trust_remote_code=True)\n"
-        "# or, after `import lit_diffusion`: LitDiffusionPipeline.from_pretrained(folder)"
+        "from lit_diffusion import LitDiffusionPipeline\npipe = LitDiffusionPipeline.from_pretrained(folder)  "
+        "# runs no code from the folder\n"
+        "# DiffusionPipeline.from_pretrained(folder, trust_remote_code=True) also works, but it RUNS the folder's\n"
+        "# pipeline.py: use it only for a folder you wrote yourself"
     )
     vp_table_sched = type(sched).__name__ == "DDPMScheduler"
     swaps = (
