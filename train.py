@@ -32,7 +32,7 @@ if __name__ == "__main__":
     try:
         from lit_diffusion.cli import main
 
-        main(sys.argv[1:], lock=lock)
+        main(lock=lock)  # reads sys.argv
     finally:
         if lock is not None:
             lock.release()

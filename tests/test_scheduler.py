@@ -38,6 +38,9 @@ SAMPLER_VARIANTS = {
     "pc": dict(sampler="pc", n_corrector=1, snr=0.01),
     "pc_ddram": dict(sampler="pc", predictor="ddram", n_corrector=1, snr=0.1),
     "localization": dict(sampler="localization"),
+    "multistep": dict(sampler="multistep"),
+    "multistep_ode": dict(sampler="multistep", ode=True),
+    "multistep_corrector": dict(sampler="multistep", ode=True, corrector=True, solver_order=2),
 }
 assert {v["sampler"] for v in SAMPLER_VARIANTS.values()} == set(SCHEDULER_SAMPLERS)
 
@@ -167,7 +170,7 @@ def test_scheduler_reproduces_sample_with_same_noise(name):
         midpoint_generator=torch.Generator().manual_seed(seed),
     )
     calls = model.calls
-    opts = {k: v for k, v in kw.items() if k in ("predictor", "n_corrector", "snr")}
+    opts = {k: v for k, v in kw.items() if k in ("predictor", "n_corrector", "snr", "corrector", "solver_order")}
     ref = sample(
         model,
         sched.sde,

@@ -380,7 +380,9 @@ def main(args=None, exit_on_error: bool = True, lock=None) -> DiffusionCLI:
         print(f"train.py: error: {e}", file=sys.stderr, flush=True)
         raise SystemExit(2) from None
     try:
-        cli = DiffusionCLI(args=argv, exit_on_error=exit_on_error)
+        if args is None:  # train.py: LightningCLI reads sys.argv itself (less the --register flags)
+            sys.argv[1:] = list(argv)
+        cli = DiffusionCLI(args=None if args is None else argv, exit_on_error=exit_on_error)
         cli.early_lock = lock
         cli.fit()
     except (FolderLockedError, CheckpointError) as e:

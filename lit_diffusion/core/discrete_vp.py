@@ -64,7 +64,7 @@ def make_betas(
     if trained_betas is not None:
         betas = torch.as_tensor(np.asarray(trained_betas, dtype=np.float64)).to(torch.float32).flatten()
         if not (2 <= betas.numel() <= 100_000):
-            raise ValueError(f"trained_betas has {betas.numel()} values; it needs between 2 and 100000")
+            raise ValueError(f"trained_betas={trained_betas!r} is invalid; it needs at least 2 values (and at most 100000)")
     else:
         from .utils import MAX_TRAIN_TIMESTEPS, check_count
 

@@ -109,6 +109,10 @@ class SDEScheduler(SchedulerMixin, ConfigMixin):
         n_corrector: int = 1,
         snr: float = 0.16,
         snr_norm: str = "capped",
+        solver_order: Optional[int] = None,
+        lower_order_final: bool = True,
+        corrector: bool = False,
+        noise_band: Optional[List[float]] = None,
         rho: float = 7.0,
         final_denoise: bool = True,
         seed: Optional[int] = 0,
@@ -159,6 +163,9 @@ class SDEScheduler(SchedulerMixin, ConfigMixin):
             pred_name = str(predictor or "exponential_euler").lower() if name == "pc" else name
             if pred_name in ("exponential_euler", "ddram"):
                 parametrization = "denoiser"
+        if name == "multistep":  # (DPM-Solver configs carry solver_order/lower_order_final: kept)
+            options.update(solver_order=solver_order, lower_order_final=bool(lower_order_final), corrector=bool(corrector),
+                           noise_band=None if noise_band is None else list(noise_band))
         if name == "pc":
             options.update(n_corrector=n_corrector, snr=snr, snr_norm=snr_norm)
             if predictor is not None:
@@ -311,6 +318,8 @@ class SDEScheduler(SchedulerMixin, ConfigMixin):
             steps.append(n)
             stages.append(0)
 
+        if hasattr(stepper, "reset"):  # the dry run above fed it dummy values: start the real run afresh
+            stepper.reset(grid)
         self._finish_set_timesteps(n, grid, u, torch.tensor(times, dtype=torch.float64), steps, stages, device)
 
     def _custom_grid(self, timesteps) -> Tensor:

@@ -12,7 +12,7 @@ from torch import Tensor
 from ..core.schedules import SCHEDULES, check_schedule
 
 #: samplers the scheduler exposes (``moment_matching`` is refused, see :data:`_REFUSED`)
-SCHEDULER_SAMPLERS = ("euler", "exponential_euler", "ddram", "pc", "localization")
+SCHEDULER_SAMPLERS = ("euler", "exponential_euler", "ddram", "pc", "localization", "multistep")
 _REFUSED = {
     "moment_matching": (
         "sampler='moment_matching' cannot run as a diffusers scheduler: its step needs the posterior "

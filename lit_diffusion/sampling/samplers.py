@@ -249,6 +249,8 @@ def sample(
     if inpaint is not None:
         inpaint.check(x)
         x = inpaint.replace(x, grid[0], generator)
+    if hasattr(stepper, "reset"):  # samplers that carry evaluations across steps (multistep)
+        stepper.reset(grid)
     nfe0 = field.nfe
     traj = [x] if return_trajectory else None
     n_steps = grid.numel() - 1

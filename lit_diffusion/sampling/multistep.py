@@ -1,0 +1,241 @@
+"""Multistep exponential integrators of the denoiser in log-SNR (docs/maths.md §5, "Multistep").
+
+One network evaluation per step.  With ``ℓ = ½ log SNR = log(α/σ)`` and ``h = ℓ_s − ℓ_t`` for a step
+``t → s``, the exact solution of the reverse dynamics with the denoiser frozen as a function of ``ℓ``
+is, in centred coordinates,
+
+* ODE form:  ``X̃_s = (σ_s/σ_t) X̃_t + α_s ∫_0^h e^{τ−h} D(ℓ_t+τ) dτ``;
+* SDE form:  ``X̃_s = (σ_s/σ_t) e^{−h} X̃_t + α_s ∫_0^h 2 e^{2(τ−h)} D(ℓ_t+τ) dτ + σ_s √(1−e^{−2h}) z``.
+
+``D`` is replaced by the polynomial in ``τ`` through the last ``order`` evaluations (nodes
+``τ_i = ℓ_i − ℓ_t ≤ 0``) and the kernel is integrated *exactly* against it (the moments
+:func:`kernel_moments`), so order 1 is DDIM / the DDPM posterior step and orders 2–3 are the
+multistep solvers of Lu et al. ("DPM-Solver++") written for every linear SDE of the package.  The
+optional corrector (in the spirit of Zhao et al., "UniPC") redoes the previous step with the new
+evaluation as one more node, at no extra network cost.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Optional, Sequence
+
+import torch
+from torch import Tensor
+
+from ..core.sdes import LinearSDE, compute_dtype
+from .steps import _c, _centred, _times, _uncentre
+
+__all__ = ["MultistepStepper", "kernel_moments", "lagrange_weights", "MAX_ORDER"]
+
+MAX_ORDER = 3
+F64 = torch.float64
+
+
+def _psi(k: int, h: Tensor) -> Tensor:
+    """``ψ_k(h) = ∫_0^h e^{τ−h} τ^k dτ`` (float64, any h ≥ 0): a series for small h (no cancellation),
+    the recurrence ``ψ_k = h^k − k ψ_{k−1}`` from ``ψ_0 = 1 − e^{−h}`` above."""
+    h = h.to(F64)
+    # series: sum_m (-1)^m k! h^{k+1+m} / (k+1+m)!
+    series = torch.zeros_like(h)
+    term = h ** (k + 1) / math.factorial(k + 1) * math.factorial(k)
+    for m in range(30):
+        series = series + term
+        term = -term * h / (k + 2 + m)
+    rec = -torch.expm1(-h)
+    for j in range(1, k + 1):
+        rec = h**j - j * rec
+    return torch.where(h < 1.0, series, rec)
+
+
+def kernel_moments(h: Tensor, n: int, stochastic: bool) -> list[Tensor]:
+    """``M_k = ∫_0^h K(τ) τ^k dτ`` for ``k < n``; ``K = e^{τ−h}`` (ODE) or ``2 e^{2(τ−h)}`` (SDE, which
+    is ``2^{−k} ψ_k(2h)``)."""
+    if stochastic:
+        return [_psi(k, 2 * h) / 2.0**k for k in range(n)]
+    return [_psi(k, h) for k in range(n)]
+
+
+def lagrange_weights(nodes: Sequence[Tensor], moments: Sequence[Tensor]) -> list[Tensor]:
+    """``w_i = ∫_0^h K(τ) L_i(τ) dτ`` for the Lagrange basis ``L_i`` of ``nodes`` (per-sample float64
+    tensors), from the kernel moments: the exact integral of the interpolating polynomial."""
+    n = len(nodes)
+    weights = []
+    for i in range(n):
+        coef = [torch.ones_like(nodes[i])]  # monomial coefficients of prod_{j != i} (tau - tau_j)
+        denom = torch.ones_like(nodes[i])
+        for j in range(n):
+            if j == i:
+                continue
+            new = [torch.zeros_like(nodes[i]) for _ in range(len(coef) + 1)]
+            for k, c in enumerate(coef):
+                new[k + 1] = new[k + 1] + c
+                new[k] = new[k] - nodes[j] * c
+            coef = new
+            denom = denom * (nodes[i] - nodes[j])
+        weights.append(sum(c * moments[k] for k, c in enumerate(coef)) / denom)
+    return weights
+
+
+class _History:
+    """The last evaluations ``(ℓ, D)`` of a run, newest first."""
+
+    def __init__(self):
+        self.items: list[tuple[Tensor, Tensor]] = []
+
+    def drop_from(self, ell: Tensor) -> None:
+        """Forget evaluations at or after ``ell`` in the reverse time (a repeated or renoised step)."""
+        self.items = [(e, d) for e, d in self.items if bool((e < ell - 1e-12).all())]
+
+    def push(self, ell: Tensor, D: Tensor) -> None:
+        self.items = [(ell, D)] + self.items[: MAX_ORDER]
+
+
+class MultistepStepper:
+    """``sampler="multistep"``: one evaluation per step, order ``solver_order`` (1, 2 or 3) in log-SNR.
+
+    Args:
+        solver_order: polynomial order of the denoiser (default 3 for the ODE form, 2 for the SDE form,
+            the orders Lu et al. recommend); the first steps use the evaluations available.
+        lower_order_final: on runs of fewer than 15 steps, the last steps use order ``steps left``
+            (the evaluations near the data end are the least smooth in ``ℓ``).
+        corrector: redo each step with the next evaluation as one more node before going on (no
+            extra network evaluation).
+        noise_band: SDE form only: ``(lo, hi)`` noise levels ``σ/α``; steps starting outside run as the
+            ODE (e.g. ``(0.05, 50)``); ``None``: every step is stochastic.
+        method: accepted for uniformity with the other samplers (the coefficients are closed forms).
+
+    The stepper keeps the history of its run: drivers call :meth:`reset` with the step grid before a
+    run (``sample()`` and ``SDEScheduler.set_timesteps`` do).
+    """
+
+    name = "multistep"
+    needs_midpoint = False
+    needs_jacobian = False
+    evals_per_step = 1
+
+    def __init__(self, sde: LinearSDE, parametrization: str = "denoiser", ode: bool = False,
+                 solver_order: Optional[int] = None, lower_order_final: bool = True, corrector: bool = False,
+                 noise_band: Optional[Sequence[float]] = None, method: str = "auto"):
+        if parametrization != "denoiser":
+            raise ValueError(f"sampler 'multistep' integrates the denoiser; got parametrization={parametrization!r}")
+        if solver_order is None:
+            solver_order = 3 if ode else 2
+        if isinstance(solver_order, bool) or solver_order not in (1, 2, 3):
+            raise ValueError(f"solver_order={solver_order!r} is invalid; valid choices: [1, 2, 3]")
+        if noise_band is not None:
+            if ode:
+                raise ValueError("noise_band applies to the SDE form only (ode=False)")
+            lo, hi = (float(v) for v in noise_band)
+            if not (0 <= lo < hi):
+                raise ValueError(f"noise_band={tuple(noise_band)!r} is invalid; give (lo, hi) noise levels sigma/alpha with 0 <= lo < hi")
+            noise_band = (lo, hi)
+        self.sde = sde
+        self.parametrization = self.field_kind = "denoiser"
+        self.ode = bool(ode)
+        self.solver_order = int(solver_order)
+        self.lower_order_final = bool(lower_order_final)
+        self.corrector = bool(corrector)
+        self.noise_band = noise_band
+        self.reset()
+
+    # ------------------------------------------------------------------ run state
+    def reset(self, grid: Optional[Tensor] = None) -> None:
+        """Start a run on the step grid ``grid`` (``t_0 > ... > t_n``; ``None``: unknown length)."""
+        self._grid = None if grid is None else torch.as_tensor(grid, dtype=F64).flatten().cpu()
+        self._hist = _History()
+        self._prev: Optional[dict] = None
+
+    @property
+    def stochastic(self) -> bool:
+        return not self.ode
+
+    def __repr__(self):
+        return (f"MultistepStepper(sde={self.sde!r}, ode={self.ode}, solver_order={self.solver_order}, "
+                f"corrector={self.corrector}, noise_band={self.noise_band})")
+
+    def midpoint(self, t, s, u):
+        raise NotImplementedError("multistep has no midpoint")
+
+    # ------------------------------------------------------------------ one step
+    def start(self, x_t: Tensor, t, s, u=None, generator=None):
+        from .steppers import StepState
+
+        t, s = _times(t, x_t), _times(s, x_t)
+        if not bool((s < t).all()):
+            raise ValueError("a step needs s < t (sampling runs from T down to t_min)")
+        return StepState(self, x_t, t, s, generator)
+
+    def _noise_needed(self, st) -> bool:
+        return self._stochastic_at(st.t)
+
+    def _stochastic_at(self, t: Tensor) -> bool:
+        if self.ode:
+            return False
+        if self.noise_band is None:
+            return True
+        level = float((self.sde.sigma(t[:1]) / self.sde.alpha(t[:1])).item())
+        return self.noise_band[0] <= level <= self.noise_band[1]
+
+    def _ell(self, t: Tensor) -> Tensor:
+        return 0.5 * self.sde.log_snr(t).to(F64)
+
+    def _steps_left(self, t: Tensor) -> Optional[int]:
+        if self._grid is None:
+            return None
+        k = int(torch.argmin((self._grid - float(t[0])).abs()))
+        return self._grid.numel() - 1 - k
+
+    def _order(self, t: Tensor) -> int:
+        p = min(self.solver_order, len(self._hist.items))
+        left = self._steps_left(t)
+        if self.lower_order_final and left is not None and self._grid.numel() - 1 < 15:
+            p = min(p, max(left, 1))
+        return max(p, 1)
+
+    def _update(self, xc: Tensor, nodes, values, ell_t, ell_s, alpha_s, sigma_s, sigma_t, stochastic, noise):
+        """``X̃_s`` from ``X̃_t``, the denoiser values at ``nodes`` (τ relative to ``ℓ_t``) and the noise."""
+        h = ell_s - ell_t
+        w = lagrange_weights(nodes, kernel_moments(h, len(nodes), stochastic))
+        phi = sigma_s / sigma_t * (torch.exp(-h) if stochastic else 1.0)
+        out = _c(phi, xc) * xc
+        for wi, d in zip(w, values):
+            out = out + _c(alpha_s * wi, xc) * d
+        if stochastic:
+            out = out + _c(sigma_s * torch.sqrt(-torch.expm1(-2 * h)), xc) * noise
+        return out
+
+    def _correct(self, x_t: Tensor, D_t: Tensor, ell_t: Tensor) -> Tensor:
+        """The previous step redone with ``D_t`` (at its end point) as one more node."""
+        p = self._prev
+        if p is None or not bool((p["ell_s"] - ell_t).abs().max() < 1e-9):
+            return x_t
+        nodes = [ell_t - p["ell_t"]] + [e - p["ell_t"] for e, _ in p["hist"]]
+        values = [D_t] + [d for _, d in p["hist"]]
+        xc = self._update(p["xc"], nodes, values, p["ell_t"], ell_t, p["alpha_s"], p["sigma_s"], p["sigma_t"],
+                          p["stochastic"], p["noise"])
+        return x_t + (xc - p["pred"]).to(x_t.dtype)
+
+    def _advance(self, st, F: Tensor, noise: Optional[Tensor], **extra) -> None:
+        sde = self.sde
+        t, s = st.t, st.s
+        dtype = compute_dtype(st.x_t)
+        D = F.to(dtype)
+        ell_t, ell_s = self._ell(t), self._ell(s)
+        self._hist.drop_from(ell_t)
+        x_t = st.x_t
+        if self.corrector:
+            x_t = self._correct(x_t, D, ell_t)
+        self._hist.push(ell_t, D)
+        p = self._order(t)
+        used = self._hist.items[:p]
+        stochastic = self._stochastic_at(t)
+        xc = _centred(sde, x_t, t)
+        alpha_s, sigma_s, sigma_t = sde.alpha(s).to(F64), sde.sigma(s).to(F64), sde.sigma(t).to(F64)
+        z = None if not stochastic else noise.to(dtype)
+        nodes = [e - ell_t for e, _ in used]
+        out = self._update(xc, nodes, [d for _, d in used], ell_t, ell_s, alpha_s, sigma_s, sigma_t, stochastic, z)
+        self._prev = dict(xc=xc, ell_t=ell_t, ell_s=ell_s, alpha_s=alpha_s, sigma_s=sigma_s, sigma_t=sigma_t,
+                          stochastic=stochastic, noise=z, hist=list(used), pred=out)
+        st.x = _uncentre(sde, out, s).to(st.x_t.dtype)
+        st.done = True
