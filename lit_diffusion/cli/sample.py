@@ -110,6 +110,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--snr", type=float, default=None, help="pc: corrector signal-to-noise ratio")
     p.add_argument("--snr-norm", default=None, help="pc step-size rule: 'capped' (default: per sample, ratio capped at "
                    "4 sigma^2; stable in any dimension), 'batch' (batch-mean norms) or 'sample' (diverges on 1-D/2-D data)")
+    p.add_argument("--solver-order", type=int, default=None, help="multistep: 1, 2 or 3 (default 3 with --ode, else 2)")
+    p.add_argument("--corrector", action="store_true", default=None,
+                   help="multistep: redo each step with the next evaluation as one more node (no extra evaluation)")
     p.add_argument("--class-label", type=int, nargs="+", default=None, metavar="K",
                    help="class-conditional models: the label of every sample, or a list of labels that fill the "
                    "picture row by row (sample i gets list[(i // columns) %% len(list)]); default: unconditional")
@@ -258,7 +261,11 @@ def _pc_options(args, sampler: str) -> dict:
     given = {k: v for k, v in pc_opts.items() if v is not None}
     if given and sampler != "pc":
         raise ValueError(f"options {sorted('--' + k.replace('_', '-') for k in given)} only apply to --sampler pc; got --sampler {sampler!r}")
-    return given
+    ms_opts = {k: v for k, v in {"solver_order": args.solver_order, "corrector": args.corrector}.items() if v is not None}
+    if ms_opts and sampler != "multistep":
+        raise ValueError(f"options {sorted('--' + k.replace('_', '-') for k in ms_opts)} only apply to --sampler multistep; "
+                         f"got --sampler {sampler!r}")
+    return {**given, **ms_opts}
 
 
 def _stepper_and_steps(args, sampler: str, model, options: dict):
