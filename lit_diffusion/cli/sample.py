@@ -110,6 +110,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--snr", type=float, default=None, help="pc: corrector signal-to-noise ratio")
     p.add_argument("--snr-norm", default=None, help="pc step-size rule: 'capped' (default: per sample, ratio capped at "
                    "4 sigma^2; stable in any dimension), 'batch' (batch-mean norms) or 'sample' (diverges on 1-D/2-D data)")
+    p.add_argument("--time-grid", default=None, metavar="FILE",
+                   help="a fitted time grid (JSON of python -m lit_diffusion.sampling.grid_fit); sets --steps")
     p.add_argument("--solver-order", type=int, default=None, help="multistep: 1, 2 or 3 (default 3 with --ode, else 2)")
     p.add_argument("--corrector", action="store_true", default=None,
                    help="multistep: redo each step with the next evaluation as one more node (no extra evaluation)")
@@ -232,6 +234,13 @@ def _check_budget_args(args, sampler: str) -> None:
             from ..core.utils import MAX_STEPS
 
             raise ValueError(f"--steps {args.steps!r} is invalid; it must be an integer in [1, {MAX_STEPS}]") from None
+    if getattr(args, "time_grid", None) is not None:
+        from ..sampling.grid_fit import load_grid
+
+        if args.steps is not None or args.nfe is not None:
+            raise ValueError("--time-grid sets the steps itself: give --time-grid or --steps/--nfe, not both")
+        args.timesteps = load_grid(args.time_grid)
+        args.steps = len(args.timesteps) - 1
     if args.schedule is None:
         from ..sampling.samplers import default_schedule
 
@@ -379,6 +388,7 @@ def generate(plan: Plan, chunks: Sequence[Sequence[int]], device=None, progress:
             res = sample(
                 net, plan.model.sde, shape=(len(chunk),) + plan.shape, sampler=args.sampler, steps=int(args.steps),
                 schedule=args.schedule, parametrization=args.parametrization, ode=bool(args.ode), generator=gens,
+                timesteps=None if getattr(args, "timesteps", None) is None else torch.tensor(args.timesteps, dtype=torch.float64),
                 final_denoise=bool(args.final_denoise), device=device, prediction_type=plan.model.prediction_type,
                 class_labels=labels, guidance_scale=float(args.guidance_scale), **inpaint, **plan.sampler_options,
                 check_finite=False,  # counted below, so that every process stops together before writing

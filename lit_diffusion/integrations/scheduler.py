@@ -113,6 +113,7 @@ class SDEScheduler(SchedulerMixin, ConfigMixin):
         lower_order_final: bool = True,
         corrector: bool = False,
         noise_band: Optional[List[float]] = None,
+        fitted_grid: Optional[List[float]] = None,
         rho: float = 7.0,
         final_denoise: bool = True,
         seed: Optional[int] = 0,
@@ -274,6 +275,11 @@ class SDEScheduler(SchedulerMixin, ConfigMixin):
             if timesteps is not None:
                 raise ValueError("pass either timesteps or sigmas, not both")
             timesteps = self._times_of_sigmas(sigmas)
+        fitted = self.config.get("fitted_grid")
+        if timesteps is None and fitted is not None and num_inference_steps in (None, len(fitted) - 1):
+            # a grid fitted to the model (python -m lit_diffusion.sampling.grid_fit), saved in the config:
+            # a pipeline that reloads this scheduler keeps it; other step counts use `schedule`
+            timesteps, num_inference_steps = fitted, None
         if timesteps is not None:
             if num_inference_steps is not None:
                 raise ValueError("pass either num_inference_steps or timesteps, not both")

@@ -1,0 +1,217 @@
+"""Time grids fitted to a model (docs/samplers.md, "Fitted grids").
+
+For a budget of ``steps`` multistep steps, choose the grid among the points of a fine log-SNR grid
+that minimises the accumulated local error of the sampler along calibration trajectories, by dynamic
+programming (in the spirit of Chen, Zhou et al., "On the Trajectory Regularity of ODE-based Diffusion
+Sampling", and Sabour, Fidler and Kreis, "Align Your Steps"):
+
+1. ``n_calib`` probability-flow trajectories from the prior are integrated accurately (multistep
+   order 3, ``refine`` sub-steps per fine interval) and the state ``X_i`` and the denoiser ``D_i`` are
+   recorded at every point ``t_i`` of the fine grid (``fine + 1`` points, ``refine * fine + fine + 1``
+   network evaluations in all);
+2. the local error of a step ``i → j`` of the order-2 multistep ODE whose previous node is ``k``
+   (order 1 on the first and the last step, as the sampler runs them) is
+   ``E[k, i, j] = mean_n RMS(X̂_j − X_j)``, computed from the recorded states and denoisers alone;
+3. the path ``0 = i_0 < ... < i_steps = fine`` minimising ``Σ E`` is found by dynamic programming over
+   the pairs ``(previous, current)``.
+
+The result is a small JSON (the grid in the SDE's own time) that ``sample(timesteps=)``,
+``sample.py --time-grid FILE`` and ``SDEScheduler(fitted_grids=...)`` use.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from typing import Optional
+
+import numpy as np
+import torch
+
+from ..core.fields import as_field
+from ..core.schedules import get_timesteps
+from ..core.sdes import LinearSDE
+from .multistep import kernel_moments, lagrange_weights
+
+__all__ = ["fit_grid", "local_errors", "best_path", "main", "GRID_FORMAT"]
+
+GRID_FORMAT = "lit_diffusion-grid"
+F64 = torch.float64
+
+
+@torch.no_grad()
+def _calibrate(field, sde, shape, n_calib, fine, refine, generator, device):
+    from .samplers import sample
+
+    fine_grid = get_timesteps(sde, fine, "log_snr").to(F64)
+    dense = get_timesteps(sde, fine * refine, "log_snr").to(F64)
+    x_T = sde.prior_sampling((n_calib,) + tuple(shape), generator=generator).to(device)
+    res = sample(field, sde, x_T=x_T, sampler="multistep", ode=True, timesteps=dense, solver_order=3,
+                 return_trajectory=True, device=device)
+    X = res.trajectory[::refine].to(F64)  # (fine + 1, n, ...)
+    D = torch.stack([field(X[i].float(), fine_grid[i].expand(n_calib).to(device), "denoiser").to(F64)
+                     for i in range(fine + 1)])
+    return fine_grid, X, D
+
+
+def local_errors(sde: LinearSDE, grid: torch.Tensor, X: torch.Tensor, D: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+    """``(E1, E2)``: ``E1[i, j]`` the order-1 error of the step ``i → j`` and ``E2[k, i, j]`` the
+    order-2 error with previous node ``k`` (``inf`` where undefined), from recorded states ``X`` and
+    denoisers ``D`` on ``grid`` (centred coordinates, float64)."""
+    F = grid.numel()
+    ell = 0.5 * sde.log_snr(grid).to(F64)
+    alpha, sigma, off = sde.alpha(grid).to(F64), sde.sigma(grid).to(F64), sde.mean_offset(grid).to(F64)
+    flat = lambda v: v.reshape(v.shape[0], v.shape[1], -1)  # noqa: E731
+    Xc = flat(X) - off[:, None, None]
+    Dn = flat(D)
+    E1 = np.full((F, F), np.inf)
+    E2 = np.full((F, F, F), np.inf)
+    for i in range(F - 1):
+        j = torch.arange(i + 1, F)
+        h = ell[j] - ell[i]
+        base = (sigma[j] / sigma[i])[:, None, None] * Xc[i][None]
+        M = kernel_moments(h, 2, False)
+        one = base + (alpha[j] * M[0])[:, None, None] * Dn[i][None]
+        E1[i, i + 1:] = _rms(one - Xc[j]).numpy()
+        for k in range(i):
+            r = ell[k] - ell[i]  # < 0
+            w0, w1 = lagrange_weights([torch.zeros_like(h), r.expand_as(h)], M)
+            two = base + (alpha[j] * w0)[:, None, None] * Dn[i][None] + (alpha[j] * w1)[:, None, None] * Dn[k][None]
+            E2[k, i, i + 1:] = _rms(two - Xc[j]).numpy()
+    return E1, E2
+
+
+def _rms(err: torch.Tensor) -> torch.Tensor:
+    """Mean over samples of the per-sample root-mean-square error; ``err`` is ``(J, n, d)``."""
+    return err.pow(2).mean(dim=2).sqrt().mean(dim=1)
+
+
+def best_path(E1: np.ndarray, E2: np.ndarray, steps: int) -> tuple[list[int], float]:
+    """The indices ``0 = i_0 < ... < i_steps = F - 1`` minimising the summed local errors: order 1 on
+    the first and the last step, order 2 in between."""
+    F = E1.shape[0]
+    last = F - 1
+    if not (1 <= steps <= last):
+        raise ValueError(f"steps={steps} is invalid for a fine grid of {last} intervals; it must be in [1, {last}]")
+    if steps == 1:
+        return [0, last], float(E1[0, last])
+    idx = np.arange(F)
+    E1 = np.where(idx[:, None] < idx[None, :], E1, np.inf)  # only steps i -> j with i < j
+    E2 = np.where((idx[:, None, None] < idx[None, :, None]) & (idx[None, :, None] < idx[None, None, :]), E2, np.inf)
+    # f[k, i]: the best cost of a path of n steps from 0 that ends with the step k -> i
+    f = np.full((F, F), np.inf)
+    f[0, 1:] = E1[0, 1:]
+    back = []  # back[n - 2][i, j]: the best previous node k of the step i -> j as step n
+    for n in range(2, steps + 1):
+        local = E1[None, :, :] if n == steps else E2
+        cand = f[:, :, None] + local
+        arg = np.argmin(cand, axis=0)
+        f = np.take_along_axis(cand, arg[None], axis=0)[0]
+        back.append(arg)
+    k = int(np.argmin(f[:, last]))
+    cost = float(f[k, last])
+    path, i, j = [last], k, last
+    for arg in reversed(back):
+        path.append(i)
+        i, j = int(arg[i, j]), i
+    path.append(i)
+    path.reverse()
+    if path[0] != 0 or len(path) != steps + 1 or not math.isfinite(cost) or any(a >= b for a, b in zip(path, path[1:])):
+        raise RuntimeError(f"grid fit: no path of {steps} steps found (got {path})")
+    return path, cost
+
+
+def fit_grid(field, sde: LinearSDE, steps: int, shape, n_calib: int = 32, fine: int = 64, refine: int = 3,
+             seed: int = 0, device=None, prediction_type: Optional[str] = None, class_labels=None,
+             guidance_scale: float = 1.0) -> dict:
+    """Fit a ``steps``-step grid for the multistep sampler to ``field`` (a network with its
+    ``prediction_type``, or an analytic target); returns the JSON-ready record (``timesteps``: the
+    grid in the SDE's time, ``T`` first, ``t_min`` last)."""
+    from ..core.utils import check_count
+
+    steps = check_count("steps", steps, 1, 1000)
+    fine = check_count("fine", fine, max(steps, 2), 2000)
+    n_calib = check_count("n_calib", n_calib, 1, 100_000)
+    refine = check_count("refine", refine, 1, 100)
+    f = as_field(field, sde, prediction_type=prediction_type, class_labels=class_labels, guidance_scale=guidance_scale)
+    t0 = time.perf_counter()
+    g = torch.Generator().manual_seed(int(seed))
+    grid, X, D = _calibrate(f, sde, shape, n_calib, fine, refine, g, device or "cpu")
+    E1, E2 = local_errors(sde, grid, X.cpu(), D.cpu())
+    path, cost = best_path(E1, E2, steps)
+    ref_path = [round(i * fine / steps) for i in range(steps + 1)]
+    ref_cost = _path_cost(E1, E2, ref_path)
+    return {
+        "format": GRID_FORMAT, "sampler": "multistep", "steps": steps,
+        "timesteps": [float(grid[i]) for i in path], "fine_indices": path,
+        "objective": cost, "objective_log_snr_grid": ref_cost,
+        "n_calib": n_calib, "fine": fine, "refine": refine, "seed": int(seed),
+        "network_evaluations": fine * refine + fine + 1, "seconds": time.perf_counter() - t0,
+        "sde": repr(sde),
+    }
+
+
+def _path_cost(E1, E2, path) -> float:
+    cost = E1[path[0], path[1]]
+    for n in range(2, len(path)):
+        k, i, j = path[n - 2], path[n - 1], path[n]
+        cost += E1[i, j] if n == len(path) - 1 else E2[k, i, j]
+    return float(cost)
+
+
+def load_grid(path) -> list[float]:
+    """The ``timesteps`` of a fitted-grid JSON, checked (a decreasing list of at least 2 finite times)."""
+    try:
+        with open(path) as fh:
+            rec = json.load(fh)
+    except (OSError, ValueError) as e:
+        raise ValueError(f"grid file {str(path)!r} cannot be read as JSON: {e}") from None
+    ts = rec.get("timesteps") if isinstance(rec, dict) else None
+    if not (isinstance(rec, dict) and rec.get("format") == GRID_FORMAT and isinstance(ts, list) and len(ts) >= 2
+            and all(isinstance(v, (int, float)) and math.isfinite(v) for v in ts)
+            and all(a > b for a, b in zip(ts, ts[1:]))):
+        raise ValueError(f"grid file {str(path)!r} is not a fitted grid (format {GRID_FORMAT!r} with a decreasing 'timesteps' list)")
+    return [float(v) for v in ts]
+
+
+def main(argv=None) -> int:
+    """``python -m lit_diffusion.sampling.grid_fit -c checkpoints/mnist --steps 9``: fit a grid and save
+    it beside the model (``<folder>/grids/multistep-<steps>.json``)."""
+    import argparse
+
+    from ..runtime.checkpoint_io import atomic_write_bytes
+
+    p = argparse.ArgumentParser(prog="python -m lit_diffusion.sampling.grid_fit", description=main.__doc__.split(":")[0])
+    p.add_argument("-c", "--checkpoint", required=True, help="a pretrained-model folder or a train.py checkpoint")
+    p.add_argument("--steps", type=int, nargs="+", required=True, help="sampler steps of each grid to fit")
+    p.add_argument("--n-calib", type=int, default=32)
+    p.add_argument("--fine", type=int, default=64)
+    p.add_argument("--refine", type=int, default=3)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default=None, help="folder of the JSON files (default: <model folder>/grids)")
+    p.add_argument("--threads", type=int, default=0)
+    a = p.parse_args(argv)
+    if a.threads:
+        torch.set_num_threads(a.threads)
+    from ..training.module import ScoreModule
+    from ..training.pretrained import is_pretrained_folder
+
+    model = (ScoreModule.from_pretrained(a.checkpoint) if is_pretrained_folder(a.checkpoint)
+             else ScoreModule.load_checkpoint(a.checkpoint)).eval()
+    net = model.sampling_net(True)
+    out = a.out or os.path.join(a.checkpoint if os.path.isdir(a.checkpoint) else os.path.dirname(a.checkpoint), "grids")
+    for steps in a.steps:
+        rec = fit_grid(net, model.sde, steps, model.data_shape, n_calib=a.n_calib, fine=a.fine, refine=a.refine,
+                       seed=a.seed, prediction_type=model.prediction_type)
+        path = os.path.join(out, f"multistep-{steps}.json")
+        os.makedirs(out, exist_ok=True)
+        atomic_write_bytes(json.dumps(rec, indent=1).encode(), path)
+        print(f"{path}: {steps} steps, objective {rec['objective']:.4g} (log-SNR grid {rec['objective_log_snr_grid']:.4g}), "
+              f"{rec['network_evaluations']} evaluations of {a.n_calib} samples, {rec['seconds']:.0f} s", flush=True)
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    raise SystemExit(main())
