@@ -234,6 +234,9 @@ class DiffusionCLI(LightningCLI):
             torch.set_num_threads(n)
 
     def _instantiate_trainer(self, config: dict[str, Any], callbacks: list) -> pl.Trainer:
+        # the run folder is ours: taken by the run lock (which creates it) and kept to one run by the
+        # run id (lit_diffusion.training.run_folder), so Lightning's "exists and is not empty" is noise
+        warnings.filterwarnings("ignore", message=r"Checkpoint directory .* exists and is not empty")
         c = self.config
         ckpt_dir = os.path.join(c["ckpt_dir"], c["run_name"])
         self.checkpoint_dir = ckpt_dir
