@@ -152,3 +152,22 @@ def test_every_shipped_config_parses(config, capsys):
     assert e.value.code in (0, None)
     out = capsys.readouterr().out
     assert "model:" in out and "quality:" in out
+
+
+def test_a_resumed_run_continues_the_same_wandb_run(tmp_path, monkeypatch):
+    """Offline wandb: the interrupted run and its resume write the same wandb run id (the run id of
+    run.json), so `wandb sync` shows one run, not one per resume."""
+    import json
+    import re
+
+    import wandb
+
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    main(_tiny(tmp_path, "--trainer.max_steps", "3", "--logger", "wandb", "--ckpt_every_n_steps", "3"))
+    wandb.finish()
+    main(_tiny(tmp_path, "--trainer.max_steps", "6", "--logger", "wandb", "--ckpt_every_n_steps", "3", "--ckpt_path", "last"))
+    wandb.finish()
+    run_id = json.loads((tmp_path / "ck" / "swissroll" / "run.json").read_text())["run_id"]
+    runs = sorted(glob.glob(str(tmp_path / "logs" / "wandb" / "offline-run-*")))
+    ids = {re.sub(r"^offline-run-\d+_\d+-", "", os.path.basename(r)) for r in runs}
+    assert len(runs) == 2 and ids == {run_id}, runs

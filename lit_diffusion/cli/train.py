@@ -318,6 +318,10 @@ class DiffusionCLI(LightningCLI):
         )
         self.run_stamp.run_id = run_id
         self.run_id = run_id
+        for lg in self.trainer.loggers:  # wandb: a resumed run continues the same wandb run (its id is the run id)
+            if isinstance(lg, pl.loggers.WandbLogger) and getattr(lg, "_experiment", None) is None and not lg._wandb_init.get("id"):
+                lg._wandb_init.update(id=run_id, resume="allow")
+                lg._id = run_id
         return resume
 
     def _fit(self, ckpt_path: Optional[str]) -> None:
