@@ -32,6 +32,11 @@ def test_dynamic_programme_is_optimal(steps):
     path, cost = best_path(E1, E2, steps)
     brute = min((_cost(E1, E2, (0, *mid, F - 1)), (0, *mid, F - 1)) for mid in itertools.combinations(range(1, F - 1), steps - 1))
     assert cost == pytest.approx(brute[0]) and tuple(path) == brute[1]
+    # with a final denoising evaluation the end point is free, its error counted
+    final = rng.uniform(0.0, 2.0, F)
+    path, cost = best_path(E1, E2, steps, final)
+    brute = min((_cost(E1, E2, (0, *m)) + final[m[-1]], (0, *m)) for m in itertools.combinations(range(1, F), steps))
+    assert cost == pytest.approx(brute[0]) and tuple(path) == brute[1]
     with pytest.raises(ValueError, match="steps=9 is invalid"):
         best_path(E1, E2, 9)
 

@@ -88,15 +88,14 @@ def _rms(err: torch.Tensor) -> torch.Tensor:
     return err.pow(2).mean(dim=2).sqrt().mean(dim=1)
 
 
-def best_path(E1: np.ndarray, E2: np.ndarray, steps: int) -> tuple[list[int], float]:
-    """The indices ``0 = i_0 < ... < i_steps = F - 1`` minimising the summed local errors: order 1 on
-    the first and the last step, order 2 in between."""
+def best_path(E1: np.ndarray, E2: np.ndarray, steps: int, final: Optional[np.ndarray] = None) -> tuple[list[int], float]:
+    """The indices ``0 = i_0 < ... < i_steps`` minimising the summed local errors (order 1 on the first
+    and the last step, order 2 in between) ending at ``F - 1`` (``t_min``); or, with ``final[j]`` (the
+    error of the final denoising evaluation at point ``j``), ending wherever ``Σ E + final[end]`` is least."""
     F = E1.shape[0]
     last = F - 1
     if not (1 <= steps <= last):
         raise ValueError(f"steps={steps} is invalid for a fine grid of {last} intervals; it must be in [1, {last}]")
-    if steps == 1:
-        return [0, last], float(E1[0, last])
     idx = np.arange(F)
     E1 = np.where(idx[:, None] < idx[None, :], E1, np.inf)  # only steps i -> j with i < j
     E2 = np.where((idx[:, None, None] < idx[None, :, None]) & (idx[None, :, None] < idx[None, None, :]), E2, np.inf)
@@ -110,9 +109,18 @@ def best_path(E1: np.ndarray, E2: np.ndarray, steps: int) -> tuple[list[int], fl
         arg = np.argmin(cand, axis=0)
         f = np.take_along_axis(cand, arg[None], axis=0)[0]
         back.append(arg)
-    k = int(np.argmin(f[:, last]))
-    cost = float(f[k, last])
-    path, i, j = [last], k, last
+    if final is None:
+        end = last
+        total = f[:, last]
+    else:
+        totals = f + np.asarray(final, dtype=float)[None, :]
+        end = int(np.argmin(totals.min(axis=0)))
+        total = totals[:, end]
+    k = int(np.argmin(total))
+    cost = float(total[k])
+    if steps == 1:
+        return [0, end], cost
+    path, i, j = [end], k, end
     for arg in reversed(back):
         path.append(i)
         i, j = int(arg[i, j]), i
@@ -125,10 +133,12 @@ def best_path(E1: np.ndarray, E2: np.ndarray, steps: int) -> tuple[list[int], fl
 
 def fit_grid(field, sde: LinearSDE, steps: int, shape, n_calib: int = 32, fine: int = 64, refine: int = 3,
              seed: int = 0, device=None, prediction_type: Optional[str] = None, class_labels=None,
-             guidance_scale: float = 1.0) -> dict:
+             guidance_scale: float = 1.0, final_denoise: bool = False) -> dict:
     """Fit a ``steps``-step grid for the multistep sampler to ``field`` (a network with its
     ``prediction_type``, or an analytic target); returns the JSON-ready record (``timesteps``: the
-    grid in the SDE's time, ``T`` first, ``t_min`` last)."""
+    grid in the SDE's time, ``T`` first).  Without ``final_denoise`` the grid ends at ``t_min``; with
+    it (the run ends with a denoising evaluation at its last point, as ``SDEScheduler`` does by
+    default) the end point is chosen too, the error of that evaluation counted."""
     from ..core.utils import check_count
 
     steps = check_count("steps", steps, 1, 1000)
@@ -140,14 +150,19 @@ def fit_grid(field, sde: LinearSDE, steps: int, shape, n_calib: int = 32, fine: 
     g = torch.Generator().manual_seed(int(seed))
     grid, X, D = _calibrate(f, sde, shape, n_calib, fine, refine, g, device or "cpu")
     E1, E2 = local_errors(sde, grid, X.cpu(), D.cpu())
-    path, cost = best_path(E1, E2, steps)
+    final = None
+    if final_denoise:
+        flatD = D.cpu().reshape(D.shape[0], D.shape[1], -1)
+        target = X.cpu()[-1].reshape(X.shape[1], -1)
+        final = _rms(flatD - target[None]).numpy()
+    path, cost = best_path(E1, E2, steps, final)
     ref_path = [round(i * fine / steps) for i in range(steps + 1)]
-    ref_cost = _path_cost(E1, E2, ref_path)
+    ref_cost = _path_cost(E1, E2, ref_path) + (0.0 if final is None else float(final[-1]))
     return {
         "format": GRID_FORMAT, "sampler": "multistep", "steps": steps,
         "timesteps": [float(grid[i]) for i in path], "fine_indices": path,
         "objective": cost, "objective_log_snr_grid": ref_cost,
-        "n_calib": n_calib, "fine": fine, "refine": refine, "seed": int(seed),
+        "final_denoise": bool(final_denoise), "n_calib": n_calib, "fine": fine, "refine": refine, "seed": int(seed),
         "network_evaluations": fine * refine + fine + 1, "seconds": time.perf_counter() - t0,
         "sde": repr(sde),
     }
@@ -192,6 +207,9 @@ def main(argv=None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default=None, help="folder of the JSON files (default: <model folder>/grids)")
     p.add_argument("--threads", type=int, default=0)
+    p.add_argument("--end-at-t-min", action="store_true",
+                   help="end the grid at t_min (for runs without a final denoising evaluation); by default the end "
+                   "point is fitted too, for runs that end with one (SDEScheduler's default, sample.py --final-denoise)")
     a = p.parse_args(argv)
     if a.threads:
         torch.set_num_threads(a.threads)
@@ -204,7 +222,7 @@ def main(argv=None) -> int:
     out = a.out or os.path.join(a.checkpoint if os.path.isdir(a.checkpoint) else os.path.dirname(a.checkpoint), "grids")
     for steps in a.steps:
         rec = fit_grid(net, model.sde, steps, model.data_shape, n_calib=a.n_calib, fine=a.fine, refine=a.refine,
-                       seed=a.seed, prediction_type=model.prediction_type)
+                       seed=a.seed, prediction_type=model.prediction_type, final_denoise=not a.end_at_t_min)
         path = os.path.join(out, f"multistep-{steps}.json")
         os.makedirs(out, exist_ok=True)
         atomic_write_bytes(json.dumps(rec, indent=1).encode(), path)
