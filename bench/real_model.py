@@ -50,6 +50,7 @@ SDE_SAMPLERS = [
     ("lit multistep 2", "lit", {"sampler": "multistep"}),
     ("lit multistep 2 + corrector", "lit", {"sampler": "multistep", "corrector": True}),
     ("lit multistep 3", "lit", {"sampler": "multistep", "solver_order": 3}),
+    ("lit multistep 2 + corrector, fitted grid", "lit-fitted", {"sampler": "multistep", "corrector": True}),
     ("lit multistep 2 uniform grid", "lit", {"sampler": "multistep", "schedule": "uniform"}),
     ("lit multistep 2 EDM grid", "lit", {"sampler": "multistep", "schedule": "edm"}),
     ("DDPM ancestral", "DDPMScheduler", {}),
@@ -65,6 +66,10 @@ ODE_SAMPLERS = [
     ("lit multistep 2 ODE + corrector", "lit", {"sampler": "multistep", "ode": True, "solver_order": 2, "corrector": True}),
     ("lit multistep 3 ODE + corrector", "lit", {"sampler": "multistep", "ode": True, "corrector": True}),
     ("lit multistep 3 ODE uniform grid", "lit", {"sampler": "multistep", "ode": True, "schedule": "uniform"}),
+    ("lit multistep 2 ODE, fitted grid", "lit-fitted", {"sampler": "multistep", "ode": True, "solver_order": 2}),
+    ("lit multistep 2 ODE + corrector, fitted grid", "lit-fitted", {"sampler": "multistep", "ode": True, "solver_order": 2,
+                                                                   "corrector": True}),
+    ("lit multistep 3 ODE + corrector, fitted grid", "lit-fitted", {"sampler": "multistep", "ode": True, "corrector": True}),
     ("lit multistep 3 ODE EDM grid", "lit", {"sampler": "multistep", "ode": True, "schedule": "edm"}),
     ("DDIM", "DDIMScheduler", {}),
     ("Euler", "EulerDiscreteScheduler", {}),
@@ -84,7 +89,16 @@ def vp_table(sde, n_train: int = N_TRAIN):
     return (1 - abar / prev).clamp(min=0.0, max=0.999).tolist(), t
 
 
-def make_scheduler(kind: str, opts: dict, sde, time_scale: float):
+FITTED_DIR = os.path.join(os.path.dirname(__file__), "..", "checkpoints", "mnist", "grids")
+
+
+def make_scheduler(kind: str, opts: dict, sde, time_scale: float, nfe: int = 0):
+    if kind == "lit-fitted":  # the grid fitted for nfe - 1 steps (+ the final denoising evaluation)
+        path = os.path.join(FITTED_DIR, f"multistep-{nfe - 1}.json")
+        if not os.path.exists(path):
+            raise ValueError(f"no fitted grid {path} (python -m lit_diffusion.sampling.grid_fit)")
+        grid = json.load(open(path))["timesteps"]
+        return make_scheduler("lit", {**opts, "fitted_grid": [t * time_scale for t in grid]}, sde, time_scale)
     if kind == "lit":
         from lit_diffusion.export import rescale_time
 
@@ -199,9 +213,10 @@ def main(argv=None) -> dict:
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     p.add_argument("--nfe", type=int, nargs="+", default=[10, 20, 50, 100])
     p.add_argument("--batch", type=int, default=500)
-    p.add_argument("--only", default=None, help="comma-separated labels to run (default: all)")
+    p.add_argument("--only", default=None, help="labels to run, separated by commas (or by semicolons when a label has a comma)")
     p.add_argument("--out", default=None, help="JSON lines file to append results to")
     p.add_argument("--threads", type=int, default=0)
+    p.add_argument("--fitted-dir", default=None, help="folder of fitted grids multistep-<steps>.json (default: the model's grids/)")
     p.add_argument("--dry-run", action="store_true", help="tiny untrained network, 8 samples, NFE 4: checks the loop")
     p.add_argument("--plot", default=None, help="PNG: FID against NFE, SDE and ODE samplers in two panels")
     p.add_argument("--pictures", default=None, help="PNG: 16 samples of seed 0 per sampler (rows) and NFE (columns)")
@@ -212,6 +227,8 @@ def main(argv=None) -> dict:
         torch.set_num_threads(a.threads)
     if a.from_json:
         return _redraw(a)
+    global FITTED_DIR
+    FITTED_DIR = a.fitted_dir or os.path.join(a.model, "grids")
     if a.dry_run:
         a.n, a.seeds, a.nfe, a.batch = 8, [0], [4], 8
     module = load(a.model, a.dry_run)
@@ -229,19 +246,20 @@ def main(argv=None) -> dict:
         return net(x, torch.full((x.shape[0],), float(t) / time_scale, device=x.device)).float()
 
     shape = tuple(module.data_shape)
-    wanted = None if a.only is None else set(s.strip() for s in a.only.split(","))
+    sep = ";" if a.only is not None and ";" in a.only else ","
+    wanted = None if a.only is None else set(s.strip() for s in a.only.split(sep))
     results, pictures = [], {}
     for form, samplers in (("SDE", SDE_SAMPLERS), ("ODE", ODE_SAMPLERS)):
         for label, kind, opts in samplers:
             if wanted is not None and label not in wanted:
                 continue
             for nfe in a.nfe:
-                sched = make_scheduler(kind, opts, sde, time_scale)
                 try:
+                    sched = make_scheduler(kind, opts, sde, time_scale, nfe)
                     steps_for_budget(sched, nfe)
                 except ValueError:
                     continue
-                model = lit_model if kind == "lit" else diffusers_model
+                model = lit_model if kind.startswith("lit") else diffusers_model
                 fids, evals, secs, first = _over_seeds(a, sched, model, shape, nfe, device)
                 pictures[(form, label, nfe)] = first
                 row = dict(form=form, sampler=label, nfe_budget=nfe, nfe=evals, fid=float(np.mean(fids)),

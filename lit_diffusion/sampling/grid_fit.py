@@ -141,8 +141,9 @@ def fit_grid(field, sde: LinearSDE, steps: int, shape, n_calib: int = 32, fine: 
     default) the end point is chosen too, the error of that evaluation counted."""
     from ..core.utils import check_count
 
-    steps = check_count("steps", steps, 1, 1000)
-    fine = check_count("fine", fine, max(steps, 2), 2000)
+    many = isinstance(steps, (list, tuple))
+    budgets = [check_count("steps", v, 1, 1000) for v in (steps if many else [steps])]
+    fine = check_count("fine", fine, max(max(budgets), 2), 2000)
     n_calib = check_count("n_calib", n_calib, 1, 100_000)
     refine = check_count("refine", refine, 1, 100)
     f = as_field(field, sde, prediction_type=prediction_type, class_labels=class_labels, guidance_scale=guidance_scale)
@@ -155,17 +156,20 @@ def fit_grid(field, sde: LinearSDE, steps: int, shape, n_calib: int = 32, fine: 
         flatD = D.cpu().reshape(D.shape[0], D.shape[1], -1)
         target = X.cpu()[-1].reshape(X.shape[1], -1)
         final = _rms(flatD - target[None]).numpy()
-    path, cost = best_path(E1, E2, steps, final)
-    ref_path = [round(i * fine / steps) for i in range(steps + 1)]
-    ref_cost = _path_cost(E1, E2, ref_path) + (0.0 if final is None else float(final[-1]))
-    return {
-        "format": GRID_FORMAT, "sampler": "multistep", "steps": steps,
-        "timesteps": [float(grid[i]) for i in path], "fine_indices": path,
-        "objective": cost, "objective_log_snr_grid": ref_cost,
-        "final_denoise": bool(final_denoise), "n_calib": n_calib, "fine": fine, "refine": refine, "seed": int(seed),
-        "network_evaluations": fine * refine + fine + 1, "seconds": time.perf_counter() - t0,
-        "sde": repr(sde),
-    }
+    records = []
+    for steps in budgets:
+        path, cost = best_path(E1, E2, steps, final)
+        ref_path = [round(i * fine / steps) for i in range(steps + 1)]
+        ref_cost = _path_cost(E1, E2, ref_path) + (0.0 if final is None else float(final[-1]))
+        records.append({
+            "format": GRID_FORMAT, "sampler": "multistep", "steps": steps,
+            "timesteps": [float(grid[i]) for i in path], "fine_indices": path,
+            "objective": cost, "objective_log_snr_grid": ref_cost,
+            "final_denoise": bool(final_denoise), "n_calib": n_calib, "fine": fine, "refine": refine, "seed": int(seed),
+            "network_evaluations": fine * refine + fine + 1, "seconds": time.perf_counter() - t0,
+            "sde": repr(sde),
+        })
+    return records if many else records[0]
 
 
 def _path_cost(E1, E2, path) -> float:
@@ -220,9 +224,9 @@ def main(argv=None) -> int:
              else ScoreModule.load_checkpoint(a.checkpoint)).eval()
     net = model.sampling_net(True)
     out = a.out or os.path.join(a.checkpoint if os.path.isdir(a.checkpoint) else os.path.dirname(a.checkpoint), "grids")
-    for steps in a.steps:
-        rec = fit_grid(net, model.sde, steps, model.data_shape, n_calib=a.n_calib, fine=a.fine, refine=a.refine,
-                       seed=a.seed, prediction_type=model.prediction_type, final_denoise=not a.end_at_t_min)
+    recs = fit_grid(net, model.sde, list(a.steps), model.data_shape, n_calib=a.n_calib, fine=a.fine, refine=a.refine,
+                    seed=a.seed, prediction_type=model.prediction_type, final_denoise=not a.end_at_t_min)
+    for steps, rec in zip(a.steps, recs):
         path = os.path.join(out, f"multistep-{steps}.json")
         os.makedirs(out, exist_ok=True)
         atomic_write_bytes(json.dumps(rec, indent=1).encode(), path)
