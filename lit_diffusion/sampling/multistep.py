@@ -24,7 +24,7 @@ import torch
 from torch import Tensor
 
 from ..core.sdes import LinearSDE, compute_dtype
-from .steps import _c, _centred, _times, _uncentre
+from .steps import _c, _times
 
 __all__ = ["MultistepStepper", "kernel_moments", "lagrange_weights", "MAX_ORDER"]
 
@@ -46,6 +46,40 @@ def _psi(k: int, h: Tensor) -> Tensor:
     for j in range(1, k + 1):
         rec = h**j - j * rec
     return torch.where(h < 1.0, series, rec)
+
+
+def _psi_float(k: int, h: float) -> float:
+    """:func:`_psi` for one float (the fast path: times shared by the batch)."""
+    if h < 1.0:
+        total, term = 0.0, h ** (k + 1) * math.factorial(k) / math.factorial(k + 1)
+        for m in range(30):
+            total += term
+            term = -term * h / (k + 2 + m)
+        return total
+    rec = -math.expm1(-h)
+    for j in range(1, k + 1):
+        rec = h**j - j * rec
+    return rec
+
+
+def _weights_float(nodes: Sequence[float], h: float, stochastic: bool) -> list[float]:
+    """:func:`lagrange_weights` of :func:`kernel_moments` for float nodes and step."""
+    n = len(nodes)
+    M = [_psi_float(k, 2 * h) / 2.0**k for k in range(n)] if stochastic else [_psi_float(k, h) for k in range(n)]
+    out = []
+    for i in range(n):
+        coef, denom = [1.0], 1.0
+        for j in range(n):
+            if j == i:
+                continue
+            new = [0.0] * (len(coef) + 1)
+            for k, c in enumerate(coef):
+                new[k + 1] += c
+                new[k] -= nodes[j] * c
+            coef = new
+            denom *= nodes[i] - nodes[j]
+        out.append(sum(c * M[k] for k, c in enumerate(coef)) / denom)
+    return out
 
 
 def kernel_moments(h: Tensor, n: int, stochastic: bool) -> list[Tensor]:
@@ -83,9 +117,13 @@ class _History:
     def __init__(self):
         self.items: list[tuple[Tensor, Tensor]] = []
 
-    def drop_from(self, ell: Tensor) -> None:
-        """Forget evaluations at or after ``ell`` in the reverse time (a repeated or renoised step)."""
-        self.items = [(e, d) for e, d in self.items if bool((e < ell - 1e-12).all())]
+    def drop_from(self, ell) -> None:
+        """Forget evaluations at or after ``ell`` in the reverse time (a repeated or renoised step), and
+        any kept in another form (per-sample tensors against shared floats)."""
+        if isinstance(ell, float):
+            self.items = [(e, d) for e, d in self.items if isinstance(e, float) and e < ell - 1e-12]
+        else:
+            self.items = [(e, d) for e, d in self.items if not isinstance(e, float) and bool((e < ell - 1e-12).all())]
 
     def push(self, ell: Tensor, D: Tensor) -> None:
         self.items = [(ell, D)] + self.items[: MAX_ORDER]
@@ -145,6 +183,12 @@ class MultistepStepper:
         self._grid = None if grid is None else torch.as_tensor(grid, dtype=F64).flatten().cpu()
         self._hist = _History()
         self._prev: Optional[dict] = None
+        self._table: dict = {}
+        if self._grid is not None:  # the coefficients at every grid time, once per run (float64)
+            g, sde = self._grid, self.sde
+            cols = zip((0.5 * sde.log_snr(g)).tolist(), sde.alpha(g).tolist(), sde.sigma(g).tolist(),
+                       sde.mean_offset(g).tolist())
+            self._table = {t: c for t, c in zip(g.tolist(), cols)}
 
     @property
     def stochastic(self) -> bool:
@@ -194,7 +238,18 @@ class MultistepStepper:
         return max(p, 1)
 
     def _update(self, xc: Tensor, nodes, values, ell_t, ell_s, alpha_s, sigma_s, sigma_t, stochastic, noise):
-        """``X̃_s`` from ``X̃_t``, the denoiser values at ``nodes`` (τ relative to ``ℓ_t``) and the noise."""
+        """``X̃_s`` from ``X̃_t``, the denoiser values at ``nodes`` (τ relative to ``ℓ_t``) and the noise.
+        Times are floats (shared by the batch: scalar arithmetic, the fast path) or per-sample tensors."""
+        if isinstance(ell_t, float):
+            h = ell_s - ell_t
+            w = _weights_float(nodes, h, stochastic)
+            phi = sigma_s / sigma_t * (math.exp(-h) if stochastic else 1.0)
+            out = xc * phi
+            for wi, d in zip(w, values):
+                out = out.add(d, alpha=alpha_s * wi)
+            if stochastic:
+                out = out.add(noise, alpha=sigma_s * math.sqrt(-math.expm1(-2 * h)))
+            return out
         h = ell_s - ell_t
         w = lagrange_weights(nodes, kernel_moments(h, len(nodes), stochastic))
         phi = sigma_s / sigma_t * (torch.exp(-h) if stochastic else 1.0)
@@ -205,10 +260,25 @@ class MultistepStepper:
             out = out + _c(sigma_s * torch.sqrt(-torch.expm1(-2 * h)), xc) * noise
         return out
 
-    def _correct(self, x_t: Tensor, D_t: Tensor, ell_t: Tensor) -> Tensor:
+    def _coefficients(self, t: Tensor, s: Tensor):
+        """``(ℓ_t, ℓ_s, α_s, σ_s, σ_t, m_t, m_s)``: floats when the batch shares its times, else tensors."""
+        sde = self.sde
+        if bool((t == t[0]).all()) and bool((s == s[0]).all()):
+            a, b = self._table.get(float(t[0])), self._table.get(float(s[0]))
+            if a is not None and b is not None:
+                return a[0], b[0], b[1], b[2], a[2], a[3], b[3]
+            ts = torch.stack([t[0], s[0]])
+            ell = (0.5 * sde.log_snr(ts)).tolist()
+            alpha, sigma, off = sde.alpha(ts).tolist(), sde.sigma(ts).tolist(), sde.mean_offset(ts).tolist()
+            return ell[0], ell[1], alpha[1], sigma[1], sigma[0], off[0], off[1]
+        return (self._ell(t), self._ell(s), sde.alpha(s).to(F64), sde.sigma(s).to(F64), sde.sigma(t).to(F64),
+                sde.mean_offset(t).to(F64), sde.mean_offset(s).to(F64))
+
+    def _correct(self, x_t: Tensor, D_t: Tensor, ell_t) -> Tensor:
         """The previous step redone with ``D_t`` (at its end point) as one more node."""
         p = self._prev
-        if p is None or not bool((p["ell_s"] - ell_t).abs().max() < 1e-9):
+        if p is None or type(p["ell_s"]) is not type(ell_t) or not bool(abs(p["ell_s"] - ell_t) < 1e-9 if isinstance(ell_t, float)
+                                                                          else (p["ell_s"] - ell_t).abs().max() < 1e-9):
             return x_t
         nodes = [ell_t - p["ell_t"]] + [e - p["ell_t"] for e, _ in p["hist"]]
         values = [D_t] + [d for _, d in p["hist"]]
@@ -217,25 +287,24 @@ class MultistepStepper:
         return x_t + (xc - p["pred"]).to(x_t.dtype)
 
     def _advance(self, st, F: Tensor, noise: Optional[Tensor], **extra) -> None:
-        sde = self.sde
         t, s = st.t, st.s
         dtype = compute_dtype(st.x_t)
         D = F.to(dtype)
-        ell_t, ell_s = self._ell(t), self._ell(s)
+        ell_t, ell_s, alpha_s, sigma_s, sigma_t, off_t, off_s = self._coefficients(t, s)
         self._hist.drop_from(ell_t)
-        x_t = st.x_t
+        x_t = st.x_t.to(dtype)
         if self.corrector:
             x_t = self._correct(x_t, D, ell_t)
         self._hist.push(ell_t, D)
         p = self._order(t)
         used = self._hist.items[:p]
         stochastic = self._stochastic_at(t)
-        xc = _centred(sde, x_t, t)
-        alpha_s, sigma_s, sigma_t = sde.alpha(s).to(F64), sde.sigma(s).to(F64), sde.sigma(t).to(F64)
+        xc = x_t - off_t if isinstance(off_t, float) else x_t - _c(off_t, x_t)
         z = None if not stochastic else noise.to(dtype)
         nodes = [e - ell_t for e, _ in used]
         out = self._update(xc, nodes, [d for _, d in used], ell_t, ell_s, alpha_s, sigma_s, sigma_t, stochastic, z)
         self._prev = dict(xc=xc, ell_t=ell_t, ell_s=ell_s, alpha_s=alpha_s, sigma_s=sigma_s, sigma_t=sigma_t,
                           stochastic=stochastic, noise=z, hist=list(used), pred=out)
-        st.x = _uncentre(sde, out, s).to(st.x_t.dtype)
+        x = out + off_s if isinstance(off_s, float) else out + _c(off_s, out)
+        st.x = x.to(st.x_t.dtype)
         st.done = True
