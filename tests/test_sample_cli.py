@@ -9,6 +9,8 @@ import json
 import os
 from pathlib import Path
 
+ROOT = Path(__file__).resolve().parents[1]
+
 import numpy as np
 import pytest
 import torch
@@ -312,3 +314,27 @@ def test_progress_bar_counts_network_evaluations(ckpt, tmp_path, capsys):
     assert main(["-c", str(ckpt), "--n", "3", "--batch-size", "2", "--steps", "3", "--sampler", "ddram", "--no-png", "--out", str(tmp_path / "o")]) == 0
     err = capsys.readouterr().err
     assert "12/12" in err and "eval" in err, err[-500:]
+
+
+def test_sampling_path_imports_no_lightning_and_help_is_fast():
+    """sample.py --help and the sampling modules import neither Lightning nor diffusers (the start-up
+    time is then that of torch)."""
+    import subprocess
+    import sys
+
+    code = ("import sys, runpy; sys.argv = ['sample.py', '--help']\n"
+            "try:\n    runpy.run_path('sample.py', run_name='__main__')\nexcept SystemExit:\n    pass\n"
+            "import lit_diffusion.cli.sample, lit_diffusion.sampling.samplers, lit_diffusion.runtime.checkpoint_io\n"
+            "print('MODULES', sorted(m for m in ('lightning', 'pytorch_lightning', 'diffusers') if m in sys.modules))")
+    r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "MODULES []" in r.stdout and "--sampler" in r.stdout
+
+
+def test_a_file_of_a_model_folder_names_the_folder(tmp_path, capsys):
+    from lit_diffusion.cli.sample import main
+
+    code = main(["-c", str(ROOT / "checkpoints" / "mnist" / "model.safetensors"), "--n", "2", "--out", str(tmp_path / "o")])
+    err = capsys.readouterr().err
+    assert code == 2 and "pass the folder itself" in err and "checkpoints/mnist'" in err
+    assert len(err.strip().splitlines()) == 1 and not (tmp_path / "o").exists()

@@ -171,3 +171,20 @@ def test_a_resumed_run_continues_the_same_wandb_run(tmp_path, monkeypatch):
     runs = sorted(glob.glob(str(tmp_path / "logs" / "wandb" / "offline-run-*")))
     ids = {re.sub(r"^offline-run-\d+_\d+-", "", os.path.basename(r)) for r in runs}
     assert len(runs) == 2 and ids == {run_id}, runs
+
+
+def test_a_missing_data_folder_is_an_error_before_any_run(tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "WANDB_MODE": "offline", "WANDB_DIR": str(tmp_path / "wandb")}
+    r = subprocess.run([sys.executable, str(root / "train.py"), "--data", "ImageFolderDataModule", "--data.root",
+                        str(tmp_path / "does-not-exist"), "--ckpt_dir", str(tmp_path / "ck"), "--log_dir", str(tmp_path / "logs")],
+                       cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 2, r.stderr[-2000:]
+    assert "is not a directory" in r.stderr and "Traceback" not in r.stderr
+    assert len((r.stdout + r.stderr).strip().splitlines()) <= 12, r.stdout + r.stderr
+    assert "No seed found" not in r.stdout + r.stderr
+    assert not (tmp_path / "ck").exists() and not (tmp_path / "logs").exists() and not (tmp_path / "wandb").exists()

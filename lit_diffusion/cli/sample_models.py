@@ -137,7 +137,10 @@ def load_model(path, ema: bool = True) -> LoadedModel:
     """A Lightning checkpoint file or a diffusers pipeline folder (errors name the path)."""
     p = Path(path)
     if not p.exists():
-        raise FileNotFoundError(f"checkpoint {str(path)!r} does not exist (give a .ckpt file or a diffusers pipeline folder)")
+        raise FileNotFoundError(
+            f"checkpoint {str(path)!r} does not exist (give a .ckpt file, a pretrained-model folder such as "
+            "checkpoints/mnist, or a diffusers pipeline folder)"
+        )
     if p.is_dir():
         from ..training.pretrained import is_pretrained_folder, load_pretrained
 
@@ -148,4 +151,13 @@ def load_model(path, ema: bool = True) -> LoadedModel:
                                {"sde": repr(module.sde), **getattr(module, "pretrained_info", {})},
                                None if module.codec is None else module.codec.decode)
         return load_diffusers(p)
+    if p.suffix in (".safetensors", ".json", ".bin"):
+        from ..training.pretrained import is_pretrained_folder
+
+        folder = p.parent
+        what = "a pretrained-model folder" if is_pretrained_folder(folder) else "a model or pipeline folder"
+        raise ValueError(
+            f"checkpoint {str(path)!r} is one file of {what}: pass the folder itself, -c {str(folder)!r} "
+            "(or a .ckpt file written by train.py)"
+        )
     return load_lightning(p, ema=ema)

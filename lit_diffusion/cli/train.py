@@ -90,7 +90,7 @@ def _with_atomic_checkpoint_io(plugins):
     own folder, fsync, ``os.replace``) unless a ``CheckpointIO`` plugin is configured already."""
     from lightning.fabric.plugins import CheckpointIO
 
-    from ..runtime.checkpoint_io import AtomicCheckpointIO
+    from ..runtime.lightning_io import AtomicCheckpointIO
 
     if plugins is None:
         plugins = []
@@ -154,6 +154,7 @@ class DiffusionCLI(LightningCLI):
     def __init__(self, args=None, run: bool = False, exit_on_error: bool = True, **kwargs):
         self.exit_on_error = exit_on_error
         parser_kwargs = kwargs.pop("parser_kwargs", {}) or {}
+        kwargs.setdefault("seed_everything_default", 0)  # the network's initialisation: no "No seed found" warning
         parser_kwargs.setdefault("exit_on_error", exit_on_error)
         super().__init__(
             ScoreModule,
@@ -389,7 +390,13 @@ def main(args=None, exit_on_error: bool = True, lock=None) -> DiffusionCLI:
     try:
         if args is None:  # train.py: LightningCLI reads sys.argv itself (less the --register flags)
             sys.argv[1:] = list(argv)
-        cli = DiffusionCLI(args=None if args is None else argv, exit_on_error=exit_on_error)
+        try:
+            cli = DiffusionCLI(args=None if args is None else argv, exit_on_error=exit_on_error)
+        except (ValueError, FileNotFoundError, TypeError) as e:  # a bad value found while building: before any run
+            if not exit_on_error:
+                raise
+            print(f"train.py: error: {e}", file=sys.stderr, flush=True)
+            raise SystemExit(2) from None
         cli.early_lock = lock
         cli.fit()
     except (FolderLockedError, CheckpointError) as e:

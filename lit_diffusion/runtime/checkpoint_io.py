@@ -25,15 +25,13 @@ from __future__ import annotations
 import io
 import os
 import tempfile
-from typing import Any, Callable, Optional
+from typing import Any, Callable
 
 import torch
-from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 
 from .processes import host_tag as _host, pid_alive
 
 __all__ = [
-    "AtomicCheckpointIO",
     "CheckpointError",
     "atomic_write_bytes",
     "atomic_torch_save",
@@ -225,25 +223,6 @@ def atomic_torch_save(obj: Any, path) -> str:
     return atomic_write_bytes(buf.getbuffer(), path)
 
 
-class AtomicCheckpointIO(TorchCheckpointIO):
-    """Lightning ``CheckpointIO``: atomic, fsync'ed local saves; ``weights_only=True`` loads by default."""
-
-    def save_checkpoint(self, checkpoint: dict[str, Any], path, storage_options: Optional[Any] = None) -> None:
-        if storage_options is not None or not _is_local(path):
-            return super().save_checkpoint(checkpoint, path, storage_options)
-        atomic_torch_save(checkpoint, path)
-
-    def load_checkpoint(
-        self,
-        path,
-        map_location: Optional[Callable] = lambda storage, loc: storage,
-        weights_only: Optional[bool] = None,
-    ) -> dict[str, Any]:
-        if (weights_only is None or weights_only) and _is_local(path):
-            return read_checkpoint(path, map_location=map_location, require=())
-        return super().load_checkpoint(path, map_location=map_location, weights_only=True if weights_only is None else weights_only)
-
-
 def _exchange(a: str, b: str) -> bool:
     """Swap two existing paths atomically (Linux ``renameat2(RENAME_EXCHANGE)``); False if unsupported."""
     import ctypes
@@ -328,3 +307,13 @@ class atomic_folder:
                 shutil.copytree(src, dst, symlinks=True)
             else:
                 shutil.copy2(src, dst, follow_symlinks=False)
+
+
+def __getattr__(name):
+    """``AtomicCheckpointIO`` (a Lightning plugin) lives in :mod:`.lightning_io`: importing this module
+    does not import Lightning (``sample.py`` and the loaders need none of it)."""
+    if name == "AtomicCheckpointIO":
+        from .lightning_io import AtomicCheckpointIO
+
+        return AtomicCheckpointIO
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -183,6 +183,8 @@ class ImageFolderDataModule(BaseDataModule):
         if int(channels) not in (1, 3):
             raise ValueError(f"ImageFolderDataModule: channels={channels!r} is invalid; valid choices: [1, 3]")
         self.root = str(root)
+        if not Path(self.root).is_dir():  # before any run, logger or process group starts
+            raise FileNotFoundError(f"ImageFolderDataModule: root={self.root!r} is not a directory")
         self.image_size = _check_positive_int("ImageFolderDataModule", "image_size", image_size)
         self.channels = int(channels)
         self.save_hyperparameters()
