@@ -50,7 +50,7 @@ def test_fitted_grid_beats_the_log_snr_grid_on_held_out_trajectories(tmp_path):
         assert rec["objective"] <= rec["objective_log_snr_grid"]
         assert rec["timesteps"][0] == pytest.approx(sde.T) and rec["timesteps"][-1] == pytest.approx(sde.t_min)
         errs = {}
-        for name, kw in (("fit", dict(timesteps=torch.tensor(rec["timesteps"]))), ("log_snr", dict(steps=steps))):
+        for name, kw in (("fit", dict(timesteps=torch.tensor(rec["timesteps"]))), ("log_snr", dict(steps=steps, schedule="log_snr"))):
             x = sample(tgt, sde, x_T=x_T, sampler="multistep", ode=True, solver_order=2, dtype=torch.float64, **kw).samples
             errs[name] = float((x - ref).pow(2).sum(1).sqrt().mean())
         assert errs["fit"] < 0.8 * errs["log_snr"], errs

@@ -131,7 +131,7 @@ def test_sde_form_samples_the_target_and_order_helps():
     n = 20000
     var_err = {}
     for order in (1, 2, 3):
-        x = sample(GAUSS, sde, shape=(n, 2), sampler="multistep", steps=60, solver_order=order,
+        x = sample(GAUSS, sde, shape=(n, 2), sampler="multistep", steps=60, schedule="log_snr", solver_order=order,
                    generator=torch.Generator().manual_seed(order), dtype=torch.float64).samples
         assert torch.allclose(x.mean(0), MU, atol=4 * (VAR.sqrt() / math.sqrt(n)).max().item() + 0.01)
         var_err[order] = float(((x.var(0) - VAR) / VAR).abs().max())
@@ -143,12 +143,12 @@ def test_noise_band_runs_the_ode_outside_it():
     tgt = get_target("ring8_2d")
     sde = VP()
     x_T = sde.prior_sampling((16, 2), generator=torch.Generator().manual_seed(0)).double()
-    ode = sample(tgt, sde, x_T=x_T, sampler="multistep", steps=10, ode=True, solver_order=2, dtype=torch.float64).samples
-    empty = sample(tgt, sde, x_T=x_T, sampler="multistep", steps=10, solver_order=2, noise_band=(1e6, 2e6),
+    ode = sample(tgt, sde, x_T=x_T, sampler="multistep", steps=10, schedule="log_snr", ode=True, solver_order=2, dtype=torch.float64).samples
+    empty = sample(tgt, sde, x_T=x_T, sampler="multistep", steps=10, schedule="log_snr", solver_order=2, noise_band=(1e6, 2e6),
                    generator=torch.Generator().manual_seed(0), dtype=torch.float64).samples
-    full = sample(tgt, sde, x_T=x_T, sampler="multistep", steps=10, solver_order=2, noise_band=(0.0, 1e6),
+    full = sample(tgt, sde, x_T=x_T, sampler="multistep", steps=10, schedule="log_snr", solver_order=2, noise_band=(0.0, 1e6),
                   generator=torch.Generator().manual_seed(0), dtype=torch.float64).samples
-    plain = sample(tgt, sde, x_T=x_T, sampler="multistep", steps=10, solver_order=2,
+    plain = sample(tgt, sde, x_T=x_T, sampler="multistep", steps=10, schedule="log_snr", solver_order=2,
                    generator=torch.Generator().manual_seed(0), dtype=torch.float64).samples
     assert torch.allclose(empty, ode, atol=1e-12) and torch.allclose(full, plain, atol=1e-12)
 
@@ -182,6 +182,13 @@ def test_scheduler_runs_the_same_solver_one_evaluation_per_step(ode):
         eps = tgt.prediction(x2.double(), tt, sde, "epsilon").float()
         x2 = s.step(eps, t, x2, generator=g).prev_sample
     assert torch.equal(x, x2)
+
+
+def test_default_grids_are_the_measured_best():
+    from lit_diffusion.sampling.samplers import default_schedule
+
+    assert default_schedule("multistep", ode=True) == "edm" and default_schedule("multistep") == "edm"
+    assert default_schedule("ddram", ode=True) == "uniform"
 
 
 def test_bad_options_are_named():

@@ -244,7 +244,7 @@ def _check_budget_args(args, sampler: str) -> None:
     if args.schedule is None:
         from ..sampling.samplers import default_schedule
 
-        args.schedule = default_schedule(sampler)
+        args.schedule = default_schedule(sampler, bool(args.ode))
     try:
         check_schedule(args.schedule)
     except ValueError:

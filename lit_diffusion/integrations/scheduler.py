@@ -132,7 +132,7 @@ class SDEScheduler(SchedulerMixin, ConfigMixin):
         _check_numbers(dynamic_thresholding_ratio, sample_max_value, clip_sample_range)
         self._final_denoise = bool(final_denoise)
         name = _check_sampler_name(sampler)
-        self._schedule = _check_schedule_name(schedule, name, timestep_spacing)
+        self._schedule = _check_schedule_name(schedule, name, timestep_spacing, bool(ode))
         self._declared = canonical_prediction(prediction_type)
 
         # ---- the process -------------------------------------------------------------------------

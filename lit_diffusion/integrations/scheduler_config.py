@@ -114,11 +114,11 @@ def _check_sampler_name(sampler) -> str:
     return name
 
 
-def _check_schedule_name(schedule, sampler: str, timestep_spacing: str) -> str:
+def _check_schedule_name(schedule, sampler: str, timestep_spacing: str, ode: bool = False) -> str:
     if schedule is None:
         from ..sampling.samplers import default_schedule
 
-        schedule = default_schedule(sampler)
+        schedule = default_schedule(sampler, ode)
     if str(schedule).lower() != "diffusers":
         try:
             check_schedule(schedule)

@@ -234,7 +234,7 @@ def sample(
     # --- validate everything before any work
     sampler = _check_sampler(sampler)
     if schedule is None:
-        schedule = default_schedule(sampler)
+        schedule = default_schedule(sampler, ode)
     if timesteps is None:
         check_schedule(schedule)
         _check_steps(steps)
