@@ -97,7 +97,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--n", type=int, default=64, help="number of samples")
     p.add_argument("--batch-size", type=int, default=256, help="samples per network batch (a fixed chunk of indices)")
     p.add_argument("--seed", type=int, default=0, help="sample i uses seed + i")
-    p.add_argument("--sampler", default="ddram", help=f"one of {list(SAMPLERS)}")
+    p.add_argument("--sampler", default="auto", help=f"auto (the measured best: multistep) or one of {list(SAMPLERS)}")
     p.add_argument("--steps", type=int, default=None, help="sampler steps (default 50; NFE = steps x evaluations per step)")
     p.add_argument("--nfe", type=int, default=None, help="network-evaluation budget: the largest number of steps whose "
                    "evaluations fit it (ddram and pc take 2 per step), to compare samplers at equal cost")
@@ -222,7 +222,7 @@ def _check_budget_args(args, sampler: str) -> None:
     from ..core.schedules import SCHEDULES, _check_steps, check_schedule
 
     if sampler not in SAMPLERS:
-        raise ValueError(f"unknown sampler {args.sampler!r}; valid choices: {list(SAMPLERS)}")
+        raise ValueError(f"unknown sampler {args.sampler!r}; valid choices: {['auto', *SAMPLERS]}")
     if args.nfe is not None and args.steps is not None:
         raise ValueError(f"give --steps or --nfe, not both (got --steps {args.steps} and --nfe {args.nfe})")
     if args.nfe is not None and (isinstance(args.nfe, bool) or args.nfe < 1):
@@ -326,7 +326,9 @@ def _sample_shape(args, model) -> tuple:
 
 def prepare(args: argparse.Namespace) -> Plan:
     """Validate every argument, load the model and check shapes: raises before any sampling work."""
-    sampler = str(args.sampler).lower()
+    from ..sampling.steppers import resolve_sampler
+
+    sampler = resolve_sampler(args.sampler)
     _check_budget_args(args, sampler)
     _check_output_args(args)
     options = _pc_options(args, sampler)

@@ -155,7 +155,7 @@ def _scheduler(module, scale: float, sampler, scheduler_kwargs: dict):
     name, kwargs = rescale_time(sde, scale)
     return SDEScheduler(
         num_train_timesteps=max(int(round(kwargs["T"])), 1), prediction_type=module.prediction_type,
-        sampler=sampler or "ddram", sde=name, sde_kwargs=kwargs, **scheduler_kwargs,
+        sampler=sampler or "auto", sde=name, sde_kwargs=kwargs, **scheduler_kwargs,
     )
 
 
@@ -204,7 +204,7 @@ def export_pipeline(
             wrote (loaded with ``weights_only=True``) or a pretrained-model folder.
         out_dir: the folder to write (``model_index.json``, ``unet/``, ``scheduler/``, ``README.md``;
             ``vae/`` for a latent model, ``pipeline.py`` for a :class:`LitDiffusionPipeline`).
-        sampler: ``None`` (default): a stock DDPM table scheduler for VP models, our ``ddram`` for the
+        sampler: ``None`` (default): a stock DDPM table scheduler for VP models, our ``auto`` (multistep) for the
             others; a name of :data:`lit_diffusion.scheduler.SCHEDULER_SAMPLERS`: that sampler of
             :class:`~lit_diffusion.scheduler.SDEScheduler` (with ``scheduler_kwargs``: ``schedule``,
             ``ode``, ``final_denoise``...).

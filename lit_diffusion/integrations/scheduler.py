@@ -101,7 +101,7 @@ class SDEScheduler(SchedulerMixin, ConfigMixin):
         timestep_spacing: str = "linspace",
         steps_offset: int = 0,
         rescale_betas_zero_snr: bool = False,
-        sampler: str = "ddram",
+        sampler: str = "auto",
         schedule: Optional[str] = None,
         parametrization: Optional[str] = None,
         ode: bool = False,

@@ -103,12 +103,14 @@ def _check_numbers(dynamic_thresholding_ratio, sample_max_value, clip_sample_ran
 
 
 def _check_sampler_name(sampler) -> str:
-    name = str(sampler).lower()
+    from ..sampling.steppers import resolve_sampler
+
+    name = resolve_sampler(sampler)
     if name in _REFUSED:
         raise ValueError(_REFUSED[name])
     if name not in SCHEDULER_SAMPLERS:
         raise ValueError(
-            f"unknown sampler {sampler!r}; valid choices: {list(SCHEDULER_SAMPLERS)} "
+            f"unknown sampler {sampler!r}; valid choices: {['auto', *SCHEDULER_SAMPLERS]} "
             f"(moment_matching needs network Jacobians and is only available in lit_diffusion.samplers.sample)"
         )
     return name

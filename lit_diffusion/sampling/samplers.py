@@ -174,7 +174,7 @@ def sample(
     sde: LinearSDE,
     x_T: Optional[Tensor] = None,
     shape: Optional[Sequence[int]] = None,
-    sampler: str = "ddram",
+    sampler: str = "auto",
     steps: int = 50,
     schedule: Optional[str] = None,
     parametrization: Optional[str] = None,

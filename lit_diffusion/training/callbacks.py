@@ -174,7 +174,7 @@ class SampleQuality(pl.Callback):
     models draw the classes in turn (conditional samples, guidance 1).
     """
 
-    def __init__(self, every_n_validations: int = 1, n_samples: int = 500, steps: int = 20, sampler: str = "ddram",
+    def __init__(self, every_n_validations: int = 1, n_samples: int = 500, steps: int = 20, sampler: str = "auto",
                  seed: int = 0):
         super().__init__()
         if int(every_n_validations) < 0:
