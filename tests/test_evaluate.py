@@ -177,3 +177,19 @@ def test_swissroll_reference_scores_swiss_roll_data_far_better_than_noise():
     assert r_good["n_reference"] == 1000
     assert r_good["w1"]["value"] < 0.15 < r_bad["w1"]["value"]
     assert r_bad["w1"]["value"] > 3 * r_good["w1"]["value"]
+
+
+def test_bpd_mode_prints_one_json_line(capsys):
+    """python -m lit_diffusion.evaluate -c checkpoints/mnist --metric bpd: one JSON line with the bits
+    per dimension of held-out digits and its standard error (2 digits, loose tolerance: seconds)."""
+    import json as _json
+    from pathlib import Path as _Path
+
+    from lit_diffusion.evaluation.evaluate import main as eval_main
+
+    root = _Path(__file__).resolve().parents[1]
+    assert eval_main(["-c", str(root / "checkpoints" / "mnist"), "--metric", "bpd", "--n", "2", "--rtol", "1e-2"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    res = _json.loads(lines[-1])
+    assert len(lines) == 1 and 0 < res["bpd"] < 8 and res["bpd_se"] > 0 and res["n"] == 2
+    assert eval_main(["--metric", "bpd"]) == 2
