@@ -22,8 +22,8 @@ from typing import Callable, Optional
 import torch
 from torch import Tensor
 
-from ..core.fields import as_field
 from ..core.sdes import LinearSDE
+from ..sampling.inversion import resolve_model
 
 __all__ = ["log_likelihood", "bits_per_dim", "DIVERGENCES", "SOLVERS", "PROBES"]
 
@@ -31,39 +31,6 @@ DIVERGENCES = ("exact", "hutchinson")
 SOLVERS = ("dopri5", "heun")
 PROBES = ("rademacher", "gaussian")
 F64 = torch.float64
-
-
-def _resolve(model, sde, prediction_type, class_labels, guidance_scale):
-    """``(field, sde, data_shape)`` of anything this module accepts, or a clear error."""
-    from ..core.targets import GaussianMixture
-
-    shape = None
-    if isinstance(model, (str, bytes)) or hasattr(model, "__fspath__"):
-        from ..training.module import ScoreModule
-        from ..training.pretrained import is_pretrained_folder
-
-        model = ScoreModule.from_pretrained(model) if is_pretrained_folder(model) else ScoreModule.load_checkpoint(str(model))
-    if type(model).__name__ == "ScoreModule" and hasattr(model, "sampling_net"):
-        sde = sde or model.sde
-        shape = None if model.data_shape is None else tuple(model.data_shape)
-        prediction_type = prediction_type or model.prediction_type
-        if getattr(model, "codec", None) is not None:
-            raise ValueError("log_likelihood: a latent model's likelihood is of its latents, not of pixels; not supported")
-        model = model.sampling_net(True).eval()
-    if sde is None:
-        raise ValueError("log_likelihood: give sde= (the model does not carry its SDE)")
-    if not isinstance(sde, LinearSDE):
-        raise TypeError(f"log_likelihood: sde must be a lit_diffusion LinearSDE; got {type(sde).__name__}")
-    if isinstance(model, GaussianMixture):
-        shape = (model.dim,)
-    elif not (callable(model) and (prediction_type is not None or getattr(model, "prediction_type", None) is not None
-                                   or hasattr(model, "field_kind") or type(model).__name__ == "Field")):
-        raise TypeError(
-            f"log_likelihood: {type(model).__name__} is not a diffusion model; give a ScoreModule, a checkpoint or "
-            "pretrained folder, a Field, an analytic GaussianMixture, or a network with a prediction_type"
-        )
-    field = as_field(model, sde, prediction_type=prediction_type, class_labels=class_labels, guidance_scale=guidance_scale)
-    return field, sde, shape
 
 
 def _check_inputs(x, shape, divergence, solver, probe, n_probes, steps, rtol, atol, value_range):
@@ -179,7 +146,7 @@ def log_likelihood(
     """
     from ..core.schedules import get_timesteps
 
-    field, sde, shape = _resolve(model, sde, prediction_type, class_labels, guidance_scale)
+    field, sde, shape = resolve_model(model, sde, prediction_type, class_labels, guidance_scale)
     if shape is None:
         shape = tuple(x.shape[1:])
     if value_range is None and len(shape) == 3:

@@ -114,6 +114,7 @@ class SDEScheduler(SchedulerMixin, ConfigMixin):
         corrector: bool = False,
         noise_band: Optional[List[float]] = None,
         fitted_grid: Optional[List[float]] = None,
+        inverse: bool = False,
         rho: float = 7.0,
         final_denoise: bool = True,
         seed: Optional[int] = 0,
@@ -132,6 +133,10 @@ class SDEScheduler(SchedulerMixin, ConfigMixin):
         _check_numbers(dynamic_thresholding_ratio, sample_max_value, clip_sample_range)
         self._final_denoise = bool(final_denoise)
         name = _check_sampler_name(sampler)
+        if inverse:  # like DDIMInverseScheduler: data -> noise along the ODE, timesteps increasing
+            if name != "multistep":
+                raise ValueError(f"inverse=True runs the multistep ODE (solver_order=1 is DDIM inversion); got sampler={sampler!r}")
+            ode, self._final_denoise = True, False
         self._schedule = _check_schedule_name(schedule, name, timestep_spacing, bool(ode))
         self._declared = canonical_prediction(prediction_type)
 
@@ -166,7 +171,7 @@ class SDEScheduler(SchedulerMixin, ConfigMixin):
                 parametrization = "denoiser"
         if name == "multistep":  # (DPM-Solver configs carry solver_order/lower_order_final: kept)
             options.update(solver_order=solver_order, lower_order_final=bool(lower_order_final), corrector=bool(corrector),
-                           noise_band=None if noise_band is None else list(noise_band))
+                           noise_band=None if noise_band is None else list(noise_band), inverse=bool(inverse))
         if name == "pc":
             options.update(n_corrector=n_corrector, snr=snr, snr_norm=snr_norm)
             if predictor is not None:
@@ -286,6 +291,8 @@ class SDEScheduler(SchedulerMixin, ConfigMixin):
             grid = self._custom_grid(timesteps)
         else:
             grid = self._step_grid(_check_num_steps(num_inference_steps))
+        if self.config.get("inverse"):
+            grid = grid.flip(0)  # t_min -> T: encoding
         n = grid.numel() - 1
         stepper = self.stepper
         u = self._draw_midpoints(n, generator) if getattr(stepper, "needs_midpoint", False) else None

@@ -45,12 +45,12 @@ def _psi(k: int, h: Tensor) -> Tensor:
     rec = -torch.expm1(-h)
     for j in range(1, k + 1):
         rec = h**j - j * rec
-    return torch.where(h < 1.0, series, rec)
+    return torch.where(h.abs() < 1.0, series, rec)
 
 
 def _psi_float(k: int, h: float) -> float:
     """:func:`_psi` for one float (the fast path: times shared by the batch)."""
-    if h < 1.0:
+    if abs(h) < 1.0:
         total, term = 0.0, h ** (k + 1) * math.factorial(k) / math.factorial(k + 1)
         for m in range(30):
             total += term
@@ -114,16 +114,18 @@ def lagrange_weights(nodes: Sequence[Tensor], moments: Sequence[Tensor]) -> list
 class _History:
     """The last evaluations ``(ℓ, D)`` of a run, newest first."""
 
-    def __init__(self):
+    def __init__(self, direction: float = 1.0):
         self.items: list[tuple[Tensor, Tensor]] = []
+        self.direction = direction  # +1: sampling (ℓ grows along the run); -1: inversion (ℓ falls)
 
     def drop_from(self, ell) -> None:
-        """Forget evaluations at or after ``ell`` in the reverse time (a repeated or renoised step), and
-        any kept in another form (per-sample tensors against shared floats)."""
+        """Forget evaluations at or after ``ell`` along the run (a repeated or renoised step), and any
+        kept in another form (per-sample tensors against shared floats)."""
+        sgn = self.direction
         if isinstance(ell, float):
-            self.items = [(e, d) for e, d in self.items if isinstance(e, float) and e < ell - 1e-12]
+            self.items = [(e, d) for e, d in self.items if isinstance(e, float) and sgn * (e - ell) < -1e-12]
         else:
-            self.items = [(e, d) for e, d in self.items if not isinstance(e, float) and bool((e < ell - 1e-12).all())]
+            self.items = [(e, d) for e, d in self.items if not isinstance(e, float) and bool((sgn * (e - ell) < -1e-12).all())]
 
     def push(self, ell: Tensor, D: Tensor) -> None:
         self.items = [(ell, D)] + self.items[: MAX_ORDER]
@@ -141,6 +143,8 @@ class MultistepStepper:
             extra network evaluation).
         noise_band: SDE form only: ``(lo, hi)`` noise levels ``σ/α``; steps starting outside run as the
             ODE (e.g. ``(0.05, 50)``); ``None``: every step is stochastic.
+        inverse: ODE form only: steps go from ``t`` up to ``s > t`` (encoding data to noise; the
+            formulas are exact in either direction, ``h < 0``).
         method: accepted for uniformity with the other samplers (the coefficients are closed forms).
 
     The stepper keeps the history of its run: drivers call :meth:`reset` with the step grid before a
@@ -154,7 +158,7 @@ class MultistepStepper:
 
     def __init__(self, sde: LinearSDE, parametrization: str = "denoiser", ode: bool = False,
                  solver_order: Optional[int] = None, lower_order_final: bool = True, corrector: bool = False,
-                 noise_band: Optional[Sequence[float]] = None, method: str = "auto"):
+                 noise_band: Optional[Sequence[float]] = None, inverse: bool = False, method: str = "auto"):
         if parametrization != "denoiser":
             raise ValueError(f"sampler 'multistep' integrates the denoiser; got parametrization={parametrization!r}")
         if solver_order is None:
@@ -175,13 +179,16 @@ class MultistepStepper:
         self.lower_order_final = bool(lower_order_final)
         self.corrector = bool(corrector)
         self.noise_band = noise_band
+        if inverse and not ode:
+            raise ValueError("inverse=True (encoding data to noise) needs the ODE form: ode=True")
+        self.inverse = bool(inverse)
         self.reset()
 
     # ------------------------------------------------------------------ run state
     def reset(self, grid: Optional[Tensor] = None) -> None:
         """Start a run on the step grid ``grid`` (``t_0 > ... > t_n``; ``None``: unknown length)."""
         self._grid = None if grid is None else torch.as_tensor(grid, dtype=F64).flatten().cpu()
-        self._hist = _History()
+        self._hist = _History(-1.0 if getattr(self, "inverse", False) else 1.0)
         self._prev: Optional[dict] = None
         self._table: dict = {}
         if self._grid is not None:  # the coefficients at every grid time, once per run (float64)
@@ -206,7 +213,10 @@ class MultistepStepper:
         from .steppers import StepState
 
         t, s = _times(t, x_t), _times(s, x_t)
-        if not bool((s < t).all()):
+        if self.inverse:
+            if not bool((s > t).all()):
+                raise ValueError("an inverse step needs s > t (encoding runs from t_min up to T)")
+        elif not bool((s < t).all()):
             raise ValueError("a step needs s < t (sampling runs from T down to t_min)")
         return StepState(self, x_t, t, s, generator)
 

@@ -1,0 +1,114 @@
+"""Encoding data to noise and back along the probability-flow ODE (docs/maths.md §5 "Multistep",
+inversion): ``encode`` runs the multistep ODE from ``t_min`` up to ``T`` (its formulas are exact
+integrals in either direction), ``decode`` runs it back down on the same grid.  ``solver_order=1`` is
+DDIM inversion.  The diffusers-style inverse scheduler is ``SDEScheduler(inverse=True)``."""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+from torch import Tensor
+
+from ..core.fields import as_field
+from ..core.sdes import LinearSDE
+
+__all__ = ["encode", "decode", "resolve_model", "ENCODE_SAMPLERS"]
+
+ENCODE_SAMPLERS = ("multistep",)
+
+
+def resolve_model(model, sde=None, prediction_type=None, class_labels=None, guidance_scale: float = 1.0):
+    """``(field, sde, data_shape)`` of a ``ScoreModule``, a checkpoint file or pretrained folder, a
+    ``Field``, an analytic ``GaussianMixture`` or a network with ``prediction_type``; else a clear error."""
+    from ..core.targets import GaussianMixture
+
+    shape = None
+    if isinstance(model, (str, bytes)) or hasattr(model, "__fspath__"):
+        from ..training.module import ScoreModule
+        from ..training.pretrained import is_pretrained_folder
+
+        model = ScoreModule.from_pretrained(model) if is_pretrained_folder(model) else ScoreModule.load_checkpoint(str(model))
+    if type(model).__name__ == "ScoreModule" and hasattr(model, "sampling_net"):
+        sde = sde or model.sde
+        shape = None if model.data_shape is None else tuple(model.data_shape)
+        prediction_type = prediction_type or model.prediction_type
+        if getattr(model, "codec", None) is not None:
+            raise ValueError("a latent model's likelihood is of its latents, not of pixels; not supported")
+        model = model.sampling_net(True).eval()
+    if sde is None:
+        raise ValueError("give sde= (the model does not carry its SDE)")
+    if not isinstance(sde, LinearSDE):
+        raise TypeError(f"sde must be a lit_diffusion LinearSDE; got {type(sde).__name__}")
+    if isinstance(model, GaussianMixture):
+        shape = (model.dim,)
+    elif not (callable(model) and (prediction_type is not None or getattr(model, "prediction_type", None) is not None
+                                   or hasattr(model, "field_kind") or type(model).__name__ == "Field")):
+        raise TypeError(
+            f"{type(model).__name__} is not a diffusion model; give a ScoreModule, a checkpoint or "
+            "pretrained folder, a Field, an analytic GaussianMixture, or a network with a prediction_type"
+        )
+    field = as_field(model, sde, prediction_type=prediction_type, class_labels=class_labels, guidance_scale=guidance_scale)
+    return field, sde, shape
+
+
+def _grid(sde, steps, schedule, timesteps, ode_sampler):
+    from ..core.schedules import get_timesteps
+    from .steppers import default_schedule
+
+    if timesteps is not None:
+        return torch.as_tensor(timesteps, dtype=torch.float64).flatten()
+    return get_timesteps(sde, int(steps), schedule or default_schedule(ode_sampler, True)).to(torch.float64)
+
+
+def _check_sampler(sampler: str) -> str:
+    key = str(sampler).lower()
+    if key == "auto":
+        key = "multistep"
+    if key not in ENCODE_SAMPLERS:
+        raise ValueError(
+            f"encode/decode need an ODE-form sampler that can run in both directions; got {sampler!r}. Valid choices: "
+            f"{list(ENCODE_SAMPLERS)} (solver_order=1 is DDIM inversion, the exponential-Euler denoiser ODE)"
+        )
+    return key
+
+
+@torch.no_grad()
+def encode(model, x: Tensor, sde: Optional[LinearSDE] = None, steps: int = 50, sampler: str = "multistep",
+           schedule: Optional[str] = None, timesteps: Optional[Tensor] = None, prediction_type: Optional[str] = None,
+           class_labels=None, guidance_scale: float = 1.0, **options) -> Tensor:
+    """The noise ``X_T`` that the probability-flow ODE maps to the data ``x`` (``x`` at ``t_min``), by
+    ``steps`` one-evaluation multistep steps on the reversed grid (``options``: ``solver_order``,
+    ``corrector``)."""
+    from ..core.utils import MAX_STEPS, check_count
+    from .multistep import MultistepStepper
+
+    _check_sampler(sampler)
+    check_count("steps", steps, 1, MAX_STEPS)
+    field, sde, shape = resolve_model(model, sde, prediction_type, class_labels, guidance_scale)
+    if shape is not None and tuple(x.shape[1:]) != tuple(shape):
+        raise ValueError(f"x has samples of shape {tuple(x.shape[1:])}; the model's data shape is {tuple(shape)}")
+    if not bool(torch.isfinite(x).all()):
+        raise ValueError("x holds NaN or inf")
+    grid = _grid(sde, steps, schedule, timesteps, "multistep").flip(0)
+    stepper = MultistepStepper(sde, "denoiser", ode=True, inverse=True, **options)
+    stepper.reset(grid)
+    z = x
+    for k in range(grid.numel() - 1):
+        st = stepper.start(z, grid[k], grid[k + 1])
+        st.advance(field(z, st.t, "denoiser"))
+        z = st.x
+    return z
+
+
+@torch.no_grad()
+def decode(model, z: Tensor, sde: Optional[LinearSDE] = None, steps: int = 50, sampler: str = "multistep",
+           schedule: Optional[str] = None, timesteps: Optional[Tensor] = None, prediction_type: Optional[str] = None,
+           class_labels=None, guidance_scale: float = 1.0, **options) -> Tensor:
+    """The data the probability-flow ODE maps ``z`` (at ``T``) to, on the same grid as :func:`encode`."""
+    from .samplers import sample
+
+    _check_sampler(sampler)
+    field, sde, _ = resolve_model(model, sde, prediction_type, class_labels, guidance_scale)
+    grid = _grid(sde, steps, schedule, timesteps, "multistep")
+    return sample(field, sde, x_T=z, sampler="multistep", ode=True, timesteps=grid, dtype=z.dtype, **options).samples
