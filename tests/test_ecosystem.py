@@ -108,7 +108,7 @@ def test_compile_flag_trains_and_keeps_plain_weights(tmp_path):
 def test_sample_progress_bar(capfd):
     sample(ring8_2d(), VP(), shape=(4, 2), steps=5, progress=True)
     err = capfd.readouterr().err
-    assert "ddram x5" in err and "5/5" in err
+    assert "multistep x5" in err and "5/5" in err  # the default sampler: auto = multistep
     sample(ring8_2d(), VP(), shape=(4, 2), steps=5)
     assert capfd.readouterr().err == ""
 

@@ -38,14 +38,14 @@ def test_ddram_defaults_are_the_same_everywhere():
     sched = SDEScheduler.from_config(SDEScheduler().config, sampler="ddram")
     sched.set_timesteps(8)
     assert sched.stepper.parametrization == "denoiser"  # a DDPM table: the closed-form parametrization
-    assert SDEScheduler(sde="VP").stepper.parametrization == "auto"
+    assert SDEScheduler(sde="VP", sampler="ddram").stepper.parametrization == "auto"
     from lit_diffusion.schedules import get_timesteps
 
     assert torch.allclose(sched._grid, get_timesteps(sched.sde, 8, "uniform"))
     from lit_diffusion.sampling_cli import build_parser
 
     args = build_parser().parse_args(["-c", "x"])
-    assert args.sampler == "ddram" and args.schedule is None  # resolved by prepare() to default_schedule
+    assert args.sampler == "auto" and args.schedule is None  # resolved by prepare() to default_schedule
 
 
 def _gkl(x, law):
@@ -94,7 +94,8 @@ def test_pc_default_never_diverges(preset):
 def test_sample_py_nfe_budget(ckpt, tmp_path):
     from lit_diffusion.sampling_cli import main, run
 
-    out = run(["-c", str(ckpt), "--nfe", "11", "--n", "4", "--out", str(tmp_path / "a"), "--no-progress", "--no-png"])
+    out = run(["-c", str(ckpt), "--nfe", "11", "--sampler", "ddram", "--n", "4", "--out", str(tmp_path / "a"),
+               "--no-progress", "--no-png"])
     assert out["nfe_per_sample"] == 10  # ddram: 5 steps of 2 evaluations fit 11
     meta = json.loads(str(np.load(tmp_path / "a" / "samples.npz")["args"]))
     assert meta["steps"] == 5
@@ -102,7 +103,9 @@ def test_sample_py_nfe_budget(ckpt, tmp_path):
                "--no-progress", "--no-png"])
     assert out["nfe_per_sample"] == 7
     assert main(["-c", str(ckpt), "--nfe", "7", "--steps", "3", "--out", str(tmp_path / "c")]) == 2
-    assert main(["-c", str(ckpt), "--nfe", "1", "--out", str(tmp_path / "c")]) == 2
+    assert main(["-c", str(ckpt), "--nfe", "1", "--sampler", "ddram", "--out", str(tmp_path / "c")]) == 2
+    out = run(["-c", str(ckpt), "--nfe", "11", "--n", "4", "--out", str(tmp_path / "d"), "--no-progress", "--no-png"])
+    assert out["nfe_per_sample"] == 11  # the default (auto = multistep): one evaluation per step
     assert not (tmp_path / "c").exists()
 
 

@@ -264,4 +264,4 @@ def test_getattr_is_correct():
         sched.does_not_exist
     assert str(err.value) == f"'{type(sched).__name__}' object has no attribute 'does_not_exist'"
     # config keys are readable from .config without warnings
-    assert sched.config.sampler == "ddram"
+    assert sched.config.sampler == "auto"

@@ -67,7 +67,7 @@ def test_timestep_spacing_selects_diffusers_spacing():
     ddim = DDIMScheduler(**cfg)
     ours.set_timesteps(10)
     ddim.set_timesteps(10)
-    assert ours.config.schedule is None and ours._schedule == "diffusers"
+    assert ours.config.schedule == "diffusers" and ours._schedule == "diffusers"  # the effective grid is shown
     assert np.allclose(ours.timesteps[: len(ddim.timesteps)].numpy(), ddim.timesteps.numpy().astype(np.float32))
     with pytest.raises(ValueError, match="only apply to schedule='diffusers'"):
         SDEScheduler(schedule="uniform", timestep_spacing="trailing")
@@ -155,3 +155,23 @@ def test_one_sampler_specification_sample_and_scheduler_agree(bad):
     with pytest.raises(ValueError) as b:
         SDEScheduler(sampler="pc", **bad)
     assert str(a.value) == str(b.value)
+
+
+def test_a_source_spacing_that_sets_the_grid_is_said_and_shown():
+    """from_config of a config with timestep_spacing='trailing' (or Karras sigmas) warns once and
+    records the effective grid in the config, so that a saved scheduler shows what it runs."""
+    import warnings
+
+    from diffusers import DDIMScheduler
+
+    from lit_diffusion.integrations.scheduler import SDEScheduler
+
+    with pytest.warns(UserWarning, match="timestep_spacing='trailing' selects schedule='diffusers'"):
+        s = SDEScheduler.from_config(DDIMScheduler(timestep_spacing="trailing").config)
+    assert s.config.schedule == "diffusers"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        s2 = SDEScheduler.from_config(s.config)  # said once: the reloaded config names its grid
+    assert s2.config.schedule == "diffusers"
+    with pytest.warns(UserWarning, match="use_karras_sigmas=True selects schedule='edm'"):
+        assert SDEScheduler(use_karras_sigmas=True).config.schedule == "edm"

@@ -128,7 +128,20 @@ class SDEScheduler(SchedulerMixin, ConfigMixin):
         sample_max_value: float = 1.0,
     ):
         # ---- validate every name before any work ------------------------------------------------
+        given_schedule = schedule
         schedule = _diffusers_schedule(schedule, use_karras_sigmas, timestep_spacing, steps_offset)
+        if given_schedule is None and schedule is not None:
+            # a diffusers key of the source config chose the grid: say so once, and show it in the config
+            import warnings
+
+            why = "use_karras_sigmas=True" if use_karras_sigmas else (
+                f"timestep_spacing={timestep_spacing!r}" + (f", steps_offset={steps_offset}" if int(steps_offset) else ""))
+            warnings.warn(f"SDEScheduler: {why} selects schedule={schedule!r} (pass schedule= to choose another grid)",
+                          stacklevel=3)
+            self.register_to_config(schedule=schedule)
+            defaults = self._internal_dict.get("_use_default_values")
+            if isinstance(defaults, list) and "schedule" in defaults:  # diffusers drops those keys in from_config
+                self.register_to_config(_use_default_values=[k for k in defaults if k != "schedule"])
         final_denoise = _final_denoise(final_denoise, final_sigmas_type)
         _check_numbers(dynamic_thresholding_ratio, sample_max_value, clip_sample_range)
         self._final_denoise = bool(final_denoise)
