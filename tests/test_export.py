@@ -2,6 +2,7 @@
 the exported pipeline equals our own loop on the same scheduler with the continuous-time network."""
 
 import json
+import math
 import os
 
 import lightning.pytorch as pl
@@ -211,3 +212,16 @@ def test_conditional_pipeline_guidance(tmp_path):
         run(class_labels=[0, 3])
     with pytest.raises(ValueError, match="needs class_labels"):
         run(guidance_scale=2.0)
+
+
+def test_pipeline_starts_from_the_prior_with_its_mean():
+    """LitDiffusionPipeline draws x_T from the SDE's prior N(m, v I), its mean included (an OU process
+    with mu = 3): a pipeline that ignored a non-zero prior mean would start 3 away from it."""
+    from lit_diffusion.integrations.pipelines import LitDiffusionPipeline
+    from lit_diffusion.integrations.scheduler import SDEScheduler
+
+    sched = SDEScheduler(sde="OU", sde_kwargs={"mu": 3.0, "theta": 1.0, "T": 5.0}, sampler="multistep", ode=True)
+    pipe = LitDiffusionPipeline(unet=_export_tiny(None, VP()).net.unet, scheduler=sched)
+    x = pipe._prior((4000, 1, 2, 2), torch.Generator().manual_seed(0), "cpu", torch.float32)
+    assert abs(float(x.mean()) - 3.0) < 0.05
+    assert abs(float(x.std()) - math.sqrt(sched.sde.prior_var)) < 0.05

@@ -151,3 +151,19 @@ def test_every_rank_draws_different_training_noise():
     a0, a1 = draws(0, 5), draws(1, 5)
     assert not torch.allclose(a0, a1)
     assert torch.equal(a0, draws(0, 5)) and not torch.equal(a0, draws(0, 6))
+
+
+def test_get_velocity_and_add_noise_match_ddpm_scheduler():
+    """v = alpha eps - sigma x0 (and x_t = alpha x0 + sigma eps) at the table's own timesteps, the same
+    numbers as diffusers' DDPMScheduler: a flipped sign of the sigma x0 term is caught."""
+    from diffusers import DDPMScheduler
+
+    from lit_diffusion.integrations.scheduler import SDEScheduler
+
+    ddpm = DDPMScheduler()
+    ours = SDEScheduler.from_config(ddpm.config)
+    g = torch.Generator().manual_seed(0)
+    x0, eps = torch.randn(4, 3, 5, generator=g), torch.randn(4, 3, 5, generator=g)
+    t = torch.tensor([10, 250, 600, 999])
+    assert torch.allclose(ours.get_velocity(x0, eps, t), ddpm.get_velocity(x0, eps, t), atol=1e-5)
+    assert torch.allclose(ours.add_noise(x0, eps, t), ddpm.add_noise(x0, eps, t), atol=1e-5)
