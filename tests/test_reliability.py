@@ -262,6 +262,7 @@ def test_typo_in_config_key_names_it_and_the_valid_keys(tmp_path):
     assert "lrr" in err, err[-2000:]
     assert "lr" in err.replace("lrr", "") and ("did you mean" in err.lower() or "valid" in err.lower()), err[-2000:]
     assert not (tmp_path / "checkpoints").exists()  # failed before any work
+    assert r.returncode == 2 and len(err.strip().splitlines()) <= 4 and "usage:" not in err, err  # no wall of usage
 
 
 @pytest.mark.parametrize(

@@ -217,9 +217,9 @@ class DiffusionCLI(LightningCLI):
             super().parse_arguments(parser, args)
         except ArgumentError as e:
             msg = str(e) + _choices_hint(str(e)) + _key_hint(str(e), parser)
-            if exit_on_error:
-                parser.exit_on_error = True
-                parser.error(msg)
+            if exit_on_error:  # the error and its hint, not a wall of usage text
+                print(f"train.py: error: {msg}\n(train.py --help lists the common options)", file=sys.stderr, flush=True)
+                raise SystemExit(2) from None
             raise ArgumentError(None, msg) from None
         finally:
             parser.exit_on_error = exit_on_error
