@@ -98,7 +98,7 @@ def test_sample_cli_inpaints_the_lower_half(tmp_path):
 
     digits = MNISTDataModule(limit=50).eval_data(2).numpy()
     np.save(tmp_path / "digits.npy", digits)
-    common = ["-c", MNIST, "--n", "4", "--steps", "3", "--no-progress", "--no-png"]
+    common = ["-c", MNIST, "--n", "4", "--steps", "3", "--sampler", "ddram", "--no-progress", "--no-png"]
     out = run(common + ["--inpaint", str(tmp_path / "digits.npy"), "--mask", "lower-half", "--resample", "2",
                         "--out", str(tmp_path / "a")])
     assert out["nfe_per_sample"] == 3 * 2 * 2  # ddram: 2 evaluations a step, each step twice

@@ -211,3 +211,21 @@ def test_any_shape_and_a_half_precision_network_stay_finite():
     x = sample(field, sde, shape=(2, 3, 4, 5), sampler="multistep", steps=6, prediction_type="epsilon",
                generator=torch.Generator().manual_seed(0)).samples
     assert x.shape == (2, 3, 4, 5) and x.dtype == torch.float32 and torch.isfinite(x).all()
+
+
+def test_the_final_denoising_evaluation_replaces_the_last_step():
+    """With a final denoising evaluation, the grid of n steps is the schedule's grid of n + 1 steps
+    without t_min, and the run ends with D(x) at its last point (the jump to the data), in sample()
+    and in SDEScheduler alike: the evaluation is not spent at t_min, where D(x) = x."""
+    from lit_diffusion.core.schedules import get_timesteps
+    from lit_diffusion.integrations.scheduler import SDEScheduler
+
+    sde = VP()
+    res = sample(GAUSS, sde, shape=(4, 2), sampler="multistep", steps=6, final_denoise=True, dtype=torch.float64)
+    expect = get_timesteps(sde, 7, "edm")[:-1].to(torch.float64)
+    assert res.nfe == 7 and torch.allclose(res.times, expect) and float(res.times[-1]) > 10 * sde.t_min
+    s = SDEScheduler(sampler="multistep", sde="VP", num_train_timesteps=1, prediction_type="epsilon")
+    s.set_timesteps(6)
+    assert len(s.timesteps) == 7 and torch.allclose(s._grid, expect)
+    # other samplers keep their grid down to t_min
+    assert float(sample(GAUSS, sde, shape=(4, 2), sampler="ddram", steps=6, final_denoise=True).times[-1]) == pytest.approx(sde.t_min)

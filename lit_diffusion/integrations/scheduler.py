@@ -253,6 +253,11 @@ class SDEScheduler(SchedulerMixin, ConfigMixin):
     def _step_grid(self, n: int) -> Tensor:
         cfg = self.config
         if self._schedule.lower() != "diffusers":
+            from ..sampling.steppers import ends_with_denoising
+
+            if self._final_denoise and ends_with_denoising(self._stepper_args[0]):
+                # the final denoising evaluation replaces the last step (it is the jump to the data)
+                return get_timesteps(self.sde, n + 1, self._schedule, rho=float(cfg.rho))[:-1]
             return get_timesteps(self.sde, n, self._schedule, rho=float(cfg.rho))
         # diffusers' integer spacings of the evaluation times, then t_min as the end point
         N = int(cfg.num_train_timesteps)

@@ -63,6 +63,7 @@ from ..core.sdes import LinearSDE
 from ..core.utils import GeneratorLike
 from .steppers import (  # noqa: F401  (re-exported: the public names of the samplers)
     AUTO_LOG_SNR_STEP, DEFAULT_SCHEDULES, PREDICTORS, SAMPLER_PARAMETRIZATIONS, SAMPLERS, DDRaMStepper, EulerStepper,
+    ends_with_denoising,
     ExpEulerStepper, LocalizationStepper, MomentMatchingStepper, PCStepper, Stepper, StepState, _check_sampler, _make,
     default_schedule, get_stepper,
 )
@@ -209,7 +210,9 @@ def sample(
             :func:`default_schedule`: ``uniform``), or an explicit decreasing ``timesteps`` tensor.
         parametrization: the frozen field (``score``, ``relative_score``, ``denoiser``).
         generator: one ``torch.Generator`` or one per sample (batch-size invariance).
-        final_denoise: replace the output by ``D(x, t_min)`` (one more evaluation).
+        final_denoise: replace the output by ``D(x, t)`` at the end of the grid (one more evaluation).
+            For ``multistep`` that evaluation replaces the last step: the grid is the schedule's grid of
+            ``steps + 1`` steps without ``t_min`` (:func:`~lit_diffusion.sampling.steppers.ends_with_denoising`).
         midpoint_u: DDRaM only: the uniforms of the midpoints, one per step ``(steps,)`` (shared by
             the batch, as :class:`~lit_diffusion.scheduler.SDEScheduler` draws them) or per step and
             sample ``(steps, B)``; drawn from ``generator`` per sample when None.
@@ -244,7 +247,11 @@ def sample(
     inpaint = as_known_part(sde, known, mask, resample)
     field = as_field(field, sde, prediction_type=prediction_type, class_labels=class_labels, guidance_scale=guidance_scale)
     x = _initial_state(sde, x_T, shape, generator, device, dtype)
-    grid = _time_grid(sde, timesteps, steps, schedule, x.device)
+    if timesteps is None and final_denoise and ends_with_denoising(sampler):
+        # the final denoising evaluation replaces the last step (as SDEScheduler does)
+        grid = _time_grid(sde, None, steps + 1, schedule, x.device)[:-1]
+    else:
+        grid = _time_grid(sde, timesteps, steps, schedule, x.device)
     midpoint_u = _check_midpoint_u(midpoint_u, stepper, sampler, grid, x)
     if inpaint is not None:
         inpaint.check(x)

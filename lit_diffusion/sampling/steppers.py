@@ -59,6 +59,16 @@ def default_schedule(sampler: str, ode: bool = False) -> str:
     return DEFAULT_SCHEDULES.get((key, bool(ode)), DEFAULT_SCHEDULES.get(key, "uniform"))
 
 
+def ends_with_denoising(sampler: str) -> bool:
+    """Whether a run of ``sampler`` with a final denoising evaluation lets that evaluation *replace* the
+    last step: the grid of ``steps`` steps is the schedule's grid of ``steps + 1`` steps without its end
+    point ``t_min``, and the run ends with ``D(x, t)`` at the last point (as diffusers' solvers end with
+    a jump to ``σ = 0``).  Measured for multistep on the shipped MNIST model (docs/samplers.md): with the
+    grid running on to ``t_min``, the last step of a 4-step run jumps from ``t = 0.143`` to ``t_min`` and
+    the final evaluation at ``t_min`` is wasted."""
+    return resolve_sampler(sampler) == "multistep"
+
+
 #: ddram ``parametrization="auto"``: steps whose log-SNR increase is below this use the relative score
 AUTO_LOG_SNR_STEP = 2.0
 
