@@ -188,6 +188,7 @@ def test_default_grids_are_the_measured_best():
     from lit_diffusion.sampling.samplers import default_schedule
 
     assert default_schedule("multistep", ode=True) == "edm" and default_schedule("multistep") == "edm"
+    assert default_schedule("multistep", True, steps=8) == "uniform" and default_schedule("multistep", True, steps=9) == "edm"
     assert default_schedule("ddram", ode=True) == "uniform"
 
 
@@ -222,7 +223,7 @@ def test_the_final_denoising_evaluation_replaces_the_last_step():
 
     sde = VP()
     res = sample(GAUSS, sde, shape=(4, 2), sampler="multistep", steps=6, final_denoise=True, dtype=torch.float64)
-    expect = get_timesteps(sde, 7, "edm")[:-1].to(torch.float64)
+    expect = get_timesteps(sde, 7, "uniform")[:-1].to(torch.float64)  # 6 steps: the uniform grid (<= 8 steps)
     assert res.nfe == 7 and torch.allclose(res.times, expect) and float(res.times[-1]) > 10 * sde.t_min
     s = SDEScheduler(sampler="multistep", sde="VP", num_train_timesteps=1, prediction_type="epsilon")
     s.set_timesteps(6)

@@ -241,12 +241,9 @@ def _check_budget_args(args, sampler: str) -> None:
             raise ValueError("--time-grid sets the steps itself: give --time-grid or --steps/--nfe, not both")
         args.timesteps = load_grid(args.time_grid)
         args.steps = len(args.timesteps) - 1
-    if args.schedule is None:
-        from ..sampling.samplers import default_schedule
-
-        args.schedule = default_schedule(sampler, bool(args.ode))
-    try:
-        check_schedule(args.schedule)
+    try:  # (no --schedule: the sampler's default for the budget, resolved once the steps are known)
+        if args.schedule is not None:
+            check_schedule(args.schedule)
     except ValueError:
         raise ValueError(f"unknown schedule {args.schedule!r}; valid choices: {list(SCHEDULES)}") from None
 
@@ -297,6 +294,10 @@ def _stepper_and_steps(args, sampler: str, model, options: dict):
             )
     elif args.steps is None:
         args.steps = 50
+    if args.schedule is None:
+        from ..sampling.samplers import default_schedule
+
+        args.schedule = default_schedule(sampler, bool(args.ode), int(args.steps))
     return stepper
 
 

@@ -253,12 +253,15 @@ class SDEScheduler(SchedulerMixin, ConfigMixin):
     def _step_grid(self, n: int) -> Tensor:
         cfg = self.config
         if self._schedule.lower() != "diffusers":
-            from ..sampling.steppers import ends_with_denoising
+            from ..sampling.steppers import default_schedule, ends_with_denoising
 
+            schedule = self._schedule
+            if cfg.get("schedule") is None:  # the sampler's default grid for this budget
+                schedule = default_schedule(self._stepper_args[0], self.stepper.ode, n)
             if self._final_denoise and ends_with_denoising(self._stepper_args[0]):
                 # the final denoising evaluation replaces the last step (it is the jump to the data)
-                return get_timesteps(self.sde, n + 1, self._schedule, rho=float(cfg.rho))[:-1]
-            return get_timesteps(self.sde, n, self._schedule, rho=float(cfg.rho))
+                return get_timesteps(self.sde, n + 1, schedule, rho=float(cfg.rho))[:-1]
+            return get_timesteps(self.sde, n, schedule, rho=float(cfg.rho))
         # diffusers' integer spacings of the evaluation times, then t_min as the end point
         N = int(cfg.num_train_timesteps)
         if n > N:

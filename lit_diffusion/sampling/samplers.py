@@ -237,7 +237,7 @@ def sample(
     # --- validate everything before any work
     sampler = _check_sampler(sampler)
     if schedule is None:
-        schedule = default_schedule(sampler, ode)
+        schedule = default_schedule(sampler, ode, steps if timesteps is None else None)
     if timesteps is None:
         check_schedule(schedule)
         _check_steps(steps)

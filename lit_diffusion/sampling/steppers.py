@@ -52,10 +52,18 @@ DEFAULT_SCHEDULES: dict = {
 }
 
 
-def default_schedule(sampler: str, ode: bool = False) -> str:
+#: multistep runs of at most this many steps default to the uniform grid (measured on the shipped MNIST
+#: model, 300 samples, with the final denoising evaluation: at 4 steps ODE 24.7 uniform vs 57 EDM, SDE
+#: 30 vs 73; at 7 steps SDE 12.8 vs 15.8; at 9 steps and more the EDM grid wins, ODE 4.80 vs 8.31)
+MULTISTEP_UNIFORM_UP_TO = 8
+
+
+def default_schedule(sampler: str, ode: bool = False, steps: Optional[int] = None) -> str:
     """The time grid :func:`sample`, ``sample.py`` and ``SDEScheduler`` use for ``sampler`` (in its ODE
-    or SDE form) by default."""
+    or SDE form, for a run of ``steps`` steps when known) by default."""
     key = resolve_sampler(sampler)
+    if key == "multistep" and steps is not None and int(steps) <= MULTISTEP_UNIFORM_UP_TO:
+        return "uniform"
     return DEFAULT_SCHEDULES.get((key, bool(ode)), DEFAULT_SCHEDULES.get(key, "uniform"))
 
 
