@@ -188,7 +188,7 @@ def test_default_grids_are_the_measured_best():
     from lit_diffusion.sampling.samplers import default_schedule
 
     assert default_schedule("multistep", ode=True) == "edm" and default_schedule("multistep") == "edm"
-    assert default_schedule("multistep", True, steps=8) == "uniform" and default_schedule("multistep", True, steps=9) == "edm"
+    assert default_schedule("multistep", True, steps=5) == "uniform" and default_schedule("multistep", True, steps=6) == "edm"
     assert default_schedule("ddram", ode=True) == "uniform"
 
 
@@ -215,18 +215,20 @@ def test_any_shape_and_a_half_precision_network_stay_finite():
 
 
 def test_the_final_denoising_evaluation_replaces_the_last_step():
-    """With a final denoising evaluation, the grid of n steps is the schedule's grid of n + 1 steps
-    without t_min, and the run ends with D(x) at its last point (the jump to the data), in sample()
-    and in SDEScheduler alike: the evaluation is not spent at t_min, where D(x) = x."""
+    """On a short run with a final denoising evaluation, the grid of n steps is the schedule's grid of
+    n + 1 steps without t_min, and the run ends with D(x) at its last point (the jump to the data), in
+    sample() and in SDEScheduler alike: the evaluation is not spent at t_min, where D(x) = x."""
     from lit_diffusion.core.schedules import get_timesteps
     from lit_diffusion.integrations.scheduler import SDEScheduler
 
     sde = VP()
-    res = sample(GAUSS, sde, shape=(4, 2), sampler="multistep", steps=6, final_denoise=True, dtype=torch.float64)
-    expect = get_timesteps(sde, 7, "uniform")[:-1].to(torch.float64)  # 6 steps: the uniform grid (<= 8 steps)
-    assert res.nfe == 7 and torch.allclose(res.times, expect) and float(res.times[-1]) > 10 * sde.t_min
+    res = sample(GAUSS, sde, shape=(4, 2), sampler="multistep", steps=4, final_denoise=True, dtype=torch.float64)
+    expect = get_timesteps(sde, 5, "uniform")[:-1].to(torch.float64)  # a short run: the uniform grid
+    assert res.nfe == 5 and torch.allclose(res.times, expect) and float(res.times[-1]) > 10 * sde.t_min
     s = SDEScheduler(sampler="multistep", sde="VP", num_train_timesteps=1, prediction_type="epsilon")
-    s.set_timesteps(6)
-    assert len(s.timesteps) == 7 and torch.allclose(s._grid, expect)
+    s.set_timesteps(4)
+    assert len(s.timesteps) == 5 and torch.allclose(s._grid, expect)
+    s.set_timesteps(9)  # longer runs: the EDM grid down to t_min, then the final evaluation there
+    assert torch.allclose(s._grid, get_timesteps(sde, 9, "edm").to(torch.float64))
     # other samplers keep their grid down to t_min
     assert float(sample(GAUSS, sde, shape=(4, 2), sampler="ddram", steps=6, final_denoise=True).times[-1]) == pytest.approx(sde.t_min)

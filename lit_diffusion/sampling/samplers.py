@@ -211,8 +211,9 @@ def sample(
         parametrization: the frozen field (``score``, ``relative_score``, ``denoiser``).
         generator: one ``torch.Generator`` or one per sample (batch-size invariance).
         final_denoise: replace the output by ``D(x, t)`` at the end of the grid (one more evaluation).
-            For ``multistep`` that evaluation replaces the last step: the grid is the schedule's grid of
-            ``steps + 1`` steps without ``t_min`` (:func:`~lit_diffusion.sampling.steppers.ends_with_denoising`).
+            For short ``multistep`` runs that evaluation replaces the last step: the grid is the
+            schedule's grid of ``steps + 1`` steps without ``t_min``
+            (:func:`~lit_diffusion.sampling.steppers.ends_with_denoising`).
         midpoint_u: DDRaM only: the uniforms of the midpoints, one per step ``(steps,)`` (shared by
             the batch, as :class:`~lit_diffusion.scheduler.SDEScheduler` draws them) or per step and
             sample ``(steps, B)``; drawn from ``generator`` per sample when None.
@@ -247,7 +248,7 @@ def sample(
     inpaint = as_known_part(sde, known, mask, resample)
     field = as_field(field, sde, prediction_type=prediction_type, class_labels=class_labels, guidance_scale=guidance_scale)
     x = _initial_state(sde, x_T, shape, generator, device, dtype)
-    if timesteps is None and final_denoise and ends_with_denoising(sampler):
+    if timesteps is None and final_denoise and ends_with_denoising(sampler, steps):
         # the final denoising evaluation replaces the last step (as SDEScheduler does)
         grid = _time_grid(sde, None, steps + 1, schedule, x.device)[:-1]
     else:
