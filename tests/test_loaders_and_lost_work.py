@@ -483,3 +483,11 @@ def test_sizes_from_outside_are_bounded_before_any_work(tmp_path, capsys):
     with pytest.raises(ValueError, match="YAML nodes"):
         _train("--config", str(bomb), "--ckpt_dir", str(tmp_path / "ck"), exit_on_error=False)
     assert time.perf_counter() - t0 < 10
+
+
+def test_a_refused_register_flag_leaves_no_lock(tmp_path):
+    """--register of a module that does not exist is refused after the lock was taken: the lock (and
+    the folder it created) is released, and the next run starts."""
+    with pytest.raises(ValueError, match="--register 'no_such_module.Net': cannot import it"):
+        _train("--register", "no_such_module.Net", "--ckpt_dir", str(tmp_path / "ck"), exit_on_error=False)
+    assert not (tmp_path / "ck").exists()

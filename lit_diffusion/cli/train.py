@@ -377,33 +377,31 @@ def main(args=None, exit_on_error: bool = True, lock=None) -> DiffusionCLI:
             raise SystemExit(0)
         if "--help-full" in argv:
             argv = ["--help" if a == "--help-full" else a for a in argv]
+    def refuse(e: Exception):
+        """Bad input or a refused run: exit 2 with the message (or raise it, for callers in Python)."""
+        if not exit_on_error:
+            raise e
+        print(f"train.py: error: {e}", file=sys.stderr, flush=True)
+        raise SystemExit(2) from None
+
     try:
         argv, registered_paths = split_register_flags(argv)
         if lock is None:
             lock = take_run_lock(argv)  # before any building: a second run is refused at once
-        register_classes(registered_paths)
     except (ValueError, FolderLockedError) as e:
-        if not exit_on_error:
-            raise
-        print(f"train.py: error: {e}", file=sys.stderr, flush=True)
-        raise SystemExit(2) from None
+        refuse(e)
     try:
-        if args is None:  # train.py: LightningCLI reads sys.argv itself (less the --register flags)
-            sys.argv[1:] = list(argv)
         try:
+            register_classes(registered_paths)
+            if args is None:  # train.py: LightningCLI reads sys.argv itself (less the --register flags)
+                sys.argv[1:] = list(argv)
             cli = DiffusionCLI(args=None if args is None else argv, exit_on_error=exit_on_error)
         except (ValueError, FileNotFoundError, TypeError) as e:  # a bad value found while building: before any run
-            if not exit_on_error:
-                raise
-            print(f"train.py: error: {e}", file=sys.stderr, flush=True)
-            raise SystemExit(2) from None
+            refuse(e)
         cli.early_lock = lock
         cli.fit()
     except (FolderLockedError, CheckpointError) as e:
-        if not exit_on_error:
-            raise
-        print(f"train.py: error: {e}", file=sys.stderr, flush=True)
-        raise SystemExit(2) from None
+        refuse(e)
     finally:
         if lock is not None:
             lock.release()
