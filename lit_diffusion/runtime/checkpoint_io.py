@@ -36,7 +36,6 @@ __all__ = [
     "atomic_write_bytes",
     "atomic_torch_save",
     "read_checkpoint",
-    "checkpoint_step",
     "inside_folder",
     "atomic_folder",
     "TMP_SUFFIX",
@@ -98,15 +97,6 @@ def inside_folder(folder, *parts) -> str:
             for n in dirs + files:
                 check(os.path.join(base, n))
     return path
-
-
-def checkpoint_step(path) -> int:
-    """The ``global_step`` stored in a checkpoint file (:class:`CheckpointError` when unreadable)."""
-    ckpt = read_checkpoint(path, require=("global_step",))
-    try:
-        return int(ckpt["global_step"])
-    except (TypeError, ValueError):
-        raise CheckpointError(f"{os.fspath(path)!r} is not a valid checkpoint: global_step={ckpt['global_step']!r}") from None
 
 
 def _is_local(path) -> bool:

@@ -56,22 +56,6 @@ def _write_run_file(folder: str, run_id: str, extra: Optional[dict] = None) -> N
     atomic_write_bytes(json.dumps(data, indent=1, sort_keys=True).encode(), os.path.join(folder, RUN_FILE))
 
 
-def update_run_file(folder: str, **fields) -> None:
-    """Add ``fields`` (plain JSON) to ``run.json`` (e.g. the wandb run id), keeping the run id."""
-    rid = read_run_id(folder)
-    if rid is None:
-        return
-    try:
-        with open(os.path.join(folder, RUN_FILE)) as f:
-            data = json.load(f)
-    except (OSError, ValueError):
-        data = {}
-    data.update(fields)
-    data.pop("run_id", None)
-    data.pop("updated", None)
-    _write_run_file(folder, rid, data)
-
-
 def _step_of(ckpt: dict, path: str) -> int:
     """The global step of a loaded checkpoint, checked against its own loop state."""
     from ..runtime.checkpoint_io import CheckpointError
