@@ -111,6 +111,28 @@ def test_pipeline_save_load_round_trip(tiny_unet, tmp_path):
     assert type(swapped.scheduler) is SDEScheduler and swapped.scheduler.config.sampler == "localization"
 
 
+
+def test_saved_pipeline_loads_in_a_fresh_interpreter(tiny_unet, tmp_path):
+    """A stock pipeline saved with SDEScheduler loads in a new process with ``DiffusionPipeline.
+    from_pretrained`` once the module recorded in model_index.json is imported; diffusers (>= 0.42)
+    never imports a module a folder names, and without that import its error names the module."""
+    import json
+    import subprocess
+    import sys
+
+    DDPMPipeline(unet=tiny_unet, scheduler=SDEScheduler(sampler="euler", ode=True)).save_pretrained(tmp_path)
+    module = json.loads((tmp_path / "model_index.json").read_text())["scheduler"][0]
+    assert module == "lit_diffusion.integrations.scheduler"
+    load = ("from diffusers import DiffusionPipeline\n"
+            f"p = DiffusionPipeline.from_pretrained({str(tmp_path)!r})\n"
+            "print(type(p).__name__, type(p.scheduler).__name__, p.scheduler.config.sampler, p.scheduler.config.ode)\n")
+    env = {k: v for k, v in __import__("os").environ.items() if not k.startswith("PYTEST")}
+    ok = subprocess.run([sys.executable, "-c", f"import {module}\n" + load], capture_output=True, text=True, env=env, timeout=300)
+    assert ok.returncode == 0, ok.stderr[-2000:]
+    assert ok.stdout.split() == ["DDPMPipeline", "SDEScheduler", "euler", "True"]
+    bare = subprocess.run([sys.executable, "-c", load], capture_output=True, text=True, env=env, timeout=300)
+    assert bare.returncode != 0 and f"import {module} before calling `from_pretrained`" in bare.stderr
+
 # --------------------------------------------------------------------------------------------
 # Analytic "model": the exact epsilon of a Gaussian target under the scheduler's process
 # --------------------------------------------------------------------------------------------

@@ -311,6 +311,7 @@ def test_signal_saves_at_the_current_step_lightning(tmp_path, sig, code):
     step = int(line[0].split("global step ")[1].split()[0])
     path = line[0].split("-> ")[1].strip()
     assert torch.load(path, weights_only=True)["global_step"] == step >= 20
+    assert "weights_only` was not set" not in out  # the signal's save says what it saves (no Lightning note)
 
 
 @pytest.mark.multiprocess

@@ -29,8 +29,8 @@ from typing import Optional, Union
 import torch
 from diffusers import DiffusionPipeline, ImagePipelineOutput
 
-# the SDEScheduler component of an export is named "lit_diffusion.scheduler" in model_index.json:
-# diffusers resolves it from sys.modules, so importing this pipeline makes such folders loadable
+# an SDEScheduler component is named by its module ("lit_diffusion.integrations.scheduler") in
+# model_index.json: diffusers resolves it from sys.modules only, so importing this pipeline makes such folders loadable
 from . import scheduler as _scheduler  # noqa: F401
 
 __all__ = ["LitDiffusionPipeline"]

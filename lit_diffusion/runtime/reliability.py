@@ -179,7 +179,7 @@ class SignalCheckpoint(pl.Callback):
 
         folder = self.dirpath or trainer.default_root_dir
         path = os.path.join(folder, self.filename)
-        trainer.save_checkpoint(path)
+        trainer.save_checkpoint(path, weights_only=False)  # full state to resume (and no Lightning note)
         self.saved = path
         if trainer.is_global_zero:
             print(
