@@ -163,6 +163,10 @@ def test_lock_of_another_host_is_refused_until_its_heartbeat_is_stale(tmp_path):
     lock_file.write_text(json.dumps({"host": "other-node", "pid": 1, "started": time.time(), "argv": "train.py"}))
     with pytest.raises(FolderLockedError, match="host other-node"):
         RunLock(folder, heartbeat_s=1, stale_after_s=30).acquire()
+    missed = time.time() - 10
+    os.utime(lock_file, (missed, missed))  # ten heartbeats missed, still younger than stale_after_s: a slow node
+    with pytest.raises(FolderLockedError, match="host other-node"):
+        RunLock(folder, heartbeat_s=1, stale_after_s=30).acquire()
     old = time.time() - 120
     os.utime(lock_file, (old, old))  # no heartbeat for two minutes: the node is gone
     with pytest.warns(UserWarning, match="heartbeat is 1[12][0-9] s old"):
