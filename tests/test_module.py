@@ -87,6 +87,45 @@ def test_ema_follows_the_formula_and_differs_from_raw(tmp_path):
     assert m.field(ema=True).model is m.ema.module and m.field(ema=False).model is m.net
 
 
+def test_ema_averages_float_buffers_and_copies_integer_ones():
+    """BatchNorm's running statistics are averaged like weights; its integer batch counter is copied."""
+    net = torch.nn.BatchNorm1d(3)
+    ema = EMA(net, decay=0.9, warmup=0)
+    with torch.no_grad():
+        for _ in range(4):
+            net(torch.randn(16, 3) * 2 + 5)  # training mode: updates running_mean/var and num_batches_tracked
+    mean0 = ema.module.running_mean.clone()
+    d = ema.update(net)
+    assert d == pytest.approx(0.9)
+    assert torch.allclose(ema.module.running_mean, d * mean0 + (1 - d) * net.running_mean)
+    assert ema.module.num_batches_tracked.dtype == torch.long
+    assert int(ema.module.num_batches_tracked) == int(net.num_batches_tracked) == 4
+
+
+def test_validation_batches_draw_their_own_noise_the_same_in_every_run(tmp_path):
+    """Two identical validation batches get different (t, noise) draws, and a second validation run
+    repeats the first exactly: the estimate averages over fresh noise yet is comparable across epochs."""
+
+    class Losses(pl.Callback):
+        def __init__(self):
+            self.values = []
+
+        def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0):
+            self.values.append(float(outputs))
+
+    torch.manual_seed(0)
+    x = torch.randn(64, 2)
+    batches = torch.utils.data.DataLoader(torch.cat([x, x]), batch_size=64)  # the same batch twice
+    m = ScoreModule(TimeMLP(dim=2, hidden=16, n_blocks=1), VP(), DSM())
+    runs = []
+    for _ in range(2):
+        rec = Losses()
+        _trainer(tmp_path, callbacks=[rec], limit_val_batches=None).validate(m, batches, verbose=False)
+        runs.append(rec.values)
+    assert len(runs[0]) == 2 and abs(runs[0][0] - runs[0][1]) > 1e-3 * abs(runs[0][0])
+    assert runs[0] == runs[1]
+
+
 def test_ema_validation():
     with pytest.raises(ValueError, match="decay"):
         EMA(torch.nn.Linear(2, 2), decay=1.0)
