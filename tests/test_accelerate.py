@@ -175,6 +175,17 @@ def test_resume_after_interruption_is_exact(tmp_path, fresh_accelerate):
     assert int(final["state_dict"]["ema.num_updates"]) == 20
 
 
+def test_gradient_accumulation_takes_one_optimizer_step_per_k_micro_batches(tmp_path, fresh_accelerate):
+    """``trainer.accumulate_grad_batches: 2``: 3 optimizer steps consume 6 micro-batches (as Lightning's
+    loop counts them in the checkpoint) and Adam has stepped 3 times."""
+    res = train(_cfg(tmp_path, "--trainer", "{max_steps: 3, accumulate_grad_batches: 2}"))
+    ck = torch.load(tmp_path / "r" / "last.ckpt", weights_only=True)
+    assert res.global_step == ck["global_step"] == 3
+    assert ck["loops"]["fit_loop"]["epoch_loop.batch_progress"]["total"]["ready"] == 6
+    adam_steps = {float(v["step"]) for v in ck["optimizer_states"][0]["state"].values()}
+    assert adam_steps == {3.0}
+
+
 def test_checkpoint_loads_weights_only_and_rebuilds_module(tmp_path, fresh_accelerate):
     res = train(_cfg(tmp_path, "--trainer", "{max_steps: 3}"))
     m = ScoreModule.load_checkpoint(str(tmp_path / "r" / "last.ckpt"))

@@ -130,3 +130,22 @@ def test_sample_cli_inpaint_errors(tmp_path):
     assert main(common + ["--inpaint", str(tmp_path / "d.npy"), "--mask", "nose"]) == 2
     assert main(common + ["--resample", "3"]) == 2
     assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("sde", [VP(), VE(sigma_max=10.0)], ids=["VP", "VE"])
+def test_renoise_draws_the_forward_transition(sde):
+    """RePaint's jump back from s to t > s: from exact marginal draws at s it gives the marginal at t
+    (mean alpha_t x0 + m_t, variance sigma_t^2), for a data point x0 = 1.5."""
+    from lit_diffusion.sampling.inpainting import KnownPart
+
+    n, x0 = 400_000, 1.5
+    s, t = torch.tensor(0.3), torch.tensor(0.6)
+    part = KnownPart(sde, known=torch.zeros(1), mask=torch.zeros(1))
+    g = torch.Generator().manual_seed(0)
+    a_s, m_s, sig_s = (float(c) for c in sde.marginal_coefficients(s.double(), torch.zeros(1)))
+    x_s = (a_s * x0 + m_s + sig_s * torch.randn(n, 1, generator=g, dtype=torch.float64))
+    x_t = part.renoise(x_s, s, t, generator=g)
+    a_t, m_t, sig_t = (float(c) for c in sde.marginal_coefficients(t.double(), torch.zeros(1)))
+    se_var = sig_t**2 * (2 / n) ** 0.5
+    assert abs(float(x_t.mean()) - (a_t * x0 + m_t)) < 5 * sig_t / n**0.5
+    assert abs(float(x_t.var()) - sig_t**2) < 5 * se_var
