@@ -194,3 +194,24 @@ def test_discrete_vp_closed_forms():
         assert torch.allclose(a.W(s, t), tb.W(s, t), rtol=1e-3)
         assert torch.allclose(a.V(s, t), tb.V(s, t), rtol=1e-3)
         assert torch.allclose((a.midpoint(s, t, u) - s) / (t - s), (tb.midpoint(s, t, u) - s) / (t - s), atol=1e-3)
+
+
+def test_midpoint_stays_inside_its_step_at_the_ends_of_the_law():
+    """The DDRaM midpoint for u = 0 and u = 1 is an end of the step; rounding in the inverse CDFs
+    (≈1e-16) must never put it outside [s, t], for every process, parametrization and form."""
+    from lit_diffusion.sampling.integrators import get_integrator
+    from lit_diffusion.core.sdes import OU, VE, VP, ContractiveOU, ContractiveVP, SubVP
+
+    for sde in (VP(), VE(), SubVP(), OU(), ContractiveVP(), ContractiveOU()):
+        T = float(sde.T)
+        nodes = torch.linspace(1e-3 * T, T, 40, dtype=torch.float64)
+        s, t = nodes[:-1].repeat_interleave(3), nodes[1:].repeat_interleave(3)
+        u = torch.tensor([0.0, 1.0, 0.5], dtype=torch.float64).repeat(nodes.numel() - 1)
+        for param in ("denoiser", "score"):
+            for ode in (False, True):
+                try:
+                    integ = get_integrator(sde, param, ode)
+                except ValueError:
+                    continue  # (score parametrization: VP-type processes only)
+                tau = integ.midpoint(s, t, u)
+                assert torch.isfinite(tau).all() and bool(((tau >= s) & (tau <= t)).all()), (type(sde).__name__, param, ode)
