@@ -92,6 +92,16 @@ def test_sliced_w2_vs_w2_for_shifted_gaussians(d):
     assert abs(res["value"] - expect) < 4 * res["std_err"] + 0.03
 
 
+def test_sliced_w2_standard_error_is_the_spread_over_projection_seeds():
+    """``std_err`` (Monte-Carlo error over the projections, propagated to SW2) equals the standard
+    deviation of SW2 across independent projection draws on fixed samples."""
+    x, y = rng(40).normal(size=(500, 6)), rng(41).normal(size=(500, 6)) * np.linspace(0.5, 2.0, 6)
+    runs = [M.sliced_wasserstein2(x, y, n_projections=64, seed=s) for s in range(80)]
+    spread = np.std([r["value"] for r in runs], ddof=1)
+    reported = np.mean([r["std_err"] for r in runs])
+    assert 0.75 < spread / reported < 1.3  # the 80-seed spread is known to about 8 %
+
+
 def test_sliced_w2_scaled_gaussians_is_dimension_free():
     # N(0, I) vs N(0, 4I): every projection has W2 = |2 - 1| = 1 -> SW2 = 1 while W2 = sqrt(d)
     d = 6
@@ -175,6 +185,15 @@ def test_kl_gaussian_fit_floor_is_exact_expectation():
     floor = M.expected_kl_gaussian_fit(n, d)
     assert abs(vals.mean() - floor) < 4 * vals.std(ddof=1) / math.sqrt(reps)
     assert floor == pytest.approx(d * (d + 3) / (4 * n), rel=0.3)  # large-n approximation
+
+
+@pytest.mark.parametrize("n,d", [(3, 1), (5, 2)])
+def test_kl_gaussian_fit_floor_at_the_fewest_samples(n, d):
+    """At n = d + 2 every term of the floor matters: n - 1 for n in its d/n or log((n-1)/2) term moves it
+    by 0.05-0.2, more than 10 standard errors of this 12,000-draw Monte-Carlo mean."""
+    r, mean, cov = rng(5), np.zeros(d), 2.0 * np.eye(d)
+    vals = np.array([M.kl_gaussian_fit(r.multivariate_normal(mean, cov, n), mean, cov)["value"] for _ in range(12000)])
+    assert abs(vals.mean() - M.expected_kl_gaussian_fit(n, d)) < 4 * vals.std(ddof=1) / math.sqrt(len(vals))
 
 
 def test_kl_gaussian_fit_of_wrong_samples_recovers_exact_kl():
