@@ -177,6 +177,11 @@ def test_swissroll_reference_scores_swiss_roll_data_far_better_than_noise():
     assert r_good["n_reference"] == 1000
     assert r_good["w1"]["value"] < 0.15 < r_bad["w1"]["value"]
     assert r_bad["w1"]["value"] > 3 * r_good["w1"]["value"]
+    # the reference is an independent draw, never the samples' own: swiss-roll points drawn with the
+    # evaluation's seed itself score like any other independent draw, not zero
+    same = swiss_roll(1000, seed=0).numpy()
+    r_same = evaluate(same, "swissroll", n_reference=1000, seed=0)
+    assert r_same["w1"]["value"] > 0.3 * r_good["w1"]["value"] > 0
 
 
 def test_bpd_mode_prints_one_json_line(capsys):
