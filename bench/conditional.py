@@ -7,7 +7,7 @@ within-class diversity against the guidance scale.
 
 For every guidance scale ``w`` it draws ``n_per_class`` samples of each digit (labels 0..9, the same
 seeds for every ``w``) with ``sampler`` (DDRaM by default) and scores them with the package's MNIST
-feature network (:mod:`lit_diffusion.feature_net`):
+feature network (:mod:`lit_diffusion.evaluation.feature_net`):
 
 * accuracy: the fraction of samples its classifier reads as the requested digit (its own accuracy on
   the held-out real digits is printed for reference);
@@ -37,11 +37,11 @@ def _within_class_spread(features: np.ndarray, labels: np.ndarray) -> float:
 
 
 def measure(model_dir: str, scales, n_per_class: int, steps: int, sampler: str, batch: int, seed: int) -> list[dict]:
-    from lit_diffusion import metrics as M
-    from lit_diffusion.feature_net import load_feature_net, mnist_digits, mnist_split, to_unit_images
-    from lit_diffusion.module import ScoreModule
-    from lit_diffusion.samplers import sample
-    from lit_diffusion.utils import make_generators
+    from lit_diffusion.evaluation import image_metrics as IM
+    from lit_diffusion.evaluation.feature_net import load_feature_net, mnist_digits, mnist_split, to_unit_images
+    from lit_diffusion.training.module import ScoreModule
+    from lit_diffusion.sampling.samplers import sample
+    from lit_diffusion.core.utils import make_generators
 
     module = ScoreModule.from_pretrained(model_dir)
     K = module.num_classes
@@ -74,7 +74,7 @@ def measure(model_dir: str, scales, n_per_class: int, steps: int, sampler: str, 
             "guidance_scale": float(w), "sampler": sampler, "steps": steps, "nfe": int(res.nfe),
             "n_samples": int(len(x)), "accuracy": float((pred == labels).mean()),
             "per_class_accuracy": [float((pred[labels == k] == k).mean()) for k in range(K)],
-            "fid_mnist": M.fid(x, "mnist", backend="mnist", value_range=(-1.0, 1.0))["value"],
+            "fid_mnist": IM.fid(x, "mnist", backend="mnist", value_range=(-1.0, 1.0))["value"],
             "diversity": _within_class_spread(feat, labels) / real_spread,
             "classifier_accuracy_on_real_digits": real_acc, "seconds": secs,
         }
@@ -112,8 +112,8 @@ def grid(model_dir: str, w: float, path: str, steps: int, sampler: str, per_row:
     """Digits 0..9 in rows, ``per_row`` samples each, at guidance ``w`` (upscaled to be readable)."""
     from PIL import Image
 
-    from lit_diffusion.module import ScoreModule
-    from lit_diffusion.utils import make_generators
+    from lit_diffusion.training.module import ScoreModule
+    from lit_diffusion.core.utils import make_generators
 
     module = ScoreModule.from_pretrained(model_dir)
     labels = torch.arange(10).repeat_interleave(per_row)

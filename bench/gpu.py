@@ -4,7 +4,7 @@ and Lightning against a plain PyTorch loop for bf16 training throughput.
     python bench/gpu.py                 # on a CUDA machine (~5 minutes on one H100/H200)
     python bench/gpu.py --dry-run       # CPU, tiny sizes, seconds: checks that every path runs (tests)
 
-Sampling: ``lit_diffusion.samplers.sample`` with the default DDRaM at 20 network evaluations, the
+Sampling: ``lit_diffusion.sampling.samplers.sample`` with the default DDRaM at 20 network evaluations, the
 network in fp32 or under bf16 autocast (the SDE arithmetic stays in float32), ``--n`` samples in batches
 of ``--batch``; speed is samples per second after one warm-up batch, FID is FID-MNIST against the
 held-out digits.  Training: the same ``ScoreModule`` (the shipped model's network, VP, DSM) on the
@@ -42,8 +42,8 @@ class _Runner:
 
 
 def _module(args, device):
-    from lit_diffusion.module import ScoreModule
-    from lit_diffusion.networks import UNet
+    from lit_diffusion.training.module import ScoreModule
+    from lit_diffusion.training.networks import UNet
 
     if args.dry_run:
         return ScoreModule(net=UNet(preset="tiny", sample_size=28, in_channels=1), data_shape=[1, 28, 28], ema_decay=0)
@@ -51,9 +51,9 @@ def _module(args, device):
 
 
 def sampling(args, device) -> list[dict]:
-    from lit_diffusion.metrics import fid
-    from lit_diffusion.samplers import sample
-    from lit_diffusion.sampling_cli import AutocastNet
+    from lit_diffusion.evaluation.image_metrics import fid
+    from lit_diffusion.sampling.samplers import sample
+    from lit_diffusion.cli.sample import AutocastNet
 
     module = _module(args, device).to(device).eval()
     rows = []
@@ -80,7 +80,7 @@ def sampling(args, device) -> list[dict]:
 def training(args, device) -> list[dict]:
     import lightning.pytorch as pl
 
-    from lit_diffusion.data import MNISTDataModule
+    from lit_diffusion.training.image_data import MNISTDataModule
 
     dm = MNISTDataModule(batch_size=args.train_batch)
     dm.setup("fit")

@@ -25,8 +25,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def complete(module, known: torch.Tensor, mask: torch.Tensor, resample: int, steps: int, seed: int) -> torch.Tensor:
-    from lit_diffusion.samplers import sample
-    from lit_diffusion.utils import make_generators
+    from lit_diffusion.sampling.samplers import sample
+    from lit_diffusion.core.utils import make_generators
 
     res = sample(module.field(), module.sde, shape=tuple(known.shape), sampler="ddram", steps=steps, known=known,
                  mask=mask, resample=resample, generator=make_generators(range(seed, seed + len(known))))
@@ -45,8 +45,8 @@ def main(argv=None) -> int:
     a = p.parse_args(argv)
     torch.set_num_threads(a.threads)
 
-    from lit_diffusion.feature_net import load_feature_net, mnist_split, to_unit_images
-    from lit_diffusion.module import ScoreModule
+    from lit_diffusion.evaluation.feature_net import load_feature_net, mnist_split, to_unit_images
+    from lit_diffusion.training.module import ScoreModule
 
     module = ScoreModule.from_pretrained(a.model)
     fnet = load_feature_net().eval()

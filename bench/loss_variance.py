@@ -23,9 +23,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
 from test_losses import PerturbedExact  # noqa: E402  (the same perturbed networks as the tests)
 
-from lit_diffusion.losses import DSM, ESM, ISM, SSM  # noqa: E402
-from lit_diffusion.sdes import get_sde  # noqa: E402
-from lit_diffusion.targets import get_target  # noqa: E402
+from lit_diffusion.training.losses import DSM, ESM, ISM, SSM  # noqa: E402
+from lit_diffusion.core.sdes import get_sde  # noqa: E402
+from lit_diffusion.core.targets import get_target  # noqa: E402
 
 
 def main(argv=None):

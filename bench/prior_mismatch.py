@@ -17,8 +17,8 @@ import math
 
 import torch
 
-from lit_diffusion.sdes import OU, VE, VP, ContractiveOU, ContractiveVP, SubVP
-from lit_diffusion.targets import get_target
+from lit_diffusion.core.sdes import OU, VE, VP, ContractiveOU, ContractiveVP, SubVP
+from lit_diffusion.core.targets import get_target
 
 F64 = torch.float64
 

@@ -5,7 +5,7 @@ evaluations (NFE).
     python bench/real_model.py --n 500 --seeds 0 --nfe 10 20    # smaller run
     python bench/real_model.py --dry-run                        # tiny untrained UNet, seconds (tests)
 
-Every sampler -- ours through :class:`lit_diffusion.scheduler.SDEScheduler`, and diffusers'
+Every sampler -- ours through :class:`lit_diffusion.integrations.scheduler.SDEScheduler`, and diffusers'
 ``DDPMScheduler`` (ancestral), ``DDIMScheduler``, ``DPMSolverMultistepScheduler`` (dpmsolver++ 2M and
 sde-dpmsolver++ 2M), ``EulerDiscreteScheduler``, ``EulerAncestralDiscreteScheduler``,
 ``HeunDiscreteScheduler`` and ``UniPCMultistepScheduler`` -- is driven by the *same* pipeline loop
@@ -34,7 +34,7 @@ import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
-from lit_diffusion.scheduler import SDEScheduler  # noqa: E402
+from lit_diffusion.integrations.scheduler import SDEScheduler  # noqa: E402
 
 N_TRAIN = 1000
 
@@ -96,11 +96,11 @@ def make_scheduler(kind: str, opts: dict, sde, time_scale: float, nfe: int = 0):
     if kind == "lit-fitted":  # the grid fitted for nfe - 1 steps (+ the final denoising evaluation)
         path = os.path.join(FITTED_DIR, f"multistep-{nfe - 1}.json")
         if not os.path.exists(path):
-            raise ValueError(f"no fitted grid {path} (python -m lit_diffusion.sampling.grid_fit)")
+            raise ValueError(f"no fitted grid {path} (python -m lit_diffusion.cli.grid_fit)")
         grid = json.load(open(path))["timesteps"]
         return make_scheduler("lit", {**opts, "fitted_grid": [t * time_scale for t in grid]}, sde, time_scale)
     if kind == "lit":
-        from lit_diffusion.export import rescale_time
+        from lit_diffusion.integrations.export import rescale_time
 
         name, kwargs = rescale_time(sde, time_scale)
         return SDEScheduler(num_train_timesteps=N_TRAIN, prediction_type="epsilon", sde=name, sde_kwargs=kwargs, **opts)
@@ -159,10 +159,10 @@ def run_loop(sched, model_fn, n: int, shape, seed: int, nfe: int, batch: int, de
 
 
 def load(model_path: str, dry_run: bool):
-    from lit_diffusion.module import ScoreModule
+    from lit_diffusion.training.module import ScoreModule
 
     if dry_run:
-        from lit_diffusion.networks import UNet
+        from lit_diffusion.training.networks import UNet
 
         m = ScoreModule(net=UNet(preset="tiny", sample_size=28, in_channels=1), ema_decay=0, data_shape=[1, 28, 28])
         return m.eval()
@@ -170,7 +170,7 @@ def load(model_path: str, dry_run: bool):
 
 
 def fid_mnist(x: np.ndarray) -> float:
-    from lit_diffusion.metrics import fid
+    from lit_diffusion.evaluation.image_metrics import fid
 
     x = np.nan_to_num(x, nan=0.0, posinf=1.0, neginf=-1.0)
     return float(fid(x, "mnist-test", backend="mnist", value_range="-1,1")["value"])

@@ -31,10 +31,10 @@ import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
-from lit_diffusion import sdes  # noqa: E402
-from lit_diffusion.metrics import kl_gaussian_fit, sliced_wasserstein2, wasserstein_1d  # noqa: E402
-from lit_diffusion.samplers import get_stepper, sample  # noqa: E402
-from lit_diffusion.targets import get_target  # noqa: E402
+from lit_diffusion.core import sdes  # noqa: E402
+from lit_diffusion.evaluation.metrics import kl_gaussian_fit, sliced_wasserstein2, wasserstein_1d  # noqa: E402
+from lit_diffusion.sampling.samplers import get_stepper, sample  # noqa: E402
+from lit_diffusion.core.targets import get_target  # noqa: E402
 
 F64 = torch.float64
 PARTS = {
@@ -66,7 +66,7 @@ NFES = (8, 16, 32, 64)
 
 def get_bench_target(name):
     if name == "gauss_2d":  # an anisotropic 2-D Gaussian: every affine sampler's error is exact up to Monte Carlo
-        from lit_diffusion.targets import GaussianMixture
+        from lit_diffusion.core.targets import GaussianMixture
 
         return GaussianMixture.gaussian([1.0, -1.0], torch.tensor([0.25, 1.0], dtype=F64))
     return get_target(name)

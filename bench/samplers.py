@@ -27,11 +27,11 @@ import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
-from lit_diffusion import sdes  # noqa: E402
-from lit_diffusion.integrators import get_integrator  # noqa: E402
-from lit_diffusion.samplers import get_stepper, sample  # noqa: E402
-from lit_diffusion.schedules import SCHEDULES  # noqa: E402
-from lit_diffusion.targets import GaussianMixture, get_target  # noqa: E402
+from lit_diffusion.core import sdes  # noqa: E402
+from lit_diffusion.sampling.integrators import get_integrator  # noqa: E402
+from lit_diffusion.sampling.samplers import get_stepper, sample  # noqa: E402
+from lit_diffusion.core.schedules import SCHEDULES  # noqa: E402
+from lit_diffusion.core.targets import GaussianMixture, get_target  # noqa: E402
 
 F64 = torch.float64
 DOCS = os.path.join(os.path.dirname(__file__), "..", "docs")

@@ -24,7 +24,7 @@ import torch
 
 from diffusers import DDPMScheduler, DPMSolverMultistepScheduler, UNet2DModel
 
-from lit_diffusion.scheduler import SDEScheduler
+from lit_diffusion.integrations.scheduler import SDEScheduler
 
 CONFIGS = [
     ("DPMSolverMultistepScheduler 2M (diffusers)", "dpm"),

@@ -3,7 +3,7 @@
 contractive OU, four samplers, samples side by side at 8/32/128 NFE, and bf16 against fp32.
 
 CPU-sized by default (no GPU in the task that wrote it): small time-conditioned MLPs trained for a
-few thousand steps; every number below comes from ``lit_diffusion.metrics``.
+few thousand steps; every number below comes from ``lit_diffusion.evaluation.metrics``.
 
     python bench/study.py                       # everything (~25 min on 2 busy CPU cores)
     python bench/study.py --datasets swissroll  # one data set
@@ -38,7 +38,7 @@ SDES = ("VP", "OU", "COU")
 
 
 def make_sde(name: str):
-    from lit_diffusion.sdes import OU, VP, ContractiveOU
+    from lit_diffusion.core.sdes import OU, VP, ContractiveOU
 
     if name == "VP":
         return VP(beta_min=0.1, beta_max=20.0, T=1.0, t_min=1e-3)
@@ -59,10 +59,10 @@ def steps_for(sampler: str, nfe: int) -> int:
 def data(dataset: str):
     """(train tensor, held-out tensor) in the model's space."""
     if dataset == "swissroll":
-        from lit_diffusion.data import swiss_roll
+        from lit_diffusion.core.targets import swiss_roll
 
         return swiss_roll(18000, seed=0), swiss_roll(2000, seed=1)
-    from lit_diffusion.feature_net import mnist_split
+    from lit_diffusion.evaluation.feature_net import mnist_split
 
     Xtr, _, Xte, _ = mnist_split()  # the feature net's split: FID against the 1,000 held-out digits
     return torch.as_tensor(Xtr) * 2 - 1, torch.as_tensor(Xte) * 2 - 1
@@ -71,10 +71,10 @@ def data(dataset: str):
 def train(dataset: str, sde_name: str, steps: int, work: Path, seed: int = 0) -> Path:
     import lightning.pytorch as pl
 
-    from lit_diffusion.data import TensorDataModule
-    from lit_diffusion.losses import DSM
-    from lit_diffusion.module import ScoreModule
-    from lit_diffusion.networks import TimeMLP
+    from lit_diffusion.training.data import TensorDataModule
+    from lit_diffusion.training.losses import DSM
+    from lit_diffusion.training.module import ScoreModule
+    from lit_diffusion.training.networks import TimeMLP
 
     path = work / f"{dataset}_{sde_name}.ckpt"
     if path.exists():
@@ -113,8 +113,8 @@ def train(dataset: str, sde_name: str, steps: int, work: Path, seed: int = 0) ->
 # sampling and metrics
 # ------------------------------------------------------------------------------------------------
 def draw(module, sampler: str, nfe: int, n: int, seed: int, precision: str = "fp32", x_T=None):
-    from lit_diffusion.samplers import sample
-    from lit_diffusion.sampling_cli import PRECISIONS, AutocastNet
+    from lit_diffusion.sampling.samplers import sample
+    from lit_diffusion.cli.sample import PRECISIONS, AutocastNet
 
     net = AutocastNet(module.sampling_net(ema=True), PRECISIONS[precision], module.prediction_type)
     net.eval()
@@ -128,7 +128,8 @@ def draw(module, sampler: str, nfe: int, n: int, seed: int, precision: str = "fp
 
 
 def score(dataset: str, x: torch.Tensor, ref: torch.Tensor) -> dict:
-    from lit_diffusion import metrics
+    from lit_diffusion.evaluation import metrics
+    from lit_diffusion.evaluation import image_metrics
 
     if not torch.isfinite(x).all():
         return {"nonfinite": int((~torch.isfinite(x)).any(dim=tuple(range(1, x.ndim))).sum())}
@@ -139,7 +140,7 @@ def score(dataset: str, x: torch.Tensor, ref: torch.Tensor) -> dict:
             "w1": metrics.wasserstein1(a, b, n_max=1000)["value"],
             "mmd2": metrics.mmd2(a, b, bandwidth=0.2)["value"],  # fixed kernel width: comparable across runs
         }
-    r = metrics.fid(x.clamp(-1, 1).numpy(), "mnist-test", backend="mnist", value_range=(-1, 1))
+    r = image_metrics.fid(x.clamp(-1, 1).numpy(), "mnist-test", backend="mnist", value_range=(-1, 1))
     return {"fid_mnist": r["value"], "n_samples": r["n_samples"], "n_reference": r["n_reference"]}
 
 
@@ -226,7 +227,7 @@ def image_grid(x: torch.Tensor, ncol: int) -> np.ndarray:
 
 # ------------------------------------------------------------------------------------------------
 def run_dataset(dataset: str, args, out: Path, work: Path) -> dict:
-    from lit_diffusion.module import ScoreModule
+    from lit_diffusion.training.module import ScoreModule
 
     n = args.n_swissroll if dataset == "swissroll" else args.n_mnist
     steps = args.train_steps_swissroll if dataset == "swissroll" else args.train_steps_mnist

@@ -25,8 +25,8 @@ def main():
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args()
     torch.set_num_threads(1)
-    from lit_diffusion.module import ScoreModule
-    from lit_diffusion.samplers import sample
+    from lit_diffusion.training.module import ScoreModule
+    from lit_diffusion.sampling.samplers import sample
 
     variants = [("exponential_euler", "denoiser", 1), ("ddram", "relative_score", 2), ("ddram", "denoiser", 2)]
     for dataset, n, nfes in (("swissroll", 1000, (8, 16, 32, 64, 128)), ("mnist", 500, (8, 32, 128))):

@@ -21,8 +21,8 @@ def main():
     p.add_argument("--n", type=int, default=1000)
     args = p.parse_args()
     torch.set_num_threads(1)
-    from lit_diffusion.module import ScoreModule
-    from lit_diffusion.samplers import sample
+    from lit_diffusion.training.module import ScoreModule
+    from lit_diffusion.sampling.samplers import sample
 
     m = ScoreModule.load_checkpoint(args.ckpt).eval()
     print("| snr | steps (NFE = 2 x steps) | fraction with abs(x) > 3 | max abs(x) | median abs(x) |")

@@ -60,8 +60,8 @@ def _rate(args, t0, t1) -> tuple[float, float]:
 
 
 def make_parts(args):
-    from lit_diffusion.data import SwissRollDataModule
-    from lit_diffusion.networks import TimeMLP
+    from lit_diffusion.training.data import SwissRollDataModule
+    from lit_diffusion.training.networks import TimeMLP
 
     torch.manual_seed(0)
     net = TimeMLP(dim=2, hidden=args.hidden, n_blocks=args.blocks)
@@ -71,7 +71,7 @@ def make_parts(args):
 
 
 def _module(net, args, log_every_step: bool = False):
-    from lit_diffusion.module import ScoreModule
+    from lit_diffusion.training.module import ScoreModule
 
     return ScoreModule(net=net, sde="VP", loss="dsm", lr=2e-3, warmup_steps=100, ema_decay=0.995,
                        log_every_step=log_every_step)
@@ -124,7 +124,7 @@ def run_plain(args, precision: str) -> float:
 def run_lightning(args, precision: str, train_py_extras: bool, log_every_step: bool = False) -> float:
     import lightning.pytorch as pl
 
-    from lit_diffusion.reliability import NonFiniteGuard
+    from lit_diffusion.runtime.reliability import NonFiniteGuard
 
     net, dm = make_parts(args)
     module = _module(net, args, log_every_step)

@@ -4,11 +4,15 @@ from .core.sdes import OU, VE, VP, SubVP, ContractiveOU, ContractiveVP, LinearSD
 from .core.parametrizations import PREDICTION_TYPES, convert
 from .core.fields import Field, as_field
 from .core.targets import GaussianMixture, get_target
-from .training.losses import DSM, ESM, ISM, SSM, get_loss
 
 __version__ = "0.1.0"
 
 _LAZY = {
+    "DSM": ("lit_diffusion.training.losses", "DSM"),
+    "ESM": ("lit_diffusion.training.losses", "ESM"),
+    "ISM": ("lit_diffusion.training.losses", "ISM"),
+    "SSM": ("lit_diffusion.training.losses", "SSM"),
+    "get_loss": ("lit_diffusion.training.losses", "get_loss"),
     "SDEScheduler": ("lit_diffusion.integrations.scheduler", "SDEScheduler"),
     "DiscreteVP": ("lit_diffusion.core.discrete_vp", "DiscreteVP"),
     "ScoreModule": ("lit_diffusion.training.module", "ScoreModule"),
@@ -21,7 +25,7 @@ _LAZY = {
 
 
 def __getattr__(name):
-    """Heavy parts (diffusers, Lightning) are imported on first use."""
+    """Heavy parts (the training layer, Lightning, diffusers) are imported on first use."""
     if name in _LAZY:
         import importlib
 

@@ -1,14 +1,9 @@
-"""``lit_diffusion.accelerate_train`` lives in :mod:`lit_diffusion.cli.accelerate_train` (see docs/architecture.md); this name stays
-so that old imports, configs and checkpoints keep working."""
+"""Launcher: ``python -m lit_diffusion.accelerate_train`` runs :func:`lit_diffusion.cli.accelerate_train.main`; the code lives there."""
 
-import sys
+if __name__ == "__main__":
+    import sys
 
-if __name__ == "__main__":  # python -m lit_diffusion.accelerate_train / a path given to accelerate launch
     from lit_diffusion.cli.accelerate_train import main
 
     rc = main(sys.argv[1:])
     sys.exit(rc if isinstance(rc, int) else 0)
-else:
-    import importlib
-
-    sys.modules[__name__] = importlib.import_module("lit_diffusion.cli.accelerate_train")

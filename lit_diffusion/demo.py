@@ -1,14 +1,9 @@
-"""``lit_diffusion.demo`` lives in :mod:`lit_diffusion.cli.demo` (see docs/architecture.md); this name stays
-so that old imports, configs and checkpoints keep working."""
+"""Launcher: ``python -m lit_diffusion.demo`` runs :func:`lit_diffusion.cli.demo.main`; the code lives there."""
 
-import sys
+if __name__ == "__main__":
+    import sys
 
-if __name__ == "__main__":  # python -m lit_diffusion.demo / a path given to accelerate launch
     from lit_diffusion.cli.demo import main
 
     rc = main(sys.argv[1:])
     sys.exit(rc if isinstance(rc, int) else 0)
-else:
-    import importlib
-
-    sys.modules[__name__] = importlib.import_module("lit_diffusion.cli.demo")

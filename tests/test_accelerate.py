@@ -24,8 +24,8 @@ SCRIPTS = ROOT / "tests" / "scripts"
 if str(SCRIPTS) not in sys.path:
     sys.path.insert(0, str(SCRIPTS))
 
-from lit_diffusion.accelerate_train import build_parser, train  # noqa: E402
-from lit_diffusion.module import ScoreModule  # noqa: E402
+from lit_diffusion.cli.accelerate_train import build_parser, train  # noqa: E402
+from lit_diffusion.training.module import ScoreModule  # noqa: E402
 
 TINY = [
     "--model.net.init_args.hidden", "16", "--model.net.init_args.n_blocks", "1", "--model.net.init_args.time_dim", "8",
@@ -216,7 +216,7 @@ def test_bad_options_name_the_valid_choices(tmp_path):
     p = build_parser(exit_on_error=False)
     with pytest.raises(Exception, match="bf16"):
         p.parse_args(["--mixed_precision", "fp8"])
-    from lit_diffusion.accelerate_train import _trainer_options
+    from lit_diffusion.cli.accelerate_train import _trainer_options
 
     with pytest.raises(ValueError, match="max_steps"):
         _trainer_options({"max_steps": -3})

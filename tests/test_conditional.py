@@ -10,13 +10,15 @@ import pytest
 import torch
 from torch import nn
 
-from lit_diffusion.data import DigitsDataModule, ImageFolderDataModule, MixtureDataModule, TensorDataModule
-from lit_diffusion.fields import Field
-from lit_diffusion.module import ScoreModule
-from lit_diffusion.networks import TimeMLP, UNet
-from lit_diffusion.samplers import SAMPLERS, sample
-from lit_diffusion.sdes import VE, VP
-from lit_diffusion.targets import GaussianMixture, ring8_2d
+from lit_diffusion.training.data import MixtureDataModule, TensorDataModule
+
+from lit_diffusion.training.image_data import DigitsDataModule, ImageFolderDataModule
+from lit_diffusion.core.fields import Field
+from lit_diffusion.training.module import ScoreModule
+from lit_diffusion.training.networks import TimeMLP, UNet
+from lit_diffusion.sampling.samplers import SAMPLERS, sample
+from lit_diffusion.core.sdes import VE, VP
+from lit_diffusion.core.targets import GaussianMixture, ring8_2d
 
 
 class ExactConditionalNet(nn.Module):
@@ -289,7 +291,7 @@ def cond_ckpt(tmp_path_factory):
 
 
 def test_sample_cli_labels_fill_rows_and_are_batch_independent(cond_ckpt, tmp_path):
-    from lit_diffusion.sampling_cli import run, sample_labels
+    from lit_diffusion.cli.sample import run, sample_labels
 
     assert sample_labels([3, 7], 8, 4).tolist() == [3, 3, 7, 7, 3, 3, 7, 7]  # 2 columns: one label per row
     assert sample_labels([4], 5, 64).tolist() == [4] * 5
@@ -308,7 +310,7 @@ def test_sample_cli_labels_fill_rows_and_are_batch_independent(cond_ckpt, tmp_pa
 
 
 def test_sample_cli_label_errors(cond_ckpt, ckpt, tmp_path):
-    from lit_diffusion.sampling_cli import main
+    from lit_diffusion.cli.sample import main
 
     common = ["--n", "2", "--steps", "2", "--no-progress"]
     assert main(["-c", str(cond_ckpt), "--class-label", "8", "--out", str(tmp_path / "x")] + common) == 2

@@ -6,17 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from lit_diffusion.data import (
-    CIFAR10DataModule,
-    DigitsDataModule,
-    ImageFolderDataModule,
-    MixtureDataModule,
-    MNISTDataModule,
-    SwissRollDataModule,
-    split_indices,
-    swiss_roll,
-)
-from lit_diffusion.targets import swissroll_2d
+from lit_diffusion.core.targets import swiss_roll, swissroll_2d
+from lit_diffusion.training.data import MixtureDataModule, SwissRollDataModule, split_indices
+from lit_diffusion.training.image_data import CIFAR10DataModule, DigitsDataModule, ImageFolderDataModule, MNISTDataModule
 
 
 def test_swiss_roll_plane_and_scale():

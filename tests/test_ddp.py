@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from lit_diffusion.module import ScoreModule
+from lit_diffusion.training.module import ScoreModule
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "tests" / "scripts" / "ddp_lightning.py"

@@ -13,12 +13,12 @@ import torch
 import yaml
 
 from lit_diffusion.cli import main
-from lit_diffusion.losses import DSM
-from lit_diffusion.module import ScoreModule
-from lit_diffusion.networks import TimeMLP
-from lit_diffusion.samplers import sample
-from lit_diffusion.sdes import VP
-from lit_diffusion.targets import ring8_2d
+from lit_diffusion.training.losses import DSM
+from lit_diffusion.training.module import ScoreModule
+from lit_diffusion.training.networks import TimeMLP
+from lit_diffusion.sampling.samplers import sample
+from lit_diffusion.core.sdes import VP
+from lit_diffusion.core.targets import ring8_2d
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -67,7 +67,7 @@ def test_train_py_prints_no_lightning_args_warning(tmp_path):
 def test_a_second_weight_average_is_refused(tmp_path):
     from lightning.pytorch.callbacks import EMAWeightAveraging
 
-    from lit_diffusion.data import TensorDataModule
+    from lit_diffusion.training.data import TensorDataModule
 
     module = ScoreModule(TimeMLP(dim=2, hidden=8, n_blocks=1), "VP")
     trainer = pl.Trainer(max_steps=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
@@ -92,7 +92,7 @@ def test_min_snr_gamma_weighting():
 
 
 def test_compile_flag_trains_and_keeps_plain_weights(tmp_path):
-    from lit_diffusion.data import TensorDataModule
+    from lit_diffusion.training.data import TensorDataModule
 
     torch.manual_seed(0)
     module = ScoreModule(TimeMLP(dim=2, hidden=8, n_blocks=1), "VP", compile="eager", warmup_steps=0)
@@ -117,8 +117,8 @@ def test_validation_tracks_sample_quality(tmp_path):
     """val/w1 and val/mmd2 reach the logger at every validation and fall as the model learns."""
     import csv
 
-    from lit_diffusion.callbacks import SampleQuality
-    from lit_diffusion.data import MixtureDataModule
+    from lit_diffusion.training.callbacks import SampleQuality
+    from lit_diffusion.training.data import MixtureDataModule
 
     torch.manual_seed(0)
     module = ScoreModule(TimeMLP(dim=2, hidden=64, n_blocks=2), "VP", lr=3e-3, warmup_steps=10, ema_decay=0.9)
@@ -139,8 +139,8 @@ def test_validation_tracks_sample_quality(tmp_path):
 
 
 def test_sample_quality_scores_mnist_images_with_fid_and_kid():
-    from lit_diffusion.callbacks import SampleQuality
-    from lit_diffusion.data import MNISTDataModule
+    from lit_diffusion.training.callbacks import SampleQuality
+    from lit_diffusion.training.image_data import MNISTDataModule
 
     module = ScoreModule.from_pretrained(os.path.join(ROOT, "checkpoints", "mnist"))
     ref = MNISTDataModule(limit=600).eval_data()
@@ -150,7 +150,7 @@ def test_sample_quality_scores_mnist_images_with_fid_and_kid():
 
 def test_help_lists_exactly_the_registered_classes():
     from lit_diffusion.cli.train_checks import HELP_NAMES
-    from lit_diffusion.registry import registered
+    from lit_diffusion.training.registry import registered
 
     for kind, names in HELP_NAMES.items():
         # the package's own classes (other tests register classes of their own in the same process)

@@ -11,10 +11,11 @@ import numpy as np
 import pytest
 import torch
 
-from lit_diffusion import metrics as M
-from lit_diffusion.evaluate import evaluate, load_array, main
-from lit_diffusion.feature_net import mnist_split
-from lit_diffusion.targets import GaussianMixture, get_target
+from lit_diffusion.evaluation import metrics as M
+from lit_diffusion.cli.evaluate import main
+from lit_diffusion.evaluation.evaluate import evaluate, load_array
+from lit_diffusion.evaluation.feature_net import mnist_split
+from lit_diffusion.core.targets import GaussianMixture, get_target
 
 
 def _target_samples(name, n, seed):
@@ -146,7 +147,7 @@ def test_module_entry_point_in_a_fresh_process(tmp_path):
     np.savez(tmp_path / "s.npz", samples=x)
     out = tmp_path / "r.json"
     proc = subprocess.run(
-        [sys.executable, "-m", "lit_diffusion.evaluate", "--samples", str(tmp_path / "s.npz"),
+        [sys.executable, "-m", "lit_diffusion.evaluation.evaluate", "--samples", str(tmp_path / "s.npz"),
          "--reference", "ring8_2d", "--output", str(out)],
         capture_output=True, text=True, timeout=300,
     )
@@ -155,7 +156,7 @@ def test_module_entry_point_in_a_fresh_process(tmp_path):
     assert res == json.loads(proc.stdout)
     assert res["n_samples"] == 300 and res["w1"]["value"] < 0.5
     bad = subprocess.run(
-        [sys.executable, "-m", "lit_diffusion.evaluate", "--samples", str(tmp_path / "nope.npz"), "--reference", "ring8_2d"],
+        [sys.executable, "-m", "lit_diffusion.evaluation.evaluate", "--samples", str(tmp_path / "nope.npz"), "--reference", "ring8_2d"],
         capture_output=True, text=True, timeout=300,
     )
     assert bad.returncode == 2 and "nope.npz" in bad.stderr and bad.stdout == ""
@@ -166,8 +167,8 @@ def test_swissroll_reference_scores_swiss_roll_data_far_better_than_noise():
     near the finite-sample floor, Gaussian noise of the same scale far above it."""
     import numpy as np
 
-    from lit_diffusion.data import swiss_roll
-    from lit_diffusion.evaluate import evaluate
+    from lit_diffusion.core.targets import swiss_roll
+    from lit_diffusion.evaluation.evaluate import evaluate
 
     good = swiss_roll(1000, seed=7).numpy()
     noise = np.random.default_rng(0).normal(size=(1000, 2)) * good.std(0)
@@ -190,7 +191,7 @@ def test_bpd_mode_prints_one_json_line(capsys):
     import json as _json
     from pathlib import Path as _Path
 
-    from lit_diffusion.evaluation.evaluate import main as eval_main
+    from lit_diffusion.cli.evaluate import main as eval_main
 
     root = _Path(__file__).resolve().parents[1]
     assert eval_main(["-c", str(root / "checkpoints" / "mnist"), "--metric", "bpd", "--n", "2", "--rtol", "1e-2"]) == 0

@@ -9,12 +9,12 @@ import lightning.pytorch as pl
 import pytest
 import torch
 
-from lit_diffusion.data import DigitsDataModule
-from lit_diffusion.export import export_pipeline, rescale_time
-from lit_diffusion.losses import DSM
-from lit_diffusion.module import ScoreModule
-from lit_diffusion.networks import TimeMLP, UNet
-from lit_diffusion.sdes import OU, VE, VP, ContractiveOU, ContractiveVP, SubVP, get_sde
+from lit_diffusion.training.image_data import DigitsDataModule
+from lit_diffusion.integrations.export import export_pipeline, rescale_time
+from lit_diffusion.training.losses import DSM
+from lit_diffusion.training.module import ScoreModule
+from lit_diffusion.training.networks import TimeMLP, UNet
+from lit_diffusion.core.sdes import OU, VE, VP, ContractiveOU, ContractiveVP, SubVP, get_sde
 
 
 
@@ -54,9 +54,9 @@ def trained_ckpt(tmp_path_factory):
 def test_export_round_trip_matches_our_loop(trained_ckpt, tmp_path):
     from diffusers import DiffusionPipeline, UNet2DModel
 
-    from lit_diffusion.scheduler import SDEScheduler
+    from lit_diffusion.integrations.scheduler import SDEScheduler
 
-    from lit_diffusion.pipelines import LitDiffusionPipeline
+    from lit_diffusion.integrations.pipelines import LitDiffusionPipeline
 
     path, module = trained_ckpt
     out = export_pipeline(path, str(tmp_path / "pipe"), sampler="euler")
@@ -159,7 +159,7 @@ def test_vp_export_table_is_the_trained_process(tmp_path):
     timesteps, and stock scheduler swaps run on it."""
     from diffusers import DDPMPipeline, DPMSolverMultistepScheduler
 
-    from lit_diffusion.scheduler import SDEScheduler
+    from lit_diffusion.integrations.scheduler import SDEScheduler
 
     sde = VP(beta_max=15.0)
     out = export_pipeline(_export_tiny(tmp_path, sde), str(tmp_path / "vp"))
@@ -181,7 +181,7 @@ def test_vp_export_table_is_the_trained_process(tmp_path):
 
 def test_conditional_pipeline_guidance(tmp_path):
     """The conditional pipeline equals the package's own guided sampler on the same scheduler run."""
-    from lit_diffusion.pipelines import LitDiffusionPipeline
+    from lit_diffusion.integrations.pipelines import LitDiffusionPipeline
 
     m = _export_tiny(tmp_path, VP(), num_classes=3)
     torch.nn.init.normal_(m.net.unet.class_embedding.weight)

@@ -10,9 +10,9 @@ import math
 import numpy as np
 import torch
 
-from lit_diffusion import sdes
-from lit_diffusion.samplers import get_stepper, langevin_corrector_step
-from lit_diffusion.scheduler import SDEScheduler
+from lit_diffusion.core import sdes
+from lit_diffusion.sampling.samplers import get_stepper, langevin_corrector_step
+from lit_diffusion.integrations.scheduler import SDEScheduler
 
 F64 = torch.float64
 
@@ -97,7 +97,7 @@ def test_init_noise_sigma_is_the_prior_scale_of_every_sde():
 
 
 def test_low_precision_network_receives_exact_times():
-    from lit_diffusion.fields import Field
+    from lit_diffusion.core.fields import Field
 
     seen = []
 
@@ -115,7 +115,7 @@ def test_low_precision_network_receives_exact_times():
 
 
 def test_ema_averages_float_buffers():
-    from lit_diffusion.ema import EMA
+    from lit_diffusion.training.ema import EMA
 
     net = torch.nn.BatchNorm1d(3)
     ema = EMA(net, decay=0.5, warmup=0)
@@ -134,8 +134,8 @@ def test_every_rank_draws_different_training_noise():
     and the same (k, r) repeats exactly (resume)."""
     from types import SimpleNamespace
 
-    from lit_diffusion.module import ScoreModule
-    from lit_diffusion.networks import TimeMLP
+    from lit_diffusion.training.module import ScoreModule
+    from lit_diffusion.training.networks import TimeMLP
 
     def draws(rank, micro):
         m = ScoreModule(net=TimeMLP(dim=2, hidden=8, n_blocks=1), data_shape=[2], seed=3)

@@ -5,9 +5,9 @@ resampling brings the replacement method to that conditional."""
 import pytest
 import torch
 
-from lit_diffusion.samplers import SAMPLERS, sample
-from lit_diffusion.sdes import VE, VP
-from lit_diffusion.targets import GaussianMixture
+from lit_diffusion.sampling.samplers import SAMPLERS, sample
+from lit_diffusion.core.sdes import VE, VP
+from lit_diffusion.core.targets import GaussianMixture
 
 
 def _gaussian_4d():
@@ -93,8 +93,8 @@ def test_sample_cli_inpaints_the_lower_half(tmp_path):
     import numpy as np
     from PIL import Image
 
-    from lit_diffusion.data import MNISTDataModule
-    from lit_diffusion.sampling_cli import run
+    from lit_diffusion.training.image_data import MNISTDataModule
+    from lit_diffusion.cli.sample import run
 
     digits = MNISTDataModule(limit=50).eval_data(2).numpy()
     np.save(tmp_path / "digits.npy", digits)
@@ -118,7 +118,7 @@ def test_sample_cli_inpaints_the_lower_half(tmp_path):
 def test_sample_cli_inpaint_errors(tmp_path):
     import numpy as np
 
-    from lit_diffusion.sampling_cli import main
+    from lit_diffusion.cli.sample import main
 
     np.save(tmp_path / "d.npy", np.zeros((1, 28, 28), np.float32))
     np.save(tmp_path / "bad.npy", np.zeros((1, 8, 8), np.float32))

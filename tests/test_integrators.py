@@ -7,8 +7,8 @@ import pytest
 import torch
 from scipy import integrate
 
-from lit_diffusion import sdes
-from lit_diffusion.integrators import ExpIntegrator, get_integrator, canonical_parametrization
+from lit_diffusion.core import sdes
+from lit_diffusion.sampling.integrators import ExpIntegrator, get_integrator, canonical_parametrization
 
 
 
@@ -180,7 +180,7 @@ def test_bad_names():
 def test_discrete_vp_closed_forms():
     """DiscreteVP (diffusers' betas as a VP process, piecewise-constant g^2) uses the VP closed
     forms with G = int_g2: exact composition identities, agreement with the staircase table."""
-    from lit_diffusion.discrete_vp import DiscreteVP, make_betas
+    from lit_diffusion.core.discrete_vp import DiscreteVP, make_betas
 
     sde = DiscreteVP.from_betas(make_betas(1000, 1e-4, 0.02, "linear"))
     s, t = _pairs(sde, 300, seed=7)

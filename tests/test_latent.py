@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 import torch
 
-from lit_diffusion.autoencoder import LatentCodec
-from lit_diffusion.data import DigitsDataModule
-from lit_diffusion.module import ScoreModule
-from lit_diffusion.networks import UNet
+from lit_diffusion.training.autoencoder import LatentCodec
+from lit_diffusion.training.image_data import DigitsDataModule
+from lit_diffusion.training.module import ScoreModule
+from lit_diffusion.training.networks import UNet
 
 
 @pytest.fixture(scope="module")
@@ -79,8 +79,8 @@ def test_latent_module_trains_checkpoints_and_samples_pixels(vae_folder, tmp_pat
     assert torch.allclose(x, loaded.codec.decode(z), atol=1e-5)
 
     # the pretrained folder carries its autoencoder; sample.py decodes
-    from lit_diffusion.pretrained import save_pretrained
-    from lit_diffusion.sampling_cli import run
+    from lit_diffusion.training.pretrained import save_pretrained
+    from lit_diffusion.cli.sample import run
 
     folder = tmp_path / "pretrained"
     save_pretrained(loaded, folder)
@@ -94,8 +94,8 @@ def test_latent_module_trains_checkpoints_and_samples_pixels(vae_folder, tmp_pat
         assert s.shape == (3, 1, 8, 8) and np.isfinite(s).all()
 
     # the diffusers export carries the autoencoder and decodes
-    from lit_diffusion.export import export_pipeline
-    from lit_diffusion.pipelines import LitDiffusionPipeline
+    from lit_diffusion.integrations.export import export_pipeline
+    from lit_diffusion.integrations.pipelines import LitDiffusionPipeline
 
     exported = export_pipeline(loaded, str(tmp_path / "pipe"))
     pipe = LitDiffusionPipeline.from_pretrained(exported)

@@ -7,10 +7,10 @@ import csv
 import pytest
 import torch
 
-from lit_diffusion.accelerate_train import build_parser, train
+from lit_diffusion.cli.accelerate_train import build_parser, train
 from lit_diffusion.cli import main
-from lit_diffusion.ema import EMA, ema_decay_at
-from lit_diffusion.module import ScoreModule
+from lit_diffusion.training.ema import EMA, ema_decay_at
+from lit_diffusion.training.module import ScoreModule
 
 COMMON = [
     "--model.net.init_args.hidden", "16", "--model.net.init_args.n_blocks", "1", "--model.net.init_args.time_dim", "8",
@@ -66,10 +66,10 @@ def test_twenty_steps_under_each_launcher_give_the_same_ema(tmp_path, fresh_acce
 
 
 def test_accelerate_tracker_config_is_flat_and_complete():
-    from lit_diffusion.accelerate_train import _tracker_config
+    from lit_diffusion.cli.accelerate_loop import tracker_config
 
     cfg = build_parser().parse_args(["--model.lr", "0.003"])
-    flat = _tracker_config(cfg, ScoreModule(**{}))
+    flat = tracker_config(cfg, ScoreModule(**{}))
     assert flat["model.lr"] == 0.003 and flat["model.sde.class_path"] == "VP" and "data.class_path" in flat
     assert all(isinstance(v, (bool, int, float, str)) for v in flat.values())
 

@@ -69,7 +69,7 @@ def restore_signals():
         signal.signal(s, h)
 
 
-def _train(*args, **kw):
+def run_training(*args, **kw):
     from lit_diffusion.cli.train import main
 
     return main([*TINY, *args], **kw)
@@ -103,7 +103,7 @@ def test_load_from_checkpoint_never_imports_what_a_checkpoint_names(tmp_path, mo
 
 
 def test_train_py_checkpoints_store_no_instantiator_and_old_ones_load_safely(tmp_path):
-    _train("--ckpt_dir", str(tmp_path), "--trainer.max_steps", "3")
+    run_training("--ckpt_dir", str(tmp_path), "--trainer.max_steps", "3")
     ck = torch.load(tmp_path / "swissroll" / "last.ckpt", weights_only=True)
     assert "_instantiator" not in ck["hyper_parameters"] and "_class_path" not in ck["hyper_parameters"]
     # an older checkpoint that carries LightningCLI's instantiator still loads, through the registry
@@ -183,7 +183,7 @@ def test_lit_pipeline_loads_an_export_without_running_its_code(tmp_path):
 def test_links_out_of_a_model_folder_are_refused(tmp_path):
     from lit_diffusion.integrations.export import export_pipeline
     from lit_diffusion.integrations.pipelines import LitDiffusionPipeline
-    from lit_diffusion.training.pretrained import load_pretrained, save_pretrained
+    from lit_diffusion.training.pretrained import save_pretrained
 
     m = ScoreModule(net=TimeMLP(dim=2, hidden=8, n_blocks=1), data_shape=[2], ema_decay=0.0)
     good = Path(save_pretrained(m, tmp_path / "good"))
@@ -195,7 +195,7 @@ def test_links_out_of_a_model_folder_are_refused(tmp_path):
     shutil.copy(good / "config.json", linked / "config.json")
     os.symlink(outside / "model.safetensors", linked / "model.safetensors")
     with pytest.raises(CheckpointError, match="leads outside the model folder"):
-        load_pretrained(linked)
+        ScoreModule.from_pretrained(linked)
     # an autoencoder sub-folder that links outside (the check runs before anything is loaded)
     cfg = json.loads((good / "config.json").read_text())
     cfg["hyper_parameters"]["autoencoder"] = "ae"
@@ -208,7 +208,7 @@ def test_links_out_of_a_model_folder_are_refused(tmp_path):
     shutil.copy(good / "model.safetensors", latent / "model.safetensors")
     os.symlink(ae, latent / "ae")
     with pytest.raises(CheckpointError, match="leads outside the model folder"):
-        load_pretrained(latent)
+        ScoreModule.from_pretrained(latent)
     # an exported pipeline whose unet/ links outside
     exp = Path(export_pipeline(_tiny_unet_module(VE(sigma_max=50.0)), str(tmp_path / "exp")))
     shutil.move(str(exp / "unet"), str(tmp_path / "unet_outside"))
@@ -222,17 +222,17 @@ def test_links_out_of_a_model_folder_are_refused(tmp_path):
 # --------------------------------------------------------------------------------------------
 def test_a_new_run_sets_an_older_runs_checkpoints_aside_and_last_resumes_its_own(tmp_path, capsys):
     ck = tmp_path / "swissroll"
-    _train("--ckpt_dir", str(tmp_path), "--trainer.max_steps", "12", "--ckpt_every_n_steps", "4")
+    run_training("--ckpt_dir", str(tmp_path), "--trainer.max_steps", "12", "--ckpt_every_n_steps", "4")
     old_run = json.loads((ck / "run.json").read_text())["run_id"]
     assert torch.load(ck / "last.ckpt", weights_only=True)["global_step"] == 12
     with pytest.warns(UserWarning, match="of another run .* moved to"):
-        _train("--ckpt_dir", str(tmp_path), "--trainer.max_steps", "4", "--ckpt_every_n_steps", "4")
+        run_training("--ckpt_dir", str(tmp_path), "--trainer.max_steps", "4", "--ckpt_every_n_steps", "4")
     new_run = json.loads((ck / "run.json").read_text())["run_id"]
     assert new_run != old_run
     aside = list((ck / "previous").glob(f"{old_run}-*"))
     assert len(aside) == 1 and torch.load(aside[0] / "last.ckpt", weights_only=True)["global_step"] == 12
     capsys.readouterr()
-    _train("--ckpt_dir", str(tmp_path), "--trainer.max_steps", "8", "--ckpt_every_n_steps", "4", "--ckpt_path", "last")
+    run_training("--ckpt_dir", str(tmp_path), "--trainer.max_steps", "8", "--ckpt_every_n_steps", "4", "--ckpt_path", "last")
     out = capsys.readouterr().out
     assert "global step 4" in out and "global step 12" not in out
     last = torch.load(ck / "last.ckpt", weights_only=True)
@@ -241,7 +241,7 @@ def test_a_new_run_sets_an_older_runs_checkpoints_aside_and_last_resumes_its_own
 
 def test_resume_skips_unfit_and_inconsistent_newest_files(tmp_path, capsys):
     ck = tmp_path / "swissroll"
-    _train("--ckpt_dir", str(tmp_path), "--trainer.max_steps", "8", "--ckpt_every_n_steps", "4")
+    run_training("--ckpt_dir", str(tmp_path), "--trainer.max_steps", "8", "--ckpt_every_n_steps", "4")
     good = torch.load(ck / "last.ckpt", weights_only=True)
     missing = dict(good, global_step=9)
     missing["loops"] = None
@@ -252,7 +252,7 @@ def test_resume_skips_unfit_and_inconsistent_newest_files(tmp_path, capsys):
     capsys.readouterr()
     with warnings.catch_warnings(record=True) as w:
         warnings.simplefilter("always")
-        _train("--ckpt_dir", str(tmp_path), "--trainer.max_steps", "12", "--ckpt_every_n_steps", "4", "--ckpt_path", "last")
+        run_training("--ckpt_dir", str(tmp_path), "--trainer.max_steps", "12", "--ckpt_every_n_steps", "4", "--ckpt_path", "last")
     said = " ".join(str(x.message) for x in w)
     assert "step=9.ckpt" in said and "does not fit this model" in said
     assert "step=1000000000000000.ckpt" in said and "an integer in [0, 1000000000000]" in said
@@ -276,7 +276,7 @@ def test_sigterm_during_the_final_picture_saves_and_exits_143(tmp_path, monkeypa
     monkeypatch.setattr(SamplePictures, "draw", _slow_after_signal)
     t0 = time.perf_counter()
     with pytest.raises(SystemExit) as e:
-        _train("--ckpt_dir", str(tmp_path), "--trainer.max_steps", "6", "--ckpt_every_n_steps", "4")
+        run_training("--ckpt_dir", str(tmp_path), "--trainer.max_steps", "6", "--ckpt_every_n_steps", "4")
     assert e.value.code == 143 and time.perf_counter() - t0 < 9
     assert torch.load(tmp_path / "swissroll" / "last.ckpt", weights_only=True)["global_step"] == 6
 
@@ -284,7 +284,7 @@ def test_sigterm_during_the_final_picture_saves_and_exits_143(tmp_path, monkeypa
 def test_sigterm_during_the_accelerate_export_exits_143(tmp_path, monkeypatch, restore_signals):
     import lit_diffusion.cli.accelerate_loop as loop
 
-    monkeypatch.setattr(loop, "_export_safetensors", _slow_after_signal)
+    monkeypatch.setattr(loop, "export_safetensors", _slow_after_signal)
     t0 = time.perf_counter()
     with pytest.raises(SystemExit) as e:
         accelerate_train_in_process(tmp_path / "ck")
@@ -481,7 +481,7 @@ def test_sizes_from_outside_are_bounded_before_any_work(tmp_path, capsys):
     with pytest.raises(ValueError, match=r"expands to \d+ YAML nodes .* the bound is 100000"):
         load_config_text(str(bomb))
     with pytest.raises(ValueError, match="YAML nodes"):
-        _train("--config", str(bomb), "--ckpt_dir", str(tmp_path / "ck"), exit_on_error=False)
+        run_training("--config", str(bomb), "--ckpt_dir", str(tmp_path / "ck"), exit_on_error=False)
     assert time.perf_counter() - t0 < 10
 
 
@@ -489,5 +489,5 @@ def test_a_refused_register_flag_leaves_no_lock(tmp_path):
     """--register of a module that does not exist is refused after the lock was taken: the lock (and
     the folder it created) is released, and the next run starts."""
     with pytest.raises(ValueError, match="--register 'no_such_module.Net': cannot import it"):
-        _train("--register", "no_such_module.Net", "--ckpt_dir", str(tmp_path / "ck"), exit_on_error=False)
+        run_training("--register", "no_such_module.Net", "--ckpt_dir", str(tmp_path / "ck"), exit_on_error=False)
     assert not (tmp_path / "ck").exists()

@@ -15,11 +15,11 @@ import pytest
 import torch
 from scipy.integrate import quad
 
-from lit_diffusion import losses as L
-from lit_diffusion.losses import DSM, ESM, ISM, SSM, get_loss
-from lit_diffusion.sdes import OU, VE, VP, ContractiveOU, ContractiveVP, SubVP
-from lit_diffusion.targets import GaussianMixture, get_target
-from lit_diffusion.utils import make_generators
+from lit_diffusion.training import losses as L
+from lit_diffusion.training.losses import DSM, ESM, ISM, SSM, get_loss
+from lit_diffusion.core.sdes import OU, VE, VP, ContractiveOU, ContractiveVP, SubVP
+from lit_diffusion.core.targets import GaussianMixture, get_target
+from lit_diffusion.core.utils import make_generators
 
 F64 = torch.float64
 

@@ -1,4 +1,4 @@
-"""lit_diffusion.metrics and the MNIST feature net: closed forms for Gaussians (W1, W2, sliced W2,
+"""lit_diffusion.evaluation.metrics and the MNIST feature net: closed forms for Gaussians (W1, W2, sliced W2,
 MMD², KL — docs/maths.md §6 uses exact Gaussian KLs as ground truth), cross-checks against POT, and
 FID-MNIST behaviour on real / held-out / noisy digits."""
 
@@ -12,8 +12,9 @@ import pytest
 import torch
 from scipy.stats import multivariate_normal
 
-from lit_diffusion import metrics as M
-from lit_diffusion.feature_net import DEFAULT_WEIGHTS, MNISTFeatureNet, load_feature_net, mnist_split, to_unit_images
+from lit_diffusion.evaluation import metrics as M
+from lit_diffusion.evaluation import image_metrics as IM
+from lit_diffusion.evaluation.feature_net import DEFAULT_WEIGHTS, MNISTFeatureNet, load_feature_net, mnist_split, to_unit_images
 
 
 def rng(seed=0):
@@ -267,34 +268,34 @@ def test_frechet_identical_is_zero_and_matches_torchmetrics(net, split):
     f_tr, f_te = net.features(Xtr[:900]), net.features(Xte)
     assert M.frechet_distance(f_te, f_te)["value"] == pytest.approx(0.0, abs=1e-8)
     own = M.frechet_distance(f_tr, f_te)
-    res = M.fid(Xtr[:900], Xte, backend="mnist")
+    res = IM.fid(Xtr[:900], Xte, backend="mnist")
     assert res["metric"] == "FID-MNIST" and res["n_samples"] == 900 and res["n_reference"] == 700
     assert res["value"] == pytest.approx(own["value"], rel=1e-4)
-    assert abs(M.fid(Xte, Xte, backend="mnist")["value"]) < 1e-2
+    assert abs(IM.fid(Xte, Xte, backend="mnist")["value"]) < 1e-2
 
 
 def test_fid_grows_with_noise_and_separates_real_from_noise(split):
     Xtr, _, Xte, _ = split
     x, Xte = Xtr[:400], Xte[:400]
     g = rng(60)
-    vals = [M.fid(np.clip(x + s * g.standard_normal(x.shape), 0, 1), Xte)["value"] for s in (0.0, 0.1, 0.2, 0.4)]
+    vals = [IM.fid(np.clip(x + s * g.standard_normal(x.shape), 0, 1), Xte)["value"] for s in (0.0, 0.1, 0.2, 0.4)]
     assert all(b > a for a, b in zip(vals, vals[1:])), vals
-    noise = M.fid(g.random(x.shape), Xte)["value"]
+    noise = IM.fid(g.random(x.shape), Xte)["value"]
     assert vals[0] < 0.02 * noise, (vals[0], noise)
     # value range: the same digits stored in [-1, 1] or uint8 give the same score
-    assert M.fid(2 * x - 1, Xte)["value"] == pytest.approx(vals[0], rel=1e-4)
-    assert M.fid(np.round(x * 255).astype(np.uint8), Xte)["value"] == pytest.approx(vals[0], rel=1e-2)
+    assert IM.fid(2 * x - 1, Xte)["value"] == pytest.approx(vals[0], rel=1e-4)
+    assert IM.fid(np.round(x * 255).astype(np.uint8), Xte)["value"] == pytest.approx(vals[0], rel=1e-2)
 
 
 def test_fid_bad_inputs(split):
     with pytest.raises(ValueError, match="1x28x28"):
-        M.fid(np.zeros((4, 1, 32, 32), np.float32), np.zeros((4, 1, 32, 32), np.float32), backend="mnist")
+        IM.fid(np.zeros((4, 1, 32, 32), np.float32), np.zeros((4, 1, 32, 32), np.float32), backend="mnist")
     with pytest.raises(ValueError, match="different image shapes"):
-        M.fid(np.zeros((4, 1, 28, 28), np.float32), np.zeros((4, 3, 28, 28), np.float32))
+        IM.fid(np.zeros((4, 1, 28, 28), np.float32), np.zeros((4, 3, 28, 28), np.float32))
     with pytest.raises(ValueError, match="backend='jpeg'"):
-        M.fid(split[2][:4], "mnist", backend="jpeg")
+        IM.fid(split[2][:4], "mnist", backend="jpeg")
     with pytest.raises(ValueError, match="'mnist-train'"):
-        M.fid(split[2][:4], "mnist-train")
+        IM.fid(split[2][:4], "mnist-train")
     with pytest.raises(ValueError, match="value_range='0,2'"):
         to_unit_images(np.zeros(3), "0,2")
 
@@ -305,12 +306,12 @@ def test_fid_bad_inputs(split):
 def test_inception_missing_env_path_falls_back_to_mnist(monkeypatch, tmp_path, split):
     missing = tmp_path / "no-inception.pth"
     monkeypatch.setenv(M.INCEPTION_ENV, str(missing))
-    st = M.inception_status()
+    st = IM.inception_status()
     assert not st["available"] and str(missing) in st["reason"]
-    assert M.select_fid_backend("auto")[0] == "mnist"
+    assert IM.select_fid_backend("auto")[0] == "mnist"
     with pytest.raises(RuntimeError, match="no-inception.pth"):
-        M.select_fid_backend("inception")
-    res = M.fid(split[2][:50], split[2][50:100])
+        IM.select_fid_backend("inception")
+    res = IM.fid(split[2][:50], split[2][50:100])
     assert res["backend"] == "mnist" and str(missing) in res["inception_unavailable"]
 
 
@@ -320,20 +321,20 @@ def test_inception_chosen_only_when_weights_and_package_exist(monkeypatch, tmp_p
     weights = tmp_path / "inception.pth"
     weights.write_bytes(b"\0")
     monkeypatch.setenv(M.INCEPTION_ENV, str(weights))
-    st = M.inception_status()
+    st = IM.inception_status()
     assert st["path"] == str(weights) and st["available"] == has_fidelity
-    assert M.select_fid_backend("auto")[0] == ("inception" if has_fidelity else "mnist")
+    assert IM.select_fid_backend("auto")[0] == ("inception" if has_fidelity else "mnist")
     if not has_fidelity:
         assert "torch-fidelity" in st["reason"]
     # 2) no env var: torch-fidelity's hub cache location under $TORCH_HOME
     monkeypatch.delenv(M.INCEPTION_ENV)
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "th"))
-    st = M.inception_status()
+    st = IM.inception_status()
     assert not st["available"] and M.INCEPTION_FILENAME in st["path"] and str(tmp_path) in st["path"]
     cached = tmp_path / "th" / "hub" / "checkpoints" / M.INCEPTION_FILENAME
     cached.parent.mkdir(parents=True)
     cached.write_bytes(b"\0")
-    st = M.inception_status()
+    st = IM.inception_status()
     assert st["path"] == str(cached) and st["available"] == has_fidelity
     assert os.environ.get(M.INCEPTION_ENV) is None
 
@@ -363,15 +364,14 @@ def test_kid_and_inception_score_mnist():
     repeated digit and close to 10 classes' worth for real digits."""
     import numpy as np
 
-    from lit_diffusion import metrics as M
-    from lit_diffusion.feature_net import mnist_split
+    from lit_diffusion.evaluation.feature_net import mnist_split
 
     X, _, Xt, _ = mnist_split()
-    same = M.kid_mnist(Xt[:300], X[:600], subsets=20)
-    noise = M.kid_mnist(np.random.default_rng(0).random((300, 784)) * 255, X[:600], subsets=20)
+    same = IM.kid_mnist(Xt[:300], X[:600], subsets=20)
+    noise = IM.kid_mnist(np.random.default_rng(0).random((300, 784)) * 255, X[:600], subsets=20)
     assert abs(same["value"]) < 0.01 * noise["value"] and same["metric"] == "KID-MNIST" and same["subset_size"] == 300
-    one = M.inception_score_mnist(np.repeat(Xt[:1], 200, 0), splits=2)
-    real = M.inception_score_mnist(Xt[:600], splits=2)
+    one = IM.inception_score_mnist(np.repeat(Xt[:1], 200, 0), splits=2)
+    real = IM.inception_score_mnist(Xt[:600], splits=2)
     assert abs(one["value"] - 1.0) < 1e-3 and 6.0 < real["value"] <= 10.0
     with pytest.raises(ValueError, match="1x28x28"):
-        M.kid_mnist(np.zeros((10, 1, 8, 8)), X[:100])
+        IM.kid_mnist(np.zeros((10, 1, 8, 8)), X[:100])

@@ -6,12 +6,14 @@ import lightning.pytorch as pl
 import pytest
 import torch
 
-from lit_diffusion.data import DigitsDataModule, SwissRollDataModule
-from lit_diffusion.ema import EMA, ema_decay_at
-from lit_diffusion.losses import DSM
-from lit_diffusion.module import ScoreModule
-from lit_diffusion.networks import TimeMLP, UNet
-from lit_diffusion.sdes import VE, VP
+from lit_diffusion.training.data import SwissRollDataModule
+
+from lit_diffusion.training.image_data import DigitsDataModule
+from lit_diffusion.training.ema import EMA, ema_decay_at
+from lit_diffusion.training.losses import DSM
+from lit_diffusion.training.module import ScoreModule
+from lit_diffusion.training.networks import TimeMLP, UNet
+from lit_diffusion.core.sdes import VE, VP
 
 
 

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from lit_diffusion.networks import UNET_PRESETS, TimeMLP, UNet
+from lit_diffusion.training.networks import UNET_PRESETS, TimeMLP, UNet
 
 
 def test_timemlp_shapes_scalar_and_per_sample_t(gen):

@@ -5,10 +5,10 @@ import itertools
 import pytest
 import torch
 
-from lit_diffusion import parametrizations as P
-from lit_diffusion.fields import Field, as_field
-from lit_diffusion.sdes import OU, VE, VP, ContractiveOU, ContractiveVP, SubVP
-from lit_diffusion.targets import get_target
+from lit_diffusion.core import parametrizations as P
+from lit_diffusion.core.fields import Field, as_field
+from lit_diffusion.core.sdes import OU, VE, VP, ContractiveOU, ContractiveVP, SubVP
+from lit_diffusion.core.targets import get_target
 
 F64 = torch.float64
 

@@ -2,10 +2,10 @@
 
 * SIGKILL: ``train.py`` killed at random times resumes with ``--ckpt_path last`` exactly where its last
   checkpoint left off (same global step, same weights), and every checkpoint file ever present loads
-  with ``weights_only=True`` (atomic writes: :class:`lit_diffusion.checkpoint_io.AtomicCheckpointIO`,
+  with ``weights_only=True`` (atomic writes: :class:`lit_diffusion.runtime.lightning_io.AtomicCheckpointIO`,
   also hammered directly by a writer killed mid-write);
 * non-finite numbers: a NaN loss stops ``train.py`` with a clear message and the last checkpoint is
-  finite; an inf gradient under a finite loss is caught by :class:`lit_diffusion.reliability.NonFiniteGuard`
+  finite; an inf gradient under a finite loss is caught by :class:`lit_diffusion.runtime.reliability.NonFiniteGuard`
   before it reaches the weights (without the guard a NaN checkpoint is written: the control);
 * config mistakes (typo in a key, unknown class, invalid value) name the culprit and the valid choices;
 * a crafted pickle (its unpickling would create a marker file) is refused by every loading path:
@@ -30,8 +30,8 @@ SCRIPTS = ROOT / "tests" / "scripts"
 if str(SCRIPTS) not in sys.path:
     sys.path.insert(0, str(SCRIPTS))
 
-from lit_diffusion.module import ScoreModule  # noqa: E402
-from lit_diffusion.checkpoint_io import CheckpointError  # noqa: E402
+from lit_diffusion.training.module import ScoreModule  # noqa: E402
+from lit_diffusion.runtime.checkpoint_io import CheckpointError  # noqa: E402
 
 TINY_TRAIN = [
     "--model.net.init_args.hidden", "16", "--model.net.init_args.n_blocks", "1", "--model.net.init_args.time_dim", "8",
@@ -108,7 +108,7 @@ def test_atomic_checkpoint_io_survives_sigkill_mid_write(tmp_path):
     leftovers = [f.name for f in tmp_path.iterdir() if f.name != "last.ckpt"]
     assert len(leftovers) <= 1 and all(n.startswith(".last.ckpt.") and n.endswith(".tmp") for n in leftovers)
     # the next save cleans the leftover up
-    from lit_diffusion.checkpoint_io import AtomicCheckpointIO
+    from lit_diffusion.runtime.lightning_io import AtomicCheckpointIO
 
     AtomicCheckpointIO().save_checkpoint({"global_step": 0, "state_dict": {}}, path)
     assert [f.name for f in tmp_path.iterdir()] == ["last.ckpt"]
@@ -212,9 +212,9 @@ def _fit_inf_grad(tmp_path: Path, guard: bool):
     from lightning.pytorch.callbacks import ModelCheckpoint
 
     from faulty_nets import InfGradAfterMLP
-    from lit_diffusion.checkpoint_io import AtomicCheckpointIO
-    from lit_diffusion.data import SwissRollDataModule
-    from lit_diffusion.reliability import NonFiniteGuard
+    from lit_diffusion.runtime.lightning_io import AtomicCheckpointIO
+    from lit_diffusion.training.data import SwissRollDataModule
+    from lit_diffusion.runtime.reliability import NonFiniteGuard
 
     pl.seed_everything(0, verbose=False)
     module = ScoreModule(net=InfGradAfterMLP(after=7, dim=2, hidden=16, n_blocks=1, time_dim=8), warmup_steps=2)
@@ -311,7 +311,7 @@ class _Evil:
 def crafted(tmp_path):
     """A real checkpoint of a tiny module with a code-running object slipped into it."""
     marker = tmp_path / "PWNED"
-    m = ScoreModule(net=__import__("lit_diffusion.networks", fromlist=["TimeMLP"]).TimeMLP(dim=2, hidden=8, n_blocks=1),
+    m = ScoreModule(net=__import__("lit_diffusion.training.networks", fromlist=["TimeMLP"]).TimeMLP(dim=2, hidden=8, n_blocks=1),
                     data_shape=[2])
     ckpt = {"state_dict": m.state_dict(), "hyper_parameters": dict(m.hparams), "global_step": 3, "epoch": 0,
             "pytorch-lightning_version": "2.6.0", "payload": _Evil(str(marker))}
@@ -346,7 +346,7 @@ def accelerate_train_in_process(ckpt_dir, *args):
     Accelerate's global state reset before and after."""
     from accelerate.state import AcceleratorState, GradientState
 
-    from lit_diffusion.accelerate_train import build_parser, train
+    from lit_diffusion.cli.accelerate_train import build_parser, train
 
     cfg = build_parser().parse_args(["--cpu", "true", "--logger", "none", "--ckpt_dir", str(ckpt_dir),
                                      "--trainer", "{max_steps: 5}", "--data.init_args.n_samples", "500", *args])
@@ -368,15 +368,15 @@ def test_crafted_pickle_refused_by_accelerate_resume(crafted, tmp_path):
 
 def test_crafted_pickle_refused_by_export_and_sampling_loaders(crafted, tmp_path):
     path, marker = crafted
-    from lit_diffusion.export import export_pipeline
+    from lit_diffusion.integrations.export import export_pipeline
 
     with pytest.raises(CheckpointError, match="not a valid checkpoint: it holds pickled code"):
         export_pipeline(str(path), str(tmp_path / "pipe"))
     assert not marker.exists()
     try:
-        from lit_diffusion.sampling_cli import load_lightning
+        from lit_diffusion.cli.sample import load_lightning
     except ImportError:
-        pytest.skip("lit_diffusion.sampling_cli is not available")
+        pytest.skip("lit_diffusion.cli.sample is not available")
     with pytest.raises(CheckpointError, match="not a valid checkpoint") as e:
         load_lightning(str(path))
     assert "weights_only=False" not in str(e.value) and "weights_only` set to `False" not in str(e.value)

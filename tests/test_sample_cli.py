@@ -1,4 +1,4 @@
-"""sample.py (lit_diffusion.sampling_cli) end to end: a tiny Lightning checkpoint from a real Trainer
+"""sample.py (lit_diffusion.cli.sample) end to end: a tiny Lightning checkpoint from a real Trainer
 run and a tiny diffusers pipeline folder; the samples are checked against the library sampler
 (docs/maths.md §4–§5) and the diffusers scheduler loop, per-sample seeds, precision, formats, and
 every bad input -> a clear error and no file."""
@@ -15,7 +15,8 @@ import numpy as np
 import pytest
 import torch
 
-from lit_diffusion.sampling_cli import AutocastNet, _atomic, chunk_indices, main
+from lit_diffusion.cli.sample import AutocastNet, chunk_indices, main
+from lit_diffusion.cli.sample_outputs import atomic_output
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -29,7 +30,7 @@ REPO = Path(__file__).resolve().parents[1]
 def pipeline(tmp_path_factory):
     from diffusers import UNet2DModel
 
-    from lit_diffusion.scheduler import SDEScheduler
+    from lit_diffusion.integrations.scheduler import SDEScheduler
 
     torch.manual_seed(0)
     unet = UNet2DModel(
@@ -74,9 +75,9 @@ def _files(p: Path):
 def test_lightning_checkpoint_matches_library_sampler(ckpt, tmp_path, sampler):
     """sample.py == samplers.sample on the checkpoint's EMA field with generators seeded seed+i,
     although sample.py works in chunks of 4 and the reference in one batch of 6."""
-    from lit_diffusion.module import ScoreModule
-    from lit_diffusion.samplers import sample
-    from lit_diffusion.utils import make_generators
+    from lit_diffusion.training.module import ScoreModule
+    from lit_diffusion.sampling.samplers import sample
+    from lit_diffusion.core.utils import make_generators
 
     out = tmp_path / "out"
     assert _run(["-c", ckpt, "--n", 6, "--batch-size", 4, "--steps", 5, "--sampler", sampler, "--seed", 10, "--out", out]) == 0
@@ -173,8 +174,8 @@ def test_diffusers_pipeline_matches_scheduler_loop(pipeline, tmp_path):
     the same samples as the diffusers-style loop over SDEScheduler.step with the same generators."""
     from diffusers import UNet2DModel
 
-    from lit_diffusion.scheduler import SDEScheduler
-    from lit_diffusion.utils import make_generators
+    from lit_diffusion.integrations.scheduler import SDEScheduler
+    from lit_diffusion.core.utils import make_generators
 
     out = tmp_path / "out"
     assert _run(["-c", pipeline, "--n", 3, "--steps", 4, "--sampler", "exponential_euler", "--seed", 5, "--out", out]) == 0
@@ -290,9 +291,9 @@ def test_atomic_write_leaves_nothing_on_failure(tmp_path):
         raise OSError("disk full")
 
     with pytest.raises(OSError, match="disk full"):
-        _atomic(target, failing)
+        atomic_output(target, failing)
     assert not target.exists() and _files(tmp_path / "d") == []
-    _atomic(target, lambda tmp: Path(tmp).write_bytes(b"ok"))
+    atomic_output(target, lambda tmp: Path(tmp).write_bytes(b"ok"))
     assert target.read_bytes() == b"ok" and _files(tmp_path / "d") == ["x.npz"]
 
 

@@ -26,7 +26,7 @@ def _load(out: Path):
 
 @pytest.mark.skipif(shutil.which("accelerate") is None, reason="the accelerate launcher is not on PATH")
 def test_two_processes_give_the_samples_of_one(ckpt, tmp_path):
-    from lit_diffusion.sampling_cli import main
+    from lit_diffusion.cli.sample import main
 
     # 7 samples in chunks of 2: rank 0 gets indices {0,1,4,5}, rank 1 {2,3,6}; ddram draws per-sample
     # midpoints and noise, so any mix-up of seeds or order would show

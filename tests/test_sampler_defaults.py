@@ -16,11 +16,11 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from lit_diffusion import sdes  # noqa: E402
-from lit_diffusion.metrics import kl_gaussian_fit, sliced_wasserstein2  # noqa: E402
-from lit_diffusion.samplers import default_schedule, get_stepper, sample  # noqa: E402
-from lit_diffusion.scheduler import SDEScheduler  # noqa: E402
-from lit_diffusion.targets import get_target  # noqa: E402
+from lit_diffusion.core import sdes  # noqa: E402
+from lit_diffusion.evaluation.metrics import kl_gaussian_fit, sliced_wasserstein2  # noqa: E402
+from lit_diffusion.sampling.samplers import default_schedule, get_stepper, sample  # noqa: E402
+from lit_diffusion.integrations.scheduler import SDEScheduler  # noqa: E402
+from lit_diffusion.core.targets import get_target  # noqa: E402
 
 F64 = torch.float64
 SHIPPED = ROOT / "checkpoints" / "mnist"
@@ -39,10 +39,10 @@ def test_ddram_defaults_are_the_same_everywhere():
     sched.set_timesteps(8)
     assert sched.stepper.parametrization == "denoiser"  # a DDPM table: the closed-form parametrization
     assert SDEScheduler(sde="VP", sampler="ddram").stepper.parametrization == "auto"
-    from lit_diffusion.schedules import get_timesteps
+    from lit_diffusion.core.schedules import get_timesteps
 
     assert torch.allclose(sched._grid, get_timesteps(sched.sde, 8, "uniform"))
-    from lit_diffusion.sampling_cli import build_parser
+    from lit_diffusion.cli.sample import build_parser
 
     args = build_parser().parse_args(["-c", "x"])
     assert args.sampler == "auto" and args.schedule is None  # resolved by prepare() to default_schedule
@@ -92,7 +92,7 @@ def test_pc_default_never_diverges(preset):
 
 
 def test_sample_py_nfe_budget(ckpt, tmp_path):
-    from lit_diffusion.sampling_cli import main, run
+    from lit_diffusion.cli.sample import main, run
 
     out = run(["-c", str(ckpt), "--nfe", "11", "--sampler", "ddram", "--n", "4", "--out", str(tmp_path / "a"),
                "--no-progress", "--no-png"])
@@ -110,10 +110,10 @@ def test_sample_py_nfe_budget(ckpt, tmp_path):
 
 
 def test_pretrained_folder_round_trip_and_refusal(ckpt, tmp_path, capsys):
-    from lit_diffusion.checkpoint_io import CheckpointError
-    from lit_diffusion.module import ScoreModule
-    from lit_diffusion.pretrained import save_pretrained
-    from lit_diffusion.sampling_cli import main
+    from lit_diffusion.runtime.checkpoint_io import CheckpointError
+    from lit_diffusion.training.module import ScoreModule
+    from lit_diffusion.training.pretrained import save_pretrained
+    from lit_diffusion.cli.sample import main
 
     m = ScoreModule.load_checkpoint(str(ckpt))
     folder = tmp_path / "pre"
@@ -123,7 +123,7 @@ def test_pretrained_folder_round_trip_and_refusal(ckpt, tmp_path, capsys):
     assert torch.equal(back.net(x, t), m.sampling_net(True)(x, t))
     assert main(["-c", str(folder), "--n", "4", "--steps", "2", "--out", str(tmp_path / "o"), "--no-progress"]) == 0
     cfg = json.loads((folder / "config.json").read_text())
-    cfg["hyper_parameters"]["net"]["class_path"] = "lit_diffusion.checkpoint_io.atomic_write_bytes"
+    cfg["hyper_parameters"]["net"]["class_path"] = "lit_diffusion.runtime.checkpoint_io.atomic_write_bytes"
     (folder / "config.json").write_text(json.dumps(cfg))
     with pytest.raises(CheckpointError, match="not a registered net class"):
         ScoreModule.from_pretrained(folder)
@@ -151,8 +151,8 @@ def test_benchmark_scripts_dry_run(script):
 
 @pytest.mark.skipif(not (SHIPPED / "model.safetensors").is_file(), reason="shipped model not present")
 def test_shipped_mnist_model_loads_and_samples_digits():
-    from lit_diffusion.feature_net import load_feature_net
-    from lit_diffusion.module import ScoreModule
+    from lit_diffusion.evaluation.feature_net import load_feature_net
+    from lit_diffusion.training.module import ScoreModule
 
     m = ScoreModule.from_pretrained(SHIPPED)
     assert m.data_shape == (1, 28, 28) and m.prediction_type == "epsilon"

@@ -9,12 +9,12 @@ import pytest
 import torch
 from scipy import stats
 
-from lit_diffusion import sdes
-from lit_diffusion.fields import as_field
-from lit_diffusion.samplers import SAMPLERS, get_stepper, sample
-from lit_diffusion.schedules import get_timesteps
-from lit_diffusion.targets import GaussianMixture, get_target
-from lit_diffusion.utils import make_generators
+from lit_diffusion.core import sdes
+from lit_diffusion.core.fields import as_field
+from lit_diffusion.sampling.samplers import SAMPLERS, get_stepper, sample
+from lit_diffusion.core.schedules import get_timesteps
+from lit_diffusion.core.targets import GaussianMixture, get_target
+from lit_diffusion.core.utils import make_generators
 
 F64 = torch.float64
 
@@ -438,7 +438,7 @@ def test_errors_before_any_work(kwargs, match):
 def test_posterior_covariance_square_roots_agree():
     """Moment matching's (W^2 Sigma + V I)^{1/2} z: the target's exact posterior covariance, the
     jacrev Jacobian (Sigma = sigma^2/alpha dD/dx) and the JVP-Lanczos square root agree."""
-    from lit_diffusion.samplers import posterior_cov_sqrt_apply
+    from lit_diffusion.sampling.samplers import posterior_cov_sqrt_apply
 
     sde = sdes.VP()
     target = get_target("anisotropic_16d")
@@ -483,8 +483,8 @@ def test_pc_with_other_predictors(predictor, param, corrector):
 def test_midpoint_u_injection_fixes_the_midpoints_and_is_validated():
     """Injected DDRaM uniforms replace the per-sample draws (the scheduler's shared midpoints) and
     bad shapes or samplers without a midpoint are refused before any evaluation."""
-    from lit_diffusion.sdes import OU as _OU
-    from lit_diffusion.targets import bimodal_1d as _bimodal
+    from lit_diffusion.core.sdes import OU as _OU
+    from lit_diffusion.core.targets import bimodal_1d as _bimodal
 
     sde, target = _OU(), _bimodal()
     x_T = torch.randn(5, 1, generator=torch.Generator().manual_seed(0))
@@ -505,8 +505,8 @@ def test_midpoint_u_injection_fixes_the_midpoints_and_is_validated():
 def test_pc_batch_snr_norm_converges_in_1d_where_the_per_sample_rule_diverges():
     """The per-sample snr rule of §5 blows up in 1-D (||z||/||s|| explodes where the score vanishes);
     the batch-mean rule (score_sde_pytorch's) stays within a few noise floors of exact samples."""
-    from lit_diffusion.metrics import wasserstein1
-    from lit_diffusion.sdes import VP as _VP
+    from lit_diffusion.evaluation.metrics import wasserstein1
+    from lit_diffusion.core.sdes import VP as _VP
 
     target, sde = get_target("bimodal_1d"), _VP()
     ref = target.sample(3000, torch.Generator().manual_seed(1)).numpy()

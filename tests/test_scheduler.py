@@ -4,7 +4,7 @@
   for every sampler; a pipeline folder with our scheduler saves and loads;
 * with an analytic epsilon "model" (exact for a Gaussian target under the scheduler's own
   :class:`DiscreteVP` process, conditioned on the fractional timestep) the scheduler driven like a
-  pipeline reproduces :func:`lit_diffusion.samplers.sample` with the same noise (same code path) and
+  pipeline reproduces :func:`lit_diffusion.sampling.samplers.sample` with the same noise (same code path) and
   converges to the target, with the exact Gaussian KL decreasing in the number of steps;
 * Stable-Diffusion-style loops (init_noise_sigma, scale_model_input, tuple outputs, img2img slicing
   with set_begin_index and add_noise);
@@ -21,10 +21,10 @@ from torch import nn
 
 from diffusers import DDIMScheduler, DDPMPipeline, DDPMScheduler, UNet2DModel
 
-from lit_diffusion.discrete_vp import DiscreteVP
-from lit_diffusion.samplers import sample
-from lit_diffusion.scheduler import SCHEDULER_SAMPLERS, SDEScheduler
-from lit_diffusion.targets import GaussianMixture
+from lit_diffusion.core.discrete_vp import DiscreteVP
+from lit_diffusion.sampling.samplers import sample
+from lit_diffusion.integrations.scheduler import SCHEDULER_SAMPLERS, SDEScheduler
+from lit_diffusion.core.targets import GaussianMixture
 
 SAMPLER_VARIANTS = {
     "euler": dict(sampler="euler"),

@@ -1,6 +1,6 @@
 """diffusers' scheduler conformance (``SchedulerCommonTest`` of diffusers' tests/schedulers/
 test_schedulers.py, which is not shipped with the installed package) re-implemented for
-:class:`lit_diffusion.scheduler.SDEScheduler`, for several samplers and processes.
+:class:`lit_diffusion.integrations.scheduler.SDEScheduler`, for several samplers and processes.
 
 Each test below names the diffusers test whose assertions it reproduces.  Two deliberate
 differences: (1) diffusers' ``test_step_shape`` / ``test_from_save_pretrained`` step at the literal
@@ -24,7 +24,7 @@ import diffusers
 from diffusers import DDIMScheduler, DDPMScheduler
 from diffusers.utils import logging as dlogging
 
-from lit_diffusion.scheduler import SDEScheduler
+from lit_diffusion.integrations.scheduler import SDEScheduler
 
 FORWARD_DEFAULT_KWARGS = dict(num_inference_steps=10)
 

@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 import torch
 
-from lit_diffusion.scheduler import SDEScheduler, dynamic_threshold
-from lit_diffusion.schedules import get_timesteps
+from lit_diffusion.integrations.scheduler import SDEScheduler, dynamic_threshold
+from lit_diffusion.core.schedules import get_timesteps
 
 
 def _tiny_unet():
@@ -146,9 +146,9 @@ def test_stable_diffusion_style_loop_with_guidance():
 def test_one_sampler_specification_sample_and_scheduler_agree(bad):
     """The stepper validates the sampler options once: sample() and SDEScheduler refuse the same values
     with the same message."""
-    from lit_diffusion.samplers import sample
-    from lit_diffusion.targets import ring8_2d
-    from lit_diffusion.sdes import VP
+    from lit_diffusion.sampling.samplers import sample
+    from lit_diffusion.core.targets import ring8_2d
+    from lit_diffusion.core.sdes import VP
 
     with pytest.raises(ValueError) as a:
         sample(ring8_2d(), VP(), shape=(2, 2), sampler="pc", steps=2, **bad)

@@ -3,8 +3,8 @@
 import pytest
 import torch
 
-from lit_diffusion import sdes
-from lit_diffusion.schedules import SCHEDULES, get_timesteps
+from lit_diffusion.core import sdes
+from lit_diffusion.core.schedules import SCHEDULES, get_timesteps
 
 
 

@@ -9,9 +9,9 @@ import pytest
 import torch
 from scipy.integrate import solve_ivp
 
-from lit_diffusion import sdes
-from lit_diffusion.sdes import OU, VE, VP, ContractiveOU, ContractiveVP, SubVP, get_sde
-from lit_diffusion.utils import make_generators
+from lit_diffusion.core import sdes
+from lit_diffusion.core.sdes import OU, VE, VP, ContractiveOU, ContractiveVP, SubVP, get_sde
+from lit_diffusion.core.utils import make_generators
 
 F64 = torch.float64
 
@@ -19,7 +19,7 @@ F64 = torch.float64
 
 
 # --------------------------------------------------------------------------------------------
-# The table of §1, written independently of lit_diffusion.sdes: (a(t), b(t), g(t)^2) as numpy
+# The table of §1, written independently of lit_diffusion.core.sdes: (a(t), b(t), g(t)^2) as numpy
 # functions of t.  The package's closed forms of alpha, m, sigma^2 are checked against the
 # numerical solution of alpha' = a alpha, m' = a m + b, (sigma^2)' = 2 a sigma^2 + g^2.
 # --------------------------------------------------------------------------------------------
@@ -379,15 +379,15 @@ def test_get_sde_names_and_aliases():
 
 
 # --------------------------------------------------------------------------------------------
-# Reverse SDE with the exact score (lit_diffusion.demo): samples the target
+# Reverse SDE with the exact score (lit_diffusion.cli.demo): samples the target
 # --------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("sde_key", ["VP-default", "OU-default", "VE-default"])
 def test_reverse_euler_maruyama_with_exact_score_recovers_target(sde_key):
     """Reverse-time EM (§1, §5) from the prior with the exact score of the 1-D bimodal mixture: mean,
     variance and the mass of the left mode match the target within 5 SE + 0.03 (discretisation with
     200 steps, early stopping and prior mismatch are all small)."""
-    from lit_diffusion.demo import euler_maruyama_exact
-    from lit_diffusion.targets import get_target
+    from lit_diffusion.cli.demo import euler_maruyama_exact
+    from lit_diffusion.core.targets import get_target
 
     target, sde = get_target("bimodal_1d"), SDE_FACTORIES[sde_key]()
     n = 4000
@@ -399,7 +399,7 @@ def test_reverse_euler_maruyama_with_exact_score_recovers_target(sde_key):
 
 
 def test_demo_writes_png(tmp_path):
-    from lit_diffusion.demo import main
+    from lit_diffusion.cli.demo import main
 
     out = main(["--out", str(tmp_path / "sub" / "demo.png"), "--n", "200", "--steps", "50"])
     assert out.exists() and out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -34,12 +34,12 @@ ROOT = Path(__file__).resolve().parents[1]
 SCRIPTS = ROOT / "tests" / "scripts"
 sys.path.insert(0, str(ROOT))
 
-from lit_diffusion.checkpoint_io import CheckpointError  # noqa: E402
+from lit_diffusion.runtime.checkpoint_io import CheckpointError  # noqa: E402
 from lit_diffusion.training.run_folder import checkpoint_candidates  # noqa: E402
-from lit_diffusion.module import ScoreModule  # noqa: E402
-from lit_diffusion.networks import TimeMLP  # noqa: E402
-from lit_diffusion.registry import UntrustedConfigError, build, describe  # noqa: E402
-from lit_diffusion.run_lock import LOCK_NAME, FolderLockedError, RunLock  # noqa: E402
+from lit_diffusion.training.module import ScoreModule  # noqa: E402
+from lit_diffusion.training.networks import TimeMLP  # noqa: E402
+from lit_diffusion.training.registry import UntrustedConfigError, build, describe  # noqa: E402
+from lit_diffusion.runtime.run_lock import LOCK_NAME, FolderLockedError, RunLock  # noqa: E402
 
 from test_reliability import TINY_TRAIN as TINY  # noqa: E402  (the tiny swiss-roll run of the reliability tests)
 from test_reliability import _env, accelerate_train_in_process  # noqa: E402
@@ -64,12 +64,12 @@ def _crafted(tmp_path: Path, field: str, desc) -> tuple[Path, Path]:
 
 
 ATTACKS = {
-    "package_file_writer": ("net", {"class_path": "lit_diffusion.checkpoint_io.atomic_write_bytes",
+    "package_file_writer": ("net", {"class_path": "lit_diffusion.runtime.checkpoint_io.atomic_write_bytes",
                                      "init_args": {"data": "import os", "path": "{MARKER}"}}),
     "torch_save": ("net", {"class_path": "torch.save", "init_args": {"obj": 1, "f": "{MARKER}"}}),
-    "method_path": ("sde", {"class_path": "lit_diffusion.checkpoint_io.AtomicCheckpointIO.save_checkpoint",
+    "method_path": ("sde", {"class_path": "lit_diffusion.runtime.lightning_io.AtomicCheckpointIO.save_checkpoint",
                             "init_args": {"checkpoint": {}, "path": "{MARKER}"}}),
-    "class_outside_registry": ("loss", {"class_path": "lit_diffusion.callbacks.SamplePictures",
+    "class_outside_registry": ("loss", {"class_path": "lit_diffusion.training.callbacks.SamplePictures",
                                         "init_args": {"out_dir": "{MARKER}"}}),
     "torch_nn_class": ("net", {"class_path": "torch.nn.Linear", "init_args": {"in_features": 2, "out_features": 2}}),
     "non_json_argument": ("sde", {"class_path": "VP", "init_args": {"beta_max": {"class_path": "torch.save"}, "T": [1]}}),
@@ -89,13 +89,13 @@ def test_crafted_checkpoint_refused_everywhere(attack, tmp_path, capsys):
     with pytest.raises(CheckpointError, match="not trusted|not a registered|no argument|does not fit|unknown entry"):
         ScoreModule.load_from_checkpoint(str(path))
     # export_pipeline
-    from lit_diffusion.export import export_pipeline
+    from lit_diffusion.integrations.export import export_pipeline
 
     with pytest.raises(CheckpointError):
         export_pipeline(str(path), str(tmp_path / "pipe"))
     assert not (tmp_path / "pipe").exists()
     # sample.py
-    from lit_diffusion.sampling_cli import main as sample_main
+    from lit_diffusion.cli.sample import main as sample_main
 
     assert sample_main(["-c", str(path), "--out", str(tmp_path / "out"), "--n", "4", "--steps", "2", "--no-progress"]) == 2
     err = capsys.readouterr().err
@@ -136,7 +136,7 @@ def test_registry_names_old_paths_and_checks_before_calling():
 def test_lock_refuses_live_owner_and_takes_over_dead_one(tmp_path):
     holder = subprocess.Popen([sys.executable, "-c", (
         "import sys, time; sys.path.insert(0, %r)\n"
-        "from lit_diffusion.run_lock import RunLock\n"
+        "from lit_diffusion.runtime.run_lock import RunLock\n"
         "RunLock(%r).acquire(); print('locked', flush=True); time.sleep(60)" % (str(ROOT), str(tmp_path / "run")))],
         stdout=subprocess.PIPE, text=True, env=_env())
     try:
@@ -218,7 +218,7 @@ def test_accelerate_run_in_a_held_folder_is_refused(tmp_path):
 
 
 def test_temp_cleanup_removes_only_dead_writers_files(tmp_path):
-    from lit_diffusion.checkpoint_io import _host, atomic_write_bytes
+    from lit_diffusion.runtime.checkpoint_io import _host, atomic_write_bytes
 
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
@@ -320,7 +320,7 @@ def test_signal_saves_at_the_current_step_lightning(tmp_path, sig, code):
 
 @pytest.mark.multiprocess
 def test_signal_saves_at_the_current_step_accelerate(tmp_path):
-    cmd = [sys.executable, "-m", "lit_diffusion.accelerate_train", "--cpu", "true", "--logger", "none",
+    cmd = [sys.executable, "-m", "lit_diffusion.cli.accelerate_train", "--cpu", "true", "--logger", "none",
            "--ckpt_dir", str(tmp_path / "ck"), "--trainer", "{max_steps: 100000}", "--ckpt_every_n_steps", "20",
            "--data.init_args.n_samples", "500", "--model.net.init_args.hidden", "16"]
     rc, out = _signal_run(cmd, tmp_path / "ck" / "swissroll", signal.SIGTERM, tmp_path)
@@ -335,7 +335,7 @@ def test_signal_saves_at_the_current_step_accelerate(tmp_path):
 # 5. smaller holes
 # --------------------------------------------------------------------------------------------
 def test_scheduler_refuses_wrong_shapes_and_nonfinite_outputs():
-    from lit_diffusion.scheduler import SDEScheduler
+    from lit_diffusion.integrations.scheduler import SDEScheduler
 
     s = SDEScheduler(sampler="euler")
     s.set_timesteps(3)
@@ -351,8 +351,8 @@ def test_scheduler_refuses_wrong_shapes_and_nonfinite_outputs():
 
 
 def test_pc_with_a_zero_network_stays_finite():
-    from lit_diffusion.samplers import langevin_corrector_step, sample
-    from lit_diffusion.sdes import VP
+    from lit_diffusion.sampling.samplers import langevin_corrector_step, sample
+    from lit_diffusion.core.sdes import VP
 
     x = torch.randn(8, 2)
     out = langevin_corrector_step(x, torch.zeros_like(x), 0.16, 1.0, torch.randn_like(x))
@@ -370,7 +370,7 @@ def test_pc_with_a_zero_network_stays_finite():
 
 def test_bad_seed_and_config_files_are_named(tmp_path, ckpt, capsys):
     from lit_diffusion.cli import check_config_files
-    from lit_diffusion.sampling_cli import main as sample_main
+    from lit_diffusion.cli.sample import main as sample_main
 
     for seed in ("-1", str(2**63)):
         assert sample_main(["-c", str(ckpt), "--seed", seed, "--out", str(tmp_path / "o")]) == 2
@@ -391,7 +391,7 @@ def test_bad_seed_and_config_files_are_named(tmp_path, ckpt, capsys):
 
 
 def test_moment_matching_reports_the_evaluations_it_counts(ckpt, tmp_path, monkeypatch):
-    from lit_diffusion import sampling_cli
+    from lit_diffusion.cli import sample as sampling_cli
     from lit_diffusion.runtime.precision import NetworkRunner
 
     calls = [0]
@@ -410,8 +410,8 @@ def test_moment_matching_reports_the_evaluations_it_counts(ckpt, tmp_path, monke
 def test_sample_outputs_checked_paired_and_permissions(ckpt, tmp_path, capsys, monkeypatch):
     from PIL import Image
 
-    from lit_diffusion import sampling_cli
-    from lit_diffusion.checkpoint_io import _host
+    from lit_diffusion.cli import sample as sampling_cli
+    from lit_diffusion.runtime.checkpoint_io import _host
 
     t0 = time.time()
     assert sampling_cli.main(["-c", str(ckpt), "--out", "/proc/lit_diffusion_test/out", "--steps", "500", "--n", "4096"]) == 2

@@ -7,9 +7,9 @@ import pytest
 import torch
 from torch.func import jacrev, vmap
 
-from lit_diffusion.sdes import OU, VE, VP, ContractiveOU, ContractiveVP, SubVP
-from lit_diffusion.targets import PRESETS, GaussianMixture, get_target
-from lit_diffusion.utils import make_generators
+from lit_diffusion.core.sdes import OU, VE, VP, ContractiveOU, ContractiveVP, SubVP
+from lit_diffusion.core.targets import PRESETS, GaussianMixture, get_target
+from lit_diffusion.core.utils import make_generators
 
 F64 = torch.float64
 

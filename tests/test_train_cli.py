@@ -32,7 +32,7 @@ def _tiny(tmp_path, *extra):
 def test_default_run_then_resume_from_last(tmp_path, capsys):
     cli = main(_tiny(tmp_path, "--trainer.max_steps", "12", "--samples.every_n_steps", "5"))
     out = capsys.readouterr().out
-    from lit_diffusion.checkpoint_io import AtomicCheckpointIO
+    from lit_diffusion.runtime.lightning_io import AtomicCheckpointIO
 
     assert isinstance(cli.trainer.strategy.checkpoint_io, AtomicCheckpointIO)
     last = tmp_path / "ck" / "swissroll" / "last.ckpt"

@@ -1,4 +1,4 @@
-"""The Accelerate training loop: one :class:`_Run` (build, restore, prepare, micro-step, log, save,
+"""The Accelerate training loop: one :class:`TrainingRun` (build, restore, prepare, micro-step, log, save,
 signals) with the same semantics as the Lightning path (the ScoreModule's loss, EMA rule and noise
 seeds, Lightning's checkpoint schema)."""
 
@@ -14,7 +14,7 @@ from typing import Any, Optional
 
 import torch
 
-from lit_diffusion.runtime.checkpoint_schema import _export_safetensors, _save
+from lit_diffusion.runtime.checkpoint_schema import export_safetensors, save_training_checkpoint
 from lit_diffusion.runtime.precision import NetworkRunner
 
 
@@ -31,22 +31,22 @@ class TrainResult:
     history: list = field(default_factory=list)  # (step, loss) at every log step
 
 
-def _load_resume(path: str, module) -> dict:
+def load_resume(path: str, module) -> dict:
     """The checkpoint to resume from: valid, trusted by the registry, same SDE/loss/network as ``module``."""
     from lit_diffusion.cli.train import check_resume
 
     return check_resume(path, module)
 
 
-def _build_module(cfg):
+def build_module(cfg):
     """The ScoreModule and data module of the config (the same on every process: same seed)."""
     from accelerate.utils import set_seed
 
-    from lit_diffusion.module import ScoreModule
+    from lit_diffusion.training.module import ScoreModule
 
     set_seed(int(cfg.seed))
-    module = ScoreModule(**_instantiate(cfg.model))
-    datamodule = _instantiate_data(cfg.data)
+    module = ScoreModule(**instantiate_class(cfg.model))
+    datamodule = instantiate_data(cfg.data)
     datamodule.setup("fit")
     if module.data_shape is None:
         shape = tuple(datamodule.data_shape)
@@ -60,14 +60,14 @@ def _build_module(cfg):
     return module, datamodule
 
 
-class _Run:
+class TrainingRun:
     """The state of one Accelerate training run: what the loop reads and updates between steps."""
 
     def __init__(self, cfg, opts, accelerator, ckpt_dir, on_step, signals):
         self.cfg, self.opts, self.acc, self.ckpt_dir = cfg, opts, accelerator, ckpt_dir
         self.on_step, self.signals = on_step, signals
         self.rank, self.world = accelerator.process_index, accelerator.num_processes
-        self.module, self.datamodule = _build_module(cfg)
+        self.module, self.datamodule = build_module(cfg)
         opt_cfg = self.module.configure_optimizers()
         self.optimizer = opt_cfg["optimizer"] if isinstance(opt_cfg, dict) else opt_cfg
         self.max_steps = opts["max_steps"]
@@ -90,7 +90,7 @@ class _Run:
         decision = [None, None, None]
         if self.acc.is_main_process:
             try:
-                resume, run_id = prepare_run(self.ckpt_dir, ckpt_path, fits=lambda p: _load_resume(p, self.module),
+                resume, run_id = prepare_run(self.ckpt_dir, ckpt_path, fits=lambda p: load_resume(p, self.module),
                                              write=True, log=self.acc.print)
                 decision = [resume, run_id, None]
             except (ValueError, OSError) as e:  # CheckpointError, FileNotFoundError: every process stops
@@ -102,7 +102,7 @@ class _Run:
             raise err
         if resume is None:
             return
-        ckpt = _load_resume(resume, self.module)
+        ckpt = load_resume(resume, self.module)
         self.module.load_state_dict(ckpt["state_dict"])
         if ckpt.get("optimizer_states"):
             self.optimizer.load_state_dict(ckpt["optimizer_states"][0])
@@ -122,8 +122,8 @@ class _Run:
             raise ValueError("the training loader is empty (data smaller than one batch?)")
         self.micro = self.step * self.opts["accumulate_grad_batches"]
         if cfg.logger in ("tensorboard", "wandb"):
-            acc.init_trackers(cfg.run_name, config=_tracker_config(cfg, self.module))
-        self.csv = _CSVLog(os.path.join(cfg.log_dir, cfg.run_name, "metrics.csv")) if (
+            acc.init_trackers(cfg.run_name, config=tracker_config(cfg, self.module))
+        self.csv = CSVLog(os.path.join(cfg.log_dir, cfg.run_name, "metrics.csv")) if (
             cfg.logger == "csv" and acc.is_main_process) else None
         self.bar = None
         if acc.is_main_process and getattr(cfg, "progress_bar", None) != "none":
@@ -133,8 +133,8 @@ class _Run:
 
     def noise_generator(self) -> torch.Generator:
         """The times and noise of this micro-batch on this process: a function of (seed, micro-batch,
-        rank) only (lit_diffusion.module.noise_seed, the Lightning path's formula)."""
-        from lit_diffusion.module import noise_seed
+        rank) only (lit_diffusion.training.module.noise_seed, the Lightning path's formula)."""
+        from lit_diffusion.training.module import noise_seed
 
         g = torch.Generator(device=self.acc.device)
         g.manual_seed(noise_seed(int(self.module.hparams.get("seed") or 0), self.micro, self.rank))
@@ -207,13 +207,13 @@ class _Run:
         if acc.is_main_process:
             resume_state = {"micro": self.micro, "n_batches": self.n_batches, "data": self.datamodule,
                             "accumulate": self.opts["accumulate_grad_batches"]}
-            self.last_ckpt = _save(acc, self.module, self.optimizer, self.scheduler, self.step, self.ckpt_dir, resume_state,
+            self.last_ckpt = save_training_checkpoint(acc, self.module, self.optimizer, self.scheduler, self.step, self.ckpt_dir, resume_state,
                                    run_id=self.run_id)
         acc.wait_for_everyone()
         return self.last_ckpt
 
     def maybe_stop_on_signal(self) -> None:
-        from lit_diffusion.reliability import EXIT_CODES, TrainingInterrupted
+        from lit_diffusion.runtime.reliability import EXIT_CODES, TrainingInterrupted
 
         if self.step < self.max_steps and self.signals.any(self.acc):
             path = self.save()
@@ -263,7 +263,7 @@ class _Run:
         self.save()
         self.signals.stop_now(self.last_ckpt, self.step)  # from here a signal ends the process at once
         if self.acc.is_main_process:
-            _export_safetensors(self.module, os.path.join(self.ckpt_dir, "model.safetensors"))
+            export_safetensors(self.module, os.path.join(self.ckpt_dir, "model.safetensors"))
         if self.bar is not None:
             self.bar.close()
         if self.cfg.logger in ("tensorboard", "wandb"):
@@ -271,17 +271,17 @@ class _Run:
         return TrainResult(self.module, self.acc, self.step, self.last_loss, self.tput, self.last_ckpt, self.history)
 
 
-def _train(cfg, opts, accelerator, ckpt_dir, resume, on_step, signals) -> TrainResult:
+def run_training(cfg, opts, accelerator, ckpt_dir, resume, on_step, signals) -> TrainResult:
     if getattr(cfg, "num_threads", None):
         torch.set_num_threads(int(cfg.num_threads))
-    run = _Run(cfg, opts, accelerator, ckpt_dir, on_step, signals)
+    run = TrainingRun(cfg, opts, accelerator, ckpt_dir, on_step, signals)
     run.restore(resume)
     run.prepare()
     run.loop()
     return run.finish()
 
 
-class _CSVLog:
+class CSVLog:
     """``metrics.csv`` with a header row (appending to the file of a resumed run)."""
 
     FIELDS = ("step", "train/loss", "train/lr", "train/grad_norm", "train/samples_per_sec")
@@ -302,7 +302,7 @@ class _CSVLog:
         self.file.flush()
 
 
-def _tracker_config(cfg, module) -> dict:
+def tracker_config(cfg, module) -> dict:
     """The run's configuration for the trackers (wandb config, TensorBoard hparams): flat keys with
     scalar values (``model.lr``, ``model.sde.class_path``...), the SDE/loss/net descriptions included."""
     from jsonargparse import Namespace
@@ -325,9 +325,9 @@ def _tracker_config(cfg, module) -> dict:
     return flat
 
 
-def _instantiate(ns) -> dict:
+def instantiate_class(ns) -> dict:
     """``model`` namespace -> constructor kwargs; ``net``/``sde``/``loss`` descriptions are built by
-    the registry (:func:`lit_diffusion.registry.build`: registered classes, JSON arguments)."""
+    the registry (:func:`lit_diffusion.training.registry.build`: registered classes, JSON arguments)."""
     from jsonargparse import Namespace
 
     out = {}
@@ -341,7 +341,7 @@ def _instantiate(ns) -> dict:
 def _build(v, kind: Optional[str]):
     from jsonargparse import Namespace
 
-    from lit_diffusion.registry import build
+    from lit_diffusion.training.registry import build
 
     if isinstance(v, Namespace) and "class_path" in v:
         v = v.as_dict()
@@ -352,10 +352,10 @@ def _build(v, kind: Optional[str]):
     return v
 
 
-def _instantiate_data(v):
-    from lit_diffusion.data import BaseDataModule
+def instantiate_data(v):
+    from lit_diffusion.training.data import BaseDataModule
 
     obj = _build(v, "data")
     if not isinstance(obj, BaseDataModule):
-        raise TypeError(f"data: expected a lit_diffusion.data.BaseDataModule; got {type(obj).__name__}")
+        raise TypeError(f"data: expected a lit_diffusion.training.data.BaseDataModule; got {type(obj).__name__}")
     return obj

@@ -10,7 +10,7 @@
     # resume where the last checkpoint left off
     accelerate launch ... lit_diffusion/accelerate_train.py --config configs/mnist.yaml --ckpt_path last
 
-It trains the **same objects** as ``train.py``: the :class:`~lit_diffusion.module.ScoreModule` built from
+It trains the **same objects** as ``train.py``: the :class:`~lit_diffusion.training.module.ScoreModule` built from
 the ``model:`` section of the same YAML configs (its ``net``, ``sde`` and ``loss``, the optimizer and
 the learning-rate schedule of :meth:`ScoreModule.lr_factor`, its EMA), the data module of the
 ``data:`` section, and ``trainer.max_steps`` / ``trainer.gradient_clip_val`` /
@@ -23,11 +23,11 @@ the SDE arithmetic and the loss in float32.
 Data parallelism: ``accelerator.prepare`` wraps the network in DDP (gradients all-reduced, replicas
 identical) and shards the training loader across processes (each process sees different batches of
 ``data.batch_size`` samples, reshuffled every epoch from a seed shared by all processes).  The
-diffusion noise and times are drawn from generators seeded by :func:`lit_diffusion.module.noise_seed`
+diffusion noise and times are drawn from generators seeded by :func:`lit_diffusion.training.module.noise_seed`
 of (``model.seed``, micro-batch index, rank) -- the formula of the Lightning path -- so the processes
 never repeat each other's noise and a resumed run continues exactly as the uninterrupted run would
 have (same data order, same noise).  The EMA follows the same rule as the Lightning path
-(:meth:`lit_diffusion.ema.EMA.step`).  Logging: ``--logger csv`` writes ``<log_dir>/<run_name>/
+(:meth:`lit_diffusion.training.ema.EMA.step`).  Logging: ``--logger csv`` writes ``<log_dir>/<run_name>/
 metrics.csv`` (a header row, one row per log step), ``tensorboard``/``wandb`` go through Accelerate's
 trackers with the run's configuration; a progress bar shows the steps (``--progress_bar none``).
 
@@ -36,7 +36,7 @@ Checkpoints (main process, atomically: temporary file + fsync + ``os.replace``) 
 optimizer steps and at the end. They are Lightning-style dictionaries of plain types and tensors
 (``state_dict`` with the EMA, ``hyper_parameters``, ``global_step``, ``optimizer_states``,
 ``lr_schedulers``), so ``torch.load(weights_only=True)`` and
-:meth:`ScoreModule.load_checkpoint <lit_diffusion.module.ScoreModule.load_checkpoint>` read them (and
+:meth:`ScoreModule.load_checkpoint <lit_diffusion.training.module.ScoreModule.load_checkpoint>` read them (and
 refuse a crafted pickle); the final weights are also written as ``model.safetensors``.
 
 A NaN or inf loss stops every process with :class:`FloatingPointError` (the decision is taken on the
@@ -75,8 +75,8 @@ def build_parser(exit_on_error: bool = True):
     from jsonargparse import ArgumentParser, ActionConfigFile
 
     from lit_diffusion.cli import embedded_defaults
-    from lit_diffusion.data import BaseDataModule
-    from lit_diffusion.module import ScoreModule
+    from lit_diffusion.training.data import BaseDataModule
+    from lit_diffusion.training.module import ScoreModule
 
     p = ArgumentParser(
         prog="accelerate_train.py",
@@ -157,7 +157,7 @@ def _trainer_options(trainer) -> dict:
 def save_checkpoint_atomic(obj: Any, path: str) -> str:
     """``torch.save(obj, path)`` through a temporary file in the same folder, fsync'ed and moved into
     place with ``os.replace`` (a reader never sees a half-written ``path``)."""
-    from lit_diffusion.checkpoint_io import atomic_torch_save
+    from lit_diffusion.runtime.checkpoint_io import atomic_torch_save
 
     return atomic_torch_save(obj, path)
 
@@ -187,7 +187,7 @@ def train(
     if int(cfg.ckpt_every_n_steps) < 1:
         raise ValueError(f"ckpt_every_n_steps={cfg.ckpt_every_n_steps!r} is invalid; it must be >= 1")
     ckpt_dir = os.path.join(cfg.ckpt_dir, cfg.run_name)
-    resume = cfg.ckpt_path  # decided within the run by _Run.restore (lit_diffusion.training.run_folder)
+    resume = cfg.ckpt_path  # decided within the run by TrainingRun.restore (lit_diffusion.training.run_folder)
     if resume not in (None, "last") and not os.path.isfile(resume):
         raise FileNotFoundError(f"--ckpt_path {resume!r}: no such checkpoint file (or use 'last')")
 
@@ -204,7 +204,7 @@ def train(
     lock = _lock_folder(accelerator, ckpt_dir)
     signals = _SignalFlag()
     try:
-        return _train(cfg, opts, accelerator, ckpt_dir, resume, on_step, signals)
+        return run_training(cfg, opts, accelerator, ckpt_dir, resume, on_step, signals)
     finally:
         signals.restore()
         if lock is not None:
@@ -215,7 +215,7 @@ def _lock_folder(accelerator, ckpt_dir: str):
     """Take the run lock of ``ckpt_dir`` on the main process; every process fails if it is held."""
     from accelerate.utils import broadcast_object_list
 
-    from lit_diffusion.run_lock import FolderLockedError, RunLock
+    from lit_diffusion.runtime.run_lock import FolderLockedError, RunLock
 
     lock, msg = None, [None]
     if accelerator.is_main_process:
@@ -275,20 +275,21 @@ class _SignalFlag:
 
 
 from lit_diffusion.cli.accelerate_loop import (  # noqa: E402,F401  (re-exported)
-    TrainResult, _build_module, _CSVLog, _instantiate, _instantiate_data, _Run, _load_resume, _train,
-    _tracker_config,
+    TrainResult, build_module, CSVLog, instantiate_class, instantiate_data, TrainingRun, load_resume, run_training,
+    tracker_config,
 )
-from lit_diffusion.runtime.checkpoint_schema import _export_safetensors, _save, lightning_loops  # noqa: E402,F401
+from lit_diffusion.runtime.checkpoint_schema import export_safetensors, save_training_checkpoint, lightning_loops  # noqa: E402,F401
 
 
 def main(args=None) -> TrainResult:
     """Parse ``args`` (``sys.argv[1:]`` when None) and train."""
-    from lit_diffusion.cli.train_checks import check_config_files, register_classes, split_register_flags
+    from lit_diffusion.cli.train_checks import check_config_files, register_classes, split_register_flags, translate_former_paths
 
     argv = sys.argv[1:] if args is None else list(args)
     argv, paths = split_register_flags(argv)
     try:  # configs are data: class paths are checked before jsonargparse imports anything
         register_classes(paths)
+        argv = translate_former_paths(argv)
         check_config_files(argv)
     except ValueError as e:
         print(f"accelerate_train.py: error: {e}", file=sys.stderr, flush=True)

@@ -5,8 +5,8 @@
 Plain Euler–Maruyama on the reverse-time SDE (docs/maths.md §1 and §5, Claustre, "Score-Based Diffusion Models via SDEs" eq. 13),
 ``X_s = X_t - h [a(t) X_t + b(t) - g(t)^2 s(X_t, t)] + g(t) sqrt(h) z``, on a uniform grid from
 ``T`` down to ``t_min``, started from the SDE's prior; the score ``s`` is the exact score of the
-Gaussian-mixture target (``lit_diffusion.targets``), so the only errors are the discretisation, the
-prior mismatch and early stopping.  The real samplers live in ``lit_diffusion.samplers``; this
+Gaussian-mixture target (``lit_diffusion.core.targets``), so the only errors are the discretisation, the
+prior mismatch and early stopping.  The real samplers live in ``lit_diffusion.sampling.samplers``; this
 module is the README's first command until training exists.  It writes a PNG scatter plot of the
 samples next to exact samples of the target and prints their first two moments.
 """
@@ -56,8 +56,8 @@ def run_demo(
     steps: int = 500,
     seed: int = 0,
 ) -> Path:
-    """Sample ``target`` with ``sde`` (names as in :func:`~lit_diffusion.targets.get_target` and
-    :func:`~lit_diffusion.sdes.get_sde`, default parameters), save a scatter plot to ``out`` and
+    """Sample ``target`` with ``sde`` (names as in :func:`~lit_diffusion.core.targets.get_target` and
+    :func:`~lit_diffusion.core.sdes.get_sde`, default parameters), save a scatter plot to ``out`` and
     return its path.  1-D targets are drawn as histograms, higher dimensions as the first two axes."""
     import matplotlib
 

@@ -6,12 +6,12 @@
     python sample.py --checkpoint my_pipeline/ --sampler exponential_euler --ode --steps 25 --precision bf16
     accelerate launch --num_processes 4 sample.py --checkpoint ... --n 10000     # several processes / GPUs
 
-Inputs: a Lightning checkpoint of :class:`~lit_diffusion.module.ScoreModule` (read with
+Inputs: a Lightning checkpoint of :class:`~lit_diffusion.training.module.ScoreModule` (read with
 ``torch.load(weights_only=True)``; the EMA network unless ``--no-ema``), or a diffusers pipeline folder
 (``unet/`` holding a ``UNet2DModel`` and ``scheduler/scheduler_config.json``; the scheduler config is
-turned into our SDE by :class:`~lit_diffusion.scheduler.SDEScheduler`: a ``betas`` table becomes a
-:class:`~lit_diffusion.discrete_vp.DiscreteVP` in the network's own timestep units).  Sampling runs
-:func:`lit_diffusion.samplers.sample` (docs/maths.md §4–§5) with any sampler / steps / schedule /
+turned into our SDE by :class:`~lit_diffusion.integrations.scheduler.SDEScheduler`: a ``betas`` table becomes a
+:class:`~lit_diffusion.core.discrete_vp.DiscreteVP` in the network's own timestep units).  Sampling runs
+:func:`lit_diffusion.sampling.samplers.sample` (docs/maths.md §4–§5) with any sampler / steps / schedule /
 parametrization / ``--ode``.
 
 Precision: ``--precision fp32|bf16|fp16`` runs the *network* under ``torch.autocast`` in that dtype
@@ -19,7 +19,7 @@ Precision: ``--precision fp32|bf16|fp16`` runs the *network* under ``torch.autoc
 in float32 (float64 coefficients), so only the network's rounding changes.
 
 Reproducibility: sample ``i`` uses its own generator seeded ``seed + i``
-(:func:`lit_diffusion.utils.make_generators`) for its prior draw and every noise of its trajectory.
+(:func:`lit_diffusion.core.utils.make_generators`) for its prior draw and every noise of its trajectory.
 Indices are cut into fixed chunks of ``--batch-size`` consecutive indices and the chunks are dealt to
 the processes round-robin, so each chunk is computed with exactly the same batch whatever the number
 of processes: the gathered set (ordered by index on rank 0) is the same for one process or several.
@@ -73,10 +73,10 @@ from .sample_models import (  # noqa: E402,F401  (re-exported: sample.py's API a
     PRECISIONS, AutocastNet, DiffusersUNet, LoadedModel, load_diffusers, load_lightning, load_model,
 )
 from .sample_inputs import (  # noqa: E402,F401
-    NAMED_MASKS, _check_inpaint, _check_labels, _named_mask, _read_array, _read_image, sample_labels,
+    NAMED_MASKS, check_inpaint, check_labels, named_mask, read_array, read_image, sample_labels,
 )
 from .sample_outputs import (  # noqa: E402,F401
-    FORMATS, _atomic, _picture_writer, _samples_writer, _tmp_path, check_output_folder, write_outputs, write_picture,
+    FORMATS, atomic_output, picture_writer, samples_writer, temporary_path, check_output_folder, write_outputs, write_picture,
 )
 
 
@@ -111,7 +111,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--snr-norm", default=None, help="pc step-size rule: 'capped' (default: per sample, ratio capped at "
                    "4 sigma^2; stable in any dimension), 'batch' (batch-mean norms) or 'sample' (diverges on 1-D/2-D data)")
     p.add_argument("--time-grid", default=None, metavar="FILE",
-                   help="a fitted time grid (JSON of python -m lit_diffusion.sampling.grid_fit); sets --steps")
+                   help="a fitted time grid (JSON of python -m lit_diffusion.cli.grid_fit); sets --steps")
     p.add_argument("--solver-order", type=int, default=None, help="multistep: 1, 2 or 3 (default 3 with --ode, else 2)")
     p.add_argument("--corrector", action="store_true", default=None,
                    help="multistep: redo each step with the next evaluation as one more node (no extra evaluation)")
@@ -184,7 +184,7 @@ def _reference_data(ref: Optional[str]) -> Optional[np.ndarray]:
     if ref is None:
         return None
     if ref == "swissroll":
-        from ..training.data import swiss_roll
+        from ..core.targets import swiss_roll
 
         return swiss_roll(2000, seed=1).numpy()
     from ..core.targets import PRESETS, get_target
@@ -219,7 +219,7 @@ class Plan:
 
 def _check_budget_args(args, sampler: str) -> None:
     from ..sampling.samplers import SAMPLERS
-    from ..core.schedules import SCHEDULES, _check_steps, check_schedule
+    from ..core.schedules import SCHEDULES, check_steps, check_schedule
 
     if sampler not in SAMPLERS:
         raise ValueError(f"unknown sampler {args.sampler!r}; valid choices: {['auto', *SAMPLERS]}")
@@ -229,7 +229,7 @@ def _check_budget_args(args, sampler: str) -> None:
         raise ValueError(f"--nfe {args.nfe!r} is invalid; it must be an integer >= 1")
     if args.steps is not None:
         try:
-            _check_steps(args.steps)
+            check_steps(args.steps)
         except (ValueError, TypeError):
             from ..core.utils import MAX_STEPS
 
@@ -338,8 +338,8 @@ def prepare(args: argparse.Namespace) -> Plan:
     stepper = _stepper_and_steps(args, sampler, model, options)
     shape = _sample_shape(args, model)
     _check_memory(int(args.n), shape, model.decode is not None)
-    labels = _check_labels(args, model)
-    known = _check_inpaint(args, shape, model.decode)
+    labels = check_labels(args, model)
+    known = check_inpaint(args, shape, model.decode)
     nfe = (int(args.steps) * int(stepper.evals_per_step)) * int(args.resample) + (1 if args.final_denoise else 0)
     check_output_folder(Path(args.out))
     return Plan(args, model, stepper, shape, options, reference, nfe, labels, known)

@@ -14,7 +14,7 @@ from ..runtime.pictures import grid_columns
 NAMED_MASKS = ("lower-half", "upper-half", "left-half", "right-half", "center")
 
 
-def _named_mask(name: str, shape: tuple) -> np.ndarray:
+def named_mask(name: str, shape: tuple) -> np.ndarray:
     """1 = keep; the named region is 0 (regenerated)."""
     m = np.ones(shape, dtype=np.float32)
     h, w = shape[-2], shape[-1]
@@ -27,7 +27,7 @@ def _named_mask(name: str, shape: tuple) -> np.ndarray:
     return m
 
 
-def _read_array(path: str, what: str) -> np.ndarray:
+def read_array(path: str, what: str) -> np.ndarray:
     p = Path(path)
     if not p.is_file():
         raise ValueError(f"--{what} {path!r} does not exist")
@@ -39,7 +39,7 @@ def _read_array(path: str, what: str) -> np.ndarray:
     return None
 
 
-def _read_image(path: str, what: str, shape: tuple, resample) -> np.ndarray:
+def read_image(path: str, what: str, shape: tuple, resample) -> np.ndarray:
     """A picture as float32 in [0, 1], shaped ``(C, H, W)`` like one sample (resized to fit)."""
     from PIL import Image
 
@@ -52,7 +52,7 @@ def _read_image(path: str, what: str, shape: tuple, resample) -> np.ndarray:
     return a[None] if a.ndim == 2 else a.transpose(2, 0, 1)
 
 
-def _check_inpaint(args, shape: tuple, decode=None) -> Optional[tuple]:
+def check_inpaint(args, shape: tuple, decode=None) -> Optional[tuple]:
     """The known images and the mask of --inpaint/--mask, checked against the sample shape."""
     from PIL import Image
 
@@ -68,18 +68,18 @@ def _check_inpaint(args, shape: tuple, decode=None) -> Optional[tuple]:
         raise ValueError(f"--inpaint needs an image model; this one generates samples of shape {shape}")
     if decode is not None:
         raise ValueError("--inpaint works on pixel-space models; this model generates autoencoder latents")
-    known = _read_array(args.inpaint, "inpaint")
+    known = read_array(args.inpaint, "inpaint")
     if known is None:
-        known = _read_image(args.inpaint, "inpaint", shape, Image.BICUBIC) * 2.0 - 1.0
+        known = read_image(args.inpaint, "inpaint", shape, Image.BICUBIC) * 2.0 - 1.0
     known = known.reshape((-1,) + known.shape[-3:]) if known.ndim >= 3 else known
     if known.ndim != 4 or tuple(known.shape[1:]) != shape:
         raise ValueError(f"--inpaint {args.inpaint!r} holds an array of shape {tuple(known.shape)}; expected {shape} or (N, *{shape})")
     if args.mask in NAMED_MASKS:
-        mask = _named_mask(args.mask, shape)
+        mask = named_mask(args.mask, shape)
     else:
-        mask = _read_array(args.mask, "mask")
+        mask = read_array(args.mask, "mask")
         if mask is None:
-            mask = (_read_image(args.mask, "mask", shape, Image.NEAREST) >= 0.5).astype(np.float32)
+            mask = (read_image(args.mask, "mask", shape, Image.NEAREST) >= 0.5).astype(np.float32)
         if mask.shape[-2:] != shape[-2:]:
             raise ValueError(f"--mask {args.mask!r} has shape {tuple(mask.shape)}; expected {shape[-2:]} or {shape}")
         if not np.isin(mask, (0.0, 1.0)).all():
@@ -102,7 +102,7 @@ def sample_labels(labels: Optional[Sequence[int]], n: int, n_grid: int) -> Optio
     return np.asarray([labels[(i // cols) % len(labels)] for i in range(int(n))], dtype=np.int64)
 
 
-def _check_labels(args, model) -> Optional[np.ndarray]:
+def check_labels(args, model) -> Optional[np.ndarray]:
     from ..core.fields import check_guidance
     from ..training.networks import num_classes_of
 

@@ -30,7 +30,7 @@ def AutocastNet(net: nn.Module, dtype: torch.dtype = torch.float32, prediction_t
 
 class DiffusersUNet(nn.Module):
     """A diffusers ``UNet2DModel`` as ``net(x, t)``: ``t`` is passed as the UNet's timestep unchanged
-    (for a :class:`~lit_diffusion.discrete_vp.DiscreteVP` the SDE time *is* the training timestep)."""
+    (for a :class:`~lit_diffusion.core.discrete_vp.DiscreteVP` the SDE time *is* the training timestep)."""
 
     def __init__(self, unet: nn.Module, prediction_type: str):
         super().__init__()
@@ -61,7 +61,7 @@ class LoadedModel:
 
 
 def load_lightning(path, ema: bool = True) -> LoadedModel:
-    """A :class:`~lit_diffusion.module.ScoreModule` checkpoint (``weights_only=True``)."""
+    """A :class:`~lit_diffusion.training.module.ScoreModule` checkpoint (``weights_only=True``)."""
     from ..training.module import ScoreModule
 
     from ..runtime.checkpoint_io import read_checkpoint
@@ -142,10 +142,11 @@ def load_model(path, ema: bool = True) -> LoadedModel:
             "checkpoints/mnist, or a diffusers pipeline folder)"
         )
     if p.is_dir():
-        from ..training.pretrained import is_pretrained_folder, load_pretrained
+        from ..training.module import ScoreModule
+        from ..training.pretrained import is_pretrained_folder
 
         if is_pretrained_folder(p):
-            module = load_pretrained(p)
+            module = ScoreModule.from_pretrained(p)
             shape = tuple(module.data_shape) if module.data_shape is not None else None
             return LoadedModel(module.net.eval(), module.sde, module.prediction_type, shape, "pretrained",
                                {"sde": repr(module.sde), **getattr(module, "pretrained_info", {})},

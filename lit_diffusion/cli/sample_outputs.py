@@ -39,21 +39,21 @@ def check_output_folder(out: Path) -> None:
         raise ValueError(f"--out {str(out)!r} is not writable ({str(probe_dir)!r}: {e.strerror or e})") from None
 
 
-def _tmp_path(path: Path) -> str:
+def temporary_path(path: Path) -> str:
     """A staged temporary file beside ``path`` (:func:`lit_diffusion.runtime.checkpoint_io.staged_path`)."""
     from ..runtime.checkpoint_io import staged_path
 
     return staged_path(path)
 
 
-def _atomic(path: Path, write: Callable[[str], None]) -> None:
+def atomic_output(path: Path, write: Callable[[str], None]) -> None:
     """:func:`lit_diffusion.runtime.checkpoint_io.atomic_write`, the package's one atomic writer."""
     from ..runtime.checkpoint_io import atomic_write
 
     atomic_write(path, write)
 
 
-def _picture_writer(samples: np.ndarray, reference: Optional[np.ndarray], n_grid: int, title: str, run_id: str = ""):
+def picture_writer(samples: np.ndarray, reference: Optional[np.ndarray], n_grid: int, title: str, run_id: str = ""):
     """A function writing the PNG to a path (image grid for (N, C, H, W) with C in 1/3, scatter for
     2-D vectors), or None when the samples have no picture.  ``run_id`` goes into the PNG's
     metadata (``Description``), as it goes into the samples file, so the two can be matched."""
@@ -92,14 +92,14 @@ def _picture_writer(samples: np.ndarray, reference: Optional[np.ndarray], n_grid
 
 def write_picture(path: Path, samples: np.ndarray, reference: Optional[np.ndarray], n_grid: int, title: str) -> bool:
     """Write the picture of ``samples`` to ``path`` atomically; False when they have none."""
-    write = _picture_writer(samples, reference, n_grid, title)
+    write = picture_writer(samples, reference, n_grid, title)
     if write is None:
         return False
-    _atomic(path, write)
+    atomic_output(path, write)
     return True
 
 
-def _samples_writer(fmt: str, x: np.ndarray, idx: np.ndarray, meta_json: str, labels: Optional[np.ndarray] = None):
+def samples_writer(fmt: str, x: np.ndarray, idx: np.ndarray, meta_json: str, labels: Optional[np.ndarray] = None):
     if fmt == "npz":
 
         def write(tmp):
@@ -137,17 +137,17 @@ def write_outputs(plan, items: list[tuple[int, np.ndarray]], meta: dict) -> dict
     run_id = uuid.uuid4().hex
     meta_json = json.dumps({**meta, "run_id": run_id}, sort_keys=True)
     labels = None if plan.labels is None else plan.labels[idx]
-    name, write_samples = _samples_writer(args.format, x, idx, meta_json, labels)
+    name, write_samples = samples_writer(args.format, x, idx, meta_json, labels)
     title = f"{args.sampler}, {args.steps} steps, {args.schedule}{', ODE' if args.ode else ''}, {args.precision}"
     if plan.labels is not None:
         title += f", labels {args.class_label}, guidance {args.guidance_scale:g}"
-    write_png = None if args.no_png else _picture_writer(x, plan.reference, int(args.grid), title, run_id)
+    write_png = None if args.no_png else picture_writer(x, plan.reference, int(args.grid), title, run_id)
     png = out / "samples.png"
     staged = []
     try:
         for path, write in ((out / name, write_samples), (png, write_png)):
             if write is not None:
-                tmp = _tmp_path(path)
+                tmp = temporary_path(path)
                 staged.append((tmp, path))
                 write(tmp)
         png.unlink(missing_ok=True)  # an old picture never outlives the samples it showed
@@ -158,9 +158,9 @@ def write_outputs(plan, items: list[tuple[int, np.ndarray]], meta: dict) -> dict
             if os.path.exists(tmp):
                 os.unlink(tmp)
         raise
-    from ..runtime.checkpoint_io import _fsync_dir
+    from ..runtime.checkpoint_io import fsync_dir
 
-    _fsync_dir(str(out))
+    fsync_dir(str(out))
     written = {"samples": str(out / name), "run_id": run_id}
     if write_png is not None:
         written["png"] = str(png)

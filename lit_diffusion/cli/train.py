@@ -10,7 +10,7 @@
 
 Besides the usual ``--model.*``, ``--data`` (class path shorthand, e.g. ``--data DigitsDataModule``),
 ``--data.*`` and ``--trainer.*`` groups it adds ``--samples.*`` (the
-:class:`~lit_diffusion.callbacks.SamplePictures` callback) and these top-level options:
+:class:`~lit_diffusion.training.callbacks.SamplePictures` callback) and these top-level options:
 
 * ``--run_name`` (default ``swissroll``): checkpoints go to ``<ckpt_dir>/<run_name>/`` (``last.ckpt``
   and the newest ``step=N.ckpt``), pictures to ``<ckpt_dir>/<run_name>/samples/``;
@@ -86,7 +86,7 @@ def make_logger(kind: str, log_dir: str, run_name: str):
 
 
 def _with_atomic_checkpoint_io(plugins):
-    """Add :class:`lit_diffusion.checkpoint_io.AtomicCheckpointIO` (temporary file in the checkpoint's
+    """Add :class:`lit_diffusion.runtime.lightning_io.AtomicCheckpointIO` (temporary file in the checkpoint's
     own folder, fsync, ``os.replace``) unless a ``CheckpointIO`` plugin is configured already."""
     from lightning.fabric.plugins import CheckpointIO
 
@@ -206,17 +206,24 @@ class DiffusionCLI(LightningCLI):
 
         exit_on_error = getattr(parser, "exit_on_error", True)
         parser.exit_on_error = False
+        given = sys.argv[1:] if args is None else args
+        translated = translate_former_paths(given)
         try:
-            check_config_files(sys.argv[1:] if args is None else args)
+            check_config_files(translated)
         except ValueError as e:
             if exit_on_error:
                 print(f"train.py: error: {e}", file=sys.stderr, flush=True)
                 raise SystemExit(2) from None
             raise
         try:
-            super().parse_arguments(parser, args)
+            if translated != (list(given) if isinstance(given, (list, tuple)) else given):
+                with warnings.catch_warnings():  # (Lightning's note on args given beside sys.argv: they are sys.argv, translated)
+                    warnings.filterwarnings("ignore", message=r"LightningCLI's args parameter")
+                    super().parse_arguments(parser, translated)
+            else:
+                super().parse_arguments(parser, args)
         except ArgumentError as e:
-            msg = str(e) + _choices_hint(str(e)) + _key_hint(str(e), parser)
+            msg = str(e) + choices_hint(str(e)) + key_hint(str(e), parser)
             if exit_on_error:  # the error and its hint, not a wall of usage text
                 print(f"train.py: error: {msg}\n(train.py --help lists the common options)", file=sys.stderr, flush=True)
                 raise SystemExit(2) from None
@@ -356,7 +363,8 @@ class DiffusionCLI(LightningCLI):
 
 
 from .train_checks import (  # noqa: E402,F401  (re-exported: the names of train.py's command line)
-    _choices_hint, _config_paths, _key_hint, _norm, _show, check_config_files, check_resume, short_help,
+    choices_hint, config_paths, key_hint, normalised_args, show_description, check_config_files, check_resume, short_help,
+    translate_former_paths,
 )
 
 

@@ -8,9 +8,8 @@ import os
 from typing import Optional
 
 
-def _choices_hint(message: str) -> str:
+def choices_hint(message: str) -> str:
     """Valid class names for the pluggable parts mentioned in a parse error."""
-    from ..training import data as _data
     from ..training.losses import LOSSES
     from ..core.sdes import SDE_CLASSES
 
@@ -29,18 +28,17 @@ def _choices_hint(message: str) -> str:
             }
             hints.append(f"unknown argument {nested.group(1)!r} for model.{kind}; valid arguments per class: {valid}")
     if "model.sde" in message:
-        hints.append(f"valid model.sde choices: {sorted(SDE_CLASSES)} (lit_diffusion.sdes)")
+        hints.append(f"valid model.sde choices: {sorted(SDE_CLASSES)} (lit_diffusion.core.sdes)")
     if "model.loss" in message:
-        hints.append(f"valid model.loss choices: {sorted(c.__name__ for c in LOSSES.values())} (lit_diffusion.losses)")
+        hints.append(f"valid model.loss choices: {sorted(c.__name__ for c in LOSSES.values())} (lit_diffusion.training.losses)")
     if "model.net" in message:
-        hints.append("valid model.net choices: ['TimeMLP', 'UNet'] (lit_diffusion.networks) or any nn.Module net(x, t)")
+        hints.append("valid model.net choices: ['TimeMLP', 'UNet'] (lit_diffusion.training.networks) or any nn.Module net(x, t)")
     if '"data"' in message or "data." in message or "'data'" in message:
-        names = [n for n in _data.__all__ if n.endswith("DataModule") and n not in ("BaseDataModule", "TensorDataModule")]
-        hints.append(f"valid data choices: {names} (lit_diffusion.data)")
+        hints.append(f"valid data choices: {sorted(registered('data'))} (lit_diffusion.training.data, .image_data)")
     return ("\n" + "\n".join(hints)) if hints else ""
 
 
-def _key_hint(message: str, parser) -> str:
+def key_hint(message: str, parser) -> str:
     """For an unknown key (``Group 'model' does not accept option 'lrr'`` from a config file, or
     ``unrecognized arguments: --model.lrr``): the closest valid keys and all valid keys of its group."""
     import difflib
@@ -64,7 +62,7 @@ def _key_hint(message: str, parser) -> str:
     return ("\n" + "\n".join(hints)) if hints else ""
 
 
-def _config_paths(args) -> list[str]:
+def config_paths(args) -> list[str]:
     if isinstance(args, dict):
         return []
     paths, args = [], [str(a) for a in (args or [])]
@@ -89,8 +87,13 @@ _KINDS_AT = {"model.sde": "sde", "model.loss": "loss", "model.net": "net", "data
 def load_config_text(path: str):
     """The YAML mapping of config file ``path``, read within the bounds above (``ValueError`` naming
     the file, the bound and the value otherwise)."""
-    import yaml
 
+    if "\n" in str(path) and not os.path.exists(path):  # a config given as YAML text (jsonargparse accepts it)
+        text = str(path)
+        if len(text.encode()) > MAX_CONFIG_BYTES:
+            raise ValueError(f"config text is {len(text.encode())} bytes; the bound is {MAX_CONFIG_BYTES} bytes")
+        path = "<config text>"
+        return _parse_config(text, path)
     try:
         size = os.path.getsize(path)
         if size > MAX_CONFIG_BYTES:
@@ -104,6 +107,12 @@ def load_config_text(path: str):
         raise ValueError(
             f"config file {path!r} is not a text (UTF-8 YAML) file: byte 0x{raw[e.start]:02x} at position {e.start}"
         ) from None
+    return _parse_config(text, path)
+
+
+def _parse_config(text: str, path: str):
+    import yaml
+
     try:
         node = yaml.compose(text, Loader=yaml.SafeLoader)
         n = _expanded_nodes(node)
@@ -273,6 +282,67 @@ def _argv_class_paths(args):
     return pairs
 
 
+def _rewrite_class_paths(value, said: list):
+    from ..training.registry import current_path
+
+    if isinstance(value, dict):
+        out = {}
+        for k, v in value.items():
+            if k == "class_path" and isinstance(v, str) and current_path(v) != v:
+                said.append(f"{v} -> {current_path(v)}")
+                v = current_path(v)
+            out[k] = _rewrite_class_paths(v, said) if k != "class_path" else v
+        return out
+    if isinstance(value, list):
+        return [_rewrite_class_paths(v, said) for v in value]
+    return value
+
+
+def translate_former_paths(args):
+    """``args`` with class paths under the package's former module names (``lit_diffusion.sdes.VP``,
+    :data:`lit_diffusion.training.registry.FORMER_MODULES`) replaced by their homes now, in config
+    files (passed on as YAML text) and on the command line, said once in a warning; ``args`` itself
+    when nothing names a former module."""
+    import warnings
+
+    import yaml
+
+    from ..training.registry import current_path
+
+    if args is None or isinstance(args, dict):
+        return args
+    args, said, out = [str(a) for a in args], [], []
+    i = 0
+    while i < len(args):
+        a = args[i]
+        path = None
+        if a in ("--config", "-c") and i + 1 < len(args):
+            path, prefix, i = args[i + 1], [a], i + 1
+        elif a.startswith("--config="):
+            path, prefix = a.split("=", 1)[1], ["--config"]
+        if path is not None and os.path.isfile(path):
+            cfg = load_config_text(path)
+            n = len(said)
+            new = _rewrite_class_paths(cfg, said) if cfg is not None else None
+            out += prefix + ([yaml.safe_dump(new, sort_keys=False)] if len(said) > n else [path])
+        elif path is not None:
+            out += prefix + [path]
+        else:
+            key, eq, val = a.partition("=")
+            if a.startswith("--") and eq and current_path(val) != val:
+                said.append(f"{val} -> {current_path(val)}")
+                a = f"{key}={current_path(val)}"
+            elif not a.startswith("--") and current_path(a) != a and i > 0 and args[i - 1].startswith("--"):
+                said.append(f"{a} -> {current_path(a)}")
+                a = current_path(a)
+            out.append(a)
+        i += 1
+    if said:
+        warnings.warn("former module names in the config, read as their homes now: " + "; ".join(dict.fromkeys(said)),
+                      FutureWarning, stacklevel=2)
+    return out
+
+
 def check_config_files(args) -> None:
     """Check every ``--config`` file before jsonargparse reads it: a readable UTF-8 YAML mapping within
     the size and alias bounds, ``model.sde`` / ``model.loss`` / ``model.net`` / ``data`` entries
@@ -283,7 +353,7 @@ def check_config_files(args) -> None:
 
     for where, value in _argv_class_paths(args):
         check_class_path(where, value, "command line")
-    for path in _config_paths(args):
+    for path in config_paths(args):
         cfg = load_config_text(path)
         if cfg is None:
             continue
@@ -304,7 +374,7 @@ def run_folder_of(args) -> str:
     """``<ckpt_dir>/<run_name>`` as the command line and its config files say (read before anything
     heavy is imported, so that the run lock is taken first)."""
     folder = {"ckpt_dir": "checkpoints", "run_name": "swissroll"}
-    for path in _config_paths(args):
+    for path in config_paths(args):
         try:
             cfg = load_config_text(path) or {}
         except ValueError:
@@ -364,10 +434,10 @@ def check_resume(path: str, model) -> dict:
         c1, a1 = check_description(theirs, kind)
         c2 = type(getattr(model, kind))
         a2 = mine["init_args"]
-        a1n, a2n = _norm(a1), _norm(a2)
+        a1n, a2n = normalised_args(a1), normalised_args(a2)
         shared = set(a1n) & set(a2n)
         if c1 is not c2 or any(a1n[k] != a2n[k] for k in shared):
-            diffs.append(f"  {kind}: checkpoint {_show(theirs)}\n  {' ' * len(kind)}  this run   {_show(mine)}")
+            diffs.append(f"  {kind}: checkpoint {show_description(theirs)}\n  {' ' * len(kind)}  this run   {show_description(mine)}")
     if diffs:
         raise CheckpointError(
             f"refusing to resume from {path!r}: it was trained with a different model than this run's configuration:\n"
@@ -395,7 +465,7 @@ def _check_weights_fit(path: str, state, model) -> None:
         )
 
 
-def _norm(args: dict) -> dict:
+def normalised_args(args: dict) -> dict:
     def n(v):
         if isinstance(v, (list, tuple)):
             return [n(u) for u in v]
@@ -408,7 +478,7 @@ def _norm(args: dict) -> dict:
     return {k: n(v) for k, v in dict(args).items()}
 
 
-def _show(desc) -> str:
+def show_description(desc) -> str:
     if isinstance(desc, str):
         return desc
     args = ", ".join(f"{k}={v!r}" for k, v in sorted(dict(desc.get("init_args") or {}).items()))

@@ -3,8 +3,8 @@
 diffusers' ``DDPMScheduler`` / ``DDIMScheduler`` describe the forward process by ``N`` numbers
 ``alphas_cumprod[k]`` (``k = 0 .. N-1``): ``x_k = sqrt(abar_k) x_0 + sqrt(1 - abar_k) eps``, and the
 network was trained conditioned on the integer ``k``.  :class:`DiscreteVP` turns that table into a
-:class:`~lit_diffusion.sdes.LinearSDE` whose time **is** the network's timestep, so that every sampler
-of :mod:`lit_diffusion.samplers` can run on any grid of fractional timesteps in ``[t_min, N-1]``:
+:class:`~lit_diffusion.core.sdes.LinearSDE` whose time **is** the network's timestep, so that every sampler
+of :mod:`lit_diffusion.sampling.samplers` can run on any grid of fractional timesteps in ``[t_min, N-1]``:
 
 * ``log alpha(t)^2 = log abar(t)`` is the piecewise-linear interpolation of ``log abar_k`` at the knots
   ``t = k`` (float64), extended by the knot ``(t = -1, log abar = 0)``, where the data lives

@@ -6,7 +6,7 @@ v, relative_score; docs/maths.md §2) at state ``x`` and time ``t``.  It wraps
 * an ``nn.Module`` (or any callable ``net(x, t)``) with a declared ``prediction_type``; the network
   may run in bf16/fp16 (``network_dtype``) while the conversion arithmetic stays in float32/64;
 * an analytic target (anything with ``prediction(x, t, sde, kind)``, e.g.
-  :class:`lit_diffusion.targets.GaussianMixture`), which is exact for every SDE.
+  :class:`lit_diffusion.core.targets.GaussianMixture`), which is exact for every SDE.
 
 It counts its evaluations (``nfe``) so samplers can report the number of field evaluations.
 

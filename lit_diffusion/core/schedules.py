@@ -34,7 +34,7 @@ def check_schedule(schedule: str) -> str:
     return key
 
 
-def _check_steps(steps) -> int:
+def check_steps(steps) -> int:
     from .utils import MAX_STEPS, check_count
 
     if isinstance(steps, float):
@@ -54,7 +54,7 @@ def get_timesteps(
 ) -> Tensor:
     """The ``steps + 1`` times ``T = t_0 > ... > t_N = t_min`` of a schedule (see module doc)."""
     schedule = check_schedule(schedule)
-    n = _check_steps(steps)
+    n = check_steps(steps)
     T = float(sde.T if T is None else T)
     t_min = float(sde.t_min if t_min is None else t_min)
     if not (0 < t_min < T):

@@ -20,7 +20,7 @@ from .parametrizations import canonical_prediction, from_epsilon
 from .sdes import LinearSDE, as_time, compute_dtype
 from .utils import GeneratorLike, rand, randn
 
-__all__ = ["GaussianMixture", "PRESETS", "get_target"]
+__all__ = ["GaussianMixture", "PRESETS", "get_target", "swiss_roll"]
 
 
 class GaussianMixture:
@@ -241,6 +241,24 @@ def swissroll_2d(n_components: int = 32, std: float = 0.1, scale: float = 1 / 7.
     means = scale * torch.stack([u * torch.cos(u), u * torch.sin(u)], -1)
     w = torch.sqrt(1 + u**2)  # |d/du (u cos u, u sin u)|
     return GaussianMixture(w, means, torch.full((n_components,), std**2))
+
+
+def swiss_roll(n: int, noise: float = 0.0, seed: int = 0, scale: float = 1 / 7.0, standardize: bool = False) -> Tensor:
+    """``n`` points of scikit-learn's swiss roll in the ``(x, z)`` plane, float32 ``(n, 2)``.
+
+    ``scale`` multiplies the raw coordinates (spiral radius up to ``4.5 pi``; the default ``1/7``
+    matches :func:`swissroll_2d`); ``standardize=True`` instead centres and
+    scales each coordinate to unit variance.
+    """
+    from sklearn.datasets import make_swiss_roll
+
+    X, _ = make_swiss_roll(n_samples=int(n), noise=float(noise), random_state=int(seed))
+    x = torch.as_tensor(X[:, [0, 2]], dtype=torch.float64)
+    if standardize:
+        x = (x - x.mean(0)) / x.std(0)
+    else:
+        x = x * float(scale)
+    return x.to(torch.float32)
 
 
 def anisotropic_16d(seed: int = 0) -> GaussianMixture:

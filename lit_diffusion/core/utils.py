@@ -25,7 +25,7 @@ def check_count(name: str, value, low: int = 1, high: Optional[int] = None) -> i
     accepted), else ``ValueError`` naming ``name``, the value and the bounds."""
     ok = not isinstance(value, bool) and (isinstance(value, int) or hasattr(value, "__index__")
                                           or (isinstance(value, float) and value.is_integer()))
-    bounds = f"an integer >= {low}" if high is None else f"an integer in [{low}, {high}]"
+    bounds = ("a positive integer" if low == 1 else f"an integer >= {low}") if high is None else f"an integer in [{low}, {high}]"
     if not ok:
         raise ValueError(f"{name}={value!r} is invalid; it must be {bounds}")
     n = int(value)

@@ -1,2 +1,2 @@
 """Layer 3, evaluation: metrics, the offline MNIST feature network, ``python -m
-lit_diffusion.evaluate`` (docs/architecture.md)."""
+lit_diffusion.evaluation.evaluate`` (docs/architecture.md)."""

@@ -1,4 +1,5 @@
-"""Score a set of samples against reference data: ``python -m lit_diffusion.evaluate``.
+"""Score a set of samples against reference data (the command line, ``python -m lit_diffusion.evaluate``,
+is :mod:`lit_diffusion.cli.evaluate`).
 
     python -m lit_diffusion.evaluate --samples S.npz --reference swissroll_2d        # analytic target
     python -m lit_diffusion.evaluate --samples S.npz --reference heldout.npz         # held-out data
@@ -9,12 +10,12 @@ Sample files: ``.npz`` (array under ``--key``, else ``samples``, else the only a
 ``.safetensors`` (same key rule).  Low-dimensional samples are ``(N, d)`` (``(N,)`` means d = 1);
 images are ``(N, C, H, W)``, ``(N, H, W)`` or, with an image reference, ``(N, 784)``.
 
-References: a file in the same formats; a target preset of :mod:`lit_diffusion.targets`
+References: a file in the same formats; a target preset of :mod:`lit_diffusion.core.targets`
 (``bimodal_1d``, ``ring8_2d``, ``swissroll_2d``, ``anisotropic_16d``: exact samples are drawn with
 ``--seed``, and the Gaussian-fit KL against the target's exact mean and covariance is added); or
 ``mnist`` / ``mnist-test`` (the 5,000 embedded digits / the 1,000 held out from the feature net).
 
-Low-dimensional data get W1, sliced W2 and MMD² (see :mod:`lit_diffusion.metrics`); images get FID
+Low-dimensional data get W1, sliced W2 and MMD² (see :mod:`lit_diffusion.evaluation.metrics`); images get FID
 (Inception when local weights exist, else FID-MNIST, then also KID-MNIST and IS-MNIST with the same
 offline feature network).  Every score carries its sample counts.
 The result is printed as JSON and, with ``--output``, written to a file.
@@ -22,10 +23,7 @@ The result is printed as JSON and, with ``--output``, written to a file.
 
 from __future__ import annotations
 
-import argparse
-import json
 import os
-import sys
 from pathlib import Path
 from typing import Optional, Union
 
@@ -33,8 +31,9 @@ import numpy as np
 import torch
 
 from . import metrics as M
+from . import image_metrics as IM
 
-__all__ = ["evaluate", "load_array", "main", "REFERENCE_NAMES", "KINDS"]
+__all__ = ["evaluate", "load_array", "REFERENCE_NAMES", "KINDS"]
 
 KINDS = ("auto", "lowdim", "image")
 
@@ -45,7 +44,7 @@ def _target_names():
     return sorted(PRESETS)
 
 
-REFERENCE_NAMES = tuple(_target_names()) + ("swissroll",) + M.IMAGE_REFERENCES
+REFERENCE_NAMES = tuple(_target_names()) + ("swissroll",) + IM.IMAGE_REFERENCES
 
 
 def load_array(path: Union[str, os.PathLike], key: Optional[str] = None) -> np.ndarray:
@@ -109,11 +108,11 @@ def _resolve_reference(reference, n_reference, seed):
         from ..core.targets import get_target
 
         target, ref_label = get_target(reference), f"target:{reference}"
-    elif isinstance(reference, str) and reference in M.IMAGE_REFERENCES:
+    elif isinstance(reference, str) and reference in IM.IMAGE_REFERENCES:
         ref_label = reference
     elif isinstance(reference, str) and reference == "swissroll":
         # the data train.py's default learns (scikit-learn swiss roll, scale 1/7), a fresh seeded draw
-        from ..training.data import swiss_roll
+        from ..core.targets import swiss_roll
 
         n_sr = n_reference or 2000
         ref_label = f"data:swissroll ({n_sr} points, seed {seed + 1})"
@@ -136,12 +135,12 @@ def _score_images(out, x, reference, target, mnist_ref, reference_key, fid_backe
     ref = reference if mnist_ref else _as_array(reference, "reference", reference_key)
     if not mnist_ref and ref.shape[1:] != x.shape[1:]:
         raise ValueError(f"shape mismatch: samples {x.shape} vs reference {ref.shape} (per-sample shapes must match)")
-    res = M.fid(x, ref, backend=fid_backend, value_range=value_range)
+    res = IM.fid(x, ref, backend=fid_backend, value_range=value_range)
     out["n_reference"] = res["n_reference"]
     out["fid"] = res
     if res["backend"] == "mnist":  # KID and IS with the same offline feature net
-        out["kid"] = M.kid_mnist(x, ref, value_range=value_range, seed=seed, subset_size=min(1000, len(x), res["n_reference"]))
-        out["inception_score"] = M.inception_score_mnist(x, value_range=value_range)
+        out["kid"] = IM.kid_mnist(x, ref, value_range=value_range, seed=seed, subset_size=min(1000, len(x), res["n_reference"]))
+        out["inception_score"] = IM.inception_score_mnist(x, value_range=value_range)
     return out
 
 
@@ -166,13 +165,13 @@ def evaluate(
     Args:
         samples: array/tensor or a file path.
         reference: array/tensor, a file path, a target preset name, a
-            :class:`~lit_diffusion.targets.GaussianMixture`, or ``'mnist'``/``'mnist-test'``.
+            :class:`~lit_diffusion.core.targets.GaussianMixture`, or ``'mnist'``/``'mnist-test'``.
         kind: ``'auto'`` (ndim >= 3, or 784 columns against an MNIST reference -> image), ``'lowdim'``,
             ``'image'``.
         n_reference: exact samples drawn from a target reference (default: as many as ``samples``).
         n_max: subset size for the exact-OT W1 (d > 1); ``mmd_n_max`` for MMD².
         n_projections, seed: sliced-W2 directions and all subsampling / target draws.
-        fid_backend, value_range: see :func:`lit_diffusion.metrics.fid`.
+        fid_backend, value_range: see :func:`lit_diffusion.evaluation.metrics.fid`.
 
     Returns a JSON-serialisable dict: ``kind``, ``n_samples``, ``n_reference``, ``reference`` and one
     entry per metric, each with its own sample counts.
@@ -181,8 +180,8 @@ def evaluate(
         raise ValueError(f"kind={kind!r} is invalid; valid choices: {list(KINDS)}")
     if n_reference is not None and (not isinstance(n_reference, int) or n_reference < 2):
         raise ValueError(f"n_reference={n_reference!r} must be an integer >= 2")
-    if fid_backend not in M.FID_BACKENDS:
-        raise ValueError(f"fid_backend={fid_backend!r} is invalid; valid choices: {list(M.FID_BACKENDS)}")
+    if fid_backend not in IM.FID_BACKENDS:
+        raise ValueError(f"fid_backend={fid_backend!r} is invalid; valid choices: {list(IM.FID_BACKENDS)}")
 
     target, ref_label, reference = _resolve_reference(reference, n_reference, seed)
     x = _as_array(samples, "samples", key)
@@ -190,7 +189,7 @@ def evaluate(
         raise ValueError(f"samples must be a numeric array; got dtype {x.dtype}")
     if x.ndim == 0 or x.shape[0] < 2:
         raise ValueError(f"samples need at least 2 entries along the first axis; got shape {x.shape}")
-    mnist_ref = ref_label in M.IMAGE_REFERENCES
+    mnist_ref = ref_label in IM.IMAGE_REFERENCES
     if kind == "auto":
         kind = "image" if _is_image(x.shape, mnist_ref) else "lowdim"
     out = {"kind": kind, "reference": ref_label, "samples_shape": list(x.shape), "n_samples": int(x.shape[0])}
@@ -231,99 +230,3 @@ def evaluate(
                        "only indicative here")
         out["kl_gaussian_fit"] = res
     return out
-
-
-def main(argv=None) -> int:
-    p = argparse.ArgumentParser(
-        prog="python -m lit_diffusion.evaluate",
-        description=__doc__.split("\n\n")[0] if __doc__ else None,
-        epilog="References by name: " + ", ".join(REFERENCE_NAMES),
-    )
-    p.add_argument("--samples", default=None, help="samples file (.npz/.npy/.safetensors)")
-    p.add_argument("--reference", default=None, help="reference file, target preset name, 'mnist' or 'mnist-test'")
-    p.add_argument("--metric", default=None, choices=["bpd"],
-                   help="bpd: bits per dimension of held-out MNIST digits under -c's model (one JSON line)")
-    p.add_argument("-c", "--checkpoint", default=None, help="--metric bpd: a pretrained folder or checkpoint")
-    p.add_argument("--n", type=int, default=500, help="--metric bpd: held-out digits (the model's validation split)")
-    p.add_argument("--n-probes", type=int, default=1, help="--metric bpd: Hutchinson probes per digit")
-    p.add_argument("--rtol", type=float, default=1e-5, help="--metric bpd: dopri5 tolerances (rtol = atol)")
-    p.add_argument("--batch-size", type=int, default=100)
-    p.add_argument("--key", default=None, help="array name in the samples file (default: 'samples' or the only one)")
-    p.add_argument("--reference-key", default=None, help="array name in the reference file")
-    p.add_argument("--kind", default="auto", choices=KINDS)
-    p.add_argument("--n-reference", type=int, default=None, help="exact samples drawn from a target reference")
-    p.add_argument("--n-max", type=int, default=1000, help="subset size for exact-OT W1 in d > 1")
-    p.add_argument("--mmd-n-max", type=int, default=2000, help="subset size for MMD^2")
-    p.add_argument("--n-projections", type=int, default=256)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--fid-backend", default="auto", choices=M.FID_BACKENDS)
-    p.add_argument("--value-range", default="auto", help="image value range: auto, 0,1, -1,1 or 0,255")
-    p.add_argument("--output", default=None, help="also write the JSON here")
-    a = p.parse_args(argv)
-    if a.metric == "bpd":
-        return _bpd_main(a)
-    if a.samples is None or a.reference is None:
-        p.error("--samples and --reference are required (or --metric bpd with -c)")
-    try:
-        res = evaluate(
-            a.samples, a.reference, kind=a.kind, key=a.key, reference_key=a.reference_key,
-            n_reference=a.n_reference, n_max=a.n_max, n_projections=a.n_projections, mmd_n_max=a.mmd_n_max,
-            seed=a.seed, fid_backend=a.fid_backend, value_range=a.value_range,
-        )
-    except (FileNotFoundError, ValueError, RuntimeError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    text = json.dumps(res, indent=2)
-    if a.output:
-        Path(a.output).parent.mkdir(parents=True, exist_ok=True)
-        Path(a.output).write_text(text + "\n")
-    print(text)
-    return 0
-
-
-def heldout_mnist_uint8(n: int) -> "torch.Tensor":
-    """The first ``n`` digits of the MNIST data module's held-out split (the digits ``train.py`` never
-    trains on), as 8-bit values ``(n, 1, 28, 28)``."""
-    import torch
-
-    from ..training.data import MNISTDataModule  # (data first: it re-exports the image modules)
-
-    dm = MNISTDataModule(labels=False)
-    dm.setup("fit")
-    x = torch.cat([b[0] if isinstance(b, (list, tuple)) else b for b in dm.val_dataloader()])[:n]
-    if x.shape[0] < n:
-        raise ValueError(f"--n {n}: the held-out split has {x.shape[0]} digits")
-    return ((x.float() + 1) / 2 * 255).round().clamp(0, 255)
-
-
-def _bpd_main(a) -> int:
-    import time
-
-    import torch
-
-    from .likelihood import bits_per_dim
-
-    if a.checkpoint is None:
-        print("error: --metric bpd needs -c/--checkpoint (a pretrained folder or a checkpoint)", file=sys.stderr)
-        return 2
-    try:
-        from ..core.utils import check_count
-
-        check_count("--n", a.n, 1, 100_000)
-        check_count("--n-probes", a.n_probes, 1, 1000)
-        images = heldout_mnist_uint8(a.n)
-        t0 = time.perf_counter()
-        res = bits_per_dim(a.checkpoint, images, n_probes=a.n_probes, rtol=a.rtol, atol=a.rtol,
-                           generator=torch.Generator().manual_seed(a.seed), batch_size=a.batch_size)
-    except (FileNotFoundError, ValueError, TypeError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    out = {"metric": "bpd", "bpd": res["bpd"], "bpd_se": res["bpd_se"], "n": a.n, "n_probes": a.n_probes,
-           "rtol": a.rtol, "checkpoint": str(a.checkpoint), "data": "MNIST held-out split (MNISTDataModule validation)",
-           "dequantization": "uniform", "seconds": round(time.perf_counter() - t0, 1)}
-    print(json.dumps(out), flush=True)
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -60,7 +60,7 @@ def select_fid_backend(backend: str = "auto") -> tuple[str, dict]:
 
 
 @lru_cache(maxsize=4)
-def _mnist_reference(name: str) -> np.ndarray:
+def mnist_reference(name: str) -> np.ndarray:
     from .feature_net import mnist_digits, mnist_split
 
     if name == "mnist":
@@ -73,7 +73,7 @@ def _mnist_reference(name: str) -> np.ndarray:
 IMAGE_REFERENCES = ("mnist", "mnist-test")
 
 
-def _images_nchw(x: ArrayLike, value_range, name: str) -> torch.Tensor:
+def images_nchw(x: ArrayLike, value_range, name: str) -> torch.Tensor:
     from .feature_net import to_unit_images
 
     x = to_unit_images(x, value_range)
@@ -106,7 +106,7 @@ def fid(
     1,000 digits held out from the feature net's training).  ``backend``: ``'auto'`` (Inception if
     :func:`inception_status` finds local weights, else the MNIST feature net), ``'inception'``,
     ``'mnist'`` (``weights`` overrides the checked-in feature-net file).  Images may be ``[0,1]``,
-    ``[-1,1]`` or ``[0,255]`` (see :func:`~lit_diffusion.feature_net.to_unit_images`).
+    ``[-1,1]`` or ``[0,255]`` (see :func:`~lit_diffusion.evaluation.feature_net.to_unit_images`).
     Returns ``value``, ``metric`` (``'FID-Inception'`` or ``'FID-MNIST'`` — the two are **not**
     comparable), ``backend``, ``n_samples``, ``n_reference``, ``feature_dim`` and, when Inception was
     not used, ``inception_unavailable`` (the reason).
@@ -118,14 +118,14 @@ def fid(
     chosen, status = select_fid_backend(backend)
     ref_name = reference if isinstance(reference, str) else None
     if ref_name is not None:
-        reference = _mnist_reference(ref_name)
-    x = _images_nchw(samples, value_range, "samples")
+        reference = mnist_reference(ref_name)
+    x = images_nchw(samples, value_range, "samples")
     if chosen == "mnist" and x.shape[1:] != (1, 28, 28):
         raise ValueError(
             f"the MNIST feature net needs 1x28x28 images; got {tuple(x.shape[1:])} "
             f"(Inception FID is unavailable: {status['reason']})"
         )
-    y = _images_nchw(reference, "auto" if ref_name else value_range, "reference")
+    y = images_nchw(reference, "auto" if ref_name else value_range, "reference")
     if x.shape[1:] != y.shape[1:]:
         raise ValueError(f"samples {tuple(x.shape[1:])} and reference {tuple(y.shape[1:])} have different image shapes")
 
@@ -174,7 +174,7 @@ class _Logits(torch.nn.Module):
 
 def _mnist_images(samples, value_range, name: str) -> torch.Tensor:
     """Images in ``[0, 1]``, shape ``(N, 1, 28, 28)``."""
-    x = _images_nchw(samples, value_range, name)
+    x = images_nchw(samples, value_range, name)
     if x.shape[1:] != (1, 28, 28):
         raise ValueError(f"the MNIST feature net needs 1x28x28 images; {name} have shape {tuple(x.shape[1:])}")
     return x.float()
@@ -194,7 +194,7 @@ def kid_mnist(
 
     ref_name = reference if isinstance(reference, str) else None
     if ref_name is not None:
-        reference = _mnist_reference(ref_name)
+        reference = mnist_reference(ref_name)
     x = _mnist_images(samples, value_range, "samples")
     y = _mnist_images(reference, "auto" if ref_name else value_range, "reference")
     size = int(subset_size or min(len(x), len(y), 1000))

@@ -21,7 +21,7 @@ Low-dimensional metrics (arrays ``(N, d)``; ``(N,)`` is read as ``d = 1``; image
 
 Image metrics: :func:`frechet_distance` (float64, features -> number) and :func:`fid` (images ->
 number, through ``torchmetrics.image.fid.FrechetInceptionDistance`` with either Inception or the
-:class:`~lit_diffusion.feature_net.MNISTFeatureNet` as the feature extractor).  :func:`inception_status`
+:class:`~lit_diffusion.evaluation.feature_net.MNISTFeatureNet` as the feature extractor).  :func:`inception_status`
 decides which one is usable *without touching the network*.
 """
 
@@ -32,6 +32,8 @@ from typing import Optional, Union
 
 import numpy as np
 import torch
+
+from ..core.utils import check_count
 
 __all__ = [
     "wasserstein1",
@@ -45,10 +47,6 @@ __all__ = [
     "gaussian_fit",
     "w2_gaussian",
     "frechet_distance",
-    "inception_status",
-    "fid",
-    "kid_mnist",
-    "inception_score_mnist",
     "INCEPTION_ENV",
     "INCEPTION_FILENAME",
 ]
@@ -94,13 +92,6 @@ def _subsample(x: np.ndarray, n_max: Optional[int], rng: np.random.Generator) ->
     return x[rng.choice(x.shape[0], size=n_max, replace=False)]
 
 
-def _check_positive_int(value, name, allow_none=False):
-    if value is None and allow_none:
-        return
-    if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 2:
-        raise ValueError(f"{name}={value!r} must be an integer >= 2" + (" or None" if allow_none else ""))
-
-
 def _quantile_coupling(xs: np.ndarray, ys: np.ndarray, p: float) -> np.ndarray:
     """Exact ``W_p^p`` between 1-D empirical measures with uniform weights, vectorised over rows:
     ``xs (P, n)`` and ``ys (P, m)`` sorted along the last axis -> ``(P,)``.
@@ -141,7 +132,8 @@ def wasserstein1(x: ArrayLike, y: ArrayLike, *, n_max: Optional[int] = 1000, see
     points each (``method='emd'``; the subset sizes are returned as ``n_x``/``n_y``).  Cost grows
     roughly cubically with ``n_max``; 1000 takes about a second.
     """
-    _check_positive_int(n_max, "n_max", allow_none=True)
+    if n_max is not None:
+        check_count("n_max", n_max, low=2)
     x, y = _pair(x, y)
     if x.shape[1] == 1:
         return {"value": wasserstein_1d(x, y, 1.0), "n_x": x.shape[0], "n_y": y.shape[0], "method": "exact-1d"}
@@ -179,7 +171,8 @@ def sliced_wasserstein2(
     """
     if not isinstance(n_projections, (int, np.integer)) or n_projections < 1:
         raise ValueError(f"n_projections={n_projections!r} must be a positive integer")
-    _check_positive_int(n_max, "n_max", allow_none=True)
+    if n_max is not None:
+        check_count("n_max", n_max, low=2)
     x, y = _pair(x, y)
     rng = np.random.default_rng(seed + 1)
     x, y = _subsample(x, n_max, rng), _subsample(y, n_max, rng)
@@ -230,7 +223,8 @@ def mmd2(
     ``h`` = ``bandwidth`` or the median heuristic (:func:`median_bandwidth`).  Uses random subsets of
     at most ``n_max`` points of each set (returned as ``n_x``/``n_y``).
     """
-    _check_positive_int(n_max, "n_max", allow_none=True)
+    if n_max is not None:
+        check_count("n_max", n_max, low=2)
     x, y = _pair(x, y)
     rng = np.random.default_rng(seed)
     x, y = _subsample(x, n_max, rng), _subsample(y, n_max, rng)
@@ -365,10 +359,3 @@ def frechet_distance(features1: ArrayLike, features2: ArrayLike) -> dict:
     m1, C1 = gaussian_fit(f1)
     m2, C2 = gaussian_fit(f2)
     return {"value": w2_gaussian(m1, C1, m2, C2, squared=True), "n_x": f1.shape[0], "n_y": f2.shape[0]}
-
-
-# the image metrics live in image_metrics.py; their names stay importable from here
-from .image_metrics import (  # noqa: E402,F401
-    FID_BACKENDS, IMAGE_REFERENCES, _images_nchw, _mnist_reference, fid, inception_score_mnist, inception_status,
-    kid_mnist, select_fid_backend,
-)

@@ -11,9 +11,9 @@ What is written depends on what stock diffusers can run faithfully:
   (pipe.scheduler.config)``...) runs the trained process; so does
   ``SDEScheduler.from_config(pipe.scheduler.config, sampler="ddram")``.
 * **everything else** -- VE / sub-VP / OU processes (whose prior is not ``N(0, I)``), class-conditional
-  and latent models, or an explicit ``sampler=`` of ours: :class:`~lit_diffusion.pipelines.
+  and latent models, or an explicit ``sampler=`` of ours: :class:`~lit_diffusion.integrations.pipelines.
   LitDiffusionPipeline` (right prior, class labels with guidance, autoencoder) with an
-  :class:`~lit_diffusion.scheduler.SDEScheduler` running the trained SDE (a VP model keeps the stock
+  :class:`~lit_diffusion.integrations.scheduler.SDEScheduler` running the trained SDE (a VP model keeps the stock
   table scheduler unless ``sampler=`` asks for ours).  Load with ``LitDiffusionPipeline.from_pretrained
   (folder)``, which runs no code from the folder.  ``DiffusionPipeline.from_pretrained(folder,
   trust_remote_code=True)`` also loads it but *runs the folder's* ``pipeline.py``: only for folders
@@ -21,7 +21,7 @@ What is written depends on what stock diffusers can run faithfully:
 
 Every folder has a ``README.md`` saying how to load it and which scheduler swaps are valid.
 
-Time convention. Our :class:`lit_diffusion.networks.UNet` feeds the diffusers U-Net the timestep
+Time convention. Our :class:`lit_diffusion.training.networks.UNet` feeds the diffusers U-Net the timestep
 ``u = s t`` with ``s = time_scale / T`` (``t`` the SDE's continuous time). A pipeline hands the U-Net
 the scheduler's timesteps unchanged, so the exported scheduler runs the *same* SDE written in the
 time ``u`` (an exact time change, :func:`rescale_time`): for the linear-beta SDEs (VP, subVP,
@@ -85,7 +85,7 @@ def _unet_and_scale(net: nn.Module):
     if isinstance(net, UNet2DModel):
         return net, 1.0
     raise TypeError(
-        f"export_pipeline: the network is a {type(net).__name__}; only lit_diffusion.networks.UNet or a "
+        f"export_pipeline: the network is a {type(net).__name__}; only lit_diffusion.training.networks.UNet or a "
         "diffusers UNet2DModel can become a diffusers pipeline"
     )
 
@@ -96,7 +96,7 @@ _PIPELINE_SHIM = (
     "# The pipeline class of this folder lives in the lit_diffusion package (pip install lit_diffusion).\n"
     "# Load with LitDiffusionPipeline.from_pretrained(folder) after `import lit_diffusion`, or with\n"
     "# DiffusionPipeline.from_pretrained(folder, trust_remote_code=True); this file only imports it.\n"
-    "from lit_diffusion.pipelines import LitDiffusionPipeline  # noqa: F401\n"
+    "from lit_diffusion.integrations.pipelines import LitDiffusionPipeline  # noqa: F401\n"
 )
 
 
@@ -122,11 +122,7 @@ def _load_module(ckpt_or_module):
     from ..training.module import ScoreModule
 
     if isinstance(ckpt_or_module, (str, os.PathLike)):
-        from ..training.pretrained import is_pretrained_folder
-
-        if is_pretrained_folder(ckpt_or_module):
-            return ScoreModule.from_pretrained(ckpt_or_module)
-        return ScoreModule.load_checkpoint(str(ckpt_or_module))
+        return ScoreModule.load(ckpt_or_module)
     if isinstance(ckpt_or_module, ScoreModule):
         return ckpt_or_module
     raise TypeError(f"export_pipeline: expected a ScoreModule or a checkpoint path; got {type(ckpt_or_module).__name__}")
@@ -200,13 +196,13 @@ def export_pipeline(
     """Write a diffusers pipeline folder for a trained image model and return ``out_dir``.
 
     Args:
-        ckpt_or_module: a :class:`lit_diffusion.module.ScoreModule`, the path of a checkpoint it
+        ckpt_or_module: a :class:`lit_diffusion.training.module.ScoreModule`, the path of a checkpoint it
             wrote (loaded with ``weights_only=True``) or a pretrained-model folder.
         out_dir: the folder to write (``model_index.json``, ``unet/``, ``scheduler/``, ``README.md``;
             ``vae/`` for a latent model, ``pipeline.py`` for a :class:`LitDiffusionPipeline`).
         sampler: ``None`` (default): a stock DDPM table scheduler for VP models, our ``auto`` (multistep) for the
-            others; a name of :data:`lit_diffusion.scheduler.SCHEDULER_SAMPLERS`: that sampler of
-            :class:`~lit_diffusion.scheduler.SDEScheduler` (with ``scheduler_kwargs``: ``schedule``,
+            others; a name of :data:`lit_diffusion.integrations.scheduler.SCHEDULER_SAMPLERS`: that sampler of
+            :class:`~lit_diffusion.integrations.scheduler.SDEScheduler` (with ``scheduler_kwargs``: ``schedule``,
             ``ode``, ``final_denoise``...).
         ema: export the EMA weights (default) or the raw ones.
     """

@@ -4,7 +4,7 @@ diffusers' ``DDPMPipeline`` starts from ``N(0, I)``, passes no class labels and 
 This pipeline takes the same components plus an optional ``vae`` and runs:
 
 * the right prior: ``N(m, s^2 I)`` with the scheduler's ``init_noise_sigma`` ``s`` and, for a
-  :class:`~lit_diffusion.scheduler.SDEScheduler`, its SDE's prior mean ``m`` (a VE process starts
+  :class:`~lit_diffusion.integrations.scheduler.SDEScheduler`, its SDE's prior mean ``m`` (a VE process starts
   from ``N(0, sigma_max^2 I)``, an OU process from its stationary law);
 * class-conditional U-Nets (``UNet2DModel`` with ``num_class_embeds = K + 1``, the last entry the
   "no label" token) with ``class_labels`` and classifier-free guidance ``guidance_scale``
@@ -49,7 +49,7 @@ class LitDiffusionPipeline(DiffusionPipeline):
     def from_pretrained(cls, folder, torch_dtype: Optional[torch.dtype] = None, **kwargs) -> "LitDiffusionPipeline":
         """Load an exported folder without running any code from it: the components are built from
         an explicit list of classes (``UNet2DModel``, ``AutoencoderKL``, diffusers' schedulers and
-        :class:`~lit_diffusion.scheduler.SDEScheduler`), safetensors weights only."""
+        :class:`~lit_diffusion.integrations.scheduler.SDEScheduler`), safetensors weights only."""
         import json
         from pathlib import Path
 

@@ -1,10 +1,10 @@
-"""``SDEScheduler``: every sampler of :mod:`lit_diffusion.samplers` as a diffusers scheduler.
+"""``SDEScheduler``: every sampler of :mod:`lit_diffusion.sampling.samplers` as a diffusers scheduler.
 
 A thin adapter: the arithmetic of a step is done by the *stepper* of
-:func:`lit_diffusion.samplers.get_stepper` (the same objects the :func:`~lit_diffusion.samplers.sample`
+:func:`lit_diffusion.sampling.samplers.get_stepper` (the same objects the :func:`~lit_diffusion.sampling.samplers.sample`
 loop drives, see the "stepper protocol" in that module's docstring); this class only
 
-* turns a diffusers configuration into an SDE (:class:`~lit_diffusion.discrete_vp.DiscreteVP` for
+* turns a diffusers configuration into an SDE (:class:`~lit_diffusion.core.discrete_vp.DiscreteVP` for
   ``betas`` / ``alphas_cumprod`` tables, in the network's own timestep units, or one of our
   continuous SDEs named by the ``sde`` / ``sde_kwargs`` config keys);
 * lays out, in :meth:`SDEScheduler.set_timesteps`, every network evaluation of the whole run (grid
@@ -45,13 +45,13 @@ from ..core.utils import randn
 __all__ = ["SDEScheduler", "SCHEDULER_SAMPLERS", "dynamic_threshold"]
 
 from .scheduler_config import (  # noqa: E402,F401  (re-exported)
-    _REFUSED, FINAL_SIGMAS_TYPES, SCHEDULER_SAMPLERS, _as_float, _check_model_output, _check_num_steps, _check_numbers,
-    _check_sampler_name, _check_schedule_name, _diffusers_schedule, _final_denoise, dynamic_threshold,
+    REFUSED_KEYS, FINAL_SIGMAS_TYPES, SCHEDULER_SAMPLERS, as_float, check_model_output, check_num_steps, check_numbers,
+    check_sampler_name, check_schedule_name, diffusers_schedule, ends_with_denoising_step, dynamic_threshold,
 )
 
 
 class SDEScheduler(SchedulerMixin, ConfigMixin):
-    """A diffusers scheduler running the samplers of :mod:`lit_diffusion.samplers`.
+    """A diffusers scheduler running the samplers of :mod:`lit_diffusion.sampling.samplers`.
 
     Config (every ``__init__`` argument is saved by ``save_pretrained``):
 
@@ -71,12 +71,12 @@ class SDEScheduler(SchedulerMixin, ConfigMixin):
     evaluations and of the end point.
 
     *process* — ``sde`` (``None``: the discrete table above as :class:`DiscreteVP`; or a name of
-    :data:`lit_diffusion.sdes.SDE_CLASSES` with ``sde_kwargs``; the network is then conditioned on
+    :data:`lit_diffusion.core.sdes.SDE_CLASSES` with ``sde_kwargs``; the network is then conditioned on
     that SDE's own continuous time), ``t_min`` (early stopping for the discrete table; our SDEs take
     it from ``sde_kwargs``).
 
     *sampler* — ``sampler`` (one of :data:`SCHEDULER_SAMPLERS`), ``schedule`` (one of
-    :data:`lit_diffusion.schedules.SCHEDULES` or ``"diffusers"``: diffusers' integer spacing),
+    :data:`lit_diffusion.core.schedules.SCHEDULES` or ``"diffusers"``: diffusers' integer spacing),
     ``parametrization`` (``score``, ``relative_score``, ``denoiser``; ``None``: the sampler's
     default), ``ode``, ``predictor`` / ``n_corrector`` / ``snr`` / ``snr_norm`` (PC), ``rho`` (EDM schedule),
     ``final_denoise`` (one more evaluation at ``t_min`` returning the denoised estimate, like DDPM's
@@ -129,7 +129,7 @@ class SDEScheduler(SchedulerMixin, ConfigMixin):
     ):
         # ---- validate every name before any work ------------------------------------------------
         given_schedule = schedule
-        schedule = _diffusers_schedule(schedule, use_karras_sigmas, timestep_spacing, steps_offset)
+        schedule = diffusers_schedule(schedule, use_karras_sigmas, timestep_spacing, steps_offset)
         if given_schedule is None and schedule is not None:
             # a diffusers key of the source config chose the grid: say so once, and show it in the config
             import warnings
@@ -142,15 +142,15 @@ class SDEScheduler(SchedulerMixin, ConfigMixin):
             defaults = self._internal_dict.get("_use_default_values")
             if isinstance(defaults, list) and "schedule" in defaults:  # diffusers drops those keys in from_config
                 self.register_to_config(_use_default_values=[k for k in defaults if k != "schedule"])
-        final_denoise = _final_denoise(final_denoise, final_sigmas_type)
-        _check_numbers(dynamic_thresholding_ratio, sample_max_value, clip_sample_range)
+        final_denoise = ends_with_denoising_step(final_denoise, final_sigmas_type)
+        check_numbers(dynamic_thresholding_ratio, sample_max_value, clip_sample_range)
         self._final_denoise = bool(final_denoise)
-        name = _check_sampler_name(sampler)
+        name = check_sampler_name(sampler)
         if inverse:  # like DDIMInverseScheduler: data -> noise along the ODE, timesteps increasing
             if name != "multistep":
                 raise ValueError(f"inverse=True runs the multistep ODE (solver_order=1 is DDIM inversion); got sampler={sampler!r}")
             ode, self._final_denoise = True, False
-        self._schedule = _check_schedule_name(schedule, name, timestep_spacing, bool(ode))
+        self._schedule = check_schedule_name(schedule, name, timestep_spacing, bool(ode))
         self._declared = canonical_prediction(prediction_type)
 
         # ---- the process -------------------------------------------------------------------------
@@ -207,7 +207,7 @@ class SDEScheduler(SchedulerMixin, ConfigMixin):
         self._eval_step: List[int] = []
         self._eval_stage: List[int] = []
         self._state = None
-        self._plan = None  # lit_diffusion.affine_plan.AffinePlan of the current run (affine samplers)
+        self._plan = None  # lit_diffusion.sampling.affine_plan.AffinePlan of the current run (affine samplers)
         self._step_index: Optional[int] = None
         self._begin_index: Optional[int] = None
 
@@ -303,7 +303,7 @@ class SDEScheduler(SchedulerMixin, ConfigMixin):
             timesteps = self._times_of_sigmas(sigmas)
         fitted = self.config.get("fitted_grid")
         if timesteps is None and fitted is not None and num_inference_steps in (None, len(fitted) - 1):
-            # a grid fitted to the model (python -m lit_diffusion.sampling.grid_fit), saved in the config:
+            # a grid fitted to the model (python -m lit_diffusion.cli.grid_fit), saved in the config:
             # a pipeline that reloads this scheduler keeps it; other step counts use `schedule`
             timesteps, num_inference_steps = fitted, None
         if timesteps is not None:
@@ -311,7 +311,7 @@ class SDEScheduler(SchedulerMixin, ConfigMixin):
                 raise ValueError("pass either num_inference_steps or timesteps, not both")
             grid = self._custom_grid(timesteps)
         else:
-            grid = self._step_grid(_check_num_steps(num_inference_steps))
+            grid = self._step_grid(check_num_steps(num_inference_steps))
         if self.config.get("inverse"):
             grid = grid.flip(0)  # t_min -> T: encoding
         n = grid.numel() - 1
@@ -412,7 +412,7 @@ class SDEScheduler(SchedulerMixin, ConfigMixin):
         """First evaluation index that starts a step at ``timestep`` (error if there is none)."""
         if self._eval_times is None:
             raise ValueError("call set_timesteps() before step()")
-        t = _as_float(timestep)
+        t = as_float(timestep)
         tol = 1e-4 * max(1.0, self.sde.T)
         for i, (tt, j) in enumerate(zip(self.timesteps.tolist(), self._eval_stage)):
             if j == 0 and abs(tt - t) <= tol:
@@ -467,7 +467,7 @@ class SDEScheduler(SchedulerMixin, ConfigMixin):
             raise ValueError("SDEScheduler.step does not take variance_noise: the noise comes from `generator`")
         if eta is not None:
             self._apply_eta(eta)
-        _check_model_output(model_output, sample, timestep, self._step_index)
+        check_model_output(model_output, sample, timestep, self._step_index)
         if self._step_index is None:
             self._step_index = self._begin_index if self._begin_index is not None else self.index_for_timestep(timestep)
         i = self._step_index
@@ -475,7 +475,7 @@ class SDEScheduler(SchedulerMixin, ConfigMixin):
             raise ValueError(
                 f"step() called {i + 1} times but this run has {len(self._eval_step)} evaluations; call set_timesteps() to restart"
             )
-        t_given = _as_float(timestep)
+        t_given = as_float(timestep)
         t_expected = self._expected[i]
         if abs(t_given - t_expected) > 1e-4 * max(1.0, self.sde.T):
             raise ValueError(
@@ -517,7 +517,7 @@ class SDEScheduler(SchedulerMixin, ConfigMixin):
 
     def _plan_step(self, out: Tensor, x: Tensor, i: int, k: int, j: int, generator) -> Tensor:
         """One evaluation of an affine sampler from the precomputed coefficients (see
-        :mod:`lit_diffusion.affine_plan`): a few fused tensor operations, arithmetic in float32/64."""
+        :mod:`lit_diffusion.sampling.affine_plan`): a few fused tensor operations, arithmetic in float32/64."""
         dtype = compute_dtype(x)
         mid, end, conv, final = self._plan.cast(dtype, x.device)
         if out.shape[1:] != x.shape[1:]:

@@ -11,19 +11,19 @@ from torch import Tensor
 
 from ..core.schedules import SCHEDULES, check_schedule
 
-#: samplers the scheduler exposes (``moment_matching`` is refused, see :data:`_REFUSED`)
+#: samplers the scheduler exposes (``moment_matching`` is refused, see :data:`REFUSED_KEYS`)
 SCHEDULER_SAMPLERS = ("euler", "exponential_euler", "ddram", "pc", "localization", "multistep")
-_REFUSED = {
+REFUSED_KEYS = {
     "moment_matching": (
         "sampler='moment_matching' cannot run as a diffusers scheduler: its step needs the posterior "
         "covariance, i.e. Jacobian-vector products of the denoiser with respect to x, and a pipeline "
         "only hands the scheduler the network's output at one point. Use "
-        "lit_diffusion.samplers.sample(..., sampler='moment_matching') with the network itself."
+        "lit_diffusion.sampling.samplers.sample(..., sampler='moment_matching') with the network itself."
     )
 }
 
 
-def _as_float(timestep) -> float:
+def as_float(timestep) -> float:
     if isinstance(timestep, Tensor):
         if timestep.numel() != 1:
             # pipelines pass one timestep for the whole batch; accept a batch of equal values
@@ -40,7 +40,7 @@ def _as_float(timestep) -> float:
 FINAL_SIGMAS_TYPES = ("zero", "sigma_min")
 
 
-def _diffusers_schedule(schedule, use_karras_sigmas: bool, timestep_spacing: str, steps_offset: int):
+def diffusers_schedule(schedule, use_karras_sigmas: bool, timestep_spacing: str, steps_offset: int):
     """The step grid the diffusers keys ask for: Karras sigmas are the ``edm`` grid; a
     non-default ``timestep_spacing`` / ``steps_offset`` selects diffusers' integer spacing."""
     if use_karras_sigmas:
@@ -59,7 +59,7 @@ def _diffusers_schedule(schedule, use_karras_sigmas: bool, timestep_spacing: str
     return schedule
 
 
-def _final_denoise(final_denoise: bool, final_sigmas_type) -> bool:
+def ends_with_denoising_step(final_denoise: bool, final_sigmas_type) -> bool:
     """``final_sigmas_type="zero"`` ends on the data (a final denoising evaluation), ``"sigma_min"`` at
     the last noise level ``t_min``."""
     if final_sigmas_type is None:
@@ -69,7 +69,7 @@ def _final_denoise(final_denoise: bool, final_sigmas_type) -> bool:
     return final_sigmas_type == "zero"
 
 
-def _check_model_output(model_output, sample, timestep, index) -> None:
+def check_model_output(model_output, sample, timestep, index) -> None:
     """The network output must be a finite tensor shaped like the sample (or with twice its channels: a
     learned-variance network)."""
     if not isinstance(model_output, Tensor) or not isinstance(sample, Tensor):
@@ -88,12 +88,12 @@ def _check_model_output(model_output, sample, timestep, index) -> None:
     if not bool(torch.isfinite(model_output).all()):
         bad = int((~torch.isfinite(model_output)).sum())
         raise FloatingPointError(
-            f"the model output at timestep {_as_float(timestep)!r} (evaluation {index or 0}) has {bad} "
+            f"the model output at timestep {as_float(timestep)!r} (evaluation {index or 0}) has {bad} "
             "NaN/inf values; the network diverged or ran out of its precision range (try fp32 or bf16)"
         )
 
 
-def _check_numbers(dynamic_thresholding_ratio, sample_max_value, clip_sample_range) -> None:
+def check_numbers(dynamic_thresholding_ratio, sample_max_value, clip_sample_range) -> None:
     if not (0.0 < float(dynamic_thresholding_ratio) <= 1.0):
         raise ValueError(f"dynamic_thresholding_ratio={dynamic_thresholding_ratio!r} is invalid; it must be in (0, 1]")
     if not (math.isfinite(float(sample_max_value)) and float(sample_max_value) >= 1.0):
@@ -102,21 +102,21 @@ def _check_numbers(dynamic_thresholding_ratio, sample_max_value, clip_sample_ran
         raise ValueError(f"clip_sample_range={clip_sample_range!r} is invalid; it must be > 0")
 
 
-def _check_sampler_name(sampler) -> str:
+def check_sampler_name(sampler) -> str:
     from ..sampling.steppers import resolve_sampler
 
     name = resolve_sampler(sampler)
-    if name in _REFUSED:
-        raise ValueError(_REFUSED[name])
+    if name in REFUSED_KEYS:
+        raise ValueError(REFUSED_KEYS[name])
     if name not in SCHEDULER_SAMPLERS:
         raise ValueError(
             f"unknown sampler {sampler!r}; valid choices: {['auto', *SCHEDULER_SAMPLERS]} "
-            f"(moment_matching needs network Jacobians and is only available in lit_diffusion.samplers.sample)"
+            f"(moment_matching needs network Jacobians and is only available in lit_diffusion.sampling.samplers.sample)"
         )
     return name
 
 
-def _check_schedule_name(schedule, sampler: str, timestep_spacing: str, ode: bool = False) -> str:
+def check_schedule_name(schedule, sampler: str, timestep_spacing: str, ode: bool = False) -> str:
     if schedule is None:
         from ..sampling.samplers import default_schedule
 
@@ -131,7 +131,7 @@ def _check_schedule_name(schedule, sampler: str, timestep_spacing: str, ode: boo
     return str(schedule)
 
 
-def _check_num_steps(n) -> int:
+def check_num_steps(n) -> int:
     from ..core.utils import MAX_STEPS, check_count
 
     return check_count("num_inference_steps", n, 1, MAX_STEPS)

@@ -17,7 +17,7 @@ write leaves the temporary file behind in ``/tmp``.
 otherwise.
 
 Use: ``Trainer(plugins=[AtomicCheckpointIO()])`` or, on the command line,
-``python train.py --trainer.plugins lit_diffusion.checkpoint_io.AtomicCheckpointIO``.
+``python train.py --trainer.plugins lit_diffusion.runtime.lightning_io.AtomicCheckpointIO``.
 """
 
 from __future__ import annotations
@@ -99,12 +99,12 @@ def inside_folder(folder, *parts) -> str:
     return path
 
 
-def _is_local(path) -> bool:
+def is_local_path(path) -> bool:
     s = os.fspath(path)
     return "://" not in s or s.startswith("file://")
 
 
-def _fsync_dir(folder: str) -> None:
+def fsync_dir(folder: str) -> None:
     try:
         fd = os.open(folder, os.O_RDONLY)
     except OSError:  # e.g. platforms without directory fds
@@ -192,7 +192,7 @@ def atomic_write(path, write: Callable[[str], None], fsync: bool = True) -> str:
         except OSError:
             pass
         raise
-    _fsync_dir(os.path.dirname(os.path.abspath(path)))
+    fsync_dir(os.path.dirname(os.path.abspath(path)))
     return path
 
 
@@ -270,7 +270,7 @@ class atomic_folder:
                 for n in files:
                     with open(os.path.join(base, n), "rb") as f:
                         os.fsync(f.fileno())
-                _fsync_dir(base)
+                fsync_dir(base)
             if os.path.isdir(self.path) and not os.path.islink(self.path):
                 if _exchange(self.stage, self.path):
                     shutil.rmtree(self.stage, ignore_errors=True)  # now the old folder
@@ -284,7 +284,7 @@ class atomic_folder:
         except BaseException:
             shutil.rmtree(self.stage, ignore_errors=True)
             raise
-        _fsync_dir(os.path.dirname(self.path))
+        fsync_dir(os.path.dirname(self.path))
 
     def _carry_others(self) -> None:
         import shutil
@@ -297,13 +297,3 @@ class atomic_folder:
                 shutil.copytree(src, dst, symlinks=True)
             else:
                 shutil.copy2(src, dst, follow_symlinks=False)
-
-
-def __getattr__(name):
-    """``AtomicCheckpointIO`` (a Lightning plugin) lives in :mod:`.lightning_io`: importing this module
-    does not import Lightning (``sample.py`` and the loaders need none of it)."""
-    if name == "AtomicCheckpointIO":
-        from .lightning_io import AtomicCheckpointIO
-
-        return AtomicCheckpointIO
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -50,7 +50,7 @@ def lightning_loops(step: int, micro: int, n_batches: int, accumulate: int = 1) 
     }
 
 
-def _save(accelerator, module, optimizer, scheduler, step: int, ckpt_dir: str, resume_state: Optional[dict] = None,
+def save_training_checkpoint(accelerator, module, optimizer, scheduler, step: int, ckpt_dir: str, resume_state: Optional[dict] = None,
           run_id: Optional[str] = None) -> str:
     os.makedirs(ckpt_dir, exist_ok=True)
     ckpt = {
@@ -95,10 +95,10 @@ def _lightning_version() -> str:
     return str(lightning.__version__)
 
 
-def _export_safetensors(module, path: str) -> str:
+def export_safetensors(module, path: str) -> str:
     from safetensors.torch import save
 
-    from lit_diffusion.checkpoint_io import atomic_write_bytes
+    from lit_diffusion.runtime.checkpoint_io import atomic_write_bytes
 
     state = {k: v.detach().cpu().contiguous() for k, v in module.state_dict().items()}
     meta = {"hyper_parameters": json.dumps(dict(module.hparams)), "prediction_type": module.prediction_type}

@@ -16,7 +16,7 @@ the next periodic checkpoint would store them -- the "last good checkpoint" woul
   names the first offending tensor), so whatever is on disk was finite when it was written.
 
 Use: ``Trainer(callbacks=[NonFiniteGuard()])`` or
-``python train.py --trainer.callbacks+=lit_diffusion.reliability.NonFiniteGuard``.
+``python train.py --trainer.callbacks+=lit_diffusion.runtime.reliability.NonFiniteGuard``.
 """
 
 from __future__ import annotations

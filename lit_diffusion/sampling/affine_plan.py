@@ -7,7 +7,7 @@ point, the start state and the midpoint noise).  The conversion of a network out
 types).  So a whole run is a table of coefficients, one row per network evaluation, that
 :class:`AffinePlan` computes in one vectorised pass by *probing* the samplers' own step functions with
 basis inputs (so the plan cannot drift from the reference implementation) and that
-:class:`lit_diffusion.scheduler.SDEScheduler` then applies with a few fused tensor operations per
+:class:`lit_diffusion.integrations.scheduler.SDEScheduler` then applies with a few fused tensor operations per
 ``step`` call:
 
 * single-evaluation steps: ``x_s = cx x + cf F + c0 + cz z`` with ``F = A x + B out + C``;

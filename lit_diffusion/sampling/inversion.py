@@ -19,16 +19,14 @@ ENCODE_SAMPLERS = ("multistep",)
 
 
 def resolve_model(model, sde=None, prediction_type=None, class_labels=None, guidance_scale: float = 1.0):
-    """``(field, sde, data_shape)`` of a ``ScoreModule``, a checkpoint file or pretrained folder, a
-    ``Field``, an analytic ``GaussianMixture`` or a network with ``prediction_type``; else a clear error."""
+    """``(field, sde, data_shape)`` of a ``ScoreModule``, a ``Field``, an analytic ``GaussianMixture`` or
+    a network with ``prediction_type``; else a clear error (a path: load it with ``ScoreModule.load``)."""
     from ..core.targets import GaussianMixture
 
     shape = None
     if isinstance(model, (str, bytes)) or hasattr(model, "__fspath__"):
-        from ..training.module import ScoreModule
-        from ..training.pretrained import is_pretrained_folder
-
-        model = ScoreModule.from_pretrained(model) if is_pretrained_folder(model) else ScoreModule.load_checkpoint(str(model))
+        raise TypeError(f"model={str(model)!r} is a path: load the model first, "
+                        "lit_diffusion.ScoreModule.load(path) (a pretrained-model folder or a checkpoint)")
     if type(model).__name__ == "ScoreModule" and hasattr(model, "sampling_net"):
         sde = sde or model.sde
         shape = None if model.data_shape is None else tuple(model.data_shape)
@@ -61,7 +59,7 @@ def _grid(sde, steps, schedule, timesteps, ode_sampler):
     return get_timesteps(sde, int(steps), schedule or default_schedule(ode_sampler, True)).to(torch.float64)
 
 
-def _check_sampler(sampler: str) -> str:
+def check_sampler(sampler: str) -> str:
     key = str(sampler).lower()
     if key == "auto":
         key = "multistep"
@@ -83,7 +81,7 @@ def encode(model, x: Tensor, sde: Optional[LinearSDE] = None, steps: int = 50, s
     from ..core.utils import MAX_STEPS, check_count
     from .multistep import MultistepStepper
 
-    _check_sampler(sampler)
+    check_sampler(sampler)
     check_count("steps", steps, 1, MAX_STEPS)
     field, sde, shape = resolve_model(model, sde, prediction_type, class_labels, guidance_scale)
     if shape is not None and tuple(x.shape[1:]) != tuple(shape):
@@ -108,7 +106,7 @@ def decode(model, z: Tensor, sde: Optional[LinearSDE] = None, steps: int = 50, s
     """The data the probability-flow ODE maps ``z`` (at ``T``) to, on the same grid as :func:`encode`."""
     from .samplers import sample
 
-    _check_sampler(sampler)
+    check_sampler(sampler)
     field, sde, _ = resolve_model(model, sde, prediction_type, class_labels, guidance_scale)
     grid = _grid(sde, steps, schedule, timesteps, "multistep")
     return sample(field, sde, x_T=z, sampler="multistep", ode=True, timesteps=grid, dtype=z.dtype, **options).samples

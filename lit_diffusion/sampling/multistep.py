@@ -24,7 +24,7 @@ import torch
 from torch import Tensor
 
 from ..core.sdes import LinearSDE, compute_dtype
-from .steps import _c, _times
+from .steps import StepState, as_times, per_sample_coef
 
 __all__ = ["MultistepStepper", "kernel_moments", "lagrange_weights", "MAX_ORDER"]
 
@@ -210,9 +210,7 @@ class MultistepStepper:
 
     # ------------------------------------------------------------------ one step
     def start(self, x_t: Tensor, t, s, u=None, generator=None):
-        from .steppers import StepState
-
-        t, s = _times(t, x_t), _times(s, x_t)
+        t, s = as_times(t, x_t), as_times(s, x_t)
         if self.inverse:
             if not bool((s > t).all()):
                 raise ValueError("an inverse step needs s > t (encoding runs from t_min up to T)")
@@ -263,11 +261,11 @@ class MultistepStepper:
         h = ell_s - ell_t
         w = lagrange_weights(nodes, kernel_moments(h, len(nodes), stochastic))
         phi = sigma_s / sigma_t * (torch.exp(-h) if stochastic else 1.0)
-        out = _c(phi, xc) * xc
+        out = per_sample_coef(phi, xc) * xc
         for wi, d in zip(w, values):
-            out = out + _c(alpha_s * wi, xc) * d
+            out = out + per_sample_coef(alpha_s * wi, xc) * d
         if stochastic:
-            out = out + _c(sigma_s * torch.sqrt(-torch.expm1(-2 * h)), xc) * noise
+            out = out + per_sample_coef(sigma_s * torch.sqrt(-torch.expm1(-2 * h)), xc) * noise
         return out
 
     def _coefficients(self, t: Tensor, s: Tensor):
@@ -309,12 +307,12 @@ class MultistepStepper:
         p = self._order(t)
         used = self._hist.items[:p]
         stochastic = self._stochastic_at(t)
-        xc = x_t - off_t if isinstance(off_t, float) else x_t - _c(off_t, x_t)
+        xc = x_t - off_t if isinstance(off_t, float) else x_t - per_sample_coef(off_t, x_t)
         z = None if not stochastic else noise.to(dtype)
         nodes = [e - ell_t for e, _ in used]
         out = self._update(xc, nodes, [d for _, d in used], ell_t, ell_s, alpha_s, sigma_s, sigma_t, stochastic, z)
         self._prev = dict(xc=xc, ell_t=ell_t, ell_s=ell_s, alpha_s=alpha_s, sigma_s=sigma_s, sigma_t=sigma_t,
                           stochastic=stochastic, noise=z, hist=list(used), pred=out)
-        x = out + off_s if isinstance(off_s, float) else out + _c(off_s, out)
+        x = out + off_s if isinstance(off_s, float) else out + per_sample_coef(off_s, out)
         st.x = x.to(st.x_t.dtype)
         st.done = True

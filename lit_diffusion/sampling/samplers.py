@@ -4,7 +4,7 @@ Samplers: ``euler`` (Euler–Maruyama / probability-flow Euler), ``exponential_e
 (randomized midpoint), ``pc`` (predictor + Langevin corrector), ``localization`` (= denoiser
 exponential Euler) and ``moment_matching`` (second-order localization, needs Jacobians).
 
-STEPPER PROTOCOL (shared with ``lit_diffusion.scheduler.SDEScheduler``)
+STEPPER PROTOCOL (shared with ``lit_diffusion.integrations.scheduler.SDEScheduler``)
 ======================================================================
 Every sampler is a set of *pure step functions of tensors that take field values as inputs* plus a
 small stepper object that says which evaluations a step needs.  Nothing in a step calls the network;
@@ -15,7 +15,7 @@ evaluates the field and feeds the value back.
 
 * ``stepper.field_kind``: the prediction type every evaluation must be given in
   (``"score"``, ``"denoiser"`` or ``"relative_score"``; convert a network output with
-  ``lit_diffusion.parametrizations.convert(out, declared, stepper.field_kind, x_eval, t_eval, sde)``).
+  ``lit_diffusion.core.parametrizations.convert(out, declared, stepper.field_kind, x_eval, t_eval, sde)``).
 * ``stepper.evals_per_step``: number of field evaluations in one step t -> s
   (euler/exponential_euler/localization: 1, ddram: 2, pc: predictor's + ``n_corrector``).
 * ``stepper.stochastic``: False for ODE samplers (no noise is ever consumed).
@@ -45,7 +45,7 @@ The raw step functions (also public) are
 ``ddram_finish(x_t, F_tau, t, tau, s, carry, integ, noise2) -> x_s``,
 ``langevin_corrector_step(x, score, snr, kappa, noise)``,
 ``moment_matching_step(x_t, D_t, cov_sqrt_apply, t, s, integ, noise)``,
-where ``integ`` is a :class:`lit_diffusion.integrators.ExpIntegrator` (coefficients Phi, W, V of
+where ``integ`` is a :class:`lit_diffusion.sampling.integrators.ExpIntegrator` (coefficients Phi, W, V of
 §5 for one SDE, parametrization and SDE/ODE form).
 """
 
@@ -58,13 +58,13 @@ import torch
 from torch import Tensor
 
 from ..core.fields import Field, as_field  # noqa: F401
-from ..core.schedules import _check_steps, check_schedule, get_timesteps
+from ..core.schedules import check_steps, check_schedule, get_timesteps
 from ..core.sdes import LinearSDE
 from ..core.utils import GeneratorLike
 from .steppers import (  # noqa: F401  (re-exported: the public names of the samplers)
     AUTO_LOG_SNR_STEP, DEFAULT_SCHEDULES, PREDICTORS, SAMPLER_PARAMETRIZATIONS, SAMPLERS, DDRaMStepper, EulerStepper,
     ends_with_denoising,
-    ExpEulerStepper, LocalizationStepper, MomentMatchingStepper, PCStepper, Stepper, StepState, _check_sampler, _make,
+    ExpEulerStepper, LocalizationStepper, MomentMatchingStepper, PCStepper, Stepper, StepState, check_sampler, make_stepper,
     default_schedule, get_stepper,
 )
 from .steps import (  # noqa: F401
@@ -200,13 +200,13 @@ def sample(
     """Integrate the reverse dynamics of ``sde`` from ``T`` down to ``t_min`` (docs/maths.md §4–§5).
 
     Args:
-        field: a :class:`~lit_diffusion.fields.Field`, an ``nn.Module`` with ``prediction_type``
+        field: a :class:`~lit_diffusion.core.fields.Field`, an ``nn.Module`` with ``prediction_type``
             (or pass ``prediction_type=``), or an analytic target (e.g. ``GaussianMixture``).
         x_T: the starting state; drawn from the prior with ``shape`` when None.
         sampler: one of :data:`SAMPLERS`; ``sampler_options`` go to its stepper
             (pc: ``predictor, n_corrector, snr, corrector, snr_norm``; moment_matching: ``covariance,
             exact_dim, lanczos_iters``; all exponential ones: ``method`` of the integrator).
-        steps, schedule: the time grid (:func:`lit_diffusion.schedules.get_timesteps`; default
+        steps, schedule: the time grid (:func:`lit_diffusion.core.schedules.get_timesteps`; default
             :func:`default_schedule`: ``uniform``), or an explicit decreasing ``timesteps`` tensor.
         parametrization: the frozen field (``score``, ``relative_score``, ``denoiser``).
         generator: one ``torch.Generator`` or one per sample (batch-size invariance).
@@ -215,14 +215,14 @@ def sample(
             schedule's grid of ``steps + 1`` steps without ``t_min``
             (:func:`~lit_diffusion.sampling.steppers.ends_with_denoising`).
         midpoint_u: DDRaM only: the uniforms of the midpoints, one per step ``(steps,)`` (shared by
-            the batch, as :class:`~lit_diffusion.scheduler.SDEScheduler` draws them) or per step and
+            the batch, as :class:`~lit_diffusion.integrations.scheduler.SDEScheduler` draws them) or per step and
             sample ``(steps, B)``; drawn from ``generator`` per sample when None.
         class_labels: one class label per sample (or one for all; ``-1``: no label) for a
             class-conditional network or the components of an analytic mixture.
         guidance_scale: classifier-free guidance weight ``w`` (1: conditional, 0: unconditional;
-            :class:`~lit_diffusion.fields.Field`): every evaluation of every sampler, DDRaM's
+            :class:`~lit_diffusion.core.fields.Field`): every evaluation of every sampler, DDRaM's
             midpoint and the corrector steps included, is the guided one.
-        known, mask, resample: inpainting (:mod:`lit_diffusion.inpainting`): ``mask`` is 1 where
+        known, mask, resample: inpainting (:mod:`lit_diffusion.sampling.inpainting`): ``mask`` is 1 where
             ``known`` is kept and 0 where the state is generated; after every step the known part is
             replaced by its forward-noised value, and ``resample > 1`` repeats each step that many
             times after noising back (RePaint).  The returned samples hold ``known`` exactly where
@@ -236,12 +236,12 @@ def sample(
         :class:`SampleResult` ``(samples, nfe, trajectory, times)`` (a named tuple).
     """
     # --- validate everything before any work
-    sampler = _check_sampler(sampler)
+    sampler = check_sampler(sampler)
     if schedule is None:
         schedule = default_schedule(sampler, ode, steps if timesteps is None else None)
     if timesteps is None:
         check_schedule(schedule)
-        _check_steps(steps)
+        check_steps(steps)
     stepper = get_stepper(sampler, sde, parametrization, ode, **sampler_options)
     from .inpainting import as_known_part
 

@@ -15,11 +15,12 @@ from torch import Tensor
 from ..core.fields import Field
 from ..core.parametrizations import convert
 from ..core.sdes import LinearSDE, compute_dtype
-from ..core.utils import GeneratorLike, rand, randn
+from ..core.utils import GeneratorLike, rand
 from .integrators import canonical_parametrization, get_integrator
 from .multistep import MultistepStepper
+from .steps import StepState
 from .steps import (  # noqa: F401
-    CORRECTOR_RATIO_CAP, SNR_NORMS, _c, _centred, _per_sample_norm, _times, _uncentre, ddram_finish, ddram_midpoint,
+    CORRECTOR_RATIO_CAP, SNR_NORMS, per_sample_coef, centred, per_sample_norm, as_times, uncentre, ddram_finish, ddram_midpoint,
     euler_step, exp_euler_step, langevin_corrector_step, moment_matching_step, posterior_cov_sqrt_apply,
 )
 
@@ -89,41 +90,6 @@ AUTO_LOG_SNR_STEP = 2.0
 # --------------------------------------------------------------------------------------------
 # steppers
 # --------------------------------------------------------------------------------------------
-class StepState:
-    """One step ``t -> s`` in progress: query ``x_eval, t_eval``, feed values with :meth:`advance`."""
-
-    def __init__(self, stepper: "Stepper", x_t: Tensor, t: Tensor, s: Tensor, generator: GeneratorLike = None):
-        self.stepper = stepper
-        self.x_t = x_t
-        self.t, self.s = t, s
-        self.generator = generator
-        self.stage = 0
-        self.nfe = 0
-        self.x_eval = x_t
-        self.t_eval = t
-        self.x: Optional[Tensor] = None
-        self.done = False
-
-    @property
-    def noise_needed(self) -> bool:
-        return self.stepper._noise_needed(self)
-
-    def _noise(self, noise):
-        if noise is None:
-            noise = randn(self.x_t.shape, generator=self.generator, device=self.x_t.device, dtype=compute_dtype(self.x_t))
-        return noise
-
-    def advance(self, F: Tensor, noise: Optional[Tensor] = None, **extra) -> "StepState":
-        if self.done:
-            raise RuntimeError("this step is already complete; start a new one")
-        if self.noise_needed:
-            noise = self._noise(noise)
-        self.stepper._advance(self, F, noise, **extra)
-        self.stage += 1
-        self.nfe += 1
-        return self
-
-
 class Stepper:
     """Base stepper (see the module docstring for the protocol)."""
 
@@ -147,7 +113,7 @@ class Stepper:
         raise NotImplementedError(f"{self.name} has no midpoint")
 
     def start(self, x_t: Tensor, t, s, u=None, generator: GeneratorLike = None) -> StepState:
-        t, s = _times(t, x_t), _times(s, x_t)
+        t, s = as_times(t, x_t), as_times(s, x_t)
         if not bool((s < t).all()):
             raise ValueError("a step needs s < t (sampling runs from T down to t_min)")
         st = StepState(self, x_t, t, s, generator)
@@ -244,7 +210,7 @@ class DDRaMStepper(Stepper):
             u = rand((st.x_t.shape[0],), generator=st.generator, dtype=torch.float64)
         u = torch.as_tensor(u, dtype=torch.float64).to(st.t.device)
         st.u = u
-        st.tau = _times(self.midpoint(st.t, st.s, u), st.x_t)
+        st.tau = as_times(self.midpoint(st.t, st.s, u), st.x_t)
 
     def _advance(self, st, F, noise, **extra):
         if st.stage == 0:
@@ -279,7 +245,7 @@ class PCStepper(Stepper):
             raise ValueError(f"snr={snr!r} is invalid; it must be a finite number > 0")
         valid = tuple(p for p in SAMPLER_PARAMETRIZATIONS[predictor] if p != "auto")  # one field for the corrector
         param = valid[0] if parametrization is None else canonical_parametrization(parametrization, valid)
-        self.predictor = _make(predictor, sde, param, ode, method=method)
+        self.predictor = make_stepper(predictor, sde, param, ode, method=method)
         super().__init__(sde, self.predictor.parametrization, ode)
         self.n_corrector = int(n_corrector)
         self.snr = float(snr)
@@ -403,7 +369,7 @@ _STEPPERS = {
 }
 
 
-def _make(name, sde, param, ode, **options):
+def make_stepper(name, sde, param, ode, **options):
     return _STEPPERS[name](sde, param, ode, **options)
 
 
@@ -419,7 +385,7 @@ def resolve_sampler(sampler: str) -> str:
     return AUTO_SAMPLER if key == "auto" else key
 
 
-def _check_sampler(sampler: str) -> str:
+def check_sampler(sampler: str) -> str:
     key = resolve_sampler(sampler)
     if key not in SAMPLERS:
         raise ValueError(f"unknown sampler {sampler!r}; valid choices: {['auto', *SAMPLERS]}")
@@ -428,7 +394,7 @@ def _check_sampler(sampler: str) -> str:
 
 def get_stepper(sampler: str, sde: LinearSDE, parametrization: Optional[str] = None, ode: bool = False, **options) -> Stepper:
     """Build the stepper of a sampler, validating every name before any work."""
-    sampler = _check_sampler(sampler)
+    sampler = check_sampler(sampler)
     if sampler in ("localization", "moment_matching") and ode:
         raise ValueError(f"sampler {sampler!r} has no ODE form (ode=True); use exponential_euler with parametrization='denoiser', ode=True (DDIM)")
     import inspect
@@ -451,6 +417,6 @@ def get_stepper(sampler: str, sde: LinearSDE, parametrization: Optional[str] = N
             raise ValueError(
                 f"sampler {sampler!r} does not support parametrization {parametrization!r}; valid choices: {list(valid)}"
             ) from None
-    return _make(sampler, sde, param, ode, **options)
+    return make_stepper(sampler, sde, param, ode, **options)
 
 

@@ -11,17 +11,18 @@ from torch import Tensor
 
 from ..core.sdes import LinearSDE, as_time, broadcast_to, compute_dtype
 from ..core.fields import Field
+from ..core.utils import GeneratorLike, randn
 from .integrators import ExpIntegrator
 
 __all__ = [
     "euler_step", "exp_euler_step", "ddram_midpoint", "ddram_finish", "langevin_corrector_step",
-    "moment_matching_step", "posterior_cov_sqrt_apply", "SNR_NORMS", "CORRECTOR_RATIO_CAP",
+    "moment_matching_step", "posterior_cov_sqrt_apply", "SNR_NORMS", "CORRECTOR_RATIO_CAP", "StepState",
 ]
 
 
 # helpers
 # --------------------------------------------------------------------------------------------
-def _times(t, x: Tensor) -> Tensor:
+def as_times(t, x: Tensor) -> Tensor:
     """``t`` as a float64 tensor of shape (B,) on x's device."""
     t = as_time(t, x).to(torch.float64)
     if t.ndim == 0:
@@ -31,21 +32,21 @@ def _times(t, x: Tensor) -> Tensor:
     return t
 
 
-def _c(coef: Tensor, x: Tensor) -> Tensor:
+def per_sample_coef(coef: Tensor, x: Tensor) -> Tensor:
     """float64 per-sample coefficient -> compute dtype, broadcast against x."""
     return broadcast_to(coef.to(dtype=compute_dtype(x)), x)
 
 
-def _centred(sde: LinearSDE, x: Tensor, t: Tensor) -> Tensor:
+def centred(sde: LinearSDE, x: Tensor, t: Tensor) -> Tensor:
     dtype = compute_dtype(x)
-    return x.to(dtype) - _c(sde.mean_offset(t), x)
+    return x.to(dtype) - per_sample_coef(sde.mean_offset(t), x)
 
 
-def _uncentre(sde: LinearSDE, xc: Tensor, s: Tensor) -> Tensor:
-    return xc + _c(sde.mean_offset(s), xc)
+def uncentre(sde: LinearSDE, xc: Tensor, s: Tensor) -> Tensor:
+    return xc + per_sample_coef(sde.mean_offset(s), xc)
 
 
-def _per_sample_norm(v: Tensor) -> Tensor:
+def per_sample_norm(v: Tensor) -> Tensor:
     return v.reshape(v.shape[0], -1).norm(dim=1)
 
 
@@ -55,57 +56,57 @@ def _per_sample_norm(v: Tensor) -> Tensor:
 def euler_step(x_t: Tensor, score: Tensor, t, s, sde: LinearSDE, noise: Optional[Tensor] = None, ode: bool = False) -> Tensor:
     """Euler–Maruyama for the reverse SDE (§5, Claustre, "Score-Based Diffusion Models via SDEs" eq. 13), or Euler for the probability-flow
     ODE: ``X_s = X_t - h [a X_t + b - k g^2 s] + g sqrt(h) z`` with ``k = 1`` (SDE) or ``1/2`` (ODE)."""
-    t, s = _times(t, x_t), _times(s, x_t)
+    t, s = as_times(t, x_t), as_times(s, x_t)
     dtype = compute_dtype(x_t)
     x = x_t.to(dtype)
     a, b = sde.drift_coefficients(t)
     g2 = sde.g2(t)
     h = t - s
     kfac = 0.5 if ode else 1.0
-    out = x - _c(h, x) * (_c(a, x) * x + _c(b, x) - kfac * _c(g2, x) * score.to(dtype))
+    out = x - per_sample_coef(h, x) * (per_sample_coef(a, x) * x + per_sample_coef(b, x) - kfac * per_sample_coef(g2, x) * score.to(dtype))
     if not ode:
-        out = out + _c(torch.sqrt(g2 * h), x) * noise.to(dtype)
+        out = out + per_sample_coef(torch.sqrt(g2 * h), x) * noise.to(dtype)
     return out
 
 
 def exp_euler_step(x_t: Tensor, F_t: Tensor, t, s, integ: ExpIntegrator, noise: Optional[Tensor] = None) -> Tensor:
     """Exponential Euler (§5): ``X~_s = Phi(s,t) X~_t + W(s,t) F_t + sqrt(V(s,t)) z``."""
-    t, s = _times(t, x_t), _times(s, x_t)
+    t, s = as_times(t, x_t), as_times(s, x_t)
     sde = integ.sde
-    xc = _centred(sde, x_t, t)
+    xc = centred(sde, x_t, t)
     phi, W, V = integ.coefficients(s, t)
-    out = _c(phi, xc) * xc + _c(W, xc) * F_t.to(xc.dtype)
+    out = per_sample_coef(phi, xc) * xc + per_sample_coef(W, xc) * F_t.to(xc.dtype)
     if not integ.ode:
-        out = out + _c(torch.sqrt(V), xc) * noise.to(xc.dtype)
-    return _uncentre(sde, out, s)
+        out = out + per_sample_coef(torch.sqrt(V), xc) * noise.to(xc.dtype)
+    return uncentre(sde, out, s)
 
 
 def ddram_midpoint(x_t: Tensor, F_t: Tensor, t, tau, integ: ExpIntegrator, noise1: Optional[Tensor] = None):
     """DDRaM stage 1 (§5): ``X~_tau = Phi(tau,t) X~_t + W(tau,t) F_t + eta_tau``,
     ``eta_tau = sqrt(V(tau,t)) z1``.  Returns ``(x_tau, carry)``; ``carry = (X~_t, eta_tau)``."""
-    t, tau = _times(t, x_t), _times(tau, x_t)
+    t, tau = as_times(t, x_t), as_times(tau, x_t)
     sde = integ.sde
-    xc = _centred(sde, x_t, t)
+    xc = centred(sde, x_t, t)
     phi, W, V = integ.coefficients(tau, t)
-    mid = _c(phi, xc) * xc + _c(W, xc) * F_t.to(xc.dtype)
+    mid = per_sample_coef(phi, xc) * xc + per_sample_coef(W, xc) * F_t.to(xc.dtype)
     if integ.ode:
         eta = torch.zeros_like(xc)
     else:
-        eta = _c(torch.sqrt(V), xc) * noise1.to(xc.dtype)
-    return _uncentre(sde, mid + eta, tau), (xc, eta)
+        eta = per_sample_coef(torch.sqrt(V), xc) * noise1.to(xc.dtype)
+    return uncentre(sde, mid + eta, tau), (xc, eta)
 
 
 def ddram_finish(x_t: Tensor, F_tau: Tensor, t, tau, s, carry, integ: ExpIntegrator, noise2: Optional[Tensor] = None) -> Tensor:
     """DDRaM stage 2 (§5): ``X~_s = Phi(s,t) X~_t + W(s,t) F(X_tau, tau) + Phi(s,tau) eta_tau + eta'``,
     ``eta' = sqrt(V(s,tau)) z2``: the end point is driven by the midpoint's Brownian path."""
-    t, tau, s = _times(t, x_t), _times(tau, x_t), _times(s, x_t)
+    t, tau, s = as_times(t, x_t), as_times(tau, x_t), as_times(s, x_t)
     sde = integ.sde
     xc, eta = carry
     phi, W, _ = integ.coefficients(s, t)
-    out = _c(phi, xc) * xc + _c(W, xc) * F_tau.to(xc.dtype)
+    out = per_sample_coef(phi, xc) * xc + per_sample_coef(W, xc) * F_tau.to(xc.dtype)
     if not integ.ode:
-        out = out + _c(integ.phi(s, tau), xc) * eta + _c(torch.sqrt(integ.V(s, tau)), xc) * noise2.to(xc.dtype)
-    return _uncentre(sde, out, s)
+        out = out + per_sample_coef(integ.phi(s, tau), xc) * eta + per_sample_coef(torch.sqrt(integ.V(s, tau)), xc) * noise2.to(xc.dtype)
+    return uncentre(sde, out, s)
 
 
 SNR_NORMS = ("capped", "sample", "batch")
@@ -136,7 +137,7 @@ def langevin_corrector_step(
     dtype = compute_dtype(x)
     x, score, noise = x.to(dtype), score.to(dtype), noise.to(dtype)
     kappa = torch.as_tensor(kappa, dtype=dtype, device=x.device)  # scalar or per-sample (B,)
-    z_norm, s_norm = _per_sample_norm(noise), _per_sample_norm(score)
+    z_norm, s_norm = per_sample_norm(noise), per_sample_norm(score)
     if snr_norm == "batch":
         z_norm, s_norm = z_norm.mean().expand_as(z_norm), s_norm.mean().expand_as(s_norm)
     # a score that is exactly zero (e.g. a zero-initialised network) or not finite gives no usable
@@ -156,12 +157,12 @@ def moment_matching_step(x_t: Tensor, D_t: Tensor, cov_sqrt_apply: Callable[[Ten
     ``X~_s = Phi X~_t + W D + (W^2 Sigma + V I)^{1/2} z`` with ``Sigma = Cov(X_0 | X_t)``.
     ``cov_sqrt_apply(z)`` must return ``(W^2 Sigma + V I)^{1/2} z`` (see :func:`posterior_cov_sqrt_apply`).
     In localization coordinates this is ``Z_k = Z_{k-1} + d f + (d^2 Sigma + d I)^{1/2} N``."""
-    t, s = _times(t, x_t), _times(s, x_t)
+    t, s = as_times(t, x_t), as_times(s, x_t)
     sde = integ.sde
-    xc = _centred(sde, x_t, t)
+    xc = centred(sde, x_t, t)
     phi, W, _ = integ.coefficients(s, t)
-    out = _c(phi, xc) * xc + _c(W, xc) * D_t.to(xc.dtype) + cov_sqrt_apply(noise.to(xc.dtype)).to(xc.dtype)
-    return _uncentre(sde, out, s)
+    out = per_sample_coef(phi, xc) * xc + per_sample_coef(W, xc) * D_t.to(xc.dtype) + cov_sqrt_apply(noise.to(xc.dtype)).to(xc.dtype)
+    return uncentre(sde, out, s)
 
 
 # --------------------------------------------------------------------------------------------
@@ -276,3 +277,39 @@ def posterior_cov_sqrt_apply(
     return apply
 
 
+# --------------------------------------------------------------------------------------------
+# one step in progress (the state a stepper's start() returns)
+# --------------------------------------------------------------------------------------------
+class StepState:
+    """One step ``t -> s`` in progress: query ``x_eval, t_eval``, feed values with :meth:`advance`."""
+
+    def __init__(self, stepper, x_t: Tensor, t: Tensor, s: Tensor, generator: GeneratorLike = None):
+        self.stepper = stepper
+        self.x_t = x_t
+        self.t, self.s = t, s
+        self.generator = generator
+        self.stage = 0
+        self.nfe = 0
+        self.x_eval = x_t
+        self.t_eval = t
+        self.x: Optional[Tensor] = None
+        self.done = False
+
+    @property
+    def noise_needed(self) -> bool:
+        return self.stepper._noise_needed(self)
+
+    def _noise(self, noise):
+        if noise is None:
+            noise = randn(self.x_t.shape, generator=self.generator, device=self.x_t.device, dtype=compute_dtype(self.x_t))
+        return noise
+
+    def advance(self, F: Tensor, noise: Optional[Tensor] = None, **extra) -> "StepState":
+        if self.done:
+            raise RuntimeError("this step is already complete; start a new one")
+        if self.noise_needed:
+            noise = self._noise(noise)
+        self.stepper._advance(self, F, noise, **extra)
+        self.stage += 1
+        self.nfe += 1
+        return self

@@ -69,7 +69,7 @@ class SamplePictures(pl.Callback):
     Args:
         every_n_steps: draw after every this many optimizer steps (0: only at the end of training).
         n_samples: number of samples (2-D scatter) or images in the grid.
-        sampler, steps: passed to :meth:`lit_diffusion.module.ScoreModule.sample`.
+        sampler, steps: passed to :meth:`lit_diffusion.training.module.ScoreModule.sample`.
         ema: sample from the EMA weights.
         seed: the samples of every picture use the same seeded generator.
         out_dir: folder for the PNGs (default: ``<trainer.default_root_dir>/samples``).
@@ -167,7 +167,7 @@ class SampleQuality(pl.Callback):
 
     * vectors: ``val/w1`` (exact optimal transport on up to 1,000 points) and ``val/mmd2``;
     * 1x28x28 images: ``val/fid_mnist`` and ``val/kid_mnist`` (the offline MNIST feature network,
-      :mod:`lit_diffusion.metrics`);
+      :mod:`lit_diffusion.evaluation.metrics`);
     * other images: nothing (no offline Inception network; a warning says so once).
 
     Scores are computed on the global-zero process and logged with ``rank_zero_only``; class-conditional
@@ -190,6 +190,7 @@ class SampleQuality(pl.Callback):
     def score(self, pl_module, reference: Tensor) -> dict:
         """The metrics of one draw of samples against ``reference``."""
         from ..evaluation import metrics as M
+        from ..evaluation import image_metrics as IM
 
         K = getattr(pl_module, "num_classes", None)
         labels = None if K is None else torch.arange(self.n_samples) % K
@@ -203,8 +204,8 @@ class SampleQuality(pl.Callback):
         if tuple(x.shape[1:]) == (1, 28, 28):
             size = min(len(x), len(reference))
             return {
-                "val/fid_mnist": M.fid(x, reference, backend="mnist", value_range=(-1.0, 1.0))["value"],
-                "val/kid_mnist": M.kid_mnist(x, reference, value_range=(-1.0, 1.0), subsets=20, subset_size=size)["value"],
+                "val/fid_mnist": IM.fid(x, reference, backend="mnist", value_range=(-1.0, 1.0))["value"],
+                "val/kid_mnist": IM.kid_mnist(x, reference, value_range=(-1.0, 1.0), subsets=20, subset_size=size)["value"],
             }
         if not self._warned:
             pl.utilities.rank_zero.rank_zero_warn(

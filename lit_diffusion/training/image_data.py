@@ -11,12 +11,16 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from .data import IMAGE_EXTENSIONS, BaseDataModule, _check_positive_int, split_indices
+from ..core.utils import check_count
+from .data import IMAGE_EXTENSIONS, BaseDataModule, split_indices
+
+__all__ = ["DigitsDataModule", "MNISTDataModule", "CIFAR10DataModule", "ImageFolderDataModule", "ImageFiles", "to_unit_range"]
+
 
 # --------------------------------------------------------------------------------------------
 # images held in memory
 # --------------------------------------------------------------------------------------------
-def _to_unit_range(x: Tensor, max_value: float) -> Tensor:
+def to_unit_range(x: Tensor, max_value: float) -> Tensor:
     """Pixel values in ``[0, max_value]`` -> float32 in ``[-1, 1]``."""
     return (x.to(torch.float32) / float(max_value)) * 2.0 - 1.0
 
@@ -37,7 +41,7 @@ class DigitsDataModule(BaseDataModule):
 
         d = load_digits()
         x = torch.as_tensor(d.data, dtype=torch.float32).reshape(-1, 1, 8, 8)
-        return _to_unit_range(x, 16.0), torch.as_tensor(d.target)
+        return to_unit_range(x, 16.0), torch.as_tensor(d.target)
 
 
 class MNISTDataModule(BaseDataModule):
@@ -70,7 +74,7 @@ class MNISTDataModule(BaseDataModule):
         if source == "torchvision" and not root:
             raise ValueError("MNISTDataModule: source='torchvision' needs root= (a local folder holding MNIST/raw)")
         self.source, self.root, self.download = source, root, bool(download)
-        self.limit = None if limit is None else _check_positive_int("MNISTDataModule", "limit", limit)
+        self.limit = None if limit is None else check_count("MNISTDataModule: limit", limit)
         self.save_hyperparameters()
 
     def _load(self) -> tuple[Tensor, Tensor]:
@@ -94,7 +98,7 @@ class MNISTDataModule(BaseDataModule):
             y = torch.as_tensor(ds.targets)
         if self.limit is not None:
             x, y = x[: self.limit], y[: self.limit]
-        return _to_unit_range(x, 255.0), y
+        return to_unit_range(x, 255.0), y
 
 
 class CIFAR10DataModule(BaseDataModule):
@@ -117,7 +121,7 @@ class CIFAR10DataModule(BaseDataModule):
     ):
         super().__init__(batch_size=batch_size, val_fraction=val_fraction, seed=seed, num_workers=num_workers, labels=labels)
         self.root, self.download = str(root), bool(download)
-        self.limit = None if limit is None else _check_positive_int("CIFAR10DataModule", "limit", limit)
+        self.limit = None if limit is None else check_count("CIFAR10DataModule: limit", limit)
         self.save_hyperparameters()
 
     def _load(self) -> tuple[Tensor, Tensor]:
@@ -134,7 +138,7 @@ class CIFAR10DataModule(BaseDataModule):
         y = torch.as_tensor(ds.targets)
         if self.limit is not None:
             x, y = x[: self.limit], y[: self.limit]
-        return _to_unit_range(x, 255.0), y
+        return to_unit_range(x, 255.0), y
 
 
 # --------------------------------------------------------------------------------------------
@@ -144,7 +148,7 @@ def _to_rgb(im):
     return im.convert("RGB")
 
 
-class _ImageFiles(Dataset):
+class ImageFiles(Dataset):
     def __init__(self, files: list[Path], transform, labels: Optional[list[int]] = None):
         self.files, self.transform, self.labels = files, transform, labels
 
@@ -185,7 +189,7 @@ class ImageFolderDataModule(BaseDataModule):
         self.root = str(root)
         if not Path(self.root).is_dir():  # before any run, logger or process group starts
             raise FileNotFoundError(f"ImageFolderDataModule: root={self.root!r} is not a directory")
-        self.image_size = _check_positive_int("ImageFolderDataModule", "image_size", image_size)
+        self.image_size = check_count("ImageFolderDataModule: image_size", image_size)
         self.channels = int(channels)
         self.save_hyperparameters()
 
@@ -239,6 +243,6 @@ class ImageFolderDataModule(BaseDataModule):
         tf = self.transform()
 
         def part(idx):
-            return _ImageFiles([files[i] for i in idx], tf, None if labels is None else [labels[i] for i in idx])
+            return ImageFiles([files[i] for i in idx], tf, None if labels is None else [labels[i] for i in idx])
 
         self.train_set, self.val_set = part(tr.tolist()), part(va.tolist())

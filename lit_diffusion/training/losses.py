@@ -6,7 +6,7 @@ Every loss is a small callable object::
     value = loss(model, sde, x0, generator=None)            # scalar (mean over the batch)
     values = loss.per_sample(model, sde, x0, generator=None)  # (B,)
 
-``model`` is anything :func:`lit_diffusion.fields.as_field` accepts: an ``nn.Module`` (or callable)
+``model`` is anything :func:`lit_diffusion.core.fields.as_field` accepts: an ``nn.Module`` (or callable)
 ``model(x, t)`` with a declared ``prediction_type`` (``score``, ``epsilon``, ``denoiser``, ``v``,
 ``relative_score``), or an analytic target.  The network output is converted exactly (§2) into the
 noise prediction ``eps_hat = -sigma s_theta``, and every loss is evaluated in that epsilon space,
@@ -195,7 +195,7 @@ class ScoreMatchingLoss:
 
     def _prepare(self, model, sde, x0, generator, class_labels=None):
         if not isinstance(sde, LinearSDE):
-            raise TypeError(f"{type(self).__name__}: sde must be a lit_diffusion.sdes.LinearSDE; got {type(sde).__name__}")
+            raise TypeError(f"{type(self).__name__}: sde must be a lit_diffusion.core.sdes.LinearSDE; got {type(sde).__name__}")
         if x0.ndim < 2:
             raise ValueError(f"{type(self).__name__}: x0 must have a batch axis, shape (B, ...); got {tuple(x0.shape)}")
         dtype = compute_dtype(x0)
@@ -252,7 +252,7 @@ class DSM(ScoreMatchingLoss):
 class ESM(ScoreMatchingLoss):
     """Explicit score matching ``E λ(t) ||s_θ - ∇log p_t||²`` against the exact score of an analytic
     ``target`` (anything with ``prediction(x, t, sde, kind)``, e.g. a
-    :class:`~lit_diffusion.targets.GaussianMixture`)."""
+    :class:`~lit_diffusion.core.targets.GaussianMixture`)."""
 
     name = "esm"
 

@@ -5,9 +5,9 @@ shorthand ``--model.sde VP --model.sde.beta_max 20``):
 
 * ``net``: any ``nn.Module`` called as ``net(x, t)`` with a declared ``prediction_type``
   (``epsilon``, ``score``, ``denoiser`` or ``v``; docs/maths.md §2), e.g.
-  :class:`lit_diffusion.networks.TimeMLP` or :class:`lit_diffusion.networks.UNet`;
-* ``sde``: a :class:`lit_diffusion.sdes.LinearSDE` (§1) or its name;
-* ``loss``: a loss of :mod:`lit_diffusion.losses` (DSM/SSM/ISM/ESM, §3) or its name.
+  :class:`lit_diffusion.training.networks.TimeMLP` or :class:`lit_diffusion.training.networks.UNet`;
+* ``sde``: a :class:`lit_diffusion.core.sdes.LinearSDE` (§1) or its name;
+* ``loss``: a loss of :mod:`lit_diffusion.training.losses` (DSM/SSM/ISM/ESM, §3) or its name.
 
 Precision: the network runs in whatever precision the Trainer gives (``bf16-mixed`` autocast,
 ``bf16-true`` weights...), while the SDE arithmetic and the loss run in float32 (autocast is switched
@@ -17,7 +17,7 @@ Logged (every ``trainer.log_every_n_steps`` steps): ``train/loss``, the loss spl
 ``time_buckets`` equal-width buckets of ``t`` (``train/loss_t0.00-0.25`` ...), ``train/lr``,
 ``train/grad_norm`` (before clipping), ``train/samples_per_sec`` (all processes together) and
 ``val/loss`` on the held-out split.  Pictures of samples come from
-:class:`lit_diffusion.callbacks.SamplePictures`.
+:class:`lit_diffusion.training.callbacks.SamplePictures`.
 
 Checkpoints hold only plain types: the hyperparameters describe ``net``/``sde``/``loss`` as
 ``{"class_path", "init_args"}`` dictionaries, so ``torch.load(..., weights_only=True)`` reads them and
@@ -27,6 +27,7 @@ Checkpoints hold only plain types: the hyperparameters describe ``net``/``sde``/
 from __future__ import annotations
 
 import math
+import inspect
 import os
 import time
 from typing import Literal, Optional, Union
@@ -47,9 +48,8 @@ OPTIMIZERS = ("adamw", "adam", "sgd")
 LR_SCHEDULES = ("cosine", "constant", "linear")
 
 
-from .module_parts import (  # noqa: E402,F401  (re-exported: module.describe / check_hparams / noise_seed as before)
-    BatchesMixin, SamplingMixin, _build_loss, _build_net, _build_sde, build_from_config, check_hparams,
-    describe, noise_seed,
+from .module_parts import (  # noqa: E402,F401  (re-exported: module.describe / noise_seed as before)
+    BatchesMixin, SamplingMixin, build_loss, build_net, build_sde, build_from_config, describe, noise_seed,
 )
 
 
@@ -73,7 +73,7 @@ class ScoreModule(SamplingMixin, BatchesMixin, pl.LightningModule):
         ema_decay: EMA decay (0 disables the EMA); ``ema_warmup``: decay warm-up
             ``min(decay, (1+n)/(ema_warmup+n))``; ``ema_every_n_steps``: update interval.
         autoencoder: latent diffusion: the folder of a diffusers ``AutoencoderKL`` (frozen; see
-            :mod:`lit_diffusion.autoencoder`). Batches are encoded on the fly, the network and
+            :mod:`lit_diffusion.training.autoencoder`). Batches are encoded on the fly, the network and
             ``data_shape`` live in the latent space, and :meth:`sample` decodes to pixels.
         latent_scaling: the latent scale (default: the autoencoder's ``scaling_factor``).
         p_uncond: class-conditional networks only: the probability that a training label is
@@ -143,9 +143,9 @@ class ScoreModule(SamplingMixin, BatchesMixin, pl.LightningModule):
             raise ValueError(f"ScoreModule: compile={compile!r} is invalid; give true/false or a torch.compile backend name")
         if int(time_buckets) < 1:
             raise ValueError(f"ScoreModule: time_buckets={time_buckets!r} is invalid; it must be >= 1")
-        self.net = _build_net(net)
-        self.sde = _build_sde(sde)
-        self.loss = _build_loss(loss)
+        self.net = build_net(net)
+        self.sde = build_sde(sde)
+        self.loss = build_loss(loss)
         if prediction_type is None and getattr(self.net, "prediction_type", None) is None:
             raise ValueError(
                 f"ScoreModule: {type(self.net).__name__} declares no prediction_type; pass prediction_type=, one of "
@@ -217,10 +217,36 @@ class ScoreModule(SamplingMixin, BatchesMixin, pl.LightningModule):
     @classmethod
     def from_pretrained(cls, folder, map_location="cpu") -> "ScoreModule":
         """The module of a pretrained-model folder (``model.safetensors`` + ``config.json``, e.g.
-        ``checkpoints/mnist``; see :mod:`lit_diffusion.pretrained`). No pickle is read."""
-        from .pretrained import load_pretrained
+        ``checkpoints/mnist``; see :mod:`lit_diffusion.training.pretrained`). No pickle is read; the
+        description is checked by the registry before anything is built."""
+        from ..runtime.checkpoint_io import CheckpointError
+        from .pretrained import read_pretrained
+        from .registry import UntrustedConfigError
 
-        return load_pretrained(folder, map_location=map_location)
+        folder_data = read_pretrained(folder, map_location=map_location)
+        try:
+            hp = check_hparams(folder_data.hyper_parameters, where=repr(folder_data.config_path))
+        except UntrustedConfigError as e:
+            raise CheckpointError(str(e)) from None
+        hp["ema_decay"] = 0.0
+        module = cls(**hp)
+        try:
+            module.net.load_state_dict(folder_data.state)
+        except RuntimeError as e:
+            raise CheckpointError(f"{folder_data.weights_path!r} does not fit the network of its config: {e}") from None
+        module.data_shape = folder_data.data_shape
+        module.pretrained_info = folder_data.info
+        return module.eval()
+
+    @classmethod
+    def load(cls, path, map_location="cpu") -> "ScoreModule":
+        """The one loader of a model on disk: a pretrained-model folder (:meth:`from_pretrained`) or a
+        checkpoint file written by either launcher (:meth:`load_checkpoint`), in eval mode."""
+        from .pretrained import is_pretrained_folder
+
+        if is_pretrained_folder(path):
+            return cls.from_pretrained(path, map_location=map_location)
+        return cls.load_checkpoint(str(path), map_location=map_location).eval()
 
     @classmethod
     def from_checkpoint_dict(cls, ckpt: dict, where: str = "checkpoint", overrides: Optional[dict] = None,
@@ -435,3 +461,26 @@ class ScoreModule(SamplingMixin, BatchesMixin, pl.LightningModule):
             total = int(est) if est is not None and math.isfinite(est) else None
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: self.lr_factor(step, total))
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step", "frequency": 1}}
+
+
+def check_hparams(hp: dict, where: str = "checkpoint") -> dict:
+    """Validate the hyper-parameters of a checkpoint before anything is built: JSON data only, keys
+    that :class:`ScoreModule` accepts, and registered ``net``/``sde``/``loss`` descriptions.  Raises
+    :class:`lit_diffusion.training.registry.UntrustedConfigError` naming the offending entry."""
+    from .registry import UntrustedConfigError, check_description, check_plain
+
+    if not isinstance(hp, dict):
+        raise UntrustedConfigError(f"{where}: hyper_parameters must be a dictionary; got {type(hp).__name__}")
+    hp = {k: v for k, v in hp.items() if k not in ("_instantiator", "_class_path")}
+    valid = set(inspect.signature(ScoreModule.__init__).parameters) - {"self"}
+    for k, v in hp.items():
+        if k not in valid:
+            raise UntrustedConfigError(
+                f"{where}: hyper_parameters has an unknown entry {k!r}; the checkpoint is not trusted. "
+                f"Valid entries: {sorted(valid)}"
+            )
+        check_plain(v, f"{where}.hyper_parameters.{k}")
+    for k in ("net", "sde", "loss"):
+        if hp.get(k) is not None:
+            check_description(hp[k], k, f"{where}.hyper_parameters.{k}")
+    return hp

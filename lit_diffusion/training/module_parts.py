@@ -4,7 +4,6 @@ training step (shared with the Accelerate loop); batches with labels; sampling f
 
 from __future__ import annotations
 
-import inspect
 from typing import Any, Optional
 
 import torch
@@ -13,15 +12,15 @@ from torch import Tensor, nn
 from ..core.fields import Field, as_field
 from ..core.sdes import LinearSDE, get_sde
 
-__all__ = ["describe", "build_from_config", "check_hparams", "noise_seed"]
+__all__ = ["describe", "build_from_config", "noise_seed"]
 
 
 # --------------------------------------------------------------------------------------------
-# plain-type descriptions of components (for hyperparameters / checkpoints): lit_diffusion.registry
+# plain-type descriptions of components (for hyperparameters / checkpoints): lit_diffusion.training.registry
 # --------------------------------------------------------------------------------------------
 def describe(obj, kind: Optional[str] = None) -> Any:
     """A plain ``{"class_path": <registered name>, "init_args": {...}}`` description of ``obj``
-    (see :func:`lit_diffusion.registry.describe`)."""
+    (see :func:`lit_diffusion.training.registry.describe`)."""
     from .registry import describe as _describe
 
     return _describe(obj, kind)
@@ -29,36 +28,13 @@ def describe(obj, kind: Optional[str] = None) -> Any:
 
 def build_from_config(cfg, kind: str):
     """Build a ``{"class_path", "init_args"}`` description through the registry
-    (:func:`lit_diffusion.registry.build`): registered classes and JSON arguments only."""
+    (:func:`lit_diffusion.training.registry.build`): registered classes and JSON arguments only."""
     from .registry import build
 
     return build(cfg, kind)
 
 
-def check_hparams(hp: dict, where: str = "checkpoint") -> dict:
-    """Validate the hyper-parameters of a checkpoint before anything is built: JSON data only, keys
-    that :class:`ScoreModule` accepts, and registered ``net``/``sde``/``loss`` descriptions.  Raises
-    :class:`lit_diffusion.registry.UntrustedConfigError` naming the offending entry."""
-    from .registry import UntrustedConfigError, check_description, check_plain
-
-    if not isinstance(hp, dict):
-        raise UntrustedConfigError(f"{where}: hyper_parameters must be a dictionary; got {type(hp).__name__}")
-    hp = {k: v for k, v in hp.items() if k not in ("_instantiator", "_class_path")}
-    valid = set(inspect.signature(_score_module_init()).parameters) - {"self"}
-    for k, v in hp.items():
-        if k not in valid:
-            raise UntrustedConfigError(
-                f"{where}: hyper_parameters has an unknown entry {k!r}; the checkpoint is not trusted. "
-                f"Valid entries: {sorted(valid)}"
-            )
-        check_plain(v, f"{where}.hyper_parameters.{k}")
-    for k in ("net", "sde", "loss"):
-        if hp.get(k) is not None:
-            check_description(hp[k], k, f"{where}.hyper_parameters.{k}")
-    return hp
-
-
-def _build_sde(sde) -> LinearSDE:
+def build_sde(sde) -> LinearSDE:
     if sde is None:
         from ..core.sdes import VP
 
@@ -72,7 +48,7 @@ def _build_sde(sde) -> LinearSDE:
     raise TypeError(f"sde must be a lit_diffusion SDE, its name or a {{'class_path', 'init_args'}} description; got {type(sde).__name__}")
 
 
-def _build_loss(loss):
+def build_loss(loss):
     if loss is None:
         loss = "dsm"
     if isinstance(loss, str):
@@ -82,11 +58,11 @@ def _build_loss(loss):
     if isinstance(loss, dict):
         return build_from_config(loss, "loss")
     if not callable(loss) or not callable(getattr(loss, "per_sample", None)):
-        raise TypeError(f"loss must be a lit_diffusion.losses loss (with per_sample); got {type(loss).__name__}")
+        raise TypeError(f"loss must be a lit_diffusion.training.losses loss (with per_sample); got {type(loss).__name__}")
     return loss
 
 
-def _build_net(net) -> nn.Module:
+def build_net(net) -> nn.Module:
     if isinstance(net, nn.Module):
         return net
     if net is None:
@@ -104,12 +80,6 @@ def noise_seed(seed: int, micro_batch: int, rank: int) -> int:
     (micro-batch, rank) pair, so processes never share noise and a resumed run repeats the
     uninterrupted one."""
     return ((int(seed) * 1_000_003 + int(micro_batch)) * 4099 + int(rank)) % (2**63 - 1)
-
-
-def _score_module_init():
-    from .module import ScoreModule
-
-    return ScoreModule.__init__
 
 
 class BatchesMixin:
@@ -185,7 +155,7 @@ class SamplingMixin:
     def field(
         self, ema: bool = True, network_dtype: Optional[torch.dtype] = None, class_labels=None, guidance_scale: float = 1.0
     ) -> Field:
-        """A :class:`lit_diffusion.fields.Field` over the EMA (default) or raw network, for samplers;
+        """A :class:`lit_diffusion.core.fields.Field` over the EMA (default) or raw network, for samplers;
         ``class_labels`` and ``guidance_scale`` condition and guide it."""
         return as_field(
             self.sampling_net(ema), self.sde, prediction_type=self.prediction_type, network_dtype=network_dtype,
@@ -206,7 +176,7 @@ class SamplingMixin:
         decode: bool = True,
         **options,
     ) -> Tensor:
-        """Draw ``n`` samples with :func:`lit_diffusion.samplers.sample` (``class_labels`` and
+        """Draw ``n`` samples with :func:`lit_diffusion.sampling.samplers.sample` (``class_labels`` and
         ``guidance_scale`` for a class-conditional network; a latent model returns pixels unless
         ``decode=False``)."""
         from ..sampling.samplers import sample as _sample

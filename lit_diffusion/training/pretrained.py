@@ -5,13 +5,14 @@ A folder written by :func:`save_pretrained` holds
 * ``model.safetensors``: the sampling network's weights (the EMA weights by default);
 * ``config.json``: ``{"format": "lit_diffusion", "hyper_parameters": {...}, "data_shape": [...],
   "prediction_type": ..., "global_step": ..., "info": {...}}``, where ``hyper_parameters`` are the
-  :class:`~lit_diffusion.module.ScoreModule` arguments with the network, SDE and loss described by their
+  :class:`~lit_diffusion.training.module.ScoreModule` arguments with the network, SDE and loss described by their
   registry names (``"UNet"``, ``"VP"``, ``"DSM"``).
 
-:func:`load_pretrained` rebuilds the module through the registry (every entry checked before anything
-is built, :func:`lit_diffusion.module.check_hparams`) and loads the weights with safetensors.
-``sample.py -c <folder>`` and ``ScoreModule.from_pretrained(folder)`` use it; the shipped models in
-``checkpoints/`` are such folders.
+:func:`read_pretrained` reads such a folder as data; ``ScoreModule.from_pretrained(folder)`` (and
+``ScoreModule.load(path)``, which ``sample.py -c``, the export and the evaluation use) rebuilds the
+module through the registry (every entry checked before anything is built) and loads the weights with
+safetensors.  The shipped models in ``checkpoints/`` are such folders; ``python -m
+lit_diffusion.cli.pretrained`` writes one from a training checkpoint.
 """
 
 from __future__ import annotations
@@ -19,9 +20,9 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Optional
+from typing import NamedTuple, Optional
 
-__all__ = ["save_pretrained", "load_pretrained", "is_pretrained_folder", "WEIGHTS", "CONFIG", "FORMAT"]
+__all__ = ["save_pretrained", "read_pretrained", "PretrainedFolder", "is_pretrained_folder", "WEIGHTS", "CONFIG", "FORMAT"]
 
 WEIGHTS, CONFIG, FORMAT = "model.safetensors", "config.json", "lit_diffusion"
 AUTOENCODER = "autoencoder"  # sub-folder holding a latent model's AutoencoderKL
@@ -69,14 +70,25 @@ def save_pretrained(module, folder, ema: bool = True, info: Optional[dict] = Non
     return str(folder)
 
 
-def load_pretrained(folder, map_location: str = "cpu"):
-    """The :class:`~lit_diffusion.module.ScoreModule` of a :func:`save_pretrained` folder (no pickle;
-    the description is checked by the registry before anything is built)."""
+class PretrainedFolder(NamedTuple):
+    """What a pretrained-model folder holds, read and checked as data (nothing built yet)."""
+
+    hyper_parameters: dict
+    state: dict
+    data_shape: Optional[tuple]
+    info: dict
+    config_path: str
+    weights_path: str
+
+
+def read_pretrained(folder, map_location: str = "cpu") -> PretrainedFolder:
+    """Read a :func:`save_pretrained` folder as data: its JSON description (format checked; the
+    autoencoder must be a sub-folder, with no link out) and its safetensors weights.  The module is
+    built from it by :meth:`lit_diffusion.training.module.ScoreModule.from_pretrained`, which checks
+    the description through the registry first."""
     from safetensors.torch import load_file
 
     from ..runtime.checkpoint_io import CheckpointError, inside_folder
-    from .module import ScoreModule, check_hparams
-    from .registry import UntrustedConfigError
 
     folder = Path(folder)
     if not is_pretrained_folder(folder):
@@ -89,53 +101,19 @@ def load_pretrained(folder, map_location: str = "cpu"):
         raise CheckpointError(f"{str(folder / CONFIG)!r} is not valid JSON: {e}") from None
     if not isinstance(cfg, dict) or cfg.get("format") != FORMAT:
         raise CheckpointError(f"{str(folder / CONFIG)!r} is not a lit_diffusion config (format {FORMAT!r} expected)")
-    try:
-        hp = check_hparams(dict(cfg.get("hyper_parameters") or {}), where=repr(str(folder / CONFIG)))
-    except UntrustedConfigError as e:
-        raise CheckpointError(str(e)) from None
-    hp["ema_decay"] = 0.0
+    hp = cfg.get("hyper_parameters") or {}
+    if not isinstance(hp, dict):
+        raise CheckpointError(f"{str(folder / CONFIG)!r}: hyper_parameters must be a JSON object")
+    hp = dict(hp)
     if hp.get("autoencoder") is not None:
         ae = Path(str(hp["autoencoder"]))
         if ae.is_absolute() or ".." in ae.parts:
             raise CheckpointError(f"{str(folder / CONFIG)!r}: autoencoder must be a sub-folder of the model folder; got {str(ae)!r}")
         hp["autoencoder"] = inside_folder(folder, ae)  # its real path too: no link out of the folder
-    module = ScoreModule(**hp)
     try:
         state = load_file(str(folder / WEIGHTS), device=map_location)
     except Exception as e:  # noqa: BLE001
         raise CheckpointError(f"{str(folder / WEIGHTS)!r} is not a valid safetensors file: {type(e).__name__}") from None
-    try:
-        module.net.load_state_dict(state)
-    except RuntimeError as e:
-        raise CheckpointError(f"{str(folder / WEIGHTS)!r} does not fit the network of {CONFIG}: {e}") from None
-    if cfg.get("data_shape") is not None:
-        module.data_shape = tuple(int(s) for s in cfg["data_shape"])
-    module.pretrained_info = dict(cfg.get("info") or {})
-    return module.eval()
-
-
-def main(argv=None) -> int:
-    """``python -m lit_diffusion.pretrained --checkpoint run/last.ckpt --out checkpoints/mnist``: turn a
-    training checkpoint into a pretrained-model folder (EMA weights, safetensors, no pickle)."""
-    import argparse
-
-    from .module import ScoreModule
-
-    p = argparse.ArgumentParser(prog="python -m lit_diffusion.pretrained", description=main.__doc__.split(":")[0])
-    p.add_argument("--checkpoint", "-c", required=True, help="a ScoreModule checkpoint written by train.py")
-    p.add_argument("--out", "-o", required=True, help="the folder to write")
-    p.add_argument("--raw", action="store_true", help="the raw weights instead of the EMA")
-    p.add_argument("--info", default="{}", help="JSON object stored under 'info' (command, hardware, time...)")
-    a = p.parse_args(argv)
-    from ..runtime.checkpoint_io import read_checkpoint
-
-    ckpt = read_checkpoint(a.checkpoint, require=("state_dict", "hyper_parameters"))
-    module = ScoreModule.from_checkpoint_dict(ckpt, where=repr(a.checkpoint))
-    info = {"global_step": int(ckpt.get("global_step", -1)), **json.loads(a.info)}
-    save_pretrained(module, a.out, ema=not a.raw, info=info)
-    print(f"wrote {a.out} ({WEIGHTS}, {CONFIG}) from {a.checkpoint} at global step {info['global_step']}")
-    return 0
-
-
-if __name__ == "__main__":  # pragma: no cover
-    raise SystemExit(main())
+    shape = cfg.get("data_shape")
+    return PretrainedFolder(hp, state, None if shape is None else tuple(int(v) for v in shape),
+                            dict(cfg.get("info") or {}), str(folder / CONFIG), str(folder / WEIGHTS))

@@ -6,7 +6,7 @@ rebuilt from a description goes through :func:`build`, which
 
 1. looks the name up in an explicit registry, per *kind* (``"sde"``, ``"loss"``, ``"net"``,
    ``"data"``), by its stable name (``"VP"``, ``"TimeMLP"``, ``"UNet2DModel"``...) or by one of the
-   class paths that older checkpoints stored (``"lit_diffusion.sdes.VP"``);
+   class paths that older checkpoints stored (``"lit_diffusion.sdes.VP"``, see :data:`FORMER_MODULES`);
 2. checks every argument *before anything is called*: plain JSON types only (``None``, bools, numbers,
    strings, lists and string-keyed dicts of those), names accepted by the constructor, and values of the
    constructor's annotated type where the annotation is a plain one;
@@ -17,12 +17,18 @@ stable names (:func:`describe`), so moving a module never breaks an old checkpoi
 
 Adding a class of your own (e.g. a custom network) is an explicit act in code::
 
-    from lit_diffusion.registry import register
+    from lit_diffusion.training.registry import register
     register("net", "MyNet", MyNet)
+
+Former module names: before the package was split into layer folders, every module lived at the top
+(``lit_diffusion.sdes``).  :data:`FORMER_MODULES` is the one table of those names; :func:`current_path`
+maps a class path written under one of them to its home now, for checkpoints (through the aliases
+below) and for configs (``train.py`` rewrites them before parsing, with a warning).
 """
 
 from __future__ import annotations
 
+import importlib
 import inspect
 import math
 import types
@@ -82,6 +88,44 @@ _BASES.update(sde=_base_sde, loss=_base_loss, net=_base_net, data=_base_data)
 KINDS = tuple(_BASES)
 
 
+# former top-level module -> its module(s) now (the names checkpoints and configs of the first version used)
+FORMER_MODULES = {
+    f"lit_diffusion.{old}": tuple(f"lit_diffusion.{n}" for n in ((new,) if isinstance(new, str) else new))
+    for old, new in {
+        "sdes": "core.sdes", "discrete_vp": "core.discrete_vp", "fields": "core.fields",
+        "parametrizations": "core.parametrizations", "schedules": "core.schedules", "targets": "core.targets",
+        "utils": "core.utils", "affine_plan": "sampling.affine_plan", "integrators": "sampling.integrators",
+        "inpainting": "sampling.inpainting", "samplers": "sampling.samplers", "metrics": "evaluation.metrics",
+        "feature_net": "evaluation.feature_net", "evaluate": "evaluation.evaluate",
+        "checkpoint_io": ("runtime.checkpoint_io", "runtime.lightning_io"), "pictures": "runtime.pictures", "reliability": "runtime.reliability",
+        "run_lock": "runtime.run_lock", "autoencoder": "training.autoencoder", "callbacks": "training.callbacks",
+        "data": ("training.data", "training.image_data"), "ema": "training.ema", "losses": "training.losses", "module": "training.module",
+        "networks": "training.networks", "pretrained": "training.pretrained", "registry": "training.registry",
+        "export": "integrations.export", "pipelines": "integrations.pipelines", "scheduler": "integrations.scheduler",
+        "accelerate_train": "cli.accelerate_train", "demo": "cli.demo", "sampling_cli": "cli.sample",
+    }.items()
+}
+
+
+def current_path(class_path: str) -> str:
+    """``class_path`` with a former module name replaced by the module's home now
+    (``"lit_diffusion.sdes.VP"`` -> ``"lit_diffusion.core.sdes.VP"``); any other path unchanged."""
+    if isinstance(class_path, str) and "." in class_path:
+        module, _, name = class_path.rpartition(".")
+        homes = FORMER_MODULES.get(module, ())
+        for home in homes:  # a former module split in two: the one that holds the name
+            if len(homes) == 1 or hasattr(importlib.import_module(home), name):
+                return f"{home}.{name}"
+    return class_path
+
+
+def _exports(module: str, cls: type) -> bool:
+    """Whether the (already imported) ``module`` holds ``cls`` under its own name."""
+    import sys
+
+    return getattr(sys.modules.get(module), cls.__qualname__, None) is cls
+
+
 def register(kind: str, name: str, cls: type, aliases: tuple[str, ...] = ()) -> type:
     """Make ``cls`` buildable as ``kind`` under the stable ``name`` (and older ``aliases``)."""
     if kind not in _BASES:
@@ -96,6 +140,8 @@ def register(kind: str, name: str, cls: type, aliases: tuple[str, ...] = ()) -> 
     paths = (f"{cls.__module__}.{cls.__qualname__}",)
     if cls.__module__.startswith("lit_diffusion."):
         paths += (f"lit_diffusion.{cls.__qualname__}",)  # the package-level export jsonargparse may print
+        paths += tuple(f"{old}.{cls.__qualname__}" for old, homes in FORMER_MODULES.items()
+                       if any(_exports(home, cls) for home in homes))
     for a in paths + tuple(aliases):
         names[a] = name
     return cls
@@ -111,19 +157,22 @@ def _load_builtins() -> None:
     from ..core.discrete_vp import DiscreteVP
 
     for n, c in sdes.SDE_CLASSES.items():
-        register("sde", n, c, aliases=(f"lit_diffusion.sdes.{n}",))
-    register("sde", "DiscreteVP", DiscreteVP, aliases=("lit_diffusion.discrete_vp.DiscreteVP",))
+        register("sde", n, c)
+    register("sde", "DiscreteVP", DiscreteVP)
     for c in (losses.DSM, losses.SSM, losses.ISM, losses.ESM):
-        register("loss", c.__name__, c, aliases=(f"lit_diffusion.losses.{c.__name__}",))
+        register("loss", c.__name__, c)
     for c in (networks.TimeMLP, networks.UNet):
-        register("net", c.__name__, c, aliases=(f"lit_diffusion.networks.{c.__name__}",))
+        register("net", c.__name__, c)
     from diffusers import UNet2DModel
 
     register("net", "UNet2DModel", UNet2DModel, aliases=("diffusers.UNet2DModel", "diffusers.models.UNet2DModel"))
-    for n in data.__all__:
-        c = getattr(data, n)
-        if isinstance(c, type) and issubclass(c, data.BaseDataModule) and n not in ("BaseDataModule", "TensorDataModule"):
-            register("data", n, c, aliases=(f"lit_diffusion.data.{n}",))
+    from . import image_data
+
+    for module in (data, image_data):
+        for n in module.__all__:
+            c = getattr(module, n)
+            if isinstance(c, type) and issubclass(c, data.BaseDataModule) and n not in ("BaseDataModule", "TensorDataModule"):
+                register("data", n, c)
 
 
 def registered(kind: str) -> dict[str, type]:
@@ -153,7 +202,7 @@ def resolve(kind: str, name: str, where: str = "") -> type:
     if key not in table:
         raise UntrustedConfigError(
             f"{where or kind}: {name!r} is not a registered {kind} class, so this checkpoint/config is not trusted "
-            f"and nothing was built; valid choices: {sorted(table)} (add your own with lit_diffusion.registry.register)"
+            f"and nothing was built; valid choices: {sorted(table)} (add your own with lit_diffusion.training.registry.register)"
         )
     return table[key]
 

@@ -140,7 +140,7 @@ def prepare_run(
     """Decide what this run resumes from and its identity: ``(resume path or None, run_id)``.
 
     ``ckpt_path``: ``None`` (a new run), ``"last"`` or a file.  ``fits(path)`` raises
-    :class:`~lit_diffusion.checkpoint_io.CheckpointError` for a checkpoint that cannot continue this
+    :class:`~lit_diffusion.runtime.checkpoint_io.CheckpointError` for a checkpoint that cannot continue this
     model (another SDE, a missing weight...): with ``"last"`` such files are skipped with a warning,
     an explicit file is refused.  ``write``: move older runs' files aside and write ``run.json`` (the
     process of global rank 0 only)."""

@@ -1,6 +1,6 @@
 """Run by tests/test_accelerate.py under ``accelerate launch --multi_gpu --num_processes 2``.
 
-Trains with :func:`lit_diffusion.accelerate_train.train` (the real loop, ``Accelerator(cpu=True)`` so the
+Trains with :func:`lit_diffusion.cli.accelerate_train.train` (the real loop, ``Accelerator(cpu=True)`` so the
 processes talk over gloo) and makes every process write ``<out>/rank<r>.json`` with what it saw: the
 world size, the distributed type, a hash of every batch it trained on, the loss of every step and the
 final raw and EMA parameter vectors (as lists of floats) so the test can check the replicas agree.
@@ -18,7 +18,7 @@ import torch
 
 def main() -> None:
     out = sys.argv[1]
-    from lit_diffusion.accelerate_train import build_parser, train
+    from lit_diffusion.cli.accelerate_train import build_parser, train
 
     cfg = build_parser().parse_args(sys.argv[2:])
     seen: list = []

@@ -1,5 +1,5 @@
 """``python atomic_writer.py <path> atomic|plain``: write ever-changing ~8 MB checkpoints to ``path``
-forever, through :class:`lit_diffusion.checkpoint_io.AtomicCheckpointIO` (``atomic``) or a plain
+forever, through :class:`lit_diffusion.runtime.lightning_io.AtomicCheckpointIO` (``atomic``) or a plain
 ``torch.save(obj, path)`` (``plain``); tests/test_reliability.py kills it with SIGKILL at random times.
 Prints ``ready`` after the first complete write."""
 
@@ -7,7 +7,7 @@ import sys
 
 import torch
 
-from lit_diffusion.checkpoint_io import AtomicCheckpointIO
+from lit_diffusion.runtime.lightning_io import AtomicCheckpointIO
 
 path, mode = sys.argv[1], sys.argv[2]
 io = AtomicCheckpointIO()

@@ -18,10 +18,10 @@ torch.set_num_threads(1)
 
 import lightning.pytorch as pl  # noqa: E402
 
-from lit_diffusion.checkpoint_io import AtomicCheckpointIO  # noqa: E402
-from lit_diffusion.data import SwissRollDataModule  # noqa: E402
-from lit_diffusion.module import ScoreModule  # noqa: E402
-from lit_diffusion.networks import TimeMLP  # noqa: E402
+from lit_diffusion.runtime.lightning_io import AtomicCheckpointIO  # noqa: E402
+from lit_diffusion.training.data import SwissRollDataModule  # noqa: E402
+from lit_diffusion.training.module import ScoreModule  # noqa: E402
+from lit_diffusion.training.networks import TimeMLP  # noqa: E402
 
 
 class Recorder(pl.Callback):

@@ -6,7 +6,7 @@ Importable as ``faulty_nets`` when ``tests/scripts`` is on ``sys.path`` / ``PYTH
 
 import torch
 
-from lit_diffusion.networks import TimeMLP
+from lit_diffusion.training.networks import TimeMLP
 
 
 class NaNAfterMLP(TimeMLP):
@@ -58,9 +58,9 @@ class InfGradAfterMLP(TimeMLP):
         return out
 
 
-# Checkpoints and configs build only registered classes (lit_diffusion.registry): registering is the
+# Checkpoints and configs build only registered classes (lit_diffusion.training.registry): registering is the
 # explicit act that makes these test networks buildable by name.
-from lit_diffusion.registry import register  # noqa: E402
+from lit_diffusion.training.registry import register  # noqa: E402
 
 register("net", "NaNAfterMLP", NaNAfterMLP)
 register("net", "InfGradAfterMLP", InfGradAfterMLP)

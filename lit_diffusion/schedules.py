@@ -1,7 +1,0 @@
-"""``lit_diffusion.schedules`` lives in :mod:`lit_diffusion.core.schedules` (see docs/architecture.md); this name stays
-so that old imports, configs and checkpoints keep working (it is the same module object)."""
-
-import importlib
-import sys
-
-sys.modules[__name__] = importlib.import_module("lit_diffusion.core.schedules")
