@@ -142,3 +142,12 @@ def test_behaviour_is_unchanged_by_the_reorganisation():
     for k in want:
         assert got[k].shape == want[k].shape, k
         assert torch.allclose(got[k], want[k], rtol=0, atol=1e-5), (k, float((got[k] - want[k]).abs().max()))
+
+
+def test_tests_mirror_the_layers():
+    """Each test module lives in the folder of the layer it tests; only the checks of the whole house
+    and of the docs stay at the top."""
+    top = sorted(p.name for p in (ROOT / "tests").glob("test_*.py"))
+    assert top == ["test_docs.py", "test_house.py"]
+    folders = {p.parent.name for p in (ROOT / "tests").rglob("test_*.py")} - {"tests"}
+    assert folders <= set(arch.LAYERS), folders

@@ -486,7 +486,7 @@ def show_description(desc) -> str:
 
 
 #: the classes the registry builds by name, listed here so that ``--help`` needs no import of Lightning
-#: or diffusers (``tests/test_ecosystem.py`` checks the list against the registry)
+#: or diffusers (``tests/integrations/test_ecosystem.py`` checks the list against the registry)
 HELP_NAMES = {
     "net": ("TimeMLP", "UNet", "UNet2DModel"),
     "sde": ("ContractiveOU", "ContractiveVP", "DiscreteVP", "OU", "SubVP", "VE", "VP"),

@@ -31,7 +31,7 @@ sample is reweighted by ``lambda(t) / ((T - t_eps) p(t))``, so the estimate is u
 
 SSM, ISM and DSM equal ESM up to a constant that does not depend on the network (§3): for DSM the
 constant is ``E_t lambda (d/sigma^2 - E||grad log p_t||^2)``, for ISM and SSM ``-E_t lambda E||grad log
-p_t||^2``.  ``tests/test_losses.py`` checks this with two different networks.
+p_t||^2``.  ``tests/training/test_losses.py`` checks this with two different networks.
 
 The squared norms are summed over all non-batch axes by default (``dim_reduction="sum"``, the
 convention of the identities above); ``dim_reduction="mean"`` divides by the number of elements

@@ -1,4 +1,4 @@
-"""Run by tests/test_accelerate.py under ``accelerate launch --multi_gpu --num_processes 2``.
+"""Run by tests/cli/test_accelerate.py under ``accelerate launch --multi_gpu --num_processes 2``.
 
 Trains with :func:`lit_diffusion.cli.accelerate_train.train` (the real loop, ``Accelerator(cpu=True)`` so the
 processes talk over gloo) and makes every process write ``<out>/rank<r>.json`` with what it saw: the

@@ -1,6 +1,6 @@
 """``python atomic_writer.py <path> atomic|plain``: write ever-changing ~8 MB checkpoints to ``path``
 forever, through :class:`lit_diffusion.runtime.lightning_io.AtomicCheckpointIO` (``atomic``) or a plain
-``torch.save(obj, path)`` (``plain``); tests/test_reliability.py kills it with SIGKILL at random times.
+``torch.save(obj, path)`` (``plain``); tests/runtime/test_reliability.py kills it with SIGKILL at random times.
 Prints ``ready`` after the first complete write."""
 
 import sys

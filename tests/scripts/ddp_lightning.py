@@ -1,4 +1,4 @@
-"""Run by tests/test_ddp.py as a plain ``python ddp_lightning.py <out_dir> <max_steps>`` subprocess.
+"""Run by tests/training/test_ddp.py as a plain ``python ddp_lightning.py <out_dir> <max_steps>`` subprocess.
 
 Lightning's ``strategy="ddp"``, ``accelerator="cpu"``, ``devices=2`` re-launches this script as a
 second process (gloo).  Each process trains the same tiny :class:`ScoreModule` on the swiss roll and

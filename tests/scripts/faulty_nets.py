@@ -1,4 +1,4 @@
-"""Networks that fail on purpose, for tests/test_reliability.py and tests/test_accelerate.py.
+"""Networks that fail on purpose, for tests/runtime/test_reliability.py and tests/cli/test_accelerate.py.
 
 Importable as ``faulty_nets`` when ``tests/scripts`` is on ``sys.path`` / ``PYTHONPATH`` (so a
 ``train.py`` subprocess can name ``faulty_nets.NaNAfterMLP`` as ``--model.net`` class path).

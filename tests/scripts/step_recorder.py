@@ -1,4 +1,4 @@
-"""A Lightning callback for tests/test_reliability.py, importable as ``step_recorder`` when
+"""A Lightning callback for tests/runtime/test_reliability.py, importable as ``step_recorder`` when
 ``tests/scripts`` is on ``PYTHONPATH``: at the start of training (after any resume) it appends one
 JSON line ``{"global_step", "params_sha1", "pid"}`` to ``path``."""
 

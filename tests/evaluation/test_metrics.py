@@ -345,7 +345,7 @@ def test_training_script_writes_loadable_safetensors(tmp_path):
     import importlib.util as iu
     from pathlib import Path
 
-    path = Path(__file__).resolve().parents[1] / "scripts" / "train_feature_net.py"
+    path = Path(__file__).resolve().parents[2] / "scripts" / "train_feature_net.py"
     spec = iu.spec_from_file_location("train_feature_net", path)
     mod = iu.module_from_spec(spec)
     spec.loader.exec_module(mod)

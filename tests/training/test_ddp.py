@@ -19,7 +19,7 @@ import torch
 
 from lit_diffusion.training.module import ScoreModule
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "tests" / "scripts" / "ddp_lightning.py"
 
 

@@ -20,7 +20,7 @@ from lit_diffusion.sampling.samplers import sample
 from lit_diffusion.core.sdes import VP
 from lit_diffusion.core.targets import ring8_2d
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def test_train_help_is_short_and_lists_the_project_classes():

@@ -193,7 +193,7 @@ def test_bpd_mode_prints_one_json_line(capsys):
 
     from lit_diffusion.cli.evaluate import main as eval_main
 
-    root = _Path(__file__).resolve().parents[1]
+    root = _Path(__file__).resolve().parents[2]
     assert eval_main(["-c", str(root / "checkpoints" / "mnist"), "--metric", "bpd", "--n", "2", "--rtol", "1e-2"]) == 0
     lines = capsys.readouterr().out.strip().splitlines()
     res = _json.loads(lines[-1])

@@ -9,7 +9,7 @@ import json
 import os
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 import numpy as np
 import pytest
@@ -18,7 +18,7 @@ import torch
 from lit_diffusion.cli.sample import AutocastNet, chunk_indices, main
 from lit_diffusion.cli.sample_outputs import atomic_output
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 # ------------------------------------------------------------------------------------------------
