@@ -24,6 +24,7 @@ from torch import Tensor
 
 from ..core.parametrizations import convert
 from ..core.sdes import LinearSDE
+from .steps import corrector_kappa
 
 __all__ = ["AffinePlan", "supports"]
 
@@ -83,7 +84,7 @@ class AffinePlan:
         outer = stepper
         if hasattr(stepper, "n_corrector"):  # predictor-corrector: plan the predictor, keep the corrector's data
             c = int(stepper.n_corrector)
-            kappa = torch.exp(2 * (sde.log_alpha(t) - sde.log_alpha(s))).to(F64)
+            kappa = corrector_kappa(sde, t, s).to(F64)
             self.pc = dict(n_corrector=c, snr=float(stepper.snr), snr_norm=stepper.snr_norm,
                            kappa=kappa, sigma=sde.sigma(s).to(F64))
             stepper = stepper.predictor

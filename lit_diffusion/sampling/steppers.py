@@ -18,7 +18,7 @@ from ..core.sdes import LinearSDE, compute_dtype
 from ..core.utils import GeneratorLike, rand
 from .integrators import canonical_parametrization, get_integrator
 from .multistep import MultistepStepper
-from .steps import StepState
+from .steps import StepState, corrector_kappa
 from .steps import (  # noqa: F401
     CORRECTOR_RATIO_CAP, SNR_NORMS, per_sample_coef, centred, per_sample_norm, as_times, uncentre, ddram_finish, ddram_midpoint,
     euler_step, exp_euler_step, langevin_corrector_step, moment_matching_step, posterior_cov_sqrt_apply,
@@ -267,7 +267,7 @@ class PCStepper(Stepper):
         return self.predictor.midpoint(t, s, u)
 
     def _init(self, st, u):
-        st.kappa = torch.exp(2 * (self.sde.log_alpha(st.t) - self.sde.log_alpha(st.s)))  # alpha_t^2/alpha_s^2
+        st.kappa = corrector_kappa(self.sde, st.t, st.s)
         st.pred = None
         st.pred_u = u
         st.n_corr_done = 0

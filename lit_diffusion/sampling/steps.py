@@ -17,6 +17,7 @@ from .integrators import ExpIntegrator
 __all__ = [
     "euler_step", "exp_euler_step", "ddram_midpoint", "ddram_finish", "langevin_corrector_step",
     "moment_matching_step", "posterior_cov_sqrt_apply", "SNR_NORMS", "CORRECTOR_RATIO_CAP", "StepState",
+    "corrector_kappa",
 ]
 
 
@@ -112,6 +113,12 @@ def ddram_finish(x_t: Tensor, F_tau: Tensor, t, tau, s, carry, integ: ExpIntegra
 SNR_NORMS = ("capped", "sample", "batch")
 #: ``snr_norm="capped"``: the per-sample ratio ``||z||^2 / ||s||^2`` is capped at ``CAP * sigma(t)^2``
 CORRECTOR_RATIO_CAP = 4.0
+
+
+def corrector_kappa(sde: LinearSDE, t: Tensor, s: Tensor) -> Tensor:
+    """``kappa = alpha_t^2 / alpha_s^2`` of the predictor step ``t -> s``: the factor of the corrector's
+    step size (docs/maths.md §5); the one formula for the stepper and the scheduler's plan."""
+    return torch.exp(2 * (sde.log_alpha(t) - sde.log_alpha(s)))
 
 
 def langevin_corrector_step(
