@@ -43,8 +43,8 @@ def resolve_model(model, sde=None, prediction_type=None, class_labels=None, guid
     elif not (callable(model) and (prediction_type is not None or getattr(model, "prediction_type", None) is not None
                                    or hasattr(model, "field_kind") or type(model).__name__ == "Field")):
         raise TypeError(
-            f"{type(model).__name__} is not a diffusion model; give a ScoreModule, a checkpoint or "
-            "pretrained folder, a Field, an analytic GaussianMixture, or a network with a prediction_type"
+            f"{type(model).__name__} is not a diffusion model; give a ScoreModule (ScoreModule.load(path) loads a "
+            "folder or checkpoint), a Field, an analytic GaussianMixture, or a network with a prediction_type"
         )
     field = as_field(model, sde, prediction_type=prediction_type, class_labels=class_labels, guidance_scale=guidance_scale)
     return field, sde, shape
