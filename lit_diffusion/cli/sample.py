@@ -112,7 +112,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "4 sigma^2; stable in any dimension), 'batch' (batch-mean norms) or 'sample' (diverges on 1-D/2-D data)")
     p.add_argument("--time-grid", default=None, metavar="FILE",
                    help="a fitted time grid (JSON of python -m lit_diffusion.cli.grid_fit); sets --steps")
-    p.add_argument("--solver-order", type=int, default=None, help="multistep: 1, 2 or 3 (default 3 with --ode, else 2)")
+    p.add_argument("--solver-order", type=int, default=None, help="multistep: 1, 2 or 3 (default 2)")
     p.add_argument("--corrector", action="store_true", default=None,
                    help="multistep: redo each step with the next evaluation as one more node (no extra evaluation)")
     p.add_argument("--class-label", type=int, nargs="+", default=None, metavar="K",

@@ -375,7 +375,7 @@ def make_stepper(name, sde, param, ode, **options):
 
 #: what ``sampler="auto"`` (the default of ``sample()``, ``sample.py`` and ``SDEScheduler``) runs: the
 #: measured best per network evaluation on the shipped model at 5-20 evaluations (docs/samplers.md
-#: "Multistep"): multistep, order 3 for the ODE form and 2 for the SDE form, on the EDM grid
+#: "Multistep"): multistep of order 2 (both forms) on the EDM grid
 AUTO_SAMPLER = "multistep"
 
 
