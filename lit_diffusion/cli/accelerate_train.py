@@ -283,7 +283,7 @@ from lit_diffusion.runtime.checkpoint_schema import export_safetensors, save_tra
 
 def main(args=None) -> TrainResult:
     """Parse ``args`` (``sys.argv[1:]`` when None) and train."""
-    from lit_diffusion.cli.train_checks import check_config_files, register_classes, split_register_flags, translate_former_paths
+    from lit_diffusion.cli.config_files import check_config_files, register_classes, split_register_flags, translate_former_paths
 
     argv = sys.argv[1:] if args is None else list(args)
     argv, paths = split_register_flags(argv)

@@ -362,10 +362,8 @@ class DiffusionCLI(LightningCLI):
         }
 
 
-from .train_checks import (  # noqa: E402,F401  (re-exported: the names of train.py's command line)
-    choices_hint, config_paths, key_hint, normalised_args, show_description, check_config_files, check_resume, short_help,
-    translate_former_paths,
-)
+from .config_files import check_config_files, translate_former_paths  # noqa: E402
+from .train_checks import check_resume, choices_hint, key_hint, short_help  # noqa: E402
 
 
 def main(args=None, exit_on_error: bool = True, lock=None) -> DiffusionCLI:
@@ -376,7 +374,8 @@ def main(args=None, exit_on_error: bool = True, lock=None) -> DiffusionCLI:
     another run, untrusted or mismatching checkpoint)."""
     from ..runtime.checkpoint_io import CheckpointError
     from ..runtime.run_lock import FolderLockedError
-    from .train_checks import register_classes, split_register_flags, take_run_lock
+    from .config_files import register_classes, split_register_flags
+    from .train_checks import take_run_lock
 
     argv = sys.argv[1:] if args is None else args
     if isinstance(argv, (list, tuple)):

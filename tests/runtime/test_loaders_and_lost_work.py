@@ -453,7 +453,7 @@ def test_nan_samples_raise_and_sample_py_writes_nothing(tmp_path, capsys):
 # --------------------------------------------------------------------------------------------
 def test_sizes_from_outside_are_bounded_before_any_work(tmp_path, capsys):
     from lit_diffusion.cli.sample import main as sample_main
-    from lit_diffusion.cli.train_checks import load_config_text
+    from lit_diffusion.cli.config_files import load_config_text
     from lit_diffusion.integrations.scheduler import SDEScheduler
     from lit_diffusion.sampling.samplers import sample
 
