@@ -35,11 +35,10 @@ from torch import Tensor
 from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.schedulers.scheduling_utils import KarrasDiffusionSchedulers, SchedulerMixin, SchedulerOutput
 
-from ..core.discrete_vp import DiscreteVP, make_betas
-from ..core.utils import MAX_TRAIN_TIMESTEPS, check_count
+from ..core.discrete_vp import DiscreteVP
 from ..core.parametrizations import canonical_prediction, convert
 from ..core.schedules import get_timesteps
-from ..core.sdes import LinearSDE, compute_dtype, get_sde
+from ..core.sdes import compute_dtype
 from ..core.utils import randn
 
 __all__ = ["SDEScheduler", "SCHEDULER_SAMPLERS", "dynamic_threshold"]
@@ -47,6 +46,7 @@ __all__ = ["SDEScheduler", "SCHEDULER_SAMPLERS", "dynamic_threshold"]
 from .scheduler_config import (  # noqa: E402,F401  (re-exported)
     REFUSED_KEYS, FINAL_SIGMAS_TYPES, SCHEDULER_SAMPLERS, as_float, check_model_output, check_num_steps, check_numbers,
     check_sampler_name, check_schedule_name, diffusers_schedule, ends_with_denoising_step, dynamic_threshold,
+    process_of_config, stepper_options,
 )
 
 
@@ -153,42 +153,16 @@ class SDEScheduler(SchedulerMixin, ConfigMixin):
         self._schedule = check_schedule_name(schedule, name, timestep_spacing, bool(ode))
         self._declared = canonical_prediction(prediction_type)
 
-        # ---- the process -------------------------------------------------------------------------
-        if sde is None:
-            betas = make_betas(
-                num_train_timesteps, beta_start, beta_end, beta_schedule, trained_betas, rescale_betas_zero_snr
-            )
-            self.betas = betas
-            self.alphas = 1.0 - betas
-            self.alphas_cumprod = torch.cumprod(self.alphas, dim=0)
-            self.sde: LinearSDE = DiscreteVP(self.alphas_cumprod.to(torch.float64), t_min=t_min)
-        else:
-            self.sde = get_sde(sde, **dict(sde_kwargs or {}))
-            # the discrete chain of this SDE on ``num_train_timesteps`` uniform steps (informative)
-            n = check_count("num_train_timesteps", num_train_timesteps, 1, MAX_TRAIN_TIMESTEPS)
-            tk = torch.linspace(0.0, self.sde.T, n + 1, dtype=torch.float64)
-            la = self.sde.log_alpha(tk)
-            self.alphas = torch.exp(2 * (la[1:] - la[:-1])).to(torch.float32)
-            self.betas = 1.0 - self.alphas
-            self.alphas_cumprod = torch.exp(2 * la[1:]).to(torch.float32)
-
-        # ---- the stepper (the same object the sample() loop drives) ------------------------------
+        # ---- the process and the stepper (the same object the sample() loop drives) -----------------
+        self.sde, self.betas, self.alphas, self.alphas_cumprod = process_of_config(
+            num_train_timesteps, beta_start, beta_end, beta_schedule, trained_betas, rescale_betas_zero_snr, sde,
+            sde_kwargs, t_min)
         from ..sampling.samplers import get_stepper
 
-        options: dict = {}
-        if parametrization is None and isinstance(self.sde, DiscreteVP):
-            # the denoiser coefficients are closed forms for every SDE (exact for the interpolated
-            # table); relative_score / score would go through a numerical integral table
-            pred_name = str(predictor or "exponential_euler").lower() if name == "pc" else name
-            if pred_name in ("exponential_euler", "ddram"):
-                parametrization = "denoiser"
-        if name == "multistep":  # (DPM-Solver configs carry solver_order/lower_order_final: kept)
-            options.update(solver_order=solver_order, lower_order_final=bool(lower_order_final), corrector=bool(corrector),
-                           noise_band=None if noise_band is None else list(noise_band), inverse=bool(inverse))
-        if name == "pc":
-            options.update(n_corrector=n_corrector, snr=snr, snr_norm=snr_norm)
-            if predictor is not None:
-                options["predictor"] = predictor
+        parametrization, options = stepper_options(
+            name, self.sde, parametrization, predictor, n_corrector=n_corrector, snr=snr, snr_norm=snr_norm,
+            solver_order=solver_order, lower_order_final=lower_order_final, corrector=corrector, noise_band=noise_band,
+            inverse=inverse)
         self._stepper_args = (name, parametrization, options)
         self.stepper = get_stepper(name, self.sde, parametrization=parametrization, ode=bool(ode), **options)
         self.order = int(self.stepper.evals_per_step)
@@ -485,7 +459,7 @@ class SDEScheduler(SchedulerMixin, ConfigMixin):
         k, j = self._eval_step[i], self._eval_stage[i]
         n = self.num_inference_steps
         if self._plan is not None:
-            prev = self._plan_step(model_output, sample, i, k, j, generator)
+            prev = self._plan.apply(model_output, sample, i, k, j, generator, final=k == n)
         elif k == n:  # final denoising evaluation at t_min
             t = self._grid[-1]
             prev = self._field(model_output, sample, t, "denoiser").to(sample.dtype)
@@ -514,54 +488,6 @@ class SDEScheduler(SchedulerMixin, ConfigMixin):
         if not return_dict:
             return (prev,)
         return SchedulerOutput(prev_sample=prev)
-
-    def _plan_step(self, out: Tensor, x: Tensor, i: int, k: int, j: int, generator) -> Tensor:
-        """One evaluation of an affine sampler from the precomputed coefficients (see
-        :mod:`lit_diffusion.sampling.affine_plan`): a few fused tensor operations, arithmetic in float32/64."""
-        dtype = compute_dtype(x)
-        mid, end, conv, final = self._plan.cast(dtype, x.device)
-        if out.shape[1:] != x.shape[1:]:
-            out = out[:, : x.shape[1]]  # learned-variance output: the variance half is not used
-        xd, od = x.to(dtype), out.to(dtype)
-        if k == self.num_inference_steps:  # final denoise: D(x, t_min)
-            a, b, c = final
-            self._state = None
-            return torch.addcmul(torch.addcmul(c, a, xd), b, od).to(x.dtype)
-        a, b, c = conv[i]
-        F = torch.addcmul(torch.addcmul(c, a, xd), b, od)
-
-        def noise():
-            return randn(x.shape, generator=generator, device=x.device, dtype=dtype)
-
-        if j > 0 and self._plan.pc is not None:  # a Langevin corrector step at s (F is the score)
-            from ..sampling.samplers import langevin_corrector_step
-
-            pc = self._plan.pc
-            kappa, sigma = pc["kappa"][k].to(dtype), pc["sigma"][k].to(dtype)
-            y = langevin_corrector_step(xd, F, pc["snr"], kappa, noise(), pc["snr_norm"], sigma)
-            return y.to(x.dtype)
-        if j == 0:
-            cx, cf, c0, cz = mid[k]
-            y = torch.addcmul(torch.addcmul(c0, cx, xd), cf, F)
-            z1 = None
-            if self._plan.stochastic:
-                z1 = noise()
-                y = y.add_(z1 * cz)
-            if self._plan.two_stage:
-                self._state = (xd, z1)
-            return y.to(x.dtype)
-        if self._state is None:
-            raise ValueError(
-                f"evaluation {i} is stage {j} of step {k}, but the step's first evaluation was not given to this "
-                "scheduler; start from a step boundary (set_begin_index / index multiple of order)"
-            )
-        x_t, z1 = self._state
-        dx, df, d0, dz1, dz2 = end[k]
-        y = torch.addcmul(torch.addcmul(d0, dx, x_t), df, F)
-        if self._plan.stochastic:
-            y = y.add_(z1 * dz1).add_(noise() * dz2)
-        self._state = None
-        return y.to(x.dtype)
 
     def _apply_eta(self, eta) -> None:
         eta = float(eta)

@@ -9,7 +9,10 @@ import math
 import torch
 from torch import Tensor
 
+from ..core.discrete_vp import DiscreteVP, make_betas
 from ..core.schedules import SCHEDULES, check_schedule
+from ..core.sdes import get_sde
+from ..core.utils import MAX_TRAIN_TIMESTEPS, check_count
 
 #: samplers the scheduler exposes (``moment_matching`` is refused, see :data:`REFUSED_KEYS`)
 SCHEDULER_SAMPLERS = ("euler", "exponential_euler", "ddram", "pc", "localization", "multistep")
@@ -147,3 +150,39 @@ def dynamic_threshold(x0: Tensor, ratio: float = 0.995, max_value: float = 1.0) 
     return torch.maximum(torch.minimum(x0, s), -s) / s
 
 
+def process_of_config(num_train_timesteps, beta_start, beta_end, beta_schedule, trained_betas, rescale_betas_zero_snr,
+                      sde, sde_kwargs, t_min):
+    """``(sde, betas, alphas, alphas_cumprod)`` of a scheduler config: the DDPM table as a
+    :class:`~lit_diffusion.core.discrete_vp.DiscreteVP` (no ``sde``), or the named SDE with the discrete
+    chain of ``num_train_timesteps`` uniform steps (informative, as diffusers' attributes)."""
+    if sde is None:
+        betas = make_betas(num_train_timesteps, beta_start, beta_end, beta_schedule, trained_betas, rescale_betas_zero_snr)
+        alphas = 1.0 - betas
+        alphas_cumprod = torch.cumprod(alphas, dim=0)
+        return DiscreteVP(alphas_cumprod.to(torch.float64), t_min=t_min), betas, alphas, alphas_cumprod
+    process = get_sde(sde, **dict(sde_kwargs or {}))
+    n = check_count("num_train_timesteps", num_train_timesteps, 1, MAX_TRAIN_TIMESTEPS)
+    la = process.log_alpha(torch.linspace(0.0, process.T, n + 1, dtype=torch.float64))
+    alphas = torch.exp(2 * (la[1:] - la[:-1])).to(torch.float32)
+    return process, 1.0 - alphas, alphas, torch.exp(2 * la[1:]).to(torch.float32)
+
+
+def stepper_options(name: str, sde, parametrization, predictor, **opts) -> tuple:
+    """``(parametrization, options)`` of the stepper ``name`` from the scheduler's config keys: on a
+    DDPM table the denoiser for exponential Euler and DDRaM (closed-form coefficients; the score forms
+    would need a numerical table), the multistep and PC options of ``opts``."""
+    options: dict = {}
+    if parametrization is None and isinstance(sde, DiscreteVP):
+        pred_name = str(predictor or "exponential_euler").lower() if name == "pc" else name
+        if pred_name in ("exponential_euler", "ddram"):
+            parametrization = "denoiser"
+    if name == "multistep":  # (DPM-Solver configs carry solver_order/lower_order_final: kept)
+        band = opts["noise_band"]
+        options.update(solver_order=opts["solver_order"], lower_order_final=bool(opts["lower_order_final"]),
+                       corrector=bool(opts["corrector"]), noise_band=None if band is None else list(band),
+                       inverse=bool(opts["inverse"]))
+    if name == "pc":
+        options.update(n_corrector=opts["n_corrector"], snr=opts["snr"], snr_norm=opts["snr_norm"])
+        if predictor is not None:
+            options["predictor"] = predictor
+    return parametrization, options

@@ -24,7 +24,9 @@ from torch import Tensor
 
 from ..core.parametrizations import convert
 from ..core.sdes import LinearSDE
-from .steps import corrector_kappa
+from ..core.sdes import compute_dtype
+from ..core.utils import randn
+from .steps import corrector_kappa, langevin_corrector_step
 
 __all__ = ["AffinePlan", "supports"]
 
@@ -130,6 +132,7 @@ class AffinePlan:
         self.stochastic = bool(stepper.stochastic)
         self.evals_per_step = int(outer.evals_per_step)
         self._cast: dict = {}
+        self.carry = None  # (x_t, first noise) of a two-stage step between its evaluations
 
     def cast(self, dtype: torch.dtype, device) -> "AffinePlan":
         """The coefficient tables in ``dtype`` on ``device`` (cast once per run and cached)."""
@@ -140,3 +143,50 @@ class AffinePlan:
                 for v in (self.mid, self.end, self.conv, getattr(self, "final", None))
             )
         return self._cast[key]
+
+    def apply(self, out: Tensor, x: Tensor, i: int, k: int, j: int, generator, final: bool) -> Tensor:
+        """Evaluation ``i`` (stage ``j`` of step ``k``; ``final``: the final denoising evaluation) of an
+        affine sampler from the network output ``out`` at state ``x``: a few fused tensor operations
+        on the precomputed coefficients, arithmetic in float32/64.  A two-stage step keeps its start
+        and first noise between its two evaluations."""
+        dtype = compute_dtype(x)
+        mid, end, conv, final_c = self.cast(dtype, x.device)
+        if out.shape[1:] != x.shape[1:]:
+            out = out[:, : x.shape[1]]  # learned-variance output: the variance half is not used
+        xd, od = x.to(dtype), out.to(dtype)
+        if final:  # final denoise: D(x, t_min)
+            a, b, c = final_c
+            self.carry = None
+            return torch.addcmul(torch.addcmul(c, a, xd), b, od).to(x.dtype)
+        a, b, c = conv[i]
+        F = torch.addcmul(torch.addcmul(c, a, xd), b, od)
+
+        def noise():
+            return randn(x.shape, generator=generator, device=x.device, dtype=dtype)
+
+        if j > 0 and self.pc is not None:  # a Langevin corrector step at s (F is the score)
+            kappa, sigma = self.pc["kappa"][k].to(dtype), self.pc["sigma"][k].to(dtype)
+            y = langevin_corrector_step(xd, F, self.pc["snr"], kappa, noise(), self.pc["snr_norm"], sigma)
+            return y.to(x.dtype)
+        if j == 0:
+            cx, cf, c0, cz = mid[k]
+            y = torch.addcmul(torch.addcmul(c0, cx, xd), cf, F)
+            z1 = None
+            if self.stochastic:
+                z1 = noise()
+                y = y.add_(z1 * cz)
+            if self.two_stage:
+                self.carry = (xd, z1)
+            return y.to(x.dtype)
+        if self.carry is None:
+            raise ValueError(
+                f"evaluation {i} is stage {j} of step {k}, but the step's first evaluation was not given to this "
+                "scheduler; start from a step boundary (set_begin_index / index multiple of order)"
+            )
+        x_t, z1 = self.carry
+        dx, df, d0, dz1, dz2 = end[k]
+        y = torch.addcmul(torch.addcmul(d0, dx, x_t), df, F)
+        if self.stochastic:
+            y = y.add_(z1 * dz1).add_(noise() * dz2)
+        self.carry = None
+        return y.to(x.dtype)
