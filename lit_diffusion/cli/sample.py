@@ -327,7 +327,7 @@ def _sample_shape(args, model) -> tuple:
 
 def prepare(args: argparse.Namespace) -> Plan:
     """Validate every argument, load the model and check shapes: raises before any sampling work."""
-    from ..sampling.steppers import resolve_sampler
+    from ..sampling.defaults import resolve_sampler
 
     sampler = resolve_sampler(args.sampler)
     _check_budget_args(args, sampler)

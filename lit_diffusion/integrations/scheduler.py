@@ -227,7 +227,7 @@ class SDEScheduler(SchedulerMixin, ConfigMixin):
     def _step_grid(self, n: int) -> Tensor:
         cfg = self.config
         if self._schedule.lower() != "diffusers":
-            from ..sampling.steppers import default_schedule, ends_with_denoising
+            from ..sampling.defaults import default_schedule, ends_with_denoising
 
             schedule = self._schedule
             if cfg.get("schedule") is None:  # the sampler's default grid for this budget

@@ -106,7 +106,7 @@ def check_numbers(dynamic_thresholding_ratio, sample_max_value, clip_sample_rang
 
 
 def check_sampler_name(sampler) -> str:
-    from ..sampling.steppers import resolve_sampler
+    from ..sampling.defaults import resolve_sampler
 
     name = resolve_sampler(sampler)
     if name in REFUSED_KEYS:

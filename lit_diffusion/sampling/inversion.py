@@ -52,7 +52,7 @@ def resolve_model(model, sde=None, prediction_type=None, class_labels=None, guid
 
 def _grid(sde, steps, schedule, timesteps, ode_sampler):
     from ..core.schedules import get_timesteps
-    from .steppers import default_schedule
+    from .defaults import default_schedule
 
     if timesteps is not None:
         return torch.as_tensor(timesteps, dtype=torch.float64).flatten()

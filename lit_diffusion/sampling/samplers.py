@@ -61,11 +61,13 @@ from ..core.fields import Field, as_field  # noqa: F401
 from ..core.schedules import check_steps, check_schedule, get_timesteps
 from ..core.sdes import LinearSDE
 from ..core.utils import GeneratorLike
-from .steppers import (  # noqa: F401  (re-exported: the public names of the samplers)
-    AUTO_LOG_SNR_STEP, DEFAULT_SCHEDULES, PREDICTORS, SAMPLER_PARAMETRIZATIONS, SAMPLERS, DDRaMStepper, EulerStepper,
+from .defaults import (  # noqa: F401  (re-exported: the public names of the samplers)
+    AUTO_LOG_SNR_STEP, DEFAULT_SCHEDULES, PREDICTORS, SAMPLER_PARAMETRIZATIONS, SAMPLERS, check_sampler, default_schedule,
     ends_with_denoising,
-    ExpEulerStepper, LocalizationStepper, MomentMatchingStepper, PCStepper, Stepper, StepState, check_sampler, make_stepper,
-    default_schedule, get_stepper,
+)
+from .steppers import (  # noqa: F401  (re-exported: the public names of the samplers)
+    DDRaMStepper, EulerStepper, ExpEulerStepper, LocalizationStepper, MomentMatchingStepper, PCStepper, Stepper,
+    StepState, make_stepper, get_stepper,
 )
 from .steps import (  # noqa: F401
     CORRECTOR_RATIO_CAP, SNR_NORMS, ddram_finish, ddram_midpoint, euler_step, exp_euler_step, langevin_corrector_step,
@@ -213,7 +215,7 @@ def sample(
         final_denoise: replace the output by ``D(x, t)`` at the end of the grid (one more evaluation).
             For short ``multistep`` runs that evaluation replaces the last step: the grid is the
             schedule's grid of ``steps + 1`` steps without ``t_min``
-            (:func:`~lit_diffusion.sampling.steppers.ends_with_denoising`).
+            (:func:`~lit_diffusion.sampling.defaults.ends_with_denoising`).
         midpoint_u: DDRaM only: the uniforms of the midpoints, one per step ``(steps,)`` (shared by
             the batch, as :class:`~lit_diffusion.integrations.scheduler.SDEScheduler` draws them) or per step and
             sample ``(steps, B)``; drawn from ``generator`` per sample when None.

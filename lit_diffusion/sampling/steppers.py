@@ -17,6 +17,7 @@ from ..core.parametrizations import convert
 from ..core.sdes import LinearSDE, compute_dtype
 from ..core.utils import GeneratorLike, rand
 from .integrators import canonical_parametrization, get_integrator
+from .defaults import AUTO_LOG_SNR_STEP, PREDICTORS, SAMPLER_PARAMETRIZATIONS, check_sampler
 from .multistep import MultistepStepper
 from .steps import StepState, corrector_kappa
 from .steps import (  # noqa: F401
@@ -24,65 +25,6 @@ from .steps import (  # noqa: F401
     euler_step, exp_euler_step, langevin_corrector_step, moment_matching_step, posterior_cov_sqrt_apply,
 )
 
-SAMPLERS = ("euler", "exponential_euler", "ddram", "pc", "localization", "moment_matching", "multistep")
-#: parametrizations each sampler accepts (the first one is the default)
-SAMPLER_PARAMETRIZATIONS = {
-    "euler": ("score",),
-    "exponential_euler": ("denoiser", "score", "relative_score"),
-    # "auto": relative score on steps shorter than AUTO_LOG_SNR_STEP in log-SNR, denoiser on longer ones
-    # (the measured best default, docs/samplers.md)
-    "ddram": ("auto", "denoiser", "relative_score", "score"),
-    "localization": ("denoiser",),
-    "moment_matching": ("denoiser",),
-    "multistep": ("denoiser",),
-}
-PREDICTORS = ("euler", "exponential_euler", "ddram")
-#: the time grid a sampler uses when none is given.  Measured (docs/samplers.md, "Defaults"): on the
-#: shipped MNIST network DDRaM on the uniform grid reaches FID-MNIST 15.3 / 5.0 at 10 / 20 evaluations
-#: against 34.8 / 8.2 on the log-SNR grid, so every sampler defaults to the uniform grid; the log-SNR
-#: grid wins on exact (analytic) fields only.  Per-sampler entries override "uniform".
-DEFAULT_SCHEDULES: dict = {
-    # multistep, measured on checkpoints/mnist at 10 evaluations (FID-MNIST of 1,000 samples,
-    # docs/samplers.md "Multistep"): ODE form 4.80 on the EDM grid, 8.31 uniform, 13.2 log-SNR;
-    # SDE form 4.97 uniform, 5.41 EDM, 6.58 log-SNR -- but on the uniform grid the SDE form is erratic
-    # (the ratio of consecutive log-SNR steps grows near t_min and the extrapolation amplifies the
-    # noise: a component of std 0.2 comes out with 0.10 / 0.43 / 0.34 at 10 / 20 / 50 steps, against
-    # 0.18 / 0.25 / 0.21 on the EDM grid), so both forms default to the EDM grid
-    ("multistep", True): "edm",
-    ("multistep", False): "edm",
-}
-
-
-#: multistep runs of at most this many steps are "short": they default to the uniform grid and, with a
-#: final denoising evaluation, let it replace the last step.  Measured on the shipped MNIST model
-#: (FID-MNIST of 1,000 samples, docs/samplers.md "Multistep"): at 4 steps + 1 that gives ODE 21.2 / SDE
-#: 25.5 against 88.5 / 108 with the EDM grid run down to t_min; at 7 steps + 1 the EDM grid to t_min
-#: stays better (ODE 9.95 / SDE 6.31 against 11.95 / 7.82), and at 9 + 1 too (SDE 5.41 against 7.18)
-MULTISTEP_SHORT_RUN = 5
-
-
-def default_schedule(sampler: str, ode: bool = False, steps: Optional[int] = None) -> str:
-    """The time grid :func:`sample`, ``sample.py`` and ``SDEScheduler`` use for ``sampler`` (in its ODE
-    or SDE form, for a run of ``steps`` steps when known) by default."""
-    key = resolve_sampler(sampler)
-    if key == "multistep" and steps is not None and int(steps) <= MULTISTEP_SHORT_RUN:
-        return "uniform"
-    return DEFAULT_SCHEDULES.get((key, bool(ode)), DEFAULT_SCHEDULES.get(key, "uniform"))
-
-
-def ends_with_denoising(sampler: str, steps: int) -> bool:
-    """Whether a run of ``sampler`` with a final denoising evaluation lets that evaluation *replace* the
-    last step: the grid of ``steps`` steps is the schedule's grid of ``steps + 1`` steps without its end
-    point ``t_min``, and the run ends with ``D(x, t)`` at the last point (as diffusers' solvers end with
-    a jump to ``σ = 0``).  Measured for multistep on the shipped MNIST model (docs/samplers.md): with the
-    grid running on to ``t_min``, the last step of a 4-step run jumps from ``t = 0.143`` to ``t_min`` and
-    the final evaluation at ``t_min`` is wasted.  Short multistep runs only (:data:`MULTISTEP_SHORT_RUN`):
-    on longer ones the grid run down to ``t_min`` measured better."""
-    return resolve_sampler(sampler) == "multistep" and int(steps) <= MULTISTEP_SHORT_RUN
-
-
-#: ddram ``parametrization="auto"``: steps whose log-SNR increase is below this use the relative score
-AUTO_LOG_SNR_STEP = 2.0
 
 
 # --------------------------------------------------------------------------------------------
@@ -371,25 +313,6 @@ _STEPPERS = {
 
 def make_stepper(name, sde, param, ode, **options):
     return _STEPPERS[name](sde, param, ode, **options)
-
-
-#: what ``sampler="auto"`` (the default of ``sample()``, ``sample.py`` and ``SDEScheduler``) runs: the
-#: measured best per network evaluation on the shipped model at 5-20 evaluations (docs/samplers.md
-#: "Multistep"): multistep of order 2 (both forms) on the EDM grid
-AUTO_SAMPLER = "multistep"
-
-
-def resolve_sampler(sampler: str) -> str:
-    """``"auto"`` -> :data:`AUTO_SAMPLER`; other names lower-cased (not checked)."""
-    key = str(sampler).lower()
-    return AUTO_SAMPLER if key == "auto" else key
-
-
-def check_sampler(sampler: str) -> str:
-    key = resolve_sampler(sampler)
-    if key not in SAMPLERS:
-        raise ValueError(f"unknown sampler {sampler!r}; valid choices: {['auto', *SAMPLERS]}")
-    return key
 
 
 def get_stepper(sampler: str, sde: LinearSDE, parametrization: Optional[str] = None, ode: bool = False, **options) -> Stepper:
