@@ -110,12 +110,12 @@ def check_resume(path: str, model) -> dict:
     """Refuse to resume from ``path`` unless it is a valid checkpoint whose hyper-parameters the
     registry trusts and whose SDE, loss and network match ``model``'s (the message shows both)."""
     from ..runtime.checkpoint_io import CheckpointError, read_checkpoint
-    from ..training.module import check_hparams, describe
+    from ..training.module import ScoreModule, describe
     from ..training.registry import UntrustedConfigError, check_description
 
     ckpt = read_checkpoint(path, require=("state_dict", "global_step"))
     try:
-        hp = check_hparams(dict(ckpt.get("hyper_parameters") or {}), where=repr(path))
+        hp = ScoreModule.check_hparams(dict(ckpt.get("hyper_parameters") or {}), where=repr(path))
     except UntrustedConfigError as e:
         raise CheckpointError(str(e)) from None
     diffs = []

@@ -27,8 +27,6 @@ Checkpoints hold only plain types: the hyperparameters describe ``net``/``sde``/
 from __future__ import annotations
 
 import math
-import inspect
-import os
 import time
 from typing import Literal, Optional, Union
 
@@ -42,12 +40,13 @@ from ..core.parametrizations import canonical_prediction
 from .losses import ScoreMatchingLoss
 from ..core.sdes import LinearSDE
 
-__all__ = ["ScoreModule", "describe", "build_from_config", "check_hparams", "noise_seed"]
+__all__ = ["ScoreModule", "describe", "build_from_config", "noise_seed"]
 
 OPTIMIZERS = ("adamw", "adam", "sgd")
 LR_SCHEDULES = ("cosine", "constant", "linear")
 
 
+from .loading import LoadingMixin  # noqa: E402
 from .module_parts import (  # noqa: E402,F401  (re-exported: module.describe / noise_seed as before)
     BatchesMixin, SamplingMixin, build_loss, build_net, build_sde, build_from_config, describe, noise_seed,
 )
@@ -56,7 +55,7 @@ from .module_parts import (  # noqa: E402,F401  (re-exported: module.describe / 
 # --------------------------------------------------------------------------------------------
 # The module
 # --------------------------------------------------------------------------------------------
-class ScoreModule(SamplingMixin, BatchesMixin, pl.LightningModule):
+class ScoreModule(LoadingMixin, SamplingMixin, BatchesMixin, pl.LightningModule):
     """Train ``net`` on ``loss(net, sde, x0)``.
 
     Args:
@@ -179,96 +178,6 @@ class ScoreModule(SamplingMixin, BatchesMixin, pl.LightningModule):
         self._tput_t0: Optional[float] = None
         self._tput_samples = 0
         self._gens: dict = {}
-
-    # ------------------------------------------------------------------ construction helpers
-    @classmethod
-    def load_checkpoint(cls, path: str, map_location="cpu") -> "ScoreModule":
-        """Rebuild a module from a checkpoint written by the Trainer, loading it with
-        ``torch.load(weights_only=True)`` (a crafted pickle is refused)."""
-        from ..runtime.checkpoint_io import read_checkpoint
-
-        ckpt = read_checkpoint(path, map_location=map_location, require=("state_dict", "hyper_parameters"))
-        return cls.from_checkpoint_dict(ckpt, where=repr(str(path)))
-
-    @classmethod
-    def load_from_checkpoint(cls, checkpoint_path, map_location=None, hparams_file=None, strict=None,
-                             weights_only=None, **kwargs) -> "ScoreModule":
-        """Lightning's loader, routed through the registry: the file is read with
-        ``torch.load(weights_only=True)`` and the module rebuilt from its checked hyper-parameters,
-        exactly as :meth:`load_checkpoint`.  Lightning's own path would rebuild the module through
-        jsonargparse (the ``_instantiator`` that ``LightningCLI`` stores), which imports and builds any
-        ``class_path`` a crafted file names; here ``_instantiator`` and ``_class_path`` are ignored.
-        ``kwargs`` override hyper-parameters (objects given in code are trusted: they are code)."""
-        from ..runtime.checkpoint_io import CheckpointError, read_checkpoint
-
-        if weights_only is False:
-            raise ValueError("ScoreModule.load_from_checkpoint: weights_only=False is refused; checkpoints are read as data only")
-        if hparams_file is not None:
-            raise ValueError("ScoreModule.load_from_checkpoint: hparams_file is not supported; the checkpoint holds its hyper-parameters")
-        if not isinstance(checkpoint_path, (str, os.PathLike)):
-            raise TypeError(f"ScoreModule.load_from_checkpoint: give a checkpoint path; got {type(checkpoint_path).__name__}")
-        ckpt = read_checkpoint(checkpoint_path, map_location=map_location or "cpu", require=("state_dict", "hyper_parameters"))
-        module = cls.from_checkpoint_dict(ckpt, where=repr(str(checkpoint_path)), overrides=kwargs,
-                                          strict=True if strict is None else bool(strict))
-        if not isinstance(module, ScoreModule):  # pragma: no cover - from_checkpoint_dict builds cls
-            raise CheckpointError(f"{checkpoint_path!r}: not a ScoreModule checkpoint")
-        return module
-
-    @classmethod
-    def from_pretrained(cls, folder, map_location="cpu") -> "ScoreModule":
-        """The module of a pretrained-model folder (``model.safetensors`` + ``config.json``, e.g.
-        ``checkpoints/mnist``; see :mod:`lit_diffusion.training.pretrained`). No pickle is read; the
-        description is checked by the registry before anything is built."""
-        from ..runtime.checkpoint_io import CheckpointError
-        from .pretrained import read_pretrained
-        from .registry import UntrustedConfigError
-
-        folder_data = read_pretrained(folder, map_location=map_location)
-        try:
-            hp = check_hparams(folder_data.hyper_parameters, where=repr(folder_data.config_path))
-        except UntrustedConfigError as e:
-            raise CheckpointError(str(e)) from None
-        hp["ema_decay"] = 0.0
-        module = cls(**hp)
-        try:
-            module.net.load_state_dict(folder_data.state)
-        except RuntimeError as e:
-            raise CheckpointError(f"{folder_data.weights_path!r} does not fit the network of its config: {e}") from None
-        module.data_shape = folder_data.data_shape
-        module.pretrained_info = folder_data.info
-        return module.eval()
-
-    @classmethod
-    def load(cls, path, map_location="cpu") -> "ScoreModule":
-        """The one loader of a model on disk: a pretrained-model folder (:meth:`from_pretrained`) or a
-        checkpoint file written by either launcher (:meth:`load_checkpoint`), in eval mode."""
-        from .pretrained import is_pretrained_folder
-
-        if is_pretrained_folder(path):
-            return cls.from_pretrained(path, map_location=map_location)
-        return cls.load_checkpoint(str(path), map_location=map_location).eval()
-
-    @classmethod
-    def from_checkpoint_dict(cls, ckpt: dict, where: str = "checkpoint", overrides: Optional[dict] = None,
-                             strict: bool = True) -> "ScoreModule":
-        """Rebuild from a loaded checkpoint dictionary: every hyper-parameter is checked by the
-        registry (:func:`check_hparams`) before anything is built (``overrides``, given in code, win)."""
-        from ..runtime.checkpoint_io import CheckpointError
-        from .registry import UntrustedConfigError
-
-        try:
-            hp = check_hparams(dict(ckpt.get("hyper_parameters") or {}), where=where)
-        except UntrustedConfigError as e:
-            raise CheckpointError(str(e)) from None
-        module = cls(**{**hp, **dict(overrides or {})})
-        try:
-            module.load_state_dict(ckpt["state_dict"], strict=strict)
-        except RuntimeError as e:
-            raise CheckpointError(f"{where}: the weights do not fit the model the checkpoint describes: {e}") from None
-        shape = ckpt.get("data_shape")
-        if shape is not None and module.data_shape is None:
-            module.data_shape = tuple(int(s) for s in shape)
-        return module
 
     # ------------------------------------------------------------------ fields and sampling
     def _train_net(self) -> nn.Module:
@@ -461,26 +370,3 @@ class ScoreModule(SamplingMixin, BatchesMixin, pl.LightningModule):
             total = int(est) if est is not None and math.isfinite(est) else None
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: self.lr_factor(step, total))
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step", "frequency": 1}}
-
-
-def check_hparams(hp: dict, where: str = "checkpoint") -> dict:
-    """Validate the hyper-parameters of a checkpoint before anything is built: JSON data only, keys
-    that :class:`ScoreModule` accepts, and registered ``net``/``sde``/``loss`` descriptions.  Raises
-    :class:`lit_diffusion.training.registry.UntrustedConfigError` naming the offending entry."""
-    from .registry import UntrustedConfigError, check_description, check_plain
-
-    if not isinstance(hp, dict):
-        raise UntrustedConfigError(f"{where}: hyper_parameters must be a dictionary; got {type(hp).__name__}")
-    hp = {k: v for k, v in hp.items() if k not in ("_instantiator", "_class_path")}
-    valid = set(inspect.signature(ScoreModule.__init__).parameters) - {"self"}
-    for k, v in hp.items():
-        if k not in valid:
-            raise UntrustedConfigError(
-                f"{where}: hyper_parameters has an unknown entry {k!r}; the checkpoint is not trusted. "
-                f"Valid entries: {sorted(valid)}"
-            )
-        check_plain(v, f"{where}.hyper_parameters.{k}")
-    for k in ("net", "sde", "loss"):
-        if hp.get(k) is not None:
-            check_description(hp[k], k, f"{where}.hyper_parameters.{k}")
-    return hp
