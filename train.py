@@ -30,7 +30,7 @@ if __name__ == "__main__":
         print(f"train.py: error: {e}", file=sys.stderr, flush=True)
         sys.exit(2)
     try:
-        from lit_diffusion.cli import main
+        from lit_diffusion.cli.train import main
 
         main(lock=lock)  # reads sys.argv
     finally:

@@ -74,7 +74,7 @@ def build_parser(exit_on_error: bool = True):
     """A jsonargparse parser reading the ``train.py`` configs (``model``, ``data``, ``trainer``...)."""
     from jsonargparse import ArgumentParser, ActionConfigFile
 
-    from lit_diffusion.cli import embedded_defaults
+    from lit_diffusion.cli.train_setup import embedded_defaults
     from lit_diffusion.training.data import BaseDataModule
     from lit_diffusion.training.module import ScoreModule
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from lit_diffusion.cli.accelerate_train import build_parser, train
-from lit_diffusion.cli import main
+from lit_diffusion.cli.train import main
 from lit_diffusion.training.ema import EMA, ema_decay_at
 from lit_diffusion.training.module import ScoreModule
 

@@ -7,7 +7,8 @@ import os
 import pytest
 import torch
 
-from lit_diffusion.cli import DiffusionCLI, main, make_logger, wandb_mode
+from lit_diffusion.cli.train import DiffusionCLI, main
+from lit_diffusion.cli.train_setup import make_logger, wandb_mode
 
 
 

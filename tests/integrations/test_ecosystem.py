@@ -12,7 +12,7 @@ import pytest
 import torch
 import yaml
 
-from lit_diffusion.cli import main
+from lit_diffusion.cli.train import main
 from lit_diffusion.training.losses import DSM
 from lit_diffusion.training.module import ScoreModule
 from lit_diffusion.training.networks import TimeMLP

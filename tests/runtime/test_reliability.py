@@ -278,7 +278,7 @@ def test_typo_in_config_key_names_it_and_the_valid_keys(tmp_path):
 def test_bad_cli_values_name_value_and_choices(tmp_path, args, names):
     from jsonargparse import ArgumentError
 
-    from lit_diffusion.cli import DiffusionCLI
+    from lit_diffusion.cli.train import DiffusionCLI
 
     with pytest.raises((ArgumentError, ValueError, SystemExit)) as e:
         DiffusionCLI(args=[*args, "--logger", "none"], exit_on_error=False)
@@ -288,7 +288,7 @@ def test_bad_cli_values_name_value_and_choices(tmp_path, args, names):
 
 
 def test_invalid_numeric_value_is_named(tmp_path):
-    from lit_diffusion.cli import DiffusionCLI
+    from lit_diffusion.cli.train import DiffusionCLI
 
     with pytest.raises(ValueError, match=r"lr=-1\.0 is invalid"):
         DiffusionCLI(args=["--model.lr", "-1", "--logger", "none", "--ckpt_dir", str(tmp_path)], exit_on_error=False)
@@ -333,7 +333,7 @@ def test_crafted_pickle_refused_by_load_checkpoint(crafted):
 
 def test_crafted_pickle_refused_by_train_py_resume(crafted, tmp_path):
     path, marker = crafted
-    from lit_diffusion.cli import main
+    from lit_diffusion.cli.train import main
 
     with pytest.raises(CheckpointError, match="not a valid checkpoint: it holds pickled code"):
         main([*TINY_TRAIN, "--ckpt_path", str(path), "--ckpt_dir", str(tmp_path / "ck"), "--trainer.max_steps", "5"],

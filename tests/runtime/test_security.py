@@ -102,7 +102,7 @@ def test_crafted_checkpoint_refused_everywhere(attack, tmp_path, capsys):
     assert re.search("not trusted|no argument|does not fit|not plain JSON", err), err
     assert not (tmp_path / "out").exists()
     # train.py resume
-    from lit_diffusion.cli import main as train_main
+    from lit_diffusion.cli.train import main as train_main
 
     with pytest.raises(CheckpointError):
         train_main([*TINY, "--ckpt_path", str(path), "--ckpt_dir", str(tmp_path / "ck"), "--trainer.max_steps", "5"],
@@ -248,7 +248,7 @@ def test_latest_checkpoint_by_step_not_file_time(tmp_path):
 
 
 def test_resume_in_a_copied_folder_reports_the_file_written(tmp_path, capsys):
-    from lit_diffusion.cli import main
+    from lit_diffusion.cli.train import main
 
     main([*TINY, "--ckpt_dir", str(tmp_path / "a"), "--trainer.max_steps", "10", "--ckpt_every_n_steps", "5"])
     (tmp_path / "b").mkdir()
@@ -265,7 +265,7 @@ def test_resume_in_a_copied_folder_reports_the_file_written(tmp_path, capsys):
 
 
 def test_resume_with_another_sde_is_refused(tmp_path):
-    from lit_diffusion.cli import main
+    from lit_diffusion.cli.train import main
 
     main([*TINY, "--ckpt_dir", str(tmp_path), "--trainer.max_steps", "4"])
     before = {p.name: p.stat().st_mtime_ns for p in (tmp_path / "swissroll").glob("*.ckpt")}
@@ -279,7 +279,7 @@ def test_resume_with_another_sde_is_refused(tmp_path):
 
 @pytest.mark.parametrize("content", [b"", b"PK\x03\x04 truncated zip"])
 def test_corrupt_or_empty_checkpoint_is_named_not_valid(tmp_path, content):
-    from lit_diffusion.cli import main
+    from lit_diffusion.cli.train import main
 
     bad = tmp_path / "bad.ckpt"
     bad.write_bytes(content)
@@ -369,7 +369,7 @@ def test_pc_with_a_zero_network_stays_finite():
 
 
 def test_bad_seed_and_config_files_are_named(tmp_path, ckpt, capsys):
-    from lit_diffusion.cli import check_config_files
+    from lit_diffusion.cli.config_files import check_config_files
     from lit_diffusion.cli.sample import main as sample_main
 
     for seed in ("-1", str(2**63)):

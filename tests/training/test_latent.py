@@ -108,7 +108,7 @@ def test_latent_module_trains_checkpoints_and_samples_pixels(vae_folder, tmp_pat
 
 
 def test_train_cli_takes_an_autoencoder_folder(vae_folder, tmp_path):
-    from lit_diffusion.cli import main
+    from lit_diffusion.cli.train import main
 
     main([
         "--model.net", "UNet", "--model.net.preset", "tiny", "--model.net.in_channels", "4",
