@@ -159,3 +159,16 @@ def test_module_sizes_are_as_docs_architecture_says():
                   if len(p.read_text().splitlines()) > 400)
     assert over == ["integrations/scheduler.py"], over
     assert "`integrations/scheduler.py` has" in arch.DOC.read_text()
+
+
+def test_no_function_body_over_60_lines():
+    """Function bodies, signature and docstring excluded, stay within 60 lines (docs/architecture.md
+    "Sizes" lists the functions that are longer when those are counted)."""
+    long = []
+    for path in (ROOT / "lit_diffusion").rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                body = node.body[1:] if ast.get_docstring(node) is not None else node.body
+                if body and body[-1].end_lineno - body[0].lineno + 1 > 60:
+                    long.append(f"{path.relative_to(ROOT)}:{node.name}")
+    assert long == []
