@@ -91,7 +91,8 @@ def test_former_class_paths_load_from_checkpoints():
     the registry's table of former names, as does every former path of a registered class."""
     from lit_diffusion.training.module import ScoreModule
     from lit_diffusion.training.networks import TimeMLP
-    from lit_diffusion.training.registry import FORMER_MODULES, current_path, resolve
+    from lit_diffusion.training.former_names import FORMER_MODULES, current_path
+    from lit_diffusion.training.registry import resolve
 
     net = TimeMLP(dim=2, hidden=8, n_blocks=1, time_dim=4)
     hp = {"net": {"class_path": "lit_diffusion.networks.TimeMLP", "init_args": {"dim": 2, "hidden": 8, "n_blocks": 1, "time_dim": 4}},

@@ -2,7 +2,7 @@
 jsonargparse reads them: text within the size and YAML-alias bounds, ``model.sde/loss/net`` and
 ``data`` naming registered classes with arguments they accept, other class paths inside the trusted
 packages or registered with ``--register``, and the package's former module names translated
-(:data:`lit_diffusion.training.registry.FORMER_MODULES`)."""
+(:data:`lit_diffusion.training.former_names.FORMER_MODULES`)."""
 
 from __future__ import annotations
 
@@ -231,7 +231,7 @@ def _argv_class_paths(args):
 
 
 def _rewrite_class_paths(value, said: list):
-    from ..training.registry import current_path
+    from ..training.former_names import current_path
 
     if isinstance(value, dict):
         out = {}
@@ -248,14 +248,14 @@ def _rewrite_class_paths(value, said: list):
 
 def translate_former_paths(args):
     """``args`` with class paths under the package's former module names (``lit_diffusion.sdes.VP``,
-    :data:`lit_diffusion.training.registry.FORMER_MODULES`) replaced by their homes now, in config
+    :data:`lit_diffusion.training.former_names.FORMER_MODULES`) replaced by their homes now, in config
     files (passed on as YAML text) and on the command line, said once in a warning; ``args`` itself
     when nothing names a former module."""
     import warnings
 
     import yaml
 
-    from ..training.registry import current_path
+    from ..training.former_names import current_path
 
     if args is None or isinstance(args, dict):
         return args

@@ -21,19 +21,21 @@ Adding a class of your own (e.g. a custom network) is an explicit act in code::
     register("net", "MyNet", MyNet)
 
 Former module names: before the package was split into layer folders, every module lived at the top
-(``lit_diffusion.sdes``).  :data:`FORMER_MODULES` is the one table of those names; :func:`current_path`
+(``lit_diffusion.sdes``).  :mod:`.former_names` holds the one table of those names; its ``current_path``
 maps a class path written under one of them to its home now, for checkpoints (through the aliases
 below) and for configs (``train.py`` rewrites them before parsing, with a warning).
 """
 
 from __future__ import annotations
 
-import importlib
 import inspect
 import math
+import sys
 import types
 import typing
 from typing import Any, Callable, Optional
+
+from .former_names import FORMER_MODULES
 
 __all__ = [
     "UntrustedConfigError",
@@ -88,41 +90,8 @@ _BASES.update(sde=_base_sde, loss=_base_loss, net=_base_net, data=_base_data)
 KINDS = tuple(_BASES)
 
 
-# former top-level module -> its module(s) now (the names checkpoints and configs of the first version used)
-FORMER_MODULES = {
-    f"lit_diffusion.{old}": tuple(f"lit_diffusion.{n}" for n in ((new,) if isinstance(new, str) else new))
-    for old, new in {
-        "sdes": "core.sdes", "discrete_vp": "core.discrete_vp", "fields": "core.fields",
-        "parametrizations": "core.parametrizations", "schedules": "core.schedules", "targets": "core.targets",
-        "utils": "core.utils", "affine_plan": "sampling.affine_plan", "integrators": "sampling.integrators",
-        "inpainting": "sampling.inpainting", "samplers": "sampling.samplers", "metrics": "evaluation.metrics",
-        "feature_net": "evaluation.feature_net", "evaluate": "evaluation.evaluate",
-        "checkpoint_io": ("runtime.checkpoint_io", "runtime.lightning_io"), "pictures": "runtime.pictures", "reliability": "runtime.reliability",
-        "run_lock": "runtime.run_lock", "autoencoder": "training.autoencoder", "callbacks": "training.callbacks",
-        "data": ("training.data", "training.image_data"), "ema": "training.ema", "losses": "training.losses", "module": "training.module",
-        "networks": "training.networks", "pretrained": "training.pretrained", "registry": "training.registry",
-        "export": "integrations.export", "pipelines": "integrations.pipelines", "scheduler": "integrations.scheduler",
-        "accelerate_train": "cli.accelerate_train", "demo": "cli.demo", "sampling_cli": "cli.sample",
-    }.items()
-}
-
-
-def current_path(class_path: str) -> str:
-    """``class_path`` with a former module name replaced by the module's home now
-    (``"lit_diffusion.sdes.VP"`` -> ``"lit_diffusion.core.sdes.VP"``); any other path unchanged."""
-    if isinstance(class_path, str) and "." in class_path:
-        module, _, name = class_path.rpartition(".")
-        homes = FORMER_MODULES.get(module, ())
-        for home in homes:  # a former module split in two: the one that holds the name
-            if len(homes) == 1 or hasattr(importlib.import_module(home), name):
-                return f"{home}.{name}"
-    return class_path
-
-
 def _exports(module: str, cls: type) -> bool:
     """Whether the (already imported) ``module`` holds ``cls`` under its own name."""
-    import sys
-
     return getattr(sys.modules.get(module), cls.__qualname__, None) is cls
 
 
@@ -142,6 +111,9 @@ def register(kind: str, name: str, cls: type, aliases: tuple[str, ...] = ()) -> 
         paths += (f"lit_diffusion.{cls.__qualname__}",)  # the package-level export jsonargparse may print
         paths += tuple(f"{old}.{cls.__qualname__}" for old, homes in FORMER_MODULES.items()
                        if any(_exports(home, cls) for home in homes))
+        # a module that lists the class under its name (core.sdes lists the processes of core.sde_vp...)
+        paths += tuple(f"{m}.{cls.__qualname__}" for m in list(sys.modules)
+                       if m.startswith("lit_diffusion.") and m != cls.__module__ and _exports(m, cls))
     for a in paths + tuple(aliases):
         names[a] = name
     return cls
