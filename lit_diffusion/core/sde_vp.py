@@ -14,7 +14,15 @@ __all__ = ["VP", "SubVP", "ContractiveVP", "LinearBetaMixin"]
 
 
 class LinearBetaMixin:
-    """``beta(t) = beta_min + (t/T)(beta_max - beta_min)``, ``B(t) = int_0^t beta``."""
+    """``beta(t) = beta_min + (t/T)(beta_max - beta_min)``, ``B(t) = int_0^t beta``; the drift
+    ``a = -beta/2`` of the VP family (the contractive VP overrides it)."""
+
+    def __init__(self, beta_min: float = 0.1, beta_max: float = 20.0, T: float = 1.0, t_min: float = 1e-3):
+        LinearSDE.__init__(self, T, t_min)
+        self._init_beta(beta_min, beta_max)
+
+    def _a(self, t):
+        return -0.5 * self.beta(t)
 
     def _init_beta(self, beta_min: float, beta_max: float):
         name = type(self).__name__
@@ -50,13 +58,6 @@ class LinearBetaMixin:
 class VP(LinearBetaMixin, LinearSDE):
     """Variance preserving: ``a = -beta/2``, ``g^2 = beta``, ``alpha = e^{-B/2}``, ``sigma^2 = 1 - e^{-B}``."""
 
-    def __init__(self, beta_min: float = 0.1, beta_max: float = 20.0, T: float = 1.0, t_min: float = 1e-3):
-        LinearSDE.__init__(self, T, t_min)
-        self._init_beta(beta_min, beta_max)
-
-    def _a(self, t):
-        return -0.5 * self.beta(t)
-
     def _g2(self, t):
         return self.beta(t)
 
@@ -80,13 +81,6 @@ class VP(LinearBetaMixin, LinearSDE):
 
 class SubVP(LinearBetaMixin, LinearSDE):
     """sub-VP: ``g^2 = beta (1 - e^{-2B})``, ``alpha = e^{-B/2}``, ``sigma^2 = (1 - e^{-B})^2``."""
-
-    def __init__(self, beta_min: float = 0.1, beta_max: float = 20.0, T: float = 1.0, t_min: float = 1e-3):
-        LinearSDE.__init__(self, T, t_min)
-        self._init_beta(beta_min, beta_max)
-
-    def _a(self, t):
-        return -0.5 * self.beta(t)
 
     def _g2(self, t):
         return -self.beta(t) * torch.expm1(-2 * self.int_beta(t))
