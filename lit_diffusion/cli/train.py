@@ -129,8 +129,8 @@ class DiffusionCLI(LightningCLI):
         exit_on_error = getattr(parser, "exit_on_error", True)
         parser.exit_on_error = False
         given = sys.argv[1:] if args is None else args
-        translated = translate_former_paths(given)
         try:
+            translated = translate_former_paths(given)
             check_config_files(translated)
         except ValueError as e:
             if exit_on_error:

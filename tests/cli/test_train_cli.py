@@ -193,3 +193,14 @@ def test_a_missing_data_folder_is_an_error_before_any_run(tmp_path):
     assert len((r.stdout + r.stderr).strip().splitlines()) <= 12, r.stdout + r.stderr
     assert "No seed found" not in r.stdout + r.stderr
     assert not (tmp_path / "ck").exists() and not (tmp_path / "logs").exists() and not (tmp_path / "wandb").exists()
+
+
+def test_a_config_that_is_not_yaml_is_an_error_of_two_lines_or_so(tmp_path, capsys):
+    """Read before anything else (also by the translation of former class paths): exit 2, the file and
+    the YAML error named, no traceback."""
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("model:\n  sde: [\n")
+    with pytest.raises(SystemExit) as e:
+        main(["--config", str(bad), "--ckpt_dir", str(tmp_path / "ck"), "--logger", "none"])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and f"config file '{bad}' is not valid YAML" in err and "Traceback" not in err
