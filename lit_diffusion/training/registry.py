@@ -111,9 +111,6 @@ def register(kind: str, name: str, cls: type, aliases: tuple[str, ...] = ()) -> 
         paths += (f"lit_diffusion.{cls.__qualname__}",)  # the package-level export jsonargparse may print
         paths += tuple(f"{old}.{cls.__qualname__}" for old, homes in FORMER_MODULES.items()
                        if any(_exports(home, cls) for home in homes))
-        # a module that lists the class under its name (core.sdes lists the processes of core.sde_vp...)
-        paths += tuple(f"{m}.{cls.__qualname__}" for m in list(sys.modules)
-                       if m.startswith("lit_diffusion.") and m != cls.__module__ and _exports(m, cls))
     for a in paths + tuple(aliases):
         names[a] = name
     return cls
@@ -128,8 +125,8 @@ def _load_builtins() -> None:
     from . import data, losses, networks
     from ..core.discrete_vp import DiscreteVP
 
-    for n, c in sdes.SDE_CLASSES.items():
-        register("sde", n, c)
+    for n, c in sdes.SDE_CLASSES.items():  # defined by family (core.sde_vp...), imported from the list core.sdes
+        register("sde", n, c, aliases=(f"{sdes.__name__}.{n}",))
     register("sde", "DiscreteVP", DiscreteVP)
     for c in (losses.DSM, losses.SSM, losses.ISM, losses.ESM):
         register("loss", c.__name__, c)
