@@ -259,7 +259,7 @@ def translate_former_paths(args):
 
     if args is None or isinstance(args, dict):
         return args
-    args, said, out = [str(a) for a in args], [], []
+    given, args, said, out = args, [str(a) for a in args], [], []
     i = 0
     while i < len(args):
         a = args[i]
@@ -285,9 +285,10 @@ def translate_former_paths(args):
                 a = current_path(a)
             out.append(a)
         i += 1
-    if said:
-        warnings.warn("former module names in the config, read as their homes now: " + "; ".join(dict.fromkeys(said)),
-                      FutureWarning, stacklevel=2)
+    if not said:
+        return given
+    warnings.warn("former module names in the config, read as their homes now: " + "; ".join(dict.fromkeys(said)),
+                  FutureWarning, stacklevel=2)
     return out
 
 

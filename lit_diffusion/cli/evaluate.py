@@ -68,8 +68,6 @@ def main(argv=None) -> int:
 def heldout_mnist_uint8(n: int) -> "torch.Tensor":
     """The first ``n`` digits of the MNIST data module's held-out split (the digits ``train.py`` never
     trains on), as 8-bit values ``(n, 1, 28, 28)``."""
-    import torch
-
     from ..training.image_data import MNISTDataModule
 
     dm = MNISTDataModule(labels=False)
@@ -82,8 +80,6 @@ def heldout_mnist_uint8(n: int) -> "torch.Tensor":
 
 def _bpd_main(a) -> int:
     import time
-
-    import torch
 
     from ..evaluation.likelihood import bits_per_dim
     from ..training.module import ScoreModule

@@ -138,7 +138,7 @@ class DiffusionCLI(LightningCLI):
                 raise SystemExit(2) from None
             raise
         try:
-            if translated != (list(given) if isinstance(given, (list, tuple)) else given):
+            if translated is not given:
                 with warnings.catch_warnings():  # (Lightning's note on args given beside sys.argv: they are sys.argv, translated)
                     warnings.filterwarnings("ignore", message=r"LightningCLI's args parameter")
                     super().parse_arguments(parser, translated)
