@@ -71,7 +71,8 @@ class LoadingMixin:
             module.net.load_state_dict(folder_data.state)
         except RuntimeError as e:
             raise CheckpointError(f"{folder_data.weights_path!r} does not fit the network of its config: {e}") from None
-        module.data_shape = folder_data.data_shape
+        if folder_data.data_shape is not None:
+            module.data_shape = folder_data.data_shape
         module.pretrained_info = folder_data.info
         return module.eval()
 
