@@ -44,7 +44,7 @@ from ..core.utils import randn
 __all__ = ["SDEScheduler", "SCHEDULER_SAMPLERS", "dynamic_threshold"]
 
 from .scheduler_config import (  # noqa: E402,F401  (re-exported)
-    REFUSED_KEYS, FINAL_SIGMAS_TYPES, SCHEDULER_SAMPLERS, as_float, check_model_output, check_num_steps, check_numbers,
+    REFUSED_SAMPLERS, FINAL_SIGMAS_TYPES, SCHEDULER_SAMPLERS, as_float, check_model_output, check_num_steps, check_numbers,
     check_sampler_name, check_schedule_name, diffusers_schedule, ends_with_denoising_step, dynamic_threshold,
     process_of_config, stepper_options,
 )

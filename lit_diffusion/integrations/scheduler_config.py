@@ -14,9 +14,9 @@ from ..core.schedules import SCHEDULES, check_schedule
 from ..core.sdes import get_sde
 from ..core.utils import MAX_TRAIN_TIMESTEPS, check_count
 
-#: samplers the scheduler exposes (``moment_matching`` is refused, see :data:`REFUSED_KEYS`)
+#: samplers the scheduler exposes (``moment_matching`` is refused, see :data:`REFUSED_SAMPLERS`)
 SCHEDULER_SAMPLERS = ("euler", "exponential_euler", "ddram", "pc", "localization", "multistep")
-REFUSED_KEYS = {
+REFUSED_SAMPLERS = {
     "moment_matching": (
         "sampler='moment_matching' cannot run as a diffusers scheduler: its step needs the posterior "
         "covariance, i.e. Jacobian-vector products of the denoiser with respect to x, and a pipeline "
@@ -109,8 +109,8 @@ def check_sampler_name(sampler) -> str:
     from ..sampling.defaults import resolve_sampler
 
     name = resolve_sampler(sampler)
-    if name in REFUSED_KEYS:
-        raise ValueError(REFUSED_KEYS[name])
+    if name in REFUSED_SAMPLERS:
+        raise ValueError(REFUSED_SAMPLERS[name])
     if name not in SCHEDULER_SAMPLERS:
         raise ValueError(
             f"unknown sampler {sampler!r}; valid choices: {['auto', *SCHEDULER_SAMPLERS]} "
