@@ -45,7 +45,7 @@ def build_module(cfg):
     from lit_diffusion.training.module import ScoreModule
 
     set_seed(int(cfg.seed))
-    module = ScoreModule(**instantiate_class(cfg.model))
+    module = ScoreModule(**model_arguments(cfg.model))
     datamodule = instantiate_data(cfg.data)
     datamodule.setup("fit")
     if module.data_shape is None:
@@ -325,7 +325,7 @@ def tracker_config(cfg, module) -> dict:
     return flat
 
 
-def instantiate_class(ns) -> dict:
+def model_arguments(ns) -> dict:
     """``model`` namespace -> constructor kwargs; ``net``/``sde``/``loss`` descriptions are built by
     the registry (:func:`lit_diffusion.training.registry.build`: registered classes, JSON arguments)."""
     from jsonargparse import Namespace

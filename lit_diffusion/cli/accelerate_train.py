@@ -274,11 +274,7 @@ class _SignalFlag:
         self._old = {}
 
 
-from lit_diffusion.cli.accelerate_loop import (  # noqa: E402,F401  (re-exported)
-    TrainResult, build_module, CSVLog, instantiate_class, instantiate_data, TrainingRun, load_resume, run_training,
-    tracker_config,
-)
-from lit_diffusion.runtime.checkpoint_schema import export_safetensors, save_training_checkpoint, lightning_loops  # noqa: E402,F401
+from lit_diffusion.cli.accelerate_loop import TrainResult, run_training  # noqa: E402
 
 
 def main(args=None) -> TrainResult:
