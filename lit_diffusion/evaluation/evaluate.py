@@ -171,7 +171,7 @@ def evaluate(
         n_reference: exact samples drawn from a target reference (default: as many as ``samples``).
         n_max: subset size for the exact-OT W1 (d > 1); ``mmd_n_max`` for MMD².
         n_projections, seed: sliced-W2 directions and all subsampling / target draws.
-        fid_backend, value_range: see :func:`lit_diffusion.evaluation.metrics.fid`.
+        fid_backend, value_range: see :func:`lit_diffusion.evaluation.image_metrics.fid`.
 
     Returns a JSON-serialisable dict: ``kind``, ``n_samples``, ``n_reference``, ``reference`` and one
     entry per metric, each with its own sample counts.
