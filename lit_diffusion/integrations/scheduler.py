@@ -7,7 +7,7 @@ loop drives, see the "stepper protocol" in that module's docstring); this class 
 * turns a diffusers configuration into an SDE (:class:`~lit_diffusion.core.discrete_vp.DiscreteVP` for
   ``betas`` / ``alphas_cumprod`` tables, in the network's own timestep units, or one of our
   continuous SDEs named by the ``sde`` / ``sde_kwargs`` config keys);
-* lays out, in :meth:`SDEScheduler.set_timesteps`, every network evaluation of the whole run (grid
+* lays out, in :meth:`SDEScheduler.set_timesteps` (:mod:`.scheduler_layout`), every network evaluation of the whole run (grid
   points, DDRaM random midpoints drawn there from a generator or the ``seed`` config value, repeated
   times for PC corrector evaluations, the optional final denoising evaluation), so that a pipeline
   iterating over ``scheduler.timesteps`` conditions the network on exactly those times;
@@ -26,7 +26,7 @@ measured overhead.
 from __future__ import annotations
 
 import math
-from typing import List, Optional, Sequence, Tuple, Union
+from typing import List, Optional, Tuple, Union
 
 import numpy as np
 import torch
@@ -37,7 +37,6 @@ from diffusers.schedulers.scheduling_utils import KarrasDiffusionSchedulers, Sch
 
 from ..core.discrete_vp import DiscreteVP
 from ..core.parametrizations import canonical_prediction, convert
-from ..core.schedules import get_timesteps
 from ..core.sdes import compute_dtype
 from ..core.utils import randn
 
@@ -48,9 +47,10 @@ from .scheduler_config import (  # noqa: E402,F401  (re-exported)
     check_sampler_name, check_schedule_name, diffusers_schedule, ends_with_denoising_step, dynamic_threshold,
     process_of_config, stepper_options,
 )
+from .scheduler_layout import EvaluationLayout  # noqa: E402
 
 
-class SDEScheduler(SchedulerMixin, ConfigMixin):
+class SDEScheduler(EvaluationLayout, SchedulerMixin, ConfigMixin):
     """A diffusers scheduler running the samplers of :mod:`lit_diffusion.sampling.samplers`.
 
     Config (every ``__init__`` argument is saved by ``save_pretrained``):
@@ -128,20 +128,7 @@ class SDEScheduler(SchedulerMixin, ConfigMixin):
         sample_max_value: float = 1.0,
     ):
         # ---- validate every name before any work ------------------------------------------------
-        given_schedule = schedule
-        schedule = diffusers_schedule(schedule, use_karras_sigmas, timestep_spacing, steps_offset)
-        if given_schedule is None and schedule is not None:
-            # a diffusers key of the source config chose the grid: say so once, and show it in the config
-            import warnings
-
-            why = "use_karras_sigmas=True" if use_karras_sigmas else (
-                f"timestep_spacing={timestep_spacing!r}" + (f", steps_offset={steps_offset}" if int(steps_offset) else ""))
-            warnings.warn(f"SDEScheduler: {why} selects schedule={schedule!r} (pass schedule= to choose another grid)",
-                          stacklevel=3)
-            self.register_to_config(schedule=schedule)
-            defaults = self._internal_dict.get("_use_default_values")
-            if isinstance(defaults, list) and "schedule" in defaults:  # diffusers drops those keys in from_config
-                self.register_to_config(_use_default_values=[k for k in defaults if k != "schedule"])
+        schedule = self._schedule_of_diffusers_keys(schedule, use_karras_sigmas, timestep_spacing, steps_offset)
         final_denoise = ends_with_denoising_step(final_denoise, final_sigmas_type)
         check_numbers(dynamic_thresholding_ratio, sample_max_value, clip_sample_range)
         self._final_denoise = bool(final_denoise)
@@ -185,6 +172,24 @@ class SDEScheduler(SchedulerMixin, ConfigMixin):
         self._step_index: Optional[int] = None
         self._begin_index: Optional[int] = None
 
+    def _schedule_of_diffusers_keys(self, schedule, use_karras_sigmas, timestep_spacing, steps_offset):
+        """``schedule``, or the one that a diffusers key of the source config chose (said once in a
+        warning, and written into the config)."""
+        given_schedule = schedule
+        schedule = diffusers_schedule(schedule, use_karras_sigmas, timestep_spacing, steps_offset)
+        if given_schedule is None and schedule is not None:
+            import warnings
+
+            why = "use_karras_sigmas=True" if use_karras_sigmas else (
+                f"timestep_spacing={timestep_spacing!r}" + (f", steps_offset={steps_offset}" if int(steps_offset) else ""))
+            warnings.warn(f"SDEScheduler: {why} selects schedule={schedule!r} (pass schedule= to choose another grid)",
+                          stacklevel=4)
+            self.register_to_config(schedule=schedule)
+            defaults = self._internal_dict.get("_use_default_values")
+            if isinstance(defaults, list) and "schedule" in defaults:  # diffusers drops those keys in from_config
+                self.register_to_config(_use_default_values=[k for k in defaults if k != "schedule"])
+        return schedule
+
     # ---------------------------------------------------------------------------------------------
     # diffusers API
     # ---------------------------------------------------------------------------------------------
@@ -206,196 +211,12 @@ class SDEScheduler(SchedulerMixin, ConfigMixin):
     def begin_index(self) -> Optional[int]:
         return self._begin_index
 
-    def set_begin_index(self, begin_index: int = 0) -> None:
-        """Start from evaluation ``begin_index`` (img2img: ``t_start * order``); it must start a step."""
-        begin_index = int(begin_index)
-        if self._eval_times is not None:
-            if not (0 <= begin_index < len(self._eval_step)) or self._eval_stage[begin_index] != 0:
-                starts = [i for i, j in enumerate(self._eval_stage) if j == 0]
-                raise ValueError(
-                    f"begin_index={begin_index} does not start a step; valid values: {starts} (multiples of order={self.order})"
-                )
-        self._begin_index = begin_index
-
     def scale_model_input(self, sample: Tensor, timestep: Optional[Union[float, Tensor]] = None) -> Tensor:
         """The network takes the process state itself: no scaling."""
         return sample
 
     def __len__(self) -> int:
         return int(self.config.num_train_timesteps)
-
-    def _step_grid(self, n: int) -> Tensor:
-        cfg = self.config
-        if self._schedule.lower() != "diffusers":
-            from ..sampling.defaults import default_schedule, ends_with_denoising
-
-            schedule = self._schedule
-            if cfg.get("schedule") is None:  # the sampler's default grid for this budget
-                schedule = default_schedule(self._stepper_args[0], self.stepper.ode, n)
-            if self._final_denoise and ends_with_denoising(self._stepper_args[0], n):
-                # the final denoising evaluation replaces the last step (it is the jump to the data)
-                return get_timesteps(self.sde, n + 1, schedule, rho=float(cfg.rho))[:-1]
-            return get_timesteps(self.sde, n, schedule, rho=float(cfg.rho))
-        # diffusers' integer spacings of the evaluation times, then t_min as the end point
-        N = int(cfg.num_train_timesteps)
-        if n > N:
-            raise ValueError(f"num_inference_steps={n} cannot exceed num_train_timesteps={N} with schedule='diffusers'")
-        if cfg.timestep_spacing == "linspace":
-            ts = np.linspace(0, N - 1, n).round()[::-1]
-        elif cfg.timestep_spacing == "leading":
-            ts = (np.arange(0, n) * (N // n)).round()[::-1] + cfg.steps_offset
-        else:
-            ts = np.round(np.arange(N, 0, -N / n)) - 1
-        ts = torch.as_tensor(np.asarray(ts, dtype=np.float64).copy()) * (self.sde.T / max(N - 1, 1))
-        ts = ts.clamp(self.sde.t_min, self.sde.T)
-        grid = torch.cat([ts, torch.tensor([self.sde.t_min], dtype=torch.float64)])
-        keep = torch.cat([grid[:-1] > grid[1:], torch.tensor([True])])
-        return grid[keep]
-
-    def set_timesteps(
-        self,
-        num_inference_steps: Optional[int] = None,
-        device: Union[str, torch.device, None] = None,
-        timesteps: Optional[Sequence[float]] = None,
-        generator: Optional[torch.Generator] = None,
-        sigmas: Optional[Sequence[float]] = None,
-    ) -> None:
-        """Lay out every evaluation of a run of ``num_inference_steps`` sampler steps.
-
-        ``timesteps``: a custom step grid ``t_0 > ... > t_n`` in the network's time units (then
-        ``num_inference_steps`` must be None); values in ``[0, t_min)`` are raised to ``t_min``.
-        ``sigmas``: the same grid given as diffusers' noise levels ``sigma / alpha`` (the noise-to-
-        signal ratio, ``sqrt((1 - abar) / abar)`` for a DDPM table), decreasing; a last value 0 means
-        the data end, i.e. ``t_min`` (what ``retrieve_timesteps(..., sigmas=...)`` passes).
-        ``generator``: draws the DDRaM midpoints (else the ``seed`` config value, else torch's global
-        RNG).  Resets all state between :meth:`step` calls.
-        """
-        self._last_layout = (num_inference_steps, device, timesteps, generator, sigmas)
-        if sigmas is not None:
-            if timesteps is not None:
-                raise ValueError("pass either timesteps or sigmas, not both")
-            timesteps = self._times_of_sigmas(sigmas)
-        fitted = self.config.get("fitted_grid")
-        if timesteps is None and fitted is not None and num_inference_steps in (None, len(fitted) - 1):
-            # a grid fitted to the model (python -m lit_diffusion.cli.grid_fit), saved in the config:
-            # a pipeline that reloads this scheduler keeps it; other step counts use `schedule`
-            timesteps, num_inference_steps = fitted, None
-        if timesteps is not None:
-            if num_inference_steps is not None:
-                raise ValueError("pass either num_inference_steps or timesteps, not both")
-            grid = self._custom_grid(timesteps)
-        else:
-            grid = self._step_grid(check_num_steps(num_inference_steps))
-        if self.config.get("inverse"):
-            grid = grid.flip(0)  # t_min -> T: encoding
-        n = grid.numel() - 1
-        stepper = self.stepper
-        u = self._draw_midpoints(n, generator) if getattr(stepper, "needs_midpoint", False) else None
-
-        from ..sampling.affine_plan import AffinePlan, supports
-
-        self._plan = None
-        if supports(stepper) and not (self.config.clip_sample or self.config.thresholding):
-            # the affine samplers: every evaluation's coefficients at once (float64), applied by step()
-            self._plan = AffinePlan(stepper, self.sde, self._declared, grid, u, self._final_denoise)
-            per = self._plan.evals_per_step
-            steps = [k for k in range(n) for _ in range(per)]
-            stages = [j for _ in range(n) for j in range(per)]
-            if self._final_denoise:
-                steps.append(n)
-                stages.append(0)
-            self._finish_set_timesteps(n, grid, u, self._plan.times, steps, stages, device)
-            return
-
-        # dry run of the stepper on a 1-element state: the time of every evaluation, in order
-        times: List[float] = []
-        steps: List[int] = []
-        stages: List[int] = []
-        x = torch.ones(1, 1, dtype=torch.float64)
-        for k in range(n):
-            st = stepper.start(x, grid[k], grid[k + 1], u=None if u is None else u[k : k + 1])
-            j = 0
-            while not st.done:
-                times.append(float(st.t_eval.flatten()[0]))
-                steps.append(k)
-                stages.append(j)
-                st.advance(torch.ones_like(x), noise=torch.zeros_like(x) if st.noise_needed else None)
-                j += 1
-        if self._final_denoise:
-            times.append(float(grid[-1]))
-            steps.append(n)
-            stages.append(0)
-
-        if hasattr(stepper, "reset"):  # the dry run above fed it dummy values: start the real run afresh
-            stepper.reset(grid)
-        self._finish_set_timesteps(n, grid, u, torch.tensor(times, dtype=torch.float64), steps, stages, device)
-
-    def _custom_grid(self, timesteps) -> Tensor:
-        grid = torch.as_tensor(np.asarray(timesteps, dtype=np.float64)).flatten()
-        if grid.numel() < 2:
-            raise ValueError(f"timesteps={list(map(float, grid))} needs at least 2 values (one step)")
-        if not bool((grid[:-1] > grid[1:]).all()):
-            raise ValueError(f"timesteps must be strictly decreasing; got {grid.tolist()}")
-        if float(grid[0]) > self.sde.T * (1 + 1e-9) or float(grid[-1]) < 0:
-            raise ValueError(f"timesteps must lie in [0, {self.sde.T:g}] (the process' time range); got {grid.tolist()}")
-        grid = grid.clamp(min=self.sde.t_min)
-        grid = grid[torch.cat([grid[:-1] > grid[1:], torch.tensor([True])])]
-        if grid.numel() < 2:
-            raise ValueError("timesteps collapse to a single time after raising values below t_min")
-        return grid
-
-    def _draw_midpoints(self, n: int, generator) -> Tensor:
-        """DDRaM's uniforms, one per step: from ``generator``, else the ``seed`` config value, else
-        torch's global RNG."""
-        gen = generator
-        if gen is None and self.config.seed is not None:
-            gen = torch.Generator().manual_seed(int(self.config.seed))
-        if gen is None:
-            return torch.rand(n, dtype=torch.float64)
-        return torch.rand(n, generator=gen, device=gen.device, dtype=torch.float64).cpu()
-
-    def _times_of_sigmas(self, sigmas) -> np.ndarray:
-        sig = np.asarray(sigmas, dtype=np.float64).flatten()
-        if sig.size < 2 or not np.all(np.isfinite(sig)) or np.any(sig < 0) or not np.all(sig[:-1] > sig[1:]):
-            raise ValueError(f"sigmas must be a strictly decreasing sequence of >= 2 values >= 0; got {sig.tolist()[:8]}")
-        pos = torch.as_tensor(sig[sig > 0])
-        t = self.sde.t_from_snr(1.0 / pos**2).to(torch.float64).clamp(self.sde.t_min, self.sde.T).numpy()
-        return np.concatenate([t, [0.0]]) if sig[-1] == 0 else t
-
-    def _finish_set_timesteps(self, n, grid, u, times: Tensor, steps, stages, device) -> None:
-        self.num_inference_steps = n
-        # diffusers' noise levels sigma / alpha of every evaluation, then of the end point
-        ends = torch.cat([times, grid[-1:]])
-        alpha, sigma = self.sde.alpha(ends), self.sde.sigma(ends)
-        sig = (sigma / alpha).to(torch.float32)
-        if self._final_denoise:
-            sig[-1] = 0.0
-        self.sigmas = sig.to(device=device)
-        self._grid = grid
-        self._u = u
-        self._eval_times = times.to(torch.float64)
-        self._eval_step, self._eval_stage = steps, stages
-        self.timesteps = self._eval_times.to(device=device, dtype=torch.float32)
-        self._expected = self.timesteps.tolist()
-        self._state = None
-        self._step_index = None
-        self._begin_index = None
-
-    # ---------------------------------------------------------------------------------------------
-    def index_for_timestep(self, timestep) -> int:
-        """First evaluation index that starts a step at ``timestep`` (error if there is none)."""
-        if self._eval_times is None:
-            raise ValueError("call set_timesteps() before step()")
-        t = as_float(timestep)
-        tol = 1e-4 * max(1.0, self.sde.T)
-        for i, (tt, j) in enumerate(zip(self.timesteps.tolist(), self._eval_stage)):
-            if j == 0 and abs(tt - t) <= tol:
-                return i
-        starts = [round(v, 4) for v, j in zip(self.timesteps.tolist(), self._eval_stage) if j == 0]
-        raise ValueError(
-            f"timestep {t!r} is not a step start of this scheduler's grid; valid values: {starts} "
-            "(use the values of scheduler.timesteps in order)"
-        )
 
     def _field(self, model_output: Tensor, sample: Tensor, t, kind: str) -> Tensor:
         """The network output converted to the field ``kind`` at ``(sample, t)`` (§2), clipped like
@@ -465,29 +286,33 @@ class SDEScheduler(SchedulerMixin, ConfigMixin):
             prev = self._field(model_output, sample, t, "denoiser").to(sample.dtype)
             self._state = None
         else:
-            if j == 0:
-                u = None if self._u is None else self._u[k : k + 1].to(sample.device)
-                self._state = self.stepper.start(sample, self._grid[k], self._grid[k + 1], u=u, generator=generator)
-            elif self._state is None:
-                raise ValueError(
-                    f"evaluation {i} is stage {j} of step {k}, but the step's first evaluation was not given to this "
-                    "scheduler; start from a step boundary (set_begin_index / index multiple of order)"
-                )
-            st = self._state
-            F = self._field(model_output, sample, st.t_eval, st.stepper.field_kind)
-            noise = None
-            if st.noise_needed and self.stepper.stochastic:
-                noise = randn(sample.shape, generator=generator, device=sample.device, dtype=compute_dtype(sample))
-            st.advance(F, noise=noise)
-            if st.done:
-                prev = st.x.to(sample.dtype)
-                self._state = None
-            else:
-                prev = st.x_eval.to(sample.dtype)
+            prev = self._advance_stepper(model_output, sample, i, k, j, generator)
         self._step_index = i + 1
         if not return_dict:
             return (prev,)
         return SchedulerOutput(prev_sample=prev)
+
+    def _advance_stepper(self, model_output, sample, i, k, j, generator) -> Tensor:
+        """Evaluation ``i`` (stage ``j`` of step ``k``) fed to the stepper, for the samplers that the
+        affine plan does not cover (and any sampler under ``clip_sample`` / ``thresholding``)."""
+        if j == 0:
+            u = None if self._u is None else self._u[k : k + 1].to(sample.device)
+            self._state = self.stepper.start(sample, self._grid[k], self._grid[k + 1], u=u, generator=generator)
+        elif self._state is None:
+            raise ValueError(
+                f"evaluation {i} is stage {j} of step {k}, but the step's first evaluation was not given to this "
+                "scheduler; start from a step boundary (set_begin_index / index multiple of order)"
+            )
+        st = self._state
+        F = self._field(model_output, sample, st.t_eval, st.stepper.field_kind)
+        noise = None
+        if st.noise_needed and self.stepper.stochastic:
+            noise = randn(sample.shape, generator=generator, device=sample.device, dtype=compute_dtype(sample))
+        st.advance(F, noise=noise)
+        if not st.done:
+            return st.x_eval.to(sample.dtype)
+        self._state = None
+        return st.x.to(sample.dtype)
 
     def _apply_eta(self, eta) -> None:
         eta = float(eta)
