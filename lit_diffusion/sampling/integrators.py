@@ -210,7 +210,8 @@ class ExpIntegrator:
             else:
                 y = -torch.log1p(u * torch.expm1(-k * dG)) / k
             tau = G_forward(sde, s, y)
-        return torch.minimum(torch.maximum(tau, s), t)
+        lo, hi = torch.minimum(s, t), torch.maximum(s, t)  # an inverse step (encoding) has s > t
+        return torch.minimum(torch.maximum(tau, lo), hi)
 
 
 _CACHE: dict = {}

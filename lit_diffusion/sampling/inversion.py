@@ -1,7 +1,9 @@
-"""Encoding data to noise and back along the probability-flow ODE (docs/maths.md §5 "Multistep",
-inversion): ``encode`` runs the multistep ODE from ``t_min`` up to ``T`` (its formulas are exact
-integrals in either direction), ``decode`` runs it back down on the same grid.  ``solver_order=1`` is
-DDIM inversion.  The diffusers-style inverse scheduler is ``SDEScheduler(inverse=True)``."""
+"""Encoding data to noise and back along the probability-flow ODE (docs/maths.md §8, inversion):
+``encode`` runs an ODE-form sampler from ``t_min`` up to ``T`` (the exponential integrators' formulas are
+exact integrals in either direction), ``decode`` runs the same sampler back down on the same grid.
+Samplers: ``multistep`` (the default; ``solver_order=1`` is DDIM inversion), ``exponential_euler`` and
+``ddram`` (its midpoints drawn from ``generator``).  The diffusers-style inverse scheduler is
+``SDEScheduler(inverse=True)``."""
 
 from __future__ import annotations
 
@@ -15,7 +17,7 @@ from ..core.sdes import LinearSDE
 
 __all__ = ["encode", "decode", "resolve_model", "ENCODE_SAMPLERS"]
 
-ENCODE_SAMPLERS = ("multistep",)
+ENCODE_SAMPLERS = ("multistep", "exponential_euler", "ddram")
 
 
 def resolve_model(model, sde=None, prediction_type=None, class_labels=None, guidance_scale: float = 1.0):
@@ -66,7 +68,7 @@ def check_sampler(sampler: str) -> str:
     if key not in ENCODE_SAMPLERS:
         raise ValueError(
             f"encode/decode need an ODE-form sampler that can run in both directions; got {sampler!r}. Valid choices: "
-            f"{list(ENCODE_SAMPLERS)} (solver_order=1 is DDIM inversion, the exponential-Euler denoiser ODE)"
+            f"{list(ENCODE_SAMPLERS)} (multistep's solver_order=1 is DDIM inversion, the exponential-Euler denoiser ODE)"
         )
     return key
 
@@ -74,27 +76,34 @@ def check_sampler(sampler: str) -> str:
 @torch.no_grad()
 def encode(model, x: Tensor, sde: Optional[LinearSDE] = None, steps: int = 50, sampler: str = "multistep",
            schedule: Optional[str] = None, timesteps: Optional[Tensor] = None, prediction_type: Optional[str] = None,
-           class_labels=None, guidance_scale: float = 1.0, **options) -> Tensor:
+           class_labels=None, guidance_scale: float = 1.0, parametrization: Optional[str] = None,
+           generator=None, **options) -> Tensor:
     """The noise ``X_T`` that the probability-flow ODE maps to the data ``x`` (``x`` at ``t_min``), by
-    ``steps`` one-evaluation multistep steps on the reversed grid (``options``: ``solver_order``,
-    ``corrector``)."""
+    ``steps`` steps of the ODE form of ``sampler`` on the reversed grid (``options``: the sampler's, e.g.
+    multistep's ``solver_order`` and ``corrector``; ``generator``: DDRaM's midpoints)."""
     from ..core.utils import MAX_STEPS, check_count
-    from .multistep import MultistepStepper
+    from .steppers import get_stepper
 
-    check_sampler(sampler)
+    key = check_sampler(sampler)
     check_count("steps", steps, 1, MAX_STEPS)
     field, sde, shape = resolve_model(model, sde, prediction_type, class_labels, guidance_scale)
     if shape is not None and tuple(x.shape[1:]) != tuple(shape):
         raise ValueError(f"x has samples of shape {tuple(x.shape[1:])}; the model's data shape is {tuple(shape)}")
     if not bool(torch.isfinite(x).all()):
         raise ValueError("x holds NaN or inf")
-    grid = _grid(sde, steps, schedule, timesteps, "multistep").flip(0)
-    stepper = MultistepStepper(sde, "denoiser", ode=True, inverse=True, **options)
-    stepper.reset(grid)
+    if key == "multistep":
+        options["inverse"] = True
+    stepper = get_stepper(key, sde, parametrization, ode=True, **options)
+    if key != "multistep":
+        stepper.inverted()
+    grid = _grid(sde, steps, schedule, timesteps, key).flip(0)
+    if hasattr(stepper, "reset"):
+        stepper.reset(grid)
     z = x
     for k in range(grid.numel() - 1):
-        st = stepper.start(z, grid[k], grid[k + 1])
-        st.advance(field(z, st.t, "denoiser"))
+        st = stepper.start(z, grid[k], grid[k + 1], generator=generator)
+        while not st.done:
+            st.advance(field(st.x_eval, st.t_eval, st.stepper.field_kind))
         z = st.x
     return z
 
@@ -102,11 +111,14 @@ def encode(model, x: Tensor, sde: Optional[LinearSDE] = None, steps: int = 50, s
 @torch.no_grad()
 def decode(model, z: Tensor, sde: Optional[LinearSDE] = None, steps: int = 50, sampler: str = "multistep",
            schedule: Optional[str] = None, timesteps: Optional[Tensor] = None, prediction_type: Optional[str] = None,
-           class_labels=None, guidance_scale: float = 1.0, **options) -> Tensor:
-    """The data the probability-flow ODE maps ``z`` (at ``T``) to, on the same grid as :func:`encode`."""
+           class_labels=None, guidance_scale: float = 1.0, parametrization: Optional[str] = None,
+           generator=None, **options) -> Tensor:
+    """The data the probability-flow ODE maps ``z`` (at ``T``) to, by the same sampler on the same grid
+    as :func:`encode`."""
     from .samplers import sample
 
-    check_sampler(sampler)
+    key = check_sampler(sampler)
     field, sde, _ = resolve_model(model, sde, prediction_type, class_labels, guidance_scale)
-    grid = _grid(sde, steps, schedule, timesteps, "multistep")
-    return sample(field, sde, x_T=z, sampler="multistep", ode=True, timesteps=grid, dtype=z.dtype, **options).samples
+    grid = _grid(sde, steps, schedule, timesteps, key)
+    return sample(field, sde, x_T=z, sampler=key, ode=True, timesteps=grid, dtype=z.dtype,
+                  parametrization=parametrization, generator=generator, **options).samples

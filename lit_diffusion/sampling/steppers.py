@@ -39,11 +39,24 @@ class Stepper:
     needs_midpoint = False
     needs_jacobian = False
 
+    #: ODE form only: steps run from ``t`` up to ``s > t`` (encoding data to noise, set by
+    #: :meth:`inverted`); the closed-form integrals of §5 hold in either direction.
+    inverse = False
+
     def __init__(self, sde: LinearSDE, parametrization: str, ode: bool):
         self.sde = sde
         self.parametrization = parametrization
         self.ode = bool(ode)
         self.field_kind = parametrization
+
+    def inverted(self) -> "Stepper":
+        """This stepper running upwards in time (ODE form only): ``start(x, t, s)`` with ``s > t``."""
+        if not self.ode:
+            raise ValueError(f"{self.name}: inverse steps (encoding data to noise) need the ODE form: ode=True")
+        self.inverse = True
+        for sub in (getattr(self, "_subs", None) or {}).values():
+            sub.inverted()
+        return self
 
     @property
     def stochastic(self) -> bool:
@@ -56,7 +69,9 @@ class Stepper:
 
     def start(self, x_t: Tensor, t, s, u=None, generator: GeneratorLike = None) -> StepState:
         t, s = as_times(t, x_t), as_times(s, x_t)
-        if not bool((s < t).all()):
+        if self.inverse and not bool((s > t).all()):
+            raise ValueError("an inverse step needs s > t (encoding runs from t_min up to T)")
+        if not self.inverse and not bool((s < t).all()):
             raise ValueError("a step needs s < t (sampling runs from T down to t_min)")
         st = StepState(self, x_t, t, s, generator)
         self._init(st, u)
@@ -134,7 +149,7 @@ class DDRaMStepper(Stepper):
             return self
         lt = torch.log(self.sde.snr(torch.as_tensor(t, dtype=torch.float64)))
         ls = torch.log(self.sde.snr(torch.as_tensor(s, dtype=torch.float64)))
-        short = bool(((ls - lt) < AUTO_LOG_SNR_STEP).all())
+        short = bool(((ls - lt).abs() < AUTO_LOG_SNR_STEP).all())
         return self._subs["relative_score" if short else "denoiser"]
 
     def start(self, x_t: Tensor, t, s, u=None, generator: GeneratorLike = None) -> StepState:
