@@ -53,12 +53,12 @@ def _module(args, device):
 def sampling(args, device) -> list[dict]:
     from lit_diffusion.evaluation.image_metrics import fid
     from lit_diffusion.sampling.samplers import sample
-    from lit_diffusion.cli.sample import AutocastNet
+    from lit_diffusion.runtime.precision import NetworkRunner
 
     module = _module(args, device).to(device).eval()
     rows = []
     for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
-        net = AutocastNet(module.net, dtype, module.prediction_type)
+        net = NetworkRunner(module.net, dtype, module.prediction_type)
         xs, secs = [], 0.0
         for b, b0 in enumerate(range(0, args.n + args.batch, args.batch)):  # first batch: warm-up
             m = args.batch

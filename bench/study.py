@@ -114,9 +114,10 @@ def train(dataset: str, sde_name: str, steps: int, work: Path, seed: int = 0) ->
 # ------------------------------------------------------------------------------------------------
 def draw(module, sampler: str, nfe: int, n: int, seed: int, precision: str = "fp32", x_T=None):
     from lit_diffusion.sampling.samplers import sample
-    from lit_diffusion.cli.sample import PRECISIONS, AutocastNet
+    from lit_diffusion.cli.sample_models import PRECISIONS
+    from lit_diffusion.runtime.precision import NetworkRunner
 
-    net = AutocastNet(module.sampling_net(ema=True), PRECISIONS[precision], module.prediction_type)
+    net = NetworkRunner(module.sampling_net(ema=True), PRECISIONS[precision], module.prediction_type)
     net.eval()
     g = torch.Generator().manual_seed(seed)
     shape = (n,) + tuple(module.data_shape)

@@ -274,7 +274,7 @@ class _SignalFlag:
         self._old = {}
 
 
-from lit_diffusion.cli.accelerate_loop import TrainResult, run_training  # noqa: E402
+from lit_diffusion.training.accelerate_loop import TrainResult, run_training  # noqa: E402
 
 
 def main(args=None) -> TrainResult:

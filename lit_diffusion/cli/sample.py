@@ -15,7 +15,7 @@ turned into our SDE by :class:`~lit_diffusion.integrations.scheduler.SDESchedule
 parametrization / ``--ode``.
 
 Precision: ``--precision fp32|bf16|fp16`` runs the *network* under ``torch.autocast`` in that dtype
-(:class:`AutocastNet`); its output is cast back to float32 and every conversion and sampler step runs
+(:class:`~lit_diffusion.runtime.precision.NetworkRunner`); its output is cast back to float32 and every conversion and sampler step runs
 in float32 (float64 coefficients), so only the network's rounding changes.
 
 Reproducibility: sample ``i`` uses its own generator seeded ``seed + i``
@@ -42,40 +42,13 @@ from typing import Optional, Sequence
 import numpy as np
 import torch
 
-__all__ = [
-    "PRECISIONS",
-    "FORMATS",
-    "CheckpointError",
-    "AutocastNet",
-    "DiffusersUNet",
-    "LoadedModel",
-    "load_model",
-    "load_lightning",
-    "load_diffusers",
-    "chunk_indices",
-    "build_parser",
-    "prepare",
-    "generate",
-    "write_outputs",
-    "run",
-    "main",
-]
+from ..runtime.precision import NetworkRunner
+from .sample_inputs import NAMED_MASKS
+from .sample_models import PRECISIONS
+from .sample_outputs import FORMATS, write_outputs
+from .sample_plan import Plan, prepare
 
-
-
-from ..runtime.checkpoint_io import CheckpointError  # noqa: E402  (re-exported: sample.py's error type)
-
-
-from .sample_models import (  # noqa: E402,F401  (re-exported: sample.py's API as before)
-    PRECISIONS, AutocastNet, DiffusersUNet, LoadedModel, load_diffusers, load_lightning, load_model,
-)
-from .sample_inputs import (  # noqa: E402,F401
-    NAMED_MASKS, check_inpaint, check_labels, named_mask, read_array, read_image, sample_labels,
-)
-from .sample_plan import Plan, available_memory, prepare  # noqa: E402,F401
-from .sample_outputs import (  # noqa: E402,F401
-    FORMATS, atomic_output, picture_writer, samples_writer, temporary_path, check_output_folder, write_outputs, write_picture,
-)
+__all__ = ["chunk_indices", "build_parser", "generate", "run", "main"]
 
 
 # ------------------------------------------------------------------------------------------------
@@ -170,7 +143,7 @@ def generate(plan: Plan, chunks: Sequence[Sequence[int]], device=None, progress:
         calls[0] += 1
         bar.update(1)
 
-    net = AutocastNet(plan.model.net.to(device), PRECISIONS[args.precision], plan.model.prediction_type, on_call=on_call)
+    net = NetworkRunner(plan.model.net.to(device), PRECISIONS[args.precision], plan.model.prediction_type, on_call=on_call)
     out: list[tuple[int, np.ndarray]] = []
     try:
         for chunk in chunks:

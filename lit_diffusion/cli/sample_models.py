@@ -16,39 +16,6 @@ from ..runtime.checkpoint_io import CheckpointError
 PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
-# ------------------------------------------------------------------------------------------------
-# networks
-# ------------------------------------------------------------------------------------------------
-def AutocastNet(net: nn.Module, dtype: torch.dtype = torch.float32, prediction_type: Optional[str] = None,
-                on_call: Optional[Callable[[], None]] = None):
-    """``net`` in ``--precision`` (bf16/fp16 autocast), float32 out, ``on_call`` after every evaluation
-    (:class:`lit_diffusion.runtime.precision.NetworkRunner`)."""
-    from ..runtime.precision import NetworkRunner
-
-    return NetworkRunner(net, dtype, prediction_type, on_call=on_call)
-
-
-class DiffusersUNet(nn.Module):
-    """A diffusers ``UNet2DModel`` as ``net(x, t)``: ``t`` is passed as the UNet's timestep unchanged
-    (for a :class:`~lit_diffusion.core.discrete_vp.DiscreteVP` the SDE time *is* the training timestep)."""
-
-    def __init__(self, unet: nn.Module, prediction_type: str):
-        super().__init__()
-        self.unet = unet
-        self.prediction_type = prediction_type
-        n = getattr(unet.config, "num_class_embeds", None)
-        self.num_classes = None if n is None else int(n) - 1  # the last class embedding: "no label"
-
-    def forward(self, x: Tensor, t, class_labels=None) -> Tensor:
-        from ..training.networks import label_vector
-
-        t = torch.as_tensor(t, device=x.device)
-        if t.ndim == 0:
-            t = t.expand(x.shape[0])
-        y = label_vector(class_labels, x, self.num_classes, "the exported UNet2DModel")
-        return self.unet(x, t.float(), class_labels=y, return_dict=False)[0]
-
-
 @dataclass
 class LoadedModel:
     net: nn.Module
@@ -60,29 +27,23 @@ class LoadedModel:
     decode: Optional[Callable[[Tensor], Tensor]] = None  # latent models: latents -> pixels
 
 
+def _of_module(module, ema: bool, kind: str) -> LoadedModel:
+    """A :class:`~lit_diffusion.training.module.ScoreModule` from :meth:`ScoreModule.load` (the one
+    loader of our formats) as a :class:`LoadedModel` (its EMA network when asked and present)."""
+    ema = bool(ema) and module.ema is not None
+    shape = tuple(module.data_shape) if module.data_shape is not None else None
+    info = {"sde": repr(module.sde), **getattr(module, "pretrained_info", {})}
+    if kind == "lightning":
+        info.update(ema=ema, **module.checkpoint_info)
+    return LoadedModel(module.sampling_net(ema).eval(), module.sde, module.prediction_type, shape, kind, info,
+                       None if module.codec is None else module.codec.decode)
+
+
 def load_lightning(path, ema: bool = True) -> LoadedModel:
     """A :class:`~lit_diffusion.training.module.ScoreModule` checkpoint (``weights_only=True``)."""
     from ..training.module import ScoreModule
 
-    from ..runtime.checkpoint_io import read_checkpoint
-
-    path = Path(path)
-    ckpt = read_checkpoint(path, require=("state_dict", "hyper_parameters"))
-    try:
-        module = ScoreModule.from_checkpoint_dict(ckpt, where=repr(str(path)))
-    except CheckpointError:
-        raise
-    except Exception as e:  # noqa: BLE001
-        raise CheckpointError(f"checkpoint {str(path)!r} could not be rebuilt as a ScoreModule: {type(e).__name__}: {e}") from e
-    if ema and module.ema is None:
-        ema = False
-    net = module.sampling_net(ema).eval()
-    shape = tuple(module.data_shape) if module.data_shape is not None else None
-    return LoadedModel(
-        net, module.sde, module.prediction_type, shape, "lightning",
-        {"ema": bool(ema), "global_step": int(ckpt.get("global_step", -1)), "sde": repr(module.sde)},
-        None if module.codec is None else module.codec.decode,
-    )
+    return _of_module(ScoreModule.load_checkpoint(str(path)).eval(), ema, "lightning")
 
 
 def load_diffusers(folder) -> LoadedModel:
@@ -106,6 +67,8 @@ def load_diffusers(folder) -> LoadedModel:
         raise CheckpointError(f"could not read {str(cfg_file)!r}: {type(e).__name__}: {e}") from e
     from diffusers import UNet2DModel
 
+    from ..training.networks import UNet
+
     try:
         unet = UNet2DModel.from_pretrained(str(unet_dir), local_files_only=True)
     except Exception as e:  # noqa: BLE001
@@ -128,7 +91,7 @@ def load_diffusers(folder) -> LoadedModel:
         except (FileNotFoundError, ValueError) as e:
             raise CheckpointError(f"the autoencoder in {str(folder / 'vae')!r} is not usable: {e}") from None
     return LoadedModel(
-        DiffusersUNet(unet.eval(), pred), scheduler.sde, pred, shape, "diffusers",
+        UNet.around(unet.eval(), pred), scheduler.sde, pred, shape, "diffusers",
         {"sde": repr(scheduler.sde), "scheduler_class": json.loads(cfg_file.read_text()).get("_class_name")}, decode,
     )
 
@@ -146,11 +109,7 @@ def load_model(path, ema: bool = True) -> LoadedModel:
         from ..training.pretrained import is_pretrained_folder
 
         if is_pretrained_folder(p):
-            module = ScoreModule.from_pretrained(p)
-            shape = tuple(module.data_shape) if module.data_shape is not None else None
-            return LoadedModel(module.net.eval(), module.sde, module.prediction_type, shape, "pretrained",
-                               {"sde": repr(module.sde), **getattr(module, "pretrained_info", {})},
-                               None if module.codec is None else module.codec.decode)
+            return _of_module(ScoreModule.load(p), ema, "pretrained")
         return load_diffusers(p)
     if p.suffix in (".safetensors", ".json", ".bin"):
         from ..training.pretrained import is_pretrained_folder

@@ -47,12 +47,6 @@ def _check_memory(n: int, shape, latent: bool) -> None:
         )
 
 
-def _positive_int(name: str, value) -> int:
-    from ..core.utils import check_count
-
-    return check_count(name, value, 1)
-
-
 def _reference_data(ref: Optional[str]) -> Optional[np.ndarray]:
     if ref is None:
         return None
@@ -126,9 +120,10 @@ def _check_output_args(args) -> None:
         raise ValueError(f"unknown precision {args.precision!r}; valid choices: {list(PRECISIONS)}")
     if args.format not in FORMATS:
         raise ValueError(f"unknown format {args.format!r}; valid choices: {list(FORMATS)}")
-    _positive_int("--n", args.n)
-    _positive_int("--batch-size", args.batch_size)
-    _positive_int("--grid", args.grid)
+    from ..core.utils import check_count
+
+    for name, value in (("--n", args.n), ("--batch-size", args.batch_size), ("--grid", args.grid)):
+        check_count(name, value)
     if not isinstance(args.num_threads, int) or args.num_threads < 0:
         raise ValueError(f"--num-threads {args.num_threads!r} is invalid; it must be an integer >= 0 (0: automatic)")
     if isinstance(args.seed, bool) or not isinstance(args.seed, int) or not (0 <= args.seed and args.seed + args.n <= 2**63 - 1):

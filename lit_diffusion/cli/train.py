@@ -285,7 +285,8 @@ class DiffusionCLI(LightningCLI):
 
 
 from .config_files import check_config_files, translate_former_paths  # noqa: E402
-from .train_checks import check_resume, choices_hint, key_hint, short_help  # noqa: E402
+from ..training.checkpoint_schema import check_resume  # noqa: E402
+from .train_checks import choices_hint, key_hint, short_help  # noqa: E402
 
 
 def main(args=None, exit_on_error: bool = True, lock=None) -> DiffusionCLI:

@@ -49,6 +49,19 @@ def as_time(t: TimeLike, like: Optional[Tensor] = None) -> Tensor:
     return torch.tensor(float(t), dtype=dtype, device=device)
 
 
+def per_sample_times(t: TimeLike, x: Tensor, dtype: torch.dtype) -> Tensor:
+    """``t`` (a number, a 0-d tensor or one time per sample) as a ``(B,)`` tensor of ``dtype`` on
+    ``x``'s device, ``B = x.shape[0]``: the one coercion of sampler steps (float64) and networks
+    (float32)."""
+    t = (t if isinstance(t, Tensor) else torch.tensor(float(t), dtype=dtype)).to(device=x.device, dtype=dtype)
+    if t.ndim == 0:
+        t = t.expand(x.shape[0])
+    t = t.reshape(-1)
+    if t.shape != (x.shape[0],):
+        raise ValueError(f"t has {t.shape[0]} entries for a batch of {x.shape[0]}; give a scalar or one t per sample")
+    return t
+
+
 def broadcast_to(coef: Tensor, x: Tensor) -> Tensor:
     """Reshape a scalar or per-sample coefficient ``(B,)`` so that it broadcasts against ``x``.
 

@@ -9,7 +9,8 @@ from typing import Callable, Optional
 import torch
 from torch import Tensor
 
-from ..core.sdes import LinearSDE, as_time, broadcast_to, compute_dtype
+from ..core.linear_sde import per_sample_times
+from ..core.sdes import LinearSDE, broadcast_to, compute_dtype
 from ..core.fields import Field
 from ..core.utils import GeneratorLike, randn
 from .integrators import ExpIntegrator
@@ -25,12 +26,7 @@ __all__ = [
 # --------------------------------------------------------------------------------------------
 def as_times(t, x: Tensor) -> Tensor:
     """``t`` as a float64 tensor of shape (B,) on x's device."""
-    t = as_time(t, x).to(torch.float64)
-    if t.ndim == 0:
-        t = t.expand(x.shape[0])
-    if t.shape != (x.shape[0],):
-        raise ValueError(f"time of shape {tuple(t.shape)} does not match a batch of {x.shape[0]}")
-    return t
+    return per_sample_times(t, x, torch.float64)
 
 
 def per_sample_coef(coef: Tensor, x: Tensor) -> Tensor:

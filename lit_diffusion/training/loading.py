@@ -24,8 +24,17 @@ class LoadingMixin:
         ``torch.load(weights_only=True)`` (a crafted pickle is refused)."""
         from ..runtime.checkpoint_io import read_checkpoint
 
+        from ..runtime.checkpoint_io import CheckpointError
+
         ckpt = read_checkpoint(path, map_location=map_location, require=("state_dict", "hyper_parameters"))
-        return cls.from_checkpoint_dict(ckpt, where=repr(str(path)))
+        try:
+            module = cls.from_checkpoint_dict(ckpt, where=repr(str(path)))
+        except CheckpointError:
+            raise
+        except Exception as e:  # noqa: BLE001
+            raise CheckpointError(f"checkpoint {str(path)!r} could not be rebuilt as a ScoreModule: {type(e).__name__}: {e}") from e
+        module.checkpoint_info = {"global_step": int(ckpt.get("global_step", -1))}
+        return module
 
     @classmethod
     def load_from_checkpoint(cls, checkpoint_path, map_location=None, hparams_file=None, strict=None,

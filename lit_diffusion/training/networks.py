@@ -26,6 +26,7 @@ from typing import Optional
 import torch
 from torch import Tensor, nn
 
+from ..core.linear_sde import per_sample_times
 from ..core.parametrizations import canonical_prediction
 
 __all__ = ["SinusoidalEmbedding", "TimeMLP", "UNet", "UNET_PRESETS", "label_vector", "num_classes_of"]
@@ -65,15 +66,7 @@ def label_vector(class_labels, x: Tensor, num_classes: Optional[int], who: str =
 
 def _time_vector(t, x: Tensor) -> Tensor:
     """``t`` as a float32 tensor of shape ``(B,)`` on ``x``'s device."""
-    if not isinstance(t, Tensor):
-        t = torch.tensor(float(t))
-    t = t.to(device=x.device, dtype=torch.float32)
-    if t.ndim == 0:
-        t = t.expand(x.shape[0])
-    t = t.reshape(-1)
-    if t.shape[0] != x.shape[0]:
-        raise ValueError(f"t has {t.shape[0]} entries for a batch of {x.shape[0]}; give a scalar or one t per sample")
-    return t
+    return per_sample_times(t, x, torch.float32)
 
 
 class SinusoidalEmbedding(nn.Module):
@@ -293,6 +286,22 @@ class UNet(nn.Module):
             self.config["num_classes"] = self.num_classes
             kw["num_class_embeds"] = self.num_classes + 1
         self.unet = UNet2DModel(in_channels=int(in_channels), out_channels=int(in_channels), dropout=float(dropout), **kw)
+
+    @classmethod
+    def around(cls, unet: nn.Module, prediction_type: str, T: float = 1.0, time_scale: float = 1.0) -> "UNet":
+        """An existing ``UNet2DModel`` (a diffusers pipeline's) as ``net(x, t)``; by default ``t`` is
+        passed as the UNet's timestep unchanged (for a :class:`~lit_diffusion.core.discrete_vp.DiscreteVP`
+        the SDE time *is* the training timestep). Its class embedding's last entry is "no label"."""
+        self = cls.__new__(cls)
+        nn.Module.__init__(self)
+        self.unet = unet
+        self.prediction_type = canonical_prediction(prediction_type)
+        self.T, self.time_scale = float(T), float(time_scale)
+        self.sample_size, self.in_channels = unet.config.sample_size, int(unet.config.in_channels)
+        n = getattr(unet.config, "num_class_embeds", None)
+        self.num_classes = None if n is None else int(n) - 1
+        self.config = None  # not buildable from a description: it was loaded, not made
+        return self
 
     def timestep(self, t: Tensor) -> Tensor:
         """The UNet's timestep input for continuous times ``t``."""

@@ -66,7 +66,7 @@ def test_twenty_steps_under_each_launcher_give_the_same_ema(tmp_path, fresh_acce
 
 
 def test_accelerate_tracker_config_is_flat_and_complete():
-    from lit_diffusion.cli.accelerate_loop import tracker_config
+    from lit_diffusion.training.accelerate_loop import tracker_config
 
     cfg = build_parser().parse_args(["--model.lr", "0.003"])
     flat = tracker_config(cfg, ScoreModule(**{}))

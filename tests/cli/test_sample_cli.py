@@ -15,7 +15,8 @@ import numpy as np
 import pytest
 import torch
 
-from lit_diffusion.cli.sample import AutocastNet, chunk_indices, main
+from lit_diffusion.cli.sample import chunk_indices, main
+from lit_diffusion.runtime.precision import NetworkRunner
 from lit_diffusion.cli.sample_outputs import atomic_output
 
 REPO = Path(__file__).resolve().parents[2]
@@ -146,11 +147,11 @@ def test_autocast_net_returns_float32_with_low_precision_rounding():
     x = torch.randn(4, 64)
     exact = Net()(x, None)
     for dtype, eps in ((torch.bfloat16, 2.0**-8), (torch.float16, 2.0**-11)):
-        y = AutocastNet(Net(), dtype)(x, None)
+        y = NetworkRunner(Net(), dtype)(x, None)
         assert y.dtype == torch.float32
         err = (y - exact).abs().max() / exact.abs().max()
         assert 0 < err < 20 * eps  # low-precision rounding, not fp32 and not garbage
-    assert torch.equal(AutocastNet(Net(), torch.float32)(x, None), exact)
+    assert torch.equal(NetworkRunner(Net(), torch.float32)(x, None), exact)
 
 
 def test_safetensors_output_equals_npz(ckpt, tmp_path):

@@ -374,7 +374,7 @@ def test_crafted_pickle_refused_by_export_and_sampling_loaders(crafted, tmp_path
         export_pipeline(str(path), str(tmp_path / "pipe"))
     assert not marker.exists()
     try:
-        from lit_diffusion.cli.sample import load_lightning
+        from lit_diffusion.cli.sample_models import load_lightning
     except ImportError:
         pytest.skip("lit_diffusion.cli.sample is not available")
     with pytest.raises(CheckpointError, match="not a valid checkpoint") as e:

@@ -291,7 +291,8 @@ def cond_ckpt(tmp_path_factory):
 
 
 def test_sample_cli_labels_fill_rows_and_are_batch_independent(cond_ckpt, tmp_path):
-    from lit_diffusion.cli.sample import run, sample_labels
+    from lit_diffusion.cli.sample import run
+    from lit_diffusion.cli.sample_inputs import sample_labels
 
     assert sample_labels([3, 7], 8, 4).tolist() == [3, 3, 7, 7, 3, 3, 7, 7]  # 2 columns: one label per row
     assert sample_labels([4], 5, 64).tolist() == [4] * 5

@@ -14,7 +14,7 @@ from typing import Any, Optional
 
 import torch
 
-from lit_diffusion.runtime.checkpoint_schema import export_safetensors, save_training_checkpoint
+from lit_diffusion.training.checkpoint_schema import export_safetensors, save_training_checkpoint
 from lit_diffusion.runtime.precision import NetworkRunner
 
 
@@ -33,7 +33,7 @@ class TrainResult:
 
 def load_resume(path: str, module) -> dict:
     """The checkpoint to resume from: valid, trusted by the registry, same SDE/loss/network as ``module``."""
-    from lit_diffusion.cli.train import check_resume
+    from lit_diffusion.training.checkpoint_schema import check_resume
 
     return check_resume(path, module)
 

@@ -1,7 +1,8 @@
 """The one checkpoint schema of both launchers: Lightning's dictionary (``state_dict`` with the EMA,
 ``hyper_parameters``, ``global_step``, optimizer and scheduler states, the fit loop's progress and the
 data module's position), written by the Accelerate loop so that ``train.py --ckpt_path`` and
-``ScoreModule.load_from_checkpoint`` read it, and the other way round."""
+``ScoreModule.load_from_checkpoint`` read it, and the other way round; and the resume check of both
+launchers (a checkpoint of the same SDE, loss and network, with weights that fit)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import json
 import os
 from typing import Optional
 
-from .checkpoint_io import atomic_torch_save
+from ..runtime.checkpoint_io import atomic_torch_save
 
 
 def _progress(total: int, current: int, started: bool = True, processed: bool = True) -> dict:
@@ -104,3 +105,75 @@ def export_safetensors(module, path: str) -> str:
     meta = {"hyper_parameters": json.dumps(dict(module.hparams)), "prediction_type": module.prediction_type}
     atomic_write_bytes(save(state, metadata=meta), path)
     return path
+
+
+def check_resume(path: str, model) -> dict:
+    """Refuse to resume from ``path`` unless it is a valid checkpoint whose hyper-parameters the
+    registry trusts and whose SDE, loss and network match ``model``'s (the message shows both)."""
+    from ..runtime.checkpoint_io import CheckpointError, read_checkpoint
+    from .module import ScoreModule, describe
+    from .registry import UntrustedConfigError, check_description
+
+    ckpt = read_checkpoint(path, require=("state_dict", "global_step"))
+    try:
+        hp = ScoreModule.check_hparams(dict(ckpt.get("hyper_parameters") or {}), where=repr(path))
+    except UntrustedConfigError as e:
+        raise CheckpointError(str(e)) from None
+    diffs = []
+    for kind in ("sde", "loss", "net"):
+        if hp.get(kind) is None:
+            continue
+        mine = describe(getattr(model, kind), kind)
+        theirs = hp[kind]
+        c1, a1 = check_description(theirs, kind)
+        c2 = type(getattr(model, kind))
+        a2 = mine["init_args"]
+        a1n, a2n = normalised_args(a1), normalised_args(a2)
+        shared = set(a1n) & set(a2n)
+        if c1 is not c2 or any(a1n[k] != a2n[k] for k in shared):
+            diffs.append(f"  {kind}: checkpoint {show_description(theirs)}\n  {' ' * len(kind)}  this run   {show_description(mine)}")
+    if diffs:
+        raise CheckpointError(
+            f"refusing to resume from {path!r}: it was trained with a different model than this run's configuration:\n"
+            + "\n".join(diffs)
+            + "\nresume with the checkpoint's settings (or start a new run with another --run_name)"
+        )
+    check_weights_fit(path, ckpt.get("state_dict"), model)
+    return ckpt
+
+
+def check_weights_fit(path: str, state, model) -> None:
+    """The checkpoint's weights have exactly the model's names and shapes (else CheckpointError)."""
+    from ..runtime.checkpoint_io import CheckpointError
+
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{path!r} is not a valid checkpoint: its state_dict is a {type(state).__name__}")
+    mine = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    theirs = {k: tuple(getattr(v, "shape", ())) for k, v in state.items()}
+    missing, extra = sorted(set(mine) - set(theirs)), sorted(set(theirs) - set(mine))
+    wrong = sorted(k for k in set(mine) & set(theirs) if mine[k] != theirs[k])
+    if missing or extra or wrong:
+        raise CheckpointError(
+            f"{path!r} does not fit this model: missing weights {missing[:3]}, unexpected {extra[:3]}, "
+            f"wrong shapes {[(k, theirs[k], mine[k]) for k in wrong[:3]]}"
+        )
+
+
+def normalised_args(args: dict) -> dict:
+    def n(v):
+        if isinstance(v, (list, tuple)):
+            return [n(u) for u in v]
+        if isinstance(v, dict):
+            return {k: n(u) for k, u in v.items()}
+        if isinstance(v, (int, float)) and not isinstance(v, bool):
+            return float(v)
+        return v
+
+    return {k: n(v) for k, v in dict(args).items()}
+
+
+def show_description(desc) -> str:
+    if isinstance(desc, str):
+        return desc
+    args = ", ".join(f"{k}={v!r}" for k, v in sorted(dict(desc.get("init_args") or {}).items()))
+    return f"{desc.get('class_path')}({args})"
