@@ -39,9 +39,10 @@ CONFIGS = [
     ("ddram (relative_score, table)", dict(sampler="ddram", parametrization="relative_score")),
     ("pc (euler + 1 corrector)", dict(sampler="pc", n_corrector=1)),
     ("localization", dict(sampler="localization")),
-    ("multistep 2 (SDE)", dict(sampler="multistep")),
-    ("multistep 3 ode", dict(sampler="multistep", ode=True)),
-    ("multistep 3 ode + corrector", dict(sampler="multistep", ode=True, corrector=True)),
+    ("multistep order 2 (SDE)", dict(sampler="multistep", solver_order=2)),
+    ("multistep order 2 ode", dict(sampler="multistep", ode=True, solver_order=2)),
+    ("multistep order 3 ode", dict(sampler="multistep", ode=True, solver_order=3)),
+    ("multistep order 3 ode + corrector", dict(sampler="multistep", ode=True, solver_order=3, corrector=True)),
 ]
 
 

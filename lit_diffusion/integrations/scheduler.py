@@ -265,6 +265,8 @@ class SDEScheduler(EvaluationLayout, SchedulerMixin, ConfigMixin):
         check_model_output(model_output, sample, timestep, self._step_index)
         if self._step_index is None:
             self._step_index = self._begin_index if self._begin_index is not None else self.index_for_timestep(timestep)
+            if self._step_index > 0 and self._plan is not None and self._plan.multistep is not None:
+                self._plan = None  # entered mid-run (img2img): no history; the stepper lowers the order
         i = self._step_index
         if i >= len(self._eval_step):
             raise ValueError(

@@ -12,7 +12,10 @@ basis inputs (so the plan cannot drift from the reference implementation) and th
 
 * single-evaluation steps: ``x_s = cx x + cf F + c0 + cz z`` with ``F = A x + B out + C``;
 * DDRaM stage 1: ``x_tau = cx x_t + cf F_t + c0 + cz z1``; stage 2:
-  ``x_s = dx x_t + df F_tau + d0 + dz1 z1 + dz2 z2``.
+  ``x_s = dx x_t + df F_tau + d0 + dz1 z1 + dz2 z2``;
+* multistep step ``k``: ``x_{k+1} = cx x_k + c0 + cz z_k + sum_j cD_j D_{k-j}`` over the last four
+  denoiser values (the polynomial's nodes and, with the corrector, the redone previous step: its
+  start state and noise cancel out of the correction, so the step stays affine in the values given).
 """
 
 from __future__ import annotations
@@ -37,11 +40,12 @@ def supports(stepper) -> bool:
     """Whether a run of ``stepper`` can be planned: the affine samplers, and predictor-corrector with a
     one-evaluation predictor and the corrector after it (its Langevin steps are applied directly,
     with precomputed conversions, ``kappa`` and ``sigma``).  Not moment matching."""
+    from .multistep import MultistepStepper
     from .samplers import DDRaMStepper, EulerStepper, ExpEulerStepper, LocalizationStepper, PCStepper
 
     if type(stepper) is PCStepper:
         return stepper.corrector == "after" and type(stepper.predictor) in (EulerStepper, ExpEulerStepper)
-    return type(stepper) in (EulerStepper, ExpEulerStepper, LocalizationStepper, DDRaMStepper)
+    return type(stepper) in (EulerStepper, ExpEulerStepper, LocalizationStepper, DDRaMStepper, MultistepStepper)
 
 
 def _conversion(sde: LinearSDE, declared: str, kind: str, t: Tensor) -> tuple[Tensor, Tensor, Tensor]:
@@ -75,6 +79,40 @@ def _probe(stepper, t: Tensor, s: Tensor, u: Optional[Tensor], probes: list[dict
     return [(first[i], end[i]) for i in range(p)]
 
 
+#: denoiser values a multistep step reads: the order-3 polynomial's nodes and the corrector's extra one
+MULTISTEP_HISTORY = 4
+
+
+def _multistep_rows(stepper, grid: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """``(rows, cD, stochastic)`` of a multistep run on ``grid``, probed on the stepper itself: one run
+    with ``n + 3`` scalar probes (all inputs zero; the state 1 at every step; the noise 1 at every step;
+    ``D_m = 1`` at evaluation ``m`` alone), each step fed the probe's own inputs, so that step ``k``'s
+    output is affine in exactly the state, noise and denoiser values given to it. ``rows[k] = (cx, 0,
+    c0, cz)`` in :attr:`AffinePlan.mid`'s layout; ``cD[k, j]``: the coefficient of ``D_{k-j}``."""
+    n = grid.numel() - 1
+    P = n + 3
+    stepper.reset(grid)
+    out = torch.empty(n, P, dtype=F64)
+    stochastic = torch.zeros(n, dtype=torch.bool)
+    x, z = torch.zeros(P, 1, dtype=F64), torch.zeros(P, 1, dtype=F64)
+    x[1], z[2] = 1.0, 1.0
+    for k in range(n):
+        F = torch.zeros(P, 1, dtype=F64)
+        F[3 + k] = 1.0
+        st = stepper.start(x, grid[k], grid[k + 1])
+        stochastic[k] = bool(st.noise_needed)
+        st.advance(F, noise=z if stochastic[k] else None)
+        out[k] = st.x[:, 0].to(F64)
+    stepper.reset(grid)  # the probes filled its history: a stepper-driven run starts afresh
+    c0 = out[:, 0]
+    rows = torch.stack([out[:, 1] - c0, torch.zeros_like(c0), c0, out[:, 2] - c0], 1)
+    cD = torch.zeros(n, MULTISTEP_HISTORY, dtype=F64)
+    for k in range(n):
+        for j in range(min(MULTISTEP_HISTORY, k + 1)):
+            cD[k, j] = out[k, 3 + k - j] - c0[k]
+    return rows, cD, stochastic
+
+
 class AffinePlan:
     """The coefficient table of one run (grid ``T = t_0 > ... > t_n``, DDRaM uniforms ``u``)."""
 
@@ -91,23 +129,15 @@ class AffinePlan:
                            kappa=kappa, sigma=sde.sigma(s).to(F64))
             stepper = stepper.predictor
         self.two_stage = bool(getattr(stepper, "needs_midpoint", False))
-        # one sub-stepper per step (ddram "auto" picks a parametrization per step; others are themselves)
-        subs = [stepper.for_step(t[k], s[k]) if hasattr(stepper, "for_step") else stepper for k in range(n)]
-        groups: dict = {}
-        for k, sub in enumerate(subs):
-            groups.setdefault(id(sub), (sub, []))[1].append(k)
+        self.multistep = None  # (cD, stochastic) of a multistep run; its denoiser values in self.history
+        self.history: list = []
         if self.two_stage:
-            tau = torch.empty(n, dtype=F64)
-            self.mid, self.end = torch.empty(n, 4, dtype=F64), torch.empty(n, 5, dtype=F64)
-            keys = [{}, {"x": 1}, {"F0": 1}, {"z1": 1}, {"F1": 1}, {"z2": 1}]
-            for sub, idx in groups.values():
-                i = torch.tensor(idx)
-                tau[i] = torch.as_tensor(sub.midpoint(t[i], s[i], u[i].to(F64)), dtype=F64).reshape(-1)
-                (m0, e0), (mx, ex), (mf, _), (mz, ez1), (_, ef), (_, ez2) = _probe(sub, t[i], s[i], u[i], keys)
-                self.mid[i] = torch.stack([mx - m0, mf - m0, m0, mz - m0], 1)
-                self.end[i] = torch.stack([ex - e0, ef - e0, e0, ez1 - e0, ez2 - e0], 1)
-            times = torch.stack([t, tau], 1).reshape(-1)
-            kinds = [sub.field_kind for sub in subs for _ in range(2)]
+            times, kinds = self._two_stage(stepper, t, s, u)
+        elif hasattr(stepper, "solver_order"):
+            times, kinds, self.end = t, ["denoiser"] * n, None
+            self.mid, cD, flags = _multistep_rows(stepper, grid)
+            used = [[j for j in range(MULTISTEP_HISTORY) if float(cD[k, j]) != 0.0] for k in range(n)]
+            self.multistep = (cD, flags.tolist(), used)
         else:
             times = t
             (b0, _), (bx, _), (bf, _), (bz, _) = _probe(stepper, t, s, None, [{}, {"x": 1}, {"F0": 1}, {"z1": 1}])
@@ -134,13 +164,33 @@ class AffinePlan:
         self._cast: dict = {}
         self.carry = None  # (x_t, first noise) of a two-stage step between its evaluations
 
+    def _two_stage(self, stepper, t: Tensor, s: Tensor, u: Tensor):
+        """DDRaM's two tables (midpoint and end point), probed per sub-stepper (``parametrization="auto"``
+        picks one per step); returns the times and field kinds of the evaluations."""
+        n = t.numel()
+        subs = [stepper.for_step(t[k], s[k]) if hasattr(stepper, "for_step") else stepper for k in range(n)]
+        groups: dict = {}
+        for k, sub in enumerate(subs):
+            groups.setdefault(id(sub), (sub, []))[1].append(k)
+        tau = torch.empty(n, dtype=F64)
+        self.mid, self.end = torch.empty(n, 4, dtype=F64), torch.empty(n, 5, dtype=F64)
+        keys = [{}, {"x": 1}, {"F0": 1}, {"z1": 1}, {"F1": 1}, {"z2": 1}]
+        for sub, idx in groups.values():
+            i = torch.tensor(idx)
+            tau[i] = torch.as_tensor(sub.midpoint(t[i], s[i], u[i].to(F64)), dtype=F64).reshape(-1)
+            (m0, e0), (mx, ex), (mf, _), (mz, ez1), (_, ef), (_, ez2) = _probe(sub, t[i], s[i], u[i], keys)
+            self.mid[i] = torch.stack([mx - m0, mf - m0, m0, mz - m0], 1)
+            self.end[i] = torch.stack([ex - e0, ef - e0, e0, ez1 - e0, ez2 - e0], 1)
+        return torch.stack([t, tau], 1).reshape(-1), [sub.field_kind for sub in subs for _ in range(2)]
+
     def cast(self, dtype: torch.dtype, device) -> "AffinePlan":
         """The coefficient tables in ``dtype`` on ``device`` (cast once per run and cached)."""
         key = (dtype, str(device))
         if key not in self._cast:
             self._cast[key] = tuple(
                 None if v is None else v.to(device=device, dtype=dtype)
-                for v in (self.mid, self.end, self.conv, getattr(self, "final", None))
+                for v in (self.mid, self.end, self.conv, getattr(self, "final", None),
+                          None if self.multistep is None else self.multistep[0])
             )
         return self._cast[key]
 
@@ -150,7 +200,7 @@ class AffinePlan:
         on the precomputed coefficients, arithmetic in float32/64.  A two-stage step keeps its start
         and first noise between its two evaluations."""
         dtype = compute_dtype(x)
-        mid, end, conv, final_c = self.cast(dtype, x.device)
+        mid, end, conv, final_c, _ = self.cast(dtype, x.device)
         if out.shape[1:] != x.shape[1:]:
             out = out[:, : x.shape[1]]  # learned-variance output: the variance half is not used
         xd, od = x.to(dtype), out.to(dtype)
@@ -164,6 +214,8 @@ class AffinePlan:
         def noise():
             return randn(x.shape, generator=generator, device=x.device, dtype=dtype)
 
+        if self.multistep is not None:
+            return self._multistep_step(F, xd, k, noise).to(x.dtype)
         if j > 0 and self.pc is not None:  # a Langevin corrector step at s (F is the score)
             kappa, sigma = self.pc["kappa"][k].to(dtype), self.pc["sigma"][k].to(dtype)
             y = langevin_corrector_step(xd, F, self.pc["snr"], kappa, noise(), self.pc["snr_norm"], sigma)
@@ -190,3 +242,18 @@ class AffinePlan:
             y = y.add_(z1 * dz1).add_(noise() * dz2)
         self.carry = None
         return y.to(x.dtype)
+
+    def _multistep_step(self, D: Tensor, xd: Tensor, k: int, noise) -> Tensor:
+        """Multistep step ``k`` from the state and the new denoiser value ``D`` (kept for later steps)."""
+        _, stochastic, used = self.multistep
+        if k == 0:
+            self.history = []
+        self.history = [D] + self.history[: MULTISTEP_HISTORY - 1]
+        mid, _, _, _, cD = self.cast(xd.dtype, xd.device)
+        cx, _, c0, cz = mid[k]
+        y = torch.addcmul(c0, cx, xd)
+        for j in used[k]:
+            y = y.add_(self.history[j] * cD[k, j])
+        if stochastic[k]:
+            y = y.add_(noise() * cz)
+        return y

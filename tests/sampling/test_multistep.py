@@ -184,6 +184,38 @@ def test_scheduler_runs_the_same_solver_one_evaluation_per_step(ode):
     assert torch.equal(x, x2)
 
 
+@pytest.mark.parametrize("options", [dict(ode=True, solver_order=3, corrector=True), dict(corrector=True),
+                                     dict(noise_band=[0.05, 50.0]), dict(ode=True, inverse=True)],
+                         ids=["ode3+corrector", "sde2+corrector", "noise_band", "inverse"])
+def test_scheduler_plan_is_the_stepper(options):
+    """SDEScheduler applies multistep from a precomputed affine plan (the coefficients probed on the
+    stepper); the stepper path (forced here by a clip range that never clips) gives the same run, and a
+    run entered mid-way (img2img) falls back to the stepper, which lowers the order."""
+    from lit_diffusion.integrations.scheduler import SDEScheduler
+
+    sde, tgt = VP(), get_target("ring8_2d")
+
+    def run(begin=0, **extra):
+        s = SDEScheduler(sampler="multistep", sde="VP", num_train_timesteps=1, prediction_type="epsilon",
+                         final_denoise=False, **options, **extra)
+        s.set_timesteps(10)
+        if begin:
+            s.set_begin_index(begin)
+        assert (s._plan is not None) == ("clip_sample" not in extra)
+        g = torch.Generator().manual_seed(3)
+        x = sde.prior_sampling((64, 2), generator=torch.Generator().manual_seed(0))
+        for t in s.timesteps[begin:]:
+            tt = torch.full((64,), float(t), dtype=torch.float64)
+            x = s.step(tgt.prediction(x.double(), tt, sde, "epsilon").float(), t, x, generator=g).prev_sample
+        return x, s
+
+    planned, _ = run()
+    stepped, _ = run(clip_sample=True, clip_sample_range=1e9)
+    assert torch.allclose(planned, stepped, atol=5e-5), (planned - stepped).abs().max()
+    late, s = run(begin=4)
+    assert s._plan is None and torch.allclose(late, run(begin=4, clip_sample=True, clip_sample_range=1e9)[0], atol=1e-6)
+
+
 def test_default_grids_are_the_measured_best():
     from lit_diffusion.sampling.samplers import default_schedule
 
