@@ -133,8 +133,9 @@ def log_likelihood(
     """Per-sample ``log p(x)`` in nats at the SDE's ``t_min`` (where the ODE starts), shape ``(B,)``.
 
     Args:
-        model: a ``ScoreModule``, a checkpoint file or pretrained folder, a ``Field``, an analytic
-            ``GaussianMixture`` (exact score), or a network with ``prediction_type``.
+        model: a ``ScoreModule`` (``ScoreModule.load(path)`` loads a checkpoint file or pretrained
+            folder), a ``Field``, an analytic ``GaussianMixture`` (exact score), or a network with
+            ``prediction_type``.
         divergence: ``"exact"`` (autograd, ``d`` backward passes: small dimensions) or
             ``"hutchinson"`` (``n_probes`` probes of law ``probe``, each its own channel; the result
             is their mean, and ``return_details`` gives every probe's estimate).

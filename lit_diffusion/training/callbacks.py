@@ -170,19 +170,29 @@ class SampleQuality(pl.Callback):
       :mod:`lit_diffusion.evaluation.metrics`);
     * other images: nothing (no offline Inception network; a warning says so once).
 
+    With ``likelihood_n > 0`` (default 0: off) the same validations also log the likelihood of the
+    first ``likelihood_n`` held-out points through the probability-flow ODE
+    (:mod:`lit_diffusion.evaluation.likelihood`: Hutchinson divergence, one Rademacher probe,
+    ``dopri5`` at ``likelihood_rtol``): ``val/bpd`` and ``val/bpd_se`` for images (held-out values in
+    ``[-1, 1]`` read as 8-bit, uniformly dequantized), ``val/nll`` (nats per dimension) for vectors.
+
     Scores are computed on the global-zero process and logged with ``rank_zero_only``; class-conditional
     models draw the classes in turn (conditional samples, guidance 1).
     """
 
     def __init__(self, every_n_validations: int = 1, n_samples: int = 500, steps: int = 20, sampler: str = "auto",
-                 seed: int = 0):
+                 seed: int = 0, likelihood_n: int = 0, likelihood_rtol: float = 1e-3):
         super().__init__()
         if int(every_n_validations) < 0:
             raise ValueError(f"SampleQuality: every_n_validations={every_n_validations!r} is invalid; it must be >= 0 (0: off)")
         if int(n_samples) < 2 or int(steps) < 1:
             raise ValueError(f"SampleQuality: n_samples={n_samples!r} must be >= 2 and steps={steps!r} >= 1")
+        if int(likelihood_n) < 0 or not 0 < float(likelihood_rtol) < 1:
+            raise ValueError(f"SampleQuality: likelihood_n={likelihood_n!r} must be >= 0 (0: off) and "
+                             f"likelihood_rtol={likelihood_rtol!r} in (0, 1)")
         self.every = int(every_n_validations)
         self.n_samples, self.steps, self.sampler, self.seed = int(n_samples), int(steps), sampler, int(seed)
+        self.likelihood_n, self.likelihood_rtol = int(likelihood_n), float(likelihood_rtol)
         self._runs = 0
         self._warned = False
         self.last: dict = {}
@@ -215,6 +225,20 @@ class SampleQuality(pl.Callback):
             self._warned = True
         return {}
 
+    def likelihood(self, pl_module, reference: Tensor) -> dict:
+        """``val/bpd`` (images) or ``val/nll`` (vectors) of the first ``likelihood_n`` held-out points."""
+        from ..evaluation.likelihood import bits_per_dim, log_likelihood
+
+        x = reference[: self.likelihood_n].float()
+        gen = torch.Generator().manual_seed(self.seed)
+        tol = dict(rtol=self.likelihood_rtol, atol=self.likelihood_rtol, generator=gen)
+        with torch.enable_grad():
+            if x.ndim == 4:
+                r = bits_per_dim(pl_module, ((x.clamp(-1, 1) + 1) * 127.5).round(), **tol)
+                return {"val/bpd": r["bpd"], "val/bpd_se": r["bpd_se"]}
+            logp = log_likelihood(pl_module, x, **tol)
+        return {"val/nll": float(-logp.mean()) / x[0].numel()}
+
     def on_validation_epoch_end(self, trainer: "pl.Trainer", pl_module) -> None:
         if not self.every or trainer.sanity_checking or pl_module.data_shape is None:
             return
@@ -230,6 +254,8 @@ class SampleQuality(pl.Callback):
             if len(reference) >= 2:
                 with torch.inference_mode(False):
                     scores = self.score(pl_module, reference)
+                    if self.likelihood_n:
+                        scores.update(self.likelihood(pl_module, reference))
         self.last = scores
         for k, v in scores.items():
             pl_module.log(k, float(v), on_step=False, on_epoch=True, rank_zero_only=True)

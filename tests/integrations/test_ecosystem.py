@@ -114,7 +114,8 @@ def test_sample_progress_bar(capfd):
 
 
 def test_validation_tracks_sample_quality(tmp_path):
-    """val/w1 and val/mmd2 reach the logger at every validation and fall as the model learns."""
+    """val/w1, val/mmd2 and the held-out likelihood val/nll reach the logger at every validation and fall
+    as the model learns; the last val/nll is log_likelihood() of the same points."""
     import csv
 
     from lit_diffusion.training.callbacks import SampleQuality
@@ -122,7 +123,7 @@ def test_validation_tracks_sample_quality(tmp_path):
 
     torch.manual_seed(0)
     module = ScoreModule(TimeMLP(dim=2, hidden=64, n_blocks=2), "VP", lr=3e-3, warmup_steps=10, ema_decay=0.9)
-    quality = SampleQuality(every_n_validations=1, n_samples=400, steps=20)
+    quality = SampleQuality(every_n_validations=1, n_samples=400, steps=20, likelihood_n=64)
     logger = pl.loggers.CSVLogger(str(tmp_path), name="q")
     trainer = pl.Trainer(max_steps=300, val_check_interval=100, check_val_every_n_epoch=None, logger=logger,
                          enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
@@ -134,6 +135,13 @@ def test_validation_tracks_sample_quality(tmp_path):
     assert len(w1) == len(mmd) == 3
     assert w1[-1] < 0.75 * w1[0], w1
     assert all(abs(v) < 1 for v in mmd)  # unbiased MMD² estimates (noisy around small values)
+    nll = [float(r["val/nll"]) for r in rows if r.get("val/nll")]
+    assert len(nll) == 3 and nll[-1] < nll[0] - 0.1, nll
+    from lit_diffusion.evaluation.likelihood import log_likelihood
+
+    ref = trainer.datamodule.eval_data(1000)[:64].float()
+    direct = log_likelihood(module, ref, rtol=1e-3, atol=1e-3, generator=torch.Generator().manual_seed(0))
+    assert abs(float(-direct.mean()) / 2 - nll[-1]) < 1e-4
     with pytest.raises(ValueError, match="every_n_validations=-1"):
         SampleQuality(every_n_validations=-1)
 
@@ -146,6 +154,8 @@ def test_sample_quality_scores_mnist_images_with_fid_and_kid():
     ref = MNISTDataModule(limit=600).eval_data()
     scores = SampleQuality(n_samples=40, steps=4).score(module, ref)
     assert set(scores) == {"val/fid_mnist", "val/kid_mnist"} and all(torch.isfinite(torch.tensor(v)) for v in scores.values())
+    bpd = SampleQuality(likelihood_n=2, likelihood_rtol=0.05).likelihood(module, ref)  # images: bits per dimension
+    assert set(bpd) == {"val/bpd", "val/bpd_se"} and 0.5 < bpd["val/bpd"] < 4, bpd
 
 
 def test_help_lists_exactly_the_registered_classes():
