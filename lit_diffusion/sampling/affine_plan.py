@@ -136,8 +136,9 @@ class AffinePlan:
         elif hasattr(stepper, "solver_order"):
             times, kinds, self.end = t, ["denoiser"] * n, None
             self.mid, cD, flags = _multistep_rows(stepper, grid)
-            used = [[j for j in range(MULTISTEP_HISTORY) if float(cD[k, j]) != 0.0] for k in range(n)]
-            self.multistep = (cD, flags.tolist(), used)
+            # python floats: a step is then a handful of fused scalar-tensor ops (the fast path)
+            self.multistep = dict(rows=self.mid[:, [0, 2, 3]].tolist(), stochastic=flags.tolist(),
+                                  weights=[[(j, w) for j, w in enumerate(cD[k].tolist()) if w != 0.0] for k in range(n)])
         else:
             times = t
             (b0, _), (bx, _), (bf, _), (bz, _) = _probe(stepper, t, s, None, [{}, {"x": 1}, {"F0": 1}, {"z1": 1}])
@@ -158,6 +159,7 @@ class AffinePlan:
             self.conv[i] = torch.stack(_conversion(sde, declared, kind, times[i]), 1)
         if final_denoise:
             self.final = self.conv[-1]
+        self.conv_floats = self.conv.tolist()
         self.n = n
         self.stochastic = bool(stepper.stochastic)
         self.evals_per_step = int(outer.evals_per_step)
@@ -189,8 +191,7 @@ class AffinePlan:
         if key not in self._cast:
             self._cast[key] = tuple(
                 None if v is None else v.to(device=device, dtype=dtype)
-                for v in (self.mid, self.end, self.conv, getattr(self, "final", None),
-                          None if self.multistep is None else self.multistep[0])
+                for v in (self.mid, self.end, self.conv, getattr(self, "final", None))
             )
         return self._cast[key]
 
@@ -200,7 +201,7 @@ class AffinePlan:
         on the precomputed coefficients, arithmetic in float32/64.  A two-stage step keeps its start
         and first noise between its two evaluations."""
         dtype = compute_dtype(x)
-        mid, end, conv, final_c, _ = self.cast(dtype, x.device)
+        mid, end, conv, final_c = self.cast(dtype, x.device)
         if out.shape[1:] != x.shape[1:]:
             out = out[:, : x.shape[1]]  # learned-variance output: the variance half is not used
         xd, od = x.to(dtype), out.to(dtype)
@@ -208,14 +209,14 @@ class AffinePlan:
             a, b, c = final_c
             self.carry = None
             return torch.addcmul(torch.addcmul(c, a, xd), b, od).to(x.dtype)
-        a, b, c = conv[i]
-        F = torch.addcmul(torch.addcmul(c, a, xd), b, od)
 
         def noise():
             return randn(x.shape, generator=generator, device=x.device, dtype=dtype)
 
         if self.multistep is not None:
-            return self._multistep_step(F, xd, k, noise).to(x.dtype)
+            return self._multistep_step(od, xd, i, k, noise).to(x.dtype)
+        a, b, c = conv[i]
+        F = torch.addcmul(torch.addcmul(c, a, xd), b, od)
         if j > 0 and self.pc is not None:  # a Langevin corrector step at s (F is the score)
             kappa, sigma = self.pc["kappa"][k].to(dtype), self.pc["sigma"][k].to(dtype)
             y = langevin_corrector_step(xd, F, self.pc["snr"], kappa, noise(), self.pc["snr_norm"], sigma)
@@ -243,17 +244,23 @@ class AffinePlan:
         self.carry = None
         return y.to(x.dtype)
 
-    def _multistep_step(self, D: Tensor, xd: Tensor, k: int, noise) -> Tensor:
-        """Multistep step ``k`` from the state and the new denoiser value ``D`` (kept for later steps)."""
-        _, stochastic, used = self.multistep
+    def _multistep_step(self, out: Tensor, xd: Tensor, i: int, k: int, noise) -> Tensor:
+        """Multistep step ``k`` (evaluation ``i``) from the state and the network output: the denoiser
+        value ``D = a x + b out + c`` (kept for later steps), then ``cx x + c0 + sum_j w_j D_{k-j} + cz z``."""
+        ms = self.multistep
         if k == 0:
             self.history = []
+        a, b, c = self.conv_floats[i]
+        D = (xd * a).add_(out, alpha=b)
+        if c != 0.0:
+            D = D.add_(c)
         self.history = [D] + self.history[: MULTISTEP_HISTORY - 1]
-        mid, _, _, _, cD = self.cast(xd.dtype, xd.device)
-        cx, _, c0, cz = mid[k]
-        y = torch.addcmul(c0, cx, xd)
-        for j in used[k]:
-            y = y.add_(self.history[j] * cD[k, j])
-        if stochastic[k]:
-            y = y.add_(noise() * cz)
+        cx, c0, cz = ms["rows"][k]
+        y = xd * cx
+        if c0 != 0.0:
+            y = y.add_(c0)
+        for j, w in ms["weights"][k]:
+            y = y.add_(self.history[j], alpha=w)
+        if ms["stochastic"][k]:
+            y = y.add_(noise(), alpha=cz)
         return y
