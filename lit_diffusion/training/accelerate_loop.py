@@ -14,7 +14,8 @@ from typing import Any, Optional
 
 import torch
 
-from lit_diffusion.training.checkpoint_schema import export_safetensors, save_training_checkpoint
+from lit_diffusion.training.checkpoint_schema import save_training_checkpoint
+from lit_diffusion.training.pretrained import save_pretrained
 from lit_diffusion.runtime.precision import NetworkRunner
 
 
@@ -263,7 +264,8 @@ class TrainingRun:
         self.save()
         self.signals.stop_now(self.last_ckpt, self.step)  # from here a signal ends the process at once
         if self.acc.is_main_process:
-            export_safetensors(self.module, os.path.join(self.ckpt_dir, "model.safetensors"))
+            # the one model format: a pretrained folder (model.safetensors of the EMA network + config.json)
+            save_pretrained(self.module, os.path.join(self.ckpt_dir, "pretrained"), info={"global_step": self.step})
         if self.bar is not None:
             self.bar.close()
         if self.cfg.logger in ("tensorboard", "wandb"):

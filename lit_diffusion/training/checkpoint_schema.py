@@ -6,7 +6,6 @@ launchers (a checkpoint of the same SDE, loss and network, with weights that fit
 
 from __future__ import annotations
 
-import json
 import os
 from typing import Optional
 
@@ -94,17 +93,6 @@ def _lightning_version() -> str:
     import lightning
 
     return str(lightning.__version__)
-
-
-def export_safetensors(module, path: str) -> str:
-    from safetensors.torch import save
-
-    from lit_diffusion.runtime.checkpoint_io import atomic_write_bytes
-
-    state = {k: v.detach().cpu().contiguous() for k, v in module.state_dict().items()}
-    meta = {"hyper_parameters": json.dumps(dict(module.hparams)), "prediction_type": module.prediction_type}
-    atomic_write_bytes(save(state, metadata=meta), path)
-    return path
 
 
 def check_resume(path: str, model) -> dict:

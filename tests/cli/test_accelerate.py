@@ -102,7 +102,7 @@ def test_two_processes_gloo_stay_in_sync(tmp_path):
     assert torch.equal(vec, pa)
     # and it trained: the zero-initialised output layer has moved
     assert m.net.out.weight.abs().sum() > 0
-    assert (tmp_path / "ckpt" / "acc" / "model.safetensors").is_file()
+    assert (tmp_path / "ckpt" / "acc" / "pretrained" / "model.safetensors").is_file()
 
 
 @pytest.mark.multiprocess
@@ -191,10 +191,9 @@ def test_checkpoint_loads_weights_only_and_rebuilds_module(tmp_path, fresh_accel
     m = ScoreModule.load_checkpoint(str(tmp_path / "r" / "last.ckpt"))
     assert torch.equal(_params(m), _params(res.module))
     assert m.data_shape == (2,)
-    from safetensors.torch import load_file
-
-    st = load_file(str(tmp_path / "r" / "model.safetensors"))
-    assert torch.equal(st["net.out.weight"], res.module.net.out.weight.detach())
+    folder = ScoreModule.load(tmp_path / "r" / "pretrained")  # the pretrained folder of the final weights
+    assert torch.equal(folder.net.out.weight, res.module.sampling_net(True).out.weight.detach())
+    assert folder.pretrained_info["global_step"] == 3
 
 
 @pytest.mark.parametrize("net", ["faulty_nets.NaNAfterMLP", "faulty_nets.InfGradAfterMLP"])

@@ -284,7 +284,7 @@ def test_sigterm_during_the_final_picture_saves_and_exits_143(tmp_path, monkeypa
 def test_sigterm_during_the_accelerate_export_exits_143(tmp_path, monkeypatch, restore_signals):
     import lit_diffusion.training.accelerate_loop as loop
 
-    monkeypatch.setattr(loop, "export_safetensors", _slow_after_signal)
+    monkeypatch.setattr(loop, "save_pretrained", _slow_after_signal)
     t0 = time.perf_counter()
     with pytest.raises(SystemExit) as e:
         accelerate_train_in_process(tmp_path / "ck")
