@@ -24,6 +24,34 @@ _LAZY = {
 }
 
 
+#: functions of a model that also take a model on disk here: ``lit_diffusion.log_likelihood("checkpoints/mnist",
+#: x)`` loads the folder (or checkpoint) with ``ScoreModule.load`` first; the layer functions take objects
+_MODEL_FUNCTIONS = {
+    "log_likelihood": "lit_diffusion.evaluation.likelihood",
+    "bits_per_dim": "lit_diffusion.evaluation.likelihood",
+    "variational_bpd": "lit_diffusion.evaluation.variational_bound",
+    "encode": "lit_diffusion.sampling.inversion",
+    "decode": "lit_diffusion.sampling.inversion",
+}
+
+
+def _taking_paths(name: str):
+    import functools
+    import importlib
+
+    target = getattr(importlib.import_module(_MODEL_FUNCTIONS[name]), name)
+
+    @functools.wraps(target)
+    def call(model, *args, **kwargs):
+        if isinstance(model, (str, bytes)) or hasattr(model, "__fspath__"):
+            from .training.module import ScoreModule
+
+            model = ScoreModule.load(model)
+        return target(model, *args, **kwargs)
+
+    return call
+
+
 def __getattr__(name):
     """Heavy parts (the training layer, Lightning, diffusers) are imported on first use."""
     if name in _LAZY:
@@ -31,6 +59,8 @@ def __getattr__(name):
 
         mod, attr = _LAZY[name]
         return getattr(importlib.import_module(mod), attr)
+    if name in _MODEL_FUNCTIONS:
+        return _taking_paths(name)
     raise AttributeError(f"module 'lit_diffusion' has no attribute {name!r}")
 
 
@@ -39,5 +69,5 @@ __all__ = [
     "PREDICTION_TYPES", "convert", "Field", "as_field", "GaussianMixture", "get_target",
     "DSM", "SSM", "ISM", "ESM", "get_loss",
     "SDEScheduler", "DiscreteVP", "ScoreModule", "sample", "TimeMLP", "UNet", "export_pipeline",
-    "LitDiffusionPipeline",
+    "LitDiffusionPipeline", "log_likelihood", "bits_per_dim", "variational_bpd", "encode", "decode",
 ]

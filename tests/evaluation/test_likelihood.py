@@ -117,3 +117,22 @@ def test_bad_input_is_refused_before_any_work():
         log_likelihood(_ImageNet(tgt, sde), torch.full((2, 1, 2, 2), 3.0), sde)
     with pytest.raises(ValueError, match="8-bit"):
         bits_per_dim(_ImageNet(tgt, sde), torch.full((2, 1, 2, 2), 0.5), sde=sde)
+
+
+def test_the_package_level_functions_take_a_model_on_disk():
+    """lit_diffusion.log_likelihood / encode / ... accept a pretrained folder (loaded by ScoreModule.load)
+    and give what the layer functions give on the loaded module."""
+    from pathlib import Path
+
+    import lit_diffusion
+    from lit_diffusion import ScoreModule
+    from lit_diffusion.sampling.inversion import encode
+
+    folder = Path(__file__).resolve().parents[2] / "checkpoints" / "mnist"
+    x = torch.linspace(-1, 1, 784).reshape(1, 1, 28, 28)
+    kw = dict(solver="heun", steps=2, generator=None, n_probes=1)
+    a = lit_diffusion.log_likelihood(str(folder), x, **{**kw, "generator": torch.Generator().manual_seed(0)})
+    b = log_likelihood(ScoreModule.load(folder), x, **{**kw, "generator": torch.Generator().manual_seed(0)})
+    assert torch.equal(a, b) and torch.isfinite(a).all()
+    assert torch.equal(lit_diffusion.encode(folder, x, steps=2), encode(ScoreModule.load(folder), x, steps=2))
+    assert lit_diffusion.log_likelihood.__doc__ == log_likelihood.__doc__
