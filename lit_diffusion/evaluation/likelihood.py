@@ -107,6 +107,21 @@ def _heun(f, y0: Tensor, grid: Tensor) -> Tensor:
     return y
 
 
+def _probes(shape, probe: str, generator, i0: int, dtype) -> Tensor:
+    """Hutchinson probes of one batch; with one generator per sample, sample ``i`` draws its own (the
+    result does not depend on ``batch_size``)."""
+    if isinstance(generator, (list, tuple)):
+        from ..core.utils import rand, randn
+
+        gens = list(generator[i0:i0 + shape[0]])
+        if probe == "rademacher":
+            return (rand(shape, generator=gens, dtype=torch.float64) < 0.5).to(dtype) * 2 - 1
+        return randn(shape, generator=gens, dtype=dtype)
+    if probe == "rademacher":
+        return torch.randint(0, 2, shape, generator=generator, dtype=torch.int64).to(dtype) * 2 - 1
+    return torch.randn(shape, generator=generator, dtype=dtype)
+
+
 def log_likelihood(
     model,
     x: Tensor,
@@ -141,6 +156,8 @@ def log_likelihood(
             is their mean, and ``return_details`` gives every probe's estimate).
         solver: ``"dopri5"`` (torchdiffeq, adaptive, ``rtol``/``atol``) or ``"heun"`` (``steps``
             fixed steps on the grid ``schedule``, order 2).
+        generator: one ``torch.Generator`` for the probes, or one per sample (then the result does not
+            depend on ``batch_size``).
         prior: ``log π`` of the state at ``T`` (default: the SDE's own prior, ``sde.prior_logp``).
         value_range: ``(lo, hi)`` the data must lie in (images: ``(-1, 1)``; checked before any work).
         dtype: the arithmetic of the ODE (float64 for exactness tests on analytic targets).
@@ -155,6 +172,8 @@ def log_likelihood(
     _check_inputs(x, shape, divergence, solver, probe, n_probes, steps, rtol, atol, value_range)
     K = 1 if divergence == "exact" else int(n_probes)
     B = x.shape[0]
+    if isinstance(generator, (list, tuple)) and len(generator) != B:
+        raise ValueError(f"got {len(generator)} generators for {B} samples; pass one generator per sample (or one)")
     bs = B if batch_size is None else int(batch_size)
     prior = prior or sde.prior_logp
     outs = []
@@ -165,11 +184,7 @@ def log_likelihood(
         b = xb.shape[0]
         d = xb[0].numel()
         if K and divergence == "hutchinson":
-            if probe == "rademacher":
-                eps = torch.randint(0, 2, (b, K, d), generator=generator, dtype=torch.int64).to(dtype) * 2 - 1
-            else:
-                eps = torch.randn((b, K, d), generator=generator, dtype=dtype)
-            eps = eps.to(xb.device)
+            eps = _probes((b, K, d), probe, generator, i0, dtype).to(xb.device)
         else:
             eps = None
         f = _augmented(field, sde, shape, divergence, eps)
@@ -207,7 +222,12 @@ def bits_per_dim(model, images: Tensor, dequantization: str = "uniform", generat
         raise ValueError("images must hold 8-bit integer values in [0, 255] (not already scaled)")
     if float(images.min()) < 0 or float(images.max()) > 255:
         raise ValueError(f"images lie in [{float(images.min())}, {float(images.max())}]; 8-bit values are in [0, 255]")
-    u = torch.rand(images.shape, generator=generator, dtype=torch.float64)
+    if isinstance(generator, (list, tuple)):  # one generator per image: its dequantization noise, then its probes
+        from ..core.utils import rand
+
+        u = rand(images.shape, generator=list(generator), dtype=torch.float64)
+    else:
+        u = torch.rand(images.shape, generator=generator, dtype=torch.float64)
     y = (2 * (images.double() + u) / 256 - 1).float()
     D = images[0].numel()
     logp, det = log_likelihood(model, y, value_range=(-1.0, 1.0), generator=generator, return_details=True, **kwargs)

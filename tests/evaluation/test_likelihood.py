@@ -136,3 +136,18 @@ def test_the_package_level_functions_take_a_model_on_disk():
     assert torch.equal(a, b) and torch.isfinite(a).all()
     assert torch.equal(lit_diffusion.encode(folder, x, steps=2), encode(ScoreModule.load(folder), x, steps=2))
     assert lit_diffusion.log_likelihood.__doc__ == log_likelihood.__doc__
+
+
+def test_per_sample_generators_make_the_estimate_independent_of_the_batch_size():
+    sde, tgt = VP(), get_target("ring8_2d")
+    x = tgt.marginal(sde.t_min, sde).sample(6, generator=torch.Generator().manual_seed(0)).double()
+
+    def run(bs):
+        gens = [torch.Generator().manual_seed(100 + i) for i in range(6)]
+        return log_likelihood(tgt, x, sde, solver="heun", steps=4, n_probes=2, generator=gens, batch_size=bs,
+                              dtype=torch.float64)
+
+    whole, pieces = run(None), run(4)
+    assert torch.allclose(whole, pieces, atol=1e-12) and not torch.allclose(whole, whole.mean().expand(6))
+    with pytest.raises(ValueError, match="3 generators for 6 samples"):
+        log_likelihood(tgt, x, sde, generator=[torch.Generator()] * 3)
