@@ -41,7 +41,7 @@ def supports(stepper) -> bool:
     one-evaluation predictor and the corrector after it (its Langevin steps are applied directly,
     with precomputed conversions, ``kappa`` and ``sigma``).  Not moment matching."""
     from .multistep import MultistepStepper
-    from .samplers import DDRaMStepper, EulerStepper, ExpEulerStepper, LocalizationStepper, PCStepper
+    from .steppers import DDRaMStepper, EulerStepper, ExpEulerStepper, LocalizationStepper, PCStepper
 
     if type(stepper) is PCStepper:
         return stepper.corrector == "after" and type(stepper.predictor) in (EulerStepper, ExpEulerStepper)
@@ -118,6 +118,7 @@ class AffinePlan:
 
     def __init__(self, stepper, sde: LinearSDE, declared: str, grid: Tensor, u: Optional[Tensor], final_denoise: bool):
         grid = grid.to(F64)
+        self.declared = declared
         t, s = grid[:-1], grid[1:]
         n = t.numel()
         self.pc = None

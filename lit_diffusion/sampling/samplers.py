@@ -160,6 +160,37 @@ def _step_with_known(stepper, field, x: Tensor, t: Tensor, s: Tensor, u, generat
     return x
 
 
+def _plan_of(stepper, field, sde, grid: Tensor, inpaint):
+    """The affine plan of the run (:mod:`.affine_plan`: the coefficients probed on the stepper once; a
+    step is then a few fused operations, as in ``SDEScheduler.step``), or ``None`` where the stepper
+    itself runs: random midpoints (drawn per sample here), inpainting, moment matching. The field
+    converts the network's output to the stepper's kind (``Field.__call__``, the arithmetic the stepper
+    path uses: samples stay bit for bit what they were)."""
+    from .affine_plan import AffinePlan, supports
+
+    if inpaint is not None or stepper.needs_midpoint or not supports(stepper):
+        return None
+    return AffinePlan(stepper, sde, stepper.field_kind, grid.cpu(), None, False)
+
+
+def _planned_step(plan, field, x: Tensor, k: int, generator) -> Tensor:
+    """Step ``k`` from the plan: each evaluation asks the field for the stepper's kind (a PC corrector's
+    score is converted by the plan) and applies the step's coefficients."""
+    for j in range(plan.evals_per_step):
+        i = k * plan.evals_per_step + j
+        t = plan.times[i].to(x.device).expand(x.shape[0])
+        x = plan.apply(field(x, t, plan.declared), x, i, k, j, generator, final=False)
+    return x
+
+
+def _step(plan, stepper, field, x: Tensor, grid: Tensor, k: int, midpoint_u, generator, inpaint) -> Tensor:
+    """Step ``k`` of the run: from the plan when there is one, else by the stepper."""
+    if plan is not None:
+        return _planned_step(plan, field, x, k, generator)
+    u = None if midpoint_u is None else midpoint_u[k]
+    return _step_with_known(stepper, field, x, grid[k], grid[k + 1], u, generator, inpaint)
+
+
 def _one_step(stepper, field, x: Tensor, t: Tensor, s: Tensor, u, generator) -> Tensor:
     """One step of ``stepper`` from ``t`` to ``s`` with its field evaluations."""
     st = stepper.start(x, t, s, u=u, generator=generator)
@@ -259,6 +290,7 @@ def sample(
     if inpaint is not None:
         inpaint.check(x)
         x = inpaint.replace(x, grid[0], generator)
+    plan = _plan_of(stepper, field, sde, grid, inpaint)
     if hasattr(stepper, "reset"):  # samplers that carry evaluations across steps (multistep)
         stepper.reset(grid)
     nfe0 = field.nfe
@@ -269,8 +301,7 @@ def sample(
         for k in range(n_steps):
             if bar is not None:
                 bar.update(1)
-            u = None if midpoint_u is None else midpoint_u[k]
-            x = _step_with_known(stepper, field, x, grid[k], grid[k + 1], u, generator, inpaint)
+            x = _step(plan, stepper, field, x, grid, k, midpoint_u, generator, inpaint)
             if traj is not None:
                 traj.append(x)
         if final_denoise:

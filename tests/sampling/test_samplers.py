@@ -522,3 +522,26 @@ def test_pc_batch_snr_norm_converges_in_1d_where_the_per_sample_rule_diverges():
     assert w1("sample", 64) > 10 * batch64  # the documented failure of the per-sample rule in 1-D
     with pytest.raises(ValueError, match="snr_norm"):
         get_stepper("pc", sde, snr_norm="median")
+
+
+@pytest.mark.parametrize("options", [dict(sampler="multistep"), dict(sampler="multistep", ode=True, solver_order=3, corrector=True),
+                                     dict(sampler="euler"), dict(sampler="exponential_euler", ode=True, parametrization="score"),
+                                     dict(sampler="pc"), dict(sampler="localization")],
+                         ids=["multistep", "ms3-ode-corrector", "euler", "ee-ode-score", "pc", "localization"])
+def test_sample_runs_the_affine_plan_as_the_stepper_would(options, monkeypatch):
+    """sample() applies the plan that SDEScheduler applies (coefficients probed on the stepper) for
+    every sampler without random midpoints; forcing the stepper path gives the same samples, with the
+    same per-sample noise."""
+    import lit_diffusion.sampling.samplers as S
+
+    tgt, sde = get_target("ring8_2d"), sdes.VP()
+
+    def run():
+        gens = [torch.Generator().manual_seed(i) for i in range(32)]
+        return S.sample(tgt, sde, shape=(32, 2), steps=10, generator=gens, **options)
+
+    planned = run()
+    monkeypatch.setattr(S, "_plan_of", lambda *a, **k: None)
+    stepped = run()
+    assert planned.nfe == stepped.nfe
+    assert torch.allclose(planned.samples, stepped.samples, atol=2e-5), (planned.samples - stepped.samples).abs().max()
