@@ -85,12 +85,15 @@ MULTISTEP_HISTORY = 4
 
 def _multistep_rows(stepper, grid: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     """``(rows, cD, stochastic)`` of a multistep run on ``grid``, probed on the stepper itself: one run
-    with ``n + 3`` scalar probes (all inputs zero; the state 1 at every step; the noise 1 at every step;
-    ``D_m = 1`` at evaluation ``m`` alone), each step fed the probe's own inputs, so that step ``k``'s
-    output is affine in exactly the state, noise and denoiser values given to it. ``rows[k] = (cx, 0,
-    c0, cz)`` in :attr:`AffinePlan.mid`'s layout; ``cD[k, j]``: the coefficient of ``D_{k-j}``."""
+    with eight scalar probes (all inputs zero; the state 1 at every step; the noise 1 at every step;
+    ``D_m = 1`` at the evaluations ``m ≡ r mod 5``, one probe per residue ``r``), each step fed the
+    probe's own inputs, so that step ``k``'s output is affine in exactly the state, noise and denoiser
+    values given to it; a step reads only the last four values, which fall in four distinct residues.
+    ``rows[k] = (cx, 0, c0, cz)`` in :attr:`AffinePlan.mid`'s layout; ``cD[k, j]``: the coefficient of
+    ``D_{k-j}``."""
     n = grid.numel() - 1
-    P = n + 3
+    R = MULTISTEP_HISTORY + 1
+    P = 3 + R
     stepper.reset(grid)
     out = torch.empty(n, P, dtype=F64)
     stochastic = torch.zeros(n, dtype=torch.bool)
@@ -98,7 +101,7 @@ def _multistep_rows(stepper, grid: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     x[1], z[2] = 1.0, 1.0
     for k in range(n):
         F = torch.zeros(P, 1, dtype=F64)
-        F[3 + k] = 1.0
+        F[3 + k % R] = 1.0
         st = stepper.start(x, grid[k], grid[k + 1])
         stochastic[k] = bool(st.noise_needed)
         st.advance(F, noise=z if stochastic[k] else None)
@@ -109,7 +112,7 @@ def _multistep_rows(stepper, grid: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     cD = torch.zeros(n, MULTISTEP_HISTORY, dtype=F64)
     for k in range(n):
         for j in range(min(MULTISTEP_HISTORY, k + 1)):
-            cD[k, j] = out[k, 3 + k - j] - c0[k]
+            cD[k, j] = out[k, 3 + (k - j) % R] - c0[k]
     return rows, cD, stochastic
 
 
@@ -130,7 +133,7 @@ class AffinePlan:
                            kappa=kappa, sigma=sde.sigma(s).to(F64))
             stepper = stepper.predictor
         self.two_stage = bool(getattr(stepper, "needs_midpoint", False))
-        self.multistep = None  # (cD, stochastic) of a multistep run; its denoiser values in self.history
+        self.multistep = None  # a multistep run's rows, noise flags and weights; its denoiser values in self.history
         self.history: list = []
         if self.two_stage:
             times, kinds = self._two_stage(stepper, t, s, u)
