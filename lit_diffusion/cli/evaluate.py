@@ -113,6 +113,9 @@ def _bpd_main(a) -> int:
         return 2
     out = {"metric": "bpd", "bpd": res["bpd"], "bpd_se": res["bpd_se"], "n": a.n, **how, "checkpoint": str(a.checkpoint),
            "data": "MNIST held-out split (MNISTDataModule validation)", "seconds": round(time.perf_counter() - t0, 1)}
+    if a.output:
+        Path(a.output).parent.mkdir(parents=True, exist_ok=True)
+        Path(a.output).write_text(json.dumps(out) + "\n")
     print(json.dumps(out), flush=True)
     return 0
 

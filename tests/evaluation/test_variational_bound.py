@@ -61,7 +61,7 @@ def test_the_bound_lies_above_the_data_entropy_and_closes_on_it(sde):
     assert H - 3 * bounds[2]["bpd_se"] < values[2] < H + 0.1, (values, H)
 
 
-def test_bad_input_and_the_cli(capsys):
+def test_bad_input_and_the_cli(capsys, tmp_path):
     tgt = GaussianMixture([1.0], torch.zeros(1, 2, dtype=torch.float64), 0.1)
     with pytest.raises(ValueError, match="8-bit integer values"):
         variational_bpd(tgt, torch.rand(2, 2), sde=VP())
@@ -75,7 +75,8 @@ def test_bad_input_and_the_cli(capsys):
 
     root = Path(__file__).resolve().parents[2]
     assert eval_main(["-c", str(root / "checkpoints" / "mnist"), "--metric", "bpd", "--bound", "vlb", "--n", "2",
-                      "--steps", "5"]) == 0
+                      "--steps", "5", "--output", str(tmp_path / "bpd.json")]) == 0
     res = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert json.loads((tmp_path / "bpd.json").read_text()) == res  # --output holds the printed line
     assert res["bound"] == "vlb" and res["steps"] == 5 and 0.5 < res["bpd"] < 30 and set(res["terms"]) == {
         "prior", "diffusion", "decoder"}
