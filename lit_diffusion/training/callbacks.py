@@ -226,9 +226,16 @@ class SampleQuality(pl.Callback):
         return {}
 
     def likelihood(self, pl_module, reference: Tensor) -> dict:
-        """``val/bpd`` (images) or ``val/nll`` (vectors) of the first ``likelihood_n`` held-out points."""
+        """``val/bpd`` (images) or ``val/nll`` (vectors) of the first ``likelihood_n`` held-out points
+        (nothing, with a warning once, for a latent model: its likelihood would be of latents)."""
         from ..evaluation.likelihood import bits_per_dim, log_likelihood
 
+        if getattr(pl_module, "codec", None) is not None:
+            if not self._warned:
+                pl.utilities.rank_zero.rank_zero_warn("SampleQuality: no likelihood for a latent model (it would be of "
+                                                      "its latents, not of the data); likelihood_n is ignored")
+                self._warned = True
+            return {}
         x = reference[: self.likelihood_n].float()
         gen = torch.Generator().manual_seed(self.seed)
         tol = dict(rtol=self.likelihood_rtol, atol=self.likelihood_rtol, generator=gen)
