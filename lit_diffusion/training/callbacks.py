@@ -194,7 +194,7 @@ class SampleQuality(pl.Callback):
         self.n_samples, self.steps, self.sampler, self.seed = int(n_samples), int(steps), sampler, int(seed)
         self.likelihood_n, self.likelihood_rtol = int(likelihood_n), float(likelihood_rtol)
         self._runs = 0
-        self._warned = False
+        self._warned = self._warned_latent = False
         self.last: dict = {}
 
     def score(self, pl_module, reference: Tensor) -> dict:
@@ -231,10 +231,10 @@ class SampleQuality(pl.Callback):
         from ..evaluation.likelihood import bits_per_dim, log_likelihood
 
         if getattr(pl_module, "codec", None) is not None:
-            if not self._warned:
+            if not self._warned_latent:
                 pl.utilities.rank_zero.rank_zero_warn("SampleQuality: no likelihood for a latent model (it would be of "
                                                       "its latents, not of the data); likelihood_n is ignored")
-                self._warned = True
+                self._warned_latent = True
             return {}
         x = reference[: self.likelihood_n].float()
         gen = torch.Generator().manual_seed(self.seed)
