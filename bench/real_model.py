@@ -71,6 +71,7 @@ ODE_SAMPLERS = [
     ("lit multistep 2 ODE + corrector", "lit", {"sampler": "multistep", "ode": True, "solver_order": 2, "corrector": True}),
     ("lit multistep 3 ODE + corrector", "lit", {"sampler": "multistep", "ode": True, "corrector": True, "solver_order": 3}),
     ("lit multistep 3 ODE uniform grid", "lit", {"sampler": "multistep", "ode": True, "schedule": "uniform", "solver_order": 3}),
+    ("lit multistep 2 ODE uniform grid", "lit", {"sampler": "multistep", "ode": True, "schedule": "uniform", "solver_order": 2}),
     ("lit multistep 2 ODE, fitted grid", "lit-fitted", {"sampler": "multistep", "ode": True, "solver_order": 2}),
     ("lit multistep 2 ODE + corrector, fitted grid", "lit-fitted", {"sampler": "multistep", "ode": True, "solver_order": 2,
                                                                    "corrector": True}),
