@@ -22,9 +22,7 @@ class LoadingMixin:
     def load_checkpoint(cls, path: str, map_location="cpu") -> "ScoreModule":
         """Rebuild a module from a checkpoint written by the Trainer, loading it with
         ``torch.load(weights_only=True)`` (a crafted pickle is refused)."""
-        from ..runtime.checkpoint_io import read_checkpoint
-
-        from ..runtime.checkpoint_io import CheckpointError
+        from ..runtime.checkpoint_io import CheckpointError, read_checkpoint
 
         ckpt = read_checkpoint(path, map_location=map_location, require=("state_dict", "hyper_parameters"))
         try:
