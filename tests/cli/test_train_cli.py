@@ -174,7 +174,8 @@ def test_a_resumed_run_continues_the_same_wandb_run(tmp_path, monkeypatch):
     wandb.finish()
     run_id = json.loads((tmp_path / "ck" / "swissroll" / "run.json").read_text())["run_id"]
     runs = sorted(glob.glob(str(tmp_path / "logs" / "wandb" / "offline-run-*")))
-    ids = {re.sub(r"^offline-run-\d+_\d+-", "", os.path.basename(r)) for r in runs}
+    # offline-run-<time>-<id>; wandb adds "-1" to the folder when both runs start within the same second
+    ids = {re.sub(r"^offline-run-\d+_\d+-([0-9a-z]+)(-\d+)?$", r"\1", os.path.basename(r)) for r in runs}
     assert len(runs) == 2 and ids == {run_id}, runs
 
 
