@@ -25,7 +25,7 @@ from torch import Tensor
 from ..core.sdes import LinearSDE
 from ..sampling.inversion import resolve_model
 
-__all__ = ["log_likelihood", "bits_per_dim", "DIVERGENCES", "SOLVERS", "PROBES"]
+__all__ = ["log_likelihood", "bits_per_dim", "check_8bit", "DIVERGENCES", "SOLVERS", "PROBES"]
 
 DIVERGENCES = ("exact", "hutchinson")
 SOLVERS = ("dopri5", "heun")
@@ -207,6 +207,18 @@ def log_likelihood(
     return logp
 
 
+def check_8bit(images, ndim: Optional[int] = None) -> None:
+    """``images`` is a ``(B, ...)`` tensor (exactly ``ndim`` axes when given) of integer values in
+    ``[0, 255]``, else a ``ValueError`` naming what is wrong (both bounds on 8-bit data check this)."""
+    shape = "(B, C, H, W)" if ndim == 4 else "(B, ...)"
+    if not isinstance(images, Tensor) or (images.ndim != ndim if ndim else images.ndim < 2):
+        raise ValueError(f"images must be a {shape} tensor of 8-bit values; got {getattr(images, 'shape', type(images).__name__)}")
+    if images.is_floating_point() and not bool((images == images.round()).all()):
+        raise ValueError("images must hold 8-bit integer values in [0, 255] (not already scaled)")
+    if float(images.min()) < 0 or float(images.max()) > 255:
+        raise ValueError(f"images lie in [{float(images.min())}, {float(images.max())}]; 8-bit values are in [0, 255]")
+
+
 def bits_per_dim(model, images: Tensor, dequantization: str = "uniform", generator: Optional[torch.Generator] = None,
                  **kwargs) -> dict:
     """Bits per dimension of 8-bit images (integers in ``[0, 255]``, shape ``(B, C, H, W)``) under the
@@ -216,12 +228,7 @@ def bits_per_dim(model, images: Tensor, dequantization: str = "uniform", generat
     mean and its standard error over images (and probes) as ``{"bpd", "bpd_se", "per_image"}``."""
     if dequantization != "uniform":
         raise ValueError(f"dequantization={dequantization!r} is invalid; valid choices: ['uniform']")
-    if not isinstance(images, Tensor) or images.ndim != 4:
-        raise ValueError(f"images must be a (B, C, H, W) tensor of 8-bit values; got {getattr(images, 'shape', type(images).__name__)}")
-    if images.is_floating_point() and not bool((images == images.round()).all()):
-        raise ValueError("images must hold 8-bit integer values in [0, 255] (not already scaled)")
-    if float(images.min()) < 0 or float(images.max()) > 255:
-        raise ValueError(f"images lie in [{float(images.min())}, {float(images.max())}]; 8-bit values are in [0, 255]")
+    check_8bit(images, ndim=4)
     if isinstance(generator, (list, tuple)):  # one generator per image: its dequantization noise, then its probes
         from ..core.utils import rand
 

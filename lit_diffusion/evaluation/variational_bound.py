@@ -26,6 +26,7 @@ from torch import Tensor
 
 from ..core.utils import MAX_STEPS, check_count
 from ..sampling.inversion import resolve_model
+from .likelihood import check_8bit
 
 __all__ = ["variational_bpd", "discretized_gaussian_log_prob"]
 
@@ -48,15 +49,6 @@ def discretized_gaussian_log_prob(x0: Tensor, mean: Tensor, std: Tensor) -> Tens
     # far in a tail the difference underflows: the density at the bin centre times the width
     approx = normal.log_prob((x0 - mean) / std) - torch.log(std) + math.log(2 * half)
     return torch.where(p > 1e-300, torch.log(p.clamp_min(1e-300)), approx)
-
-
-def _check_images(images: Tensor) -> None:
-    if not isinstance(images, Tensor) or images.ndim < 2:
-        raise ValueError(f"images must be a (B, ...) tensor of 8-bit values; got {getattr(images, 'shape', type(images).__name__)}")
-    if images.is_floating_point() and not bool((images == images.round()).all()):
-        raise ValueError("images must hold 8-bit integer values in [0, 255] (not already scaled)")
-    if float(images.min()) < 0 or float(images.max()) > 255:
-        raise ValueError(f"images lie in [{float(images.min())}, {float(images.max())}]; 8-bit values are in [0, 255]")
 
 
 def _terms(field, sde, x0: Tensor, grid: Tensor, generator, dtype: torch.dtype) -> dict:
@@ -96,7 +88,7 @@ def variational_bpd(model, images: Tensor, steps: int = 1000, schedule: str = "l
     ``dtype``: what the network is called in (the bound's arithmetic is float64)."""
     from ..core.schedules import get_timesteps
 
-    _check_images(images)
+    check_8bit(images)
     check_count("steps", steps, 1, MAX_STEPS)
     field, sde, shape = resolve_model(model, sde, prediction_type, class_labels)
     if shape is not None and tuple(images.shape[1:]) != tuple(shape):
