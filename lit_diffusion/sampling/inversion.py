@@ -91,11 +91,7 @@ def encode(model, x: Tensor, sde: Optional[LinearSDE] = None, steps: int = 50, s
         raise ValueError(f"x has samples of shape {tuple(x.shape[1:])}; the model's data shape is {tuple(shape)}")
     if not bool(torch.isfinite(x).all()):
         raise ValueError("x holds NaN or inf")
-    if key == "multistep":
-        options["inverse"] = True
-    stepper = get_stepper(key, sde, parametrization, ode=True, **options)
-    if key != "multistep":
-        stepper.inverted()
+    stepper = get_stepper(key, sde, parametrization, ode=True, **options).inverted()
     grid = _grid(sde, steps, schedule, timesteps, key).flip(0)
     if hasattr(stepper, "reset"):
         stepper.reset(grid)

@@ -185,16 +185,16 @@ class MultistepStepper:
         self.lower_order_final = bool(lower_order_final)
         self.corrector = bool(corrector)
         self.noise_band = noise_band
-        if inverse and not ode:
-            raise ValueError("inverse=True (encoding data to noise) needs the ODE form: ode=True")
-        self.inverse = bool(inverse)
+        self.inverse = False
         self.reset()
+        if inverse:
+            self.inverted()
 
     # ------------------------------------------------------------------ run state
     def reset(self, grid: Optional[Tensor] = None) -> None:
         """Start a run on the step grid ``grid`` (``t_0 > ... > t_n``; ``None``: unknown length)."""
         self._grid = None if grid is None else torch.as_tensor(grid, dtype=F64).flatten().cpu()
-        self._hist = _History(-1.0 if getattr(self, "inverse", False) else 1.0)
+        self._hist = _History(-1.0 if self.inverse else 1.0)
         self._prev: Optional[dict] = None
         self._table: dict = {}
         if self._grid is not None:  # the coefficients at every grid time, once per run (float64)
@@ -202,6 +202,14 @@ class MultistepStepper:
             cols = zip((0.5 * sde.log_snr(g)).tolist(), sde.alpha(g).tolist(), sde.sigma(g).tolist(),
                        sde.mean_offset(g).tolist())
             self._table = {t: c for t, c in zip(g.tolist(), cols)}
+
+    def inverted(self) -> "MultistepStepper":
+        """This stepper running upwards in time (ODE form only), as ``inverse=True`` builds it."""
+        if not self.ode:
+            raise ValueError("inverse=True (encoding data to noise) needs the ODE form: ode=True")
+        self.inverse = True
+        self.reset(self._grid)
+        return self
 
     @property
     def stochastic(self) -> bool:
