@@ -62,11 +62,16 @@ def main(argv=None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     text = json.dumps(res, indent=2)
-    if a.output:
-        Path(a.output).parent.mkdir(parents=True, exist_ok=True)
-        Path(a.output).write_text(text + "\n")
-    print(text)
+    _emit(text, a.output)
     return 0
+
+
+def _emit(text: str, output) -> None:
+    """Print the result, and write it to ``--output`` as well when given."""
+    if output:
+        Path(output).parent.mkdir(parents=True, exist_ok=True)
+        Path(output).write_text(text + "\n")
+    print(text, flush=True)
 
 
 def heldout_mnist_uint8(n: int) -> "torch.Tensor":
@@ -113,10 +118,7 @@ def _bpd_main(a) -> int:
         return 2
     out = {"metric": "bpd", "bpd": res["bpd"], "bpd_se": res["bpd_se"], "n": a.n, **how, "checkpoint": str(a.checkpoint),
            "data": "MNIST held-out split (MNISTDataModule validation)", "seconds": round(time.perf_counter() - t0, 1)}
-    if a.output:
-        Path(a.output).parent.mkdir(parents=True, exist_ok=True)
-        Path(a.output).write_text(json.dumps(out) + "\n")
-    print(json.dumps(out), flush=True)
+    _emit(json.dumps(out), a.output)
     return 0
 
 
