@@ -48,6 +48,10 @@ SDE_SAMPLERS = [
     ("lit ddram (default)", "lit", {"sampler": "ddram"}),
     ("lit ddram log-SNR grid", "lit", {"sampler": "ddram", "schedule": "log_snr"}),
     ("lit ddram relative_score", "lit", {"sampler": "ddram", "parametrization": "relative_score"}),
+    ("lit ddram 1-eval", "lit", {"sampler": "ddram", "evals_per_step": 1}),
+    ("lit ddram 1-eval, last step denoising", "lit-end", {"sampler": "ddram", "evals_per_step": 1}),
+    ("lit ddram, last step denoising", "lit-end", {"sampler": "ddram"}),
+    ("lit ddram log-SNR midpoint", "lit", {"sampler": "ddram", "midpoint": "log_snr"}),
     ("lit exponential_euler", "lit", {"sampler": "exponential_euler"}),
     ("lit euler (EM)", "lit", {"sampler": "euler"}),
     ("lit pc (default)", "lit", {"sampler": "pc"}),
@@ -65,6 +69,9 @@ SDE_SAMPLERS = [
 ODE_SAMPLERS = [
     ("lit ddram ODE (default)", "lit", {"sampler": "ddram", "ode": True}),
     ("lit ddram ODE log-SNR grid", "lit", {"sampler": "ddram", "ode": True, "schedule": "log_snr"}),
+    ("lit ddram 1-eval ODE", "lit", {"sampler": "ddram", "evals_per_step": 1, "ode": True}),
+    ("lit ddram 1-eval ODE, last step denoising", "lit-end", {"sampler": "ddram", "evals_per_step": 1, "ode": True}),
+    ("lit ddram ODE, last step denoising", "lit-end", {"sampler": "ddram", "ode": True}),
     ("lit exponential_euler ODE (DDIM)", "lit", {"sampler": "exponential_euler", "ode": True}),
     ("lit multistep 3 ODE", "lit", {"sampler": "multistep", "ode": True, "solver_order": 3}),
     ("lit multistep 2 ODE", "lit", {"sampler": "multistep", "ode": True, "solver_order": 2}),
@@ -104,6 +111,13 @@ def make_scheduler(kind: str, opts: dict, sde, time_scale: float, nfe: int = 0):
         if not os.path.exists(path):
             raise ValueError(f"no fitted grid {path} (python -m lit_diffusion.cli.grid_fit)")
         grid = json.load(open(path))["timesteps"]
+        return make_scheduler("lit", {**opts, "fitted_grid": [t * time_scale for t in grid]}, sde, time_scale)
+    if kind == "lit-end":  # the last step replaced by the final denoising evaluation: the uniform grid of
+        # one more step, without t_min (the budget's steps: (nfe - 1) / evaluations per step)
+        from lit_diffusion.core.schedules import get_timesteps
+
+        steps = (nfe - 1) // opts.get("evals_per_step", 2)
+        grid = get_timesteps(sde, steps + 1, "uniform")[:-1].tolist()
         return make_scheduler("lit", {**opts, "fitted_grid": [t * time_scale for t in grid]}, sde, time_scale)
     if kind == "lit":
         from lit_diffusion.integrations.export import rescale_time

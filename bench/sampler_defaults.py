@@ -44,6 +44,8 @@ PARTS = {
         ("DD-score", "ddram", "score", {}),
         ("DD-den", "ddram", "denoiser", {}),
         ("DD-auto", "ddram", "auto", {}),
+        ("DD-auto-logsnr", "ddram", "auto", {"midpoint": "log_snr"}),
+        ("DD1-auto", "ddram", "auto", {"evals_per_step": 1}),
     ]),
     "ode": (True, "EI-den", [
         ("EI-den", "exponential_euler", "denoiser", {}),
@@ -51,6 +53,8 @@ PARTS = {
         ("DD-score", "ddram", "score", {}),
         ("DD-den", "ddram", "denoiser", {}),
         ("DD-auto", "ddram", "auto", {}),
+        ("DD-auto-logsnr", "ddram", "auto", {"midpoint": "log_snr"}),
+        ("DD1-auto", "ddram", "auto", {"evals_per_step": 1}),
     ]),
     "pc": (False, "EM", [
         ("EM", "euler", "score", {}),

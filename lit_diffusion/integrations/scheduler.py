@@ -113,6 +113,8 @@ class SDEScheduler(EvaluationLayout, SchedulerMixin, ConfigMixin):
         lower_order_final: bool = True,
         corrector: bool = False,
         noise_band: Optional[List[float]] = None,
+        midpoint: str = "law",
+        evals_per_step: Optional[int] = None,
         fitted_grid: Optional[List[float]] = None,
         inverse: bool = False,
         rho: float = 7.0,
@@ -149,7 +151,7 @@ class SDEScheduler(EvaluationLayout, SchedulerMixin, ConfigMixin):
         parametrization, options = stepper_options(
             name, self.sde, parametrization, predictor, n_corrector=n_corrector, snr=snr, snr_norm=snr_norm,
             solver_order=solver_order, lower_order_final=lower_order_final, corrector=corrector, noise_band=noise_band,
-            inverse=inverse)
+            inverse=inverse, midpoint=midpoint, evals_per_step=evals_per_step)
         self._stepper_args = (name, parametrization, options)
         self.stepper = get_stepper(name, self.sde, parametrization=parametrization, ode=bool(ode), **options)
         self.order = int(self.stepper.evals_per_step)
@@ -297,9 +299,8 @@ class SDEScheduler(EvaluationLayout, SchedulerMixin, ConfigMixin):
     def _advance_stepper(self, model_output, sample, i, k, j, generator) -> Tensor:
         """Evaluation ``i`` (stage ``j`` of step ``k``) fed to the stepper, for the samplers that the
         affine plan does not cover (and any sampler under ``clip_sample`` / ``thresholding``)."""
-        if j == 0:
-            u = None if self._u is None else self._u[k : k + 1].to(sample.device)
-            self._state = self.stepper.start(sample, self._grid[k], self._grid[k + 1], u=u, generator=generator)
+        if j == 0 and getattr(self._state, "step", None) != k:  # (one-evaluation DDRaM starts it one call early)
+            self._state = self._start(sample, k, generator)
         elif self._state is None:
             raise ValueError(
                 f"evaluation {i} is stage {j} of step {k}, but the step's first evaluation was not given to this "
@@ -314,7 +315,21 @@ class SDEScheduler(EvaluationLayout, SchedulerMixin, ConfigMixin):
         if not st.done:
             return st.x_eval.to(sample.dtype)
         self._state = None
+        if self.stepper.evals_per_step == 1 and getattr(self.stepper, "needs_midpoint", False) and k + 1 < self.num_inference_steps:
+            # one-evaluation DDRaM: the next evaluation is at the next step's midpoint, reached with this
+            # evaluation (the stepper keeps it), so the next step starts now and its midpoint is returned
+            self._state = self._start(st.x, k + 1, generator)
+            return self._state.x_eval.to(sample.dtype)
         return st.x.to(sample.dtype)
+
+    def _start(self, x: Tensor, k: int, generator):
+        """Start step ``k`` of the stepper from ``x`` (the state at its start), tagged with ``k``."""
+        if k == 0 and hasattr(self.stepper, "reset"):  # a run starts: no evaluations carried over
+            self.stepper.reset(self._grid)
+        u = None if self._u is None else self._u[k : k + 1].to(x.device)
+        st = self.stepper.start(x, self._grid[k], self._grid[k + 1], u=u, generator=generator)
+        st.step = k
+        return st
 
     def _apply_eta(self, eta) -> None:
         eta = float(eta)

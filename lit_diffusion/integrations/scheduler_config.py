@@ -170,7 +170,7 @@ def process_of_config(num_train_timesteps, beta_start, beta_end, beta_schedule, 
 def stepper_options(name: str, sde, parametrization, predictor, **opts) -> tuple:
     """``(parametrization, options)`` of the stepper ``name`` from the scheduler's config keys: on a
     DDPM table the denoiser for exponential Euler and DDRaM (closed-form coefficients; the score forms
-    would need a numerical table), the multistep and PC options of ``opts``."""
+    would need a numerical table), the multistep, DDRaM and PC options of ``opts``."""
     options: dict = {}
     if parametrization is None and isinstance(sde, DiscreteVP):
         pred_name = str(predictor or "exponential_euler").lower() if name == "pc" else name
@@ -181,6 +181,11 @@ def stepper_options(name: str, sde, parametrization, predictor, **opts) -> tuple
         options.update(solver_order=opts["solver_order"], lower_order_final=bool(opts["lower_order_final"]),
                        corrector=bool(opts["corrector"]), noise_band=None if band is None else list(band),
                        inverse=bool(opts["inverse"]))
+    if name == "ddram":
+        options.update(midpoint=opts["midpoint"], evals_per_step=2 if opts["evals_per_step"] is None else opts["evals_per_step"])
+    elif opts["midpoint"] != "law" or opts["evals_per_step"] is not None:
+        raise ValueError(f"midpoint={opts['midpoint']!r} and evals_per_step={opts['evals_per_step']!r} are DDRaM options; "
+                         f"sampler {name!r} takes neither (valid with sampler='ddram')")
     if name == "pc":
         options.update(n_corrector=opts["n_corrector"], snr=opts["snr"], snr_norm=opts["snr_norm"])
         if predictor is not None:

@@ -45,6 +45,8 @@ def supports(stepper) -> bool:
 
     if type(stepper) is PCStepper:
         return stepper.corrector == "after" and type(stepper.predictor) in (EulerStepper, ExpEulerStepper)
+    if type(stepper) is DDRaMStepper and stepper.evals_per_step == 1:
+        return False  # its move to the midpoint reads the previous step's evaluation: the stepper runs it
     return type(stepper) in (EulerStepper, ExpEulerStepper, LocalizationStepper, DDRaMStepper, MultistepStepper)
 
 

@@ -69,9 +69,10 @@ from .steppers import (  # noqa: F401  (re-exported: the public names of the sam
     DDRaMStepper, EulerStepper, ExpEulerStepper, LocalizationStepper, MomentMatchingStepper, PCStepper, Stepper,
     StepState, make_stepper, get_stepper,
 )
+from .ddram import ddram_finish, ddram_midpoint  # noqa: F401
 from .steps import (  # noqa: F401
-    CORRECTOR_RATIO_CAP, SNR_NORMS, ddram_finish, ddram_midpoint, euler_step, exp_euler_step, langevin_corrector_step,
-    moment_matching_step, posterior_cov_sqrt_apply,
+    CORRECTOR_RATIO_CAP, SNR_NORMS, euler_step, exp_euler_step, langevin_corrector_step, moment_matching_step,
+    posterior_cov_sqrt_apply,
 )
 
 __all__ = [

@@ -9,84 +9,24 @@ from __future__ import annotations
 import math
 from typing import Optional
 
-import torch
-from torch import Tensor
 
 from ..core.fields import Field
 from ..core.parametrizations import convert
 from ..core.sdes import LinearSDE, compute_dtype
-from ..core.utils import GeneratorLike, rand
 from .integrators import canonical_parametrization, get_integrator
-from .defaults import AUTO_LOG_SNR_STEP, PREDICTORS, SAMPLER_PARAMETRIZATIONS, check_sampler
+from .defaults import PREDICTORS, SAMPLER_PARAMETRIZATIONS, check_sampler
 from .multistep import MultistepStepper
-from .steps import StepState, corrector_kappa
+from .ddram import DDRaMStepper, ddram_finish, ddram_midpoint  # noqa: F401
+from .steps import Stepper, StepState, corrector_kappa  # noqa: F401
 from .steps import (  # noqa: F401
-    CORRECTOR_RATIO_CAP, SNR_NORMS, per_sample_coef, centred, per_sample_norm, as_times, uncentre, ddram_finish, ddram_midpoint,
+    CORRECTOR_RATIO_CAP, SNR_NORMS, per_sample_coef, centred, per_sample_norm, as_times, uncentre,
     euler_step, exp_euler_step, langevin_corrector_step, moment_matching_step, posterior_cov_sqrt_apply,
 )
 
 
-
 # --------------------------------------------------------------------------------------------
-
+# steppers (the base class and the step state are in .steps, DDRaM in .ddram)
 # --------------------------------------------------------------------------------------------
-# steppers
-# --------------------------------------------------------------------------------------------
-class Stepper:
-    """Base stepper (see the module docstring for the protocol)."""
-
-    name = "base"
-    needs_midpoint = False
-    needs_jacobian = False
-
-    #: ODE form only: steps run from ``t`` up to ``s > t`` (encoding data to noise, set by
-    #: :meth:`inverted`); the closed-form integrals of §5 hold in either direction.
-    inverse = False
-
-    def __init__(self, sde: LinearSDE, parametrization: str, ode: bool):
-        self.sde = sde
-        self.parametrization = parametrization
-        self.ode = bool(ode)
-        self.field_kind = parametrization
-
-    def inverted(self) -> "Stepper":
-        """This stepper running upwards in time (ODE form only): ``start(x, t, s)`` with ``s > t``."""
-        if not self.ode:
-            raise ValueError(f"{self.name}: inverse steps (encoding data to noise) need the ODE form: ode=True")
-        self.inverse = True
-        for sub in (getattr(self, "_subs", None) or {}).values():
-            sub.inverted()
-        return self
-
-    @property
-    def stochastic(self) -> bool:
-        return not self.ode
-
-    evals_per_step = 1
-
-    def midpoint(self, t, s, u):
-        raise NotImplementedError(f"{self.name} has no midpoint")
-
-    def start(self, x_t: Tensor, t, s, u=None, generator: GeneratorLike = None) -> StepState:
-        t, s = as_times(t, x_t), as_times(s, x_t)
-        if self.inverse and not bool((s > t).all()):
-            raise ValueError("an inverse step needs s > t (encoding runs from t_min up to T)")
-        if not self.inverse and not bool((s < t).all()):
-            raise ValueError("a step needs s < t (sampling runs from T down to t_min)")
-        st = StepState(self, x_t, t, s, generator)
-        self._init(st, u)
-        return st
-
-    def _init(self, st: StepState, u):
-        pass
-
-    def _noise_needed(self, st: StepState) -> bool:
-        return self.stochastic
-
-    def __repr__(self):
-        return f"{type(self).__name__}(sde={self.sde!r}, parametrization={self.parametrization!r}, ode={self.ode})"
-
-
 class EulerStepper(Stepper):
     name = "euler"
 
@@ -117,65 +57,6 @@ class LocalizationStepper(ExpEulerStepper):
 
     def __init__(self, sde, parametrization="denoiser", ode=False, method="auto"):
         super().__init__(sde, "denoiser", False, method)
-
-
-class DDRaMStepper(Stepper):
-    """Randomized-midpoint steps.  ``parametrization="auto"`` (the default) freezes the relative score
-    on steps that are short in log-SNR (``log snr(s) - log snr(t) < AUTO_LOG_SNR_STEP``) and the
-    denoiser on longer ones: over a short step the relative score barely moves and DDRaM's midpoint
-    correction is at its most accurate, while over a long step it changes by orders of magnitude and
-    the denoiser, bounded by the data, is the stable choice (docs/samplers.md, "Defaults").  Each step
-    is then an ordinary DDRaM step of one parametrization: :meth:`for_step` returns it, and every
-    :class:`StepState` says which field it needs in ``st.stepper.field_kind``."""
-
-    name = "ddram"
-    needs_midpoint = True
-    evals_per_step = 2
-
-    def __init__(self, sde, parametrization="auto", ode=False, method="auto"):
-        super().__init__(sde, parametrization, ode)
-        if parametrization == "auto":
-            self.field_kind = "denoiser"  # the kind of the long steps; short ones ask for relative_score
-            self.integ = None
-            self._subs = {p: DDRaMStepper(sde, p, ode, method) for p in ("relative_score", "denoiser")}
-        else:
-            self.integ = get_integrator(sde, parametrization, ode, method)
-            self._subs = None
-
-    def for_step(self, t, s) -> "DDRaMStepper":
-        """The stepper of one step ``t -> s`` (itself unless ``parametrization="auto"``); per-sample
-        times are decided by the longest step of the batch."""
-        if self._subs is None:
-            return self
-        lt = torch.log(self.sde.snr(torch.as_tensor(t, dtype=torch.float64)))
-        ls = torch.log(self.sde.snr(torch.as_tensor(s, dtype=torch.float64)))
-        short = bool(((ls - lt).abs() < AUTO_LOG_SNR_STEP).all())
-        return self._subs["relative_score" if short else "denoiser"]
-
-    def start(self, x_t: Tensor, t, s, u=None, generator: GeneratorLike = None) -> StepState:
-        if self._subs is not None:
-            return self.for_step(t, s).start(x_t, t, s, u=u, generator=generator)
-        return super().start(x_t, t, s, u=u, generator=generator)
-
-    def midpoint(self, t, s, u):
-        if self._subs is not None:
-            return self.for_step(t, s).midpoint(t, s, u)
-        return self.integ.midpoint(s, t, u)
-
-    def _init(self, st, u):
-        if u is None:
-            u = rand((st.x_t.shape[0],), generator=st.generator, dtype=torch.float64)
-        u = torch.as_tensor(u, dtype=torch.float64).to(st.t.device)
-        st.u = u
-        st.tau = as_times(self.midpoint(st.t, st.s, u), st.x_t)
-
-    def _advance(self, st, F, noise, **extra):
-        if st.stage == 0:
-            x_tau, st.carry = ddram_midpoint(st.x_t, F, st.t, st.tau, self.integ, noise)
-            st.x_eval, st.t_eval = x_tau.to(st.x_t.dtype), st.tau
-        else:
-            st.x = ddram_finish(st.x_t, F, st.t, st.tau, st.s, st.carry, self.integ, noise).to(st.x_t.dtype)
-            st.done = True
 
 
 class PCStepper(Stepper):

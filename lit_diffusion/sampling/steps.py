@@ -16,7 +16,7 @@ from ..core.utils import GeneratorLike, randn
 from .integrators import ExpIntegrator
 
 __all__ = [
-    "euler_step", "exp_euler_step", "ddram_midpoint", "ddram_finish", "langevin_corrector_step",
+    "euler_step", "exp_euler_step", "langevin_corrector_step", "Stepper",
     "moment_matching_step", "posterior_cov_sqrt_apply", "SNR_NORMS", "CORRECTOR_RATIO_CAP", "StepState",
     "corrector_kappa",
 ]
@@ -75,34 +75,6 @@ def exp_euler_step(x_t: Tensor, F_t: Tensor, t, s, integ: ExpIntegrator, noise: 
     out = per_sample_coef(phi, xc) * xc + per_sample_coef(W, xc) * F_t.to(xc.dtype)
     if not integ.ode:
         out = out + per_sample_coef(torch.sqrt(V), xc) * noise.to(xc.dtype)
-    return uncentre(sde, out, s)
-
-
-def ddram_midpoint(x_t: Tensor, F_t: Tensor, t, tau, integ: ExpIntegrator, noise1: Optional[Tensor] = None):
-    """DDRaM stage 1 (§5): ``X~_tau = Phi(tau,t) X~_t + W(tau,t) F_t + eta_tau``,
-    ``eta_tau = sqrt(V(tau,t)) z1``.  Returns ``(x_tau, carry)``; ``carry = (X~_t, eta_tau)``."""
-    t, tau = as_times(t, x_t), as_times(tau, x_t)
-    sde = integ.sde
-    xc = centred(sde, x_t, t)
-    phi, W, V = integ.coefficients(tau, t)
-    mid = per_sample_coef(phi, xc) * xc + per_sample_coef(W, xc) * F_t.to(xc.dtype)
-    if integ.ode:
-        eta = torch.zeros_like(xc)
-    else:
-        eta = per_sample_coef(torch.sqrt(V), xc) * noise1.to(xc.dtype)
-    return uncentre(sde, mid + eta, tau), (xc, eta)
-
-
-def ddram_finish(x_t: Tensor, F_tau: Tensor, t, tau, s, carry, integ: ExpIntegrator, noise2: Optional[Tensor] = None) -> Tensor:
-    """DDRaM stage 2 (§5): ``X~_s = Phi(s,t) X~_t + W(s,t) F(X_tau, tau) + Phi(s,tau) eta_tau + eta'``,
-    ``eta' = sqrt(V(s,tau)) z2``: the end point is driven by the midpoint's Brownian path."""
-    t, tau, s = as_times(t, x_t), as_times(tau, x_t), as_times(s, x_t)
-    sde = integ.sde
-    xc, eta = carry
-    phi, W, _ = integ.coefficients(s, t)
-    out = per_sample_coef(phi, xc) * xc + per_sample_coef(W, xc) * F_tau.to(xc.dtype)
-    if not integ.ode:
-        out = out + per_sample_coef(integ.phi(s, tau), xc) * eta + per_sample_coef(torch.sqrt(integ.V(s, tau)), xc) * noise2.to(xc.dtype)
     return uncentre(sde, out, s)
 
 
@@ -316,3 +288,61 @@ class StepState:
         self.stage += 1
         self.nfe += 1
         return self
+
+
+# --------------------------------------------------------------------------------------------
+# the base of the steppers (lit_diffusion.sampling.steppers)
+# --------------------------------------------------------------------------------------------
+class Stepper:
+    """Base stepper (see the module docstring for the protocol)."""
+
+    name = "base"
+    needs_midpoint = False
+    needs_jacobian = False
+
+    #: ODE form only: steps run from ``t`` up to ``s > t`` (encoding data to noise, set by
+    #: :meth:`inverted`); the closed-form integrals of §5 hold in either direction.
+    inverse = False
+
+    def __init__(self, sde: LinearSDE, parametrization: str, ode: bool):
+        self.sde = sde
+        self.parametrization = parametrization
+        self.ode = bool(ode)
+        self.field_kind = parametrization
+
+    def inverted(self) -> "Stepper":
+        """This stepper running upwards in time (ODE form only): ``start(x, t, s)`` with ``s > t``."""
+        if not self.ode:
+            raise ValueError(f"{self.name}: inverse steps (encoding data to noise) need the ODE form: ode=True")
+        self.inverse = True
+        for sub in (getattr(self, "_subs", None) or {}).values():
+            sub.inverted()
+        return self
+
+    @property
+    def stochastic(self) -> bool:
+        return not self.ode
+
+    evals_per_step = 1
+
+    def midpoint(self, t, s, u):
+        raise NotImplementedError(f"{self.name} has no midpoint")
+
+    def start(self, x_t: Tensor, t, s, u=None, generator: GeneratorLike = None) -> StepState:
+        t, s = as_times(t, x_t), as_times(s, x_t)
+        if self.inverse and not bool((s > t).all()):
+            raise ValueError("an inverse step needs s > t (encoding runs from t_min up to T)")
+        if not self.inverse and not bool((s < t).all()):
+            raise ValueError("a step needs s < t (sampling runs from T down to t_min)")
+        st = StepState(self, x_t, t, s, generator)
+        self._init(st, u)
+        return st
+
+    def _init(self, st: StepState, u):
+        pass
+
+    def _noise_needed(self, st: StepState) -> bool:
+        return self.stochastic
+
+    def __repr__(self):
+        return f"{type(self).__name__}(sde={self.sde!r}, parametrization={self.parametrization!r}, ode={self.ode})"
