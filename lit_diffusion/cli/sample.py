@@ -86,6 +86,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--solver-order", type=int, default=None, help="multistep: 1, 2 or 3 (default 2)")
     p.add_argument("--corrector", action="store_true", default=None,
                    help="multistep: redo each step with the next evaluation as one more node (no extra evaluation)")
+    p.add_argument("--evals-per-step", type=int, default=None, help="ddram: 2 (default) or 1 (the move to the midpoint "
+                   "reuses the previous step's evaluation)")
+    p.add_argument("--midpoint", default=None, help="ddram: where the midpoint is drawn: 'law' (default) or 'log_snr'")
     p.add_argument("--class-label", type=int, nargs="+", default=None, metavar="K",
                    help="class-conditional models: the label of every sample, or a list of labels that fill the "
                    "picture row by row (sample i gets list[(i // columns) %% len(list)]); default: unconditional")

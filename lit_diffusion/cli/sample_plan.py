@@ -130,16 +130,24 @@ def _check_output_args(args) -> None:
         raise ValueError(f"--seed {args.seed!r} is invalid; it must be an integer with 0 <= seed and seed + n <= 2**63 - 1 (sample i uses seed + i)")
 
 
-def _pc_options(args, sampler: str) -> dict:
-    pc_opts = {"predictor": args.predictor, "n_corrector": args.n_corrector, "snr": args.snr, "snr_norm": args.snr_norm}
-    given = {k: v for k, v in pc_opts.items() if v is not None}
-    if given and sampler != "pc":
-        raise ValueError(f"options {sorted('--' + k.replace('_', '-') for k in given)} only apply to --sampler pc; got --sampler {sampler!r}")
-    ms_opts = {k: v for k, v in {"solver_order": args.solver_order, "corrector": args.corrector}.items() if v is not None}
-    if ms_opts and sampler != "multistep":
-        raise ValueError(f"options {sorted('--' + k.replace('_', '-') for k in ms_opts)} only apply to --sampler multistep; "
-                         f"got --sampler {sampler!r}")
-    return {**given, **ms_opts}
+#: the command-line options of each sampler's stepper (each refused with the other samplers)
+SAMPLER_OPTIONS = (
+    ("pc", ("predictor", "n_corrector", "snr", "snr_norm")),
+    ("multistep", ("solver_order", "corrector")),
+    ("ddram", ("evals_per_step", "midpoint")),
+)
+
+
+def _sampler_options(args, sampler: str) -> dict:
+    """The stepper options of the sampler given on the command line (refused for the other samplers)."""
+    options: dict = {}
+    for owner, keys in SAMPLER_OPTIONS:
+        given = {k: getattr(args, k) for k in keys if getattr(args, k) is not None}
+        if given and sampler != owner:
+            raise ValueError(f"options {sorted('--' + k.replace('_', '-') for k in given)} only apply to --sampler {owner}; "
+                             f"got --sampler {sampler!r}")
+        options.update(given)
+    return options
 
 
 def _stepper_and_steps(args, sampler: str, model, options: dict):
@@ -200,7 +208,7 @@ def prepare(args: argparse.Namespace) -> Plan:
     sampler = resolve_sampler(args.sampler)
     _check_budget_args(args, sampler)
     _check_output_args(args)
-    options = _pc_options(args, sampler)
+    options = _sampler_options(args, sampler)
     reference = _reference_data(args.reference)
     model = load_model(args.checkpoint, ema=not args.no_ema)
     stepper = _stepper_and_steps(args, sampler, model, options)

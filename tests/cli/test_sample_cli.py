@@ -72,8 +72,8 @@ def _files(p: Path):
 # ------------------------------------------------------------------------------------------------
 # end to end
 # ------------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("sampler", ["euler", "ddram"])
-def test_lightning_checkpoint_matches_library_sampler(ckpt, tmp_path, sampler):
+@pytest.mark.parametrize("sampler,options", [("euler", {}), ("ddram", {}), ("ddram", {"evals_per_step": 1})])
+def test_lightning_checkpoint_matches_library_sampler(ckpt, tmp_path, sampler, options):
     """sample.py == samplers.sample on the checkpoint's EMA field with generators seeded seed+i,
     although sample.py works in chunks of 4 and the reference in one batch of 6."""
     from lit_diffusion.training.module import ScoreModule
@@ -81,17 +81,19 @@ def test_lightning_checkpoint_matches_library_sampler(ckpt, tmp_path, sampler):
     from lit_diffusion.core.utils import make_generators
 
     out = tmp_path / "out"
-    assert _run(["-c", ckpt, "--n", 6, "--batch-size", 4, "--steps", 5, "--sampler", sampler, "--seed", 10, "--out", out]) == 0
+    flags = [v for k, x in options.items() for v in ("--" + k.replace("_", "-"), x)]
+    assert _run(["-c", ckpt, "--n", 6, "--batch-size", 4, "--steps", 5, "--sampler", sampler, "--seed", 10, "--out", out] + flags) == 0
     x, idx, meta = _load(out)
     assert x.shape == (6, 2) and x.dtype == np.float32
     np.testing.assert_array_equal(idx, np.arange(6))
     assert meta["sampler"] == sampler and meta["steps"] == 5 and meta["world_size"] == 1
-    assert meta["nfe_per_sample"] == 5 * (2 if sampler == "ddram" else 1)
+    assert meta["nfe_per_sample"] == 5 * (2 if sampler == "ddram" and not options else 1)
     assert (out / "samples.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert _files(out) == ["samples.npz", "samples.png"]  # no temporary file left behind
 
     module = ScoreModule.load_checkpoint(str(ckpt)).eval()
-    ref = sample(module.field(ema=True), module.sde, shape=(6, 2), sampler=sampler, steps=5, generator=make_generators(range(10, 16)))
+    ref = sample(module.field(ema=True), module.sde, shape=(6, 2), sampler=sampler, steps=5, generator=make_generators(range(10, 16)),
+                 **options)
     np.testing.assert_allclose(x, ref.samples.numpy(), rtol=1e-5, atol=1e-6)
     assert np.isfinite(x).all()
 
@@ -254,6 +256,9 @@ def test_other_bad_options(ckpt, tmp_path, capsys):
     _expect_error(["-c", ckpt, "--n", 0], capsys, tmp_path / "o", "--n=0")
     _expect_error(["-c", ckpt, "--sampler", "euler", "--parametrization", "denoiser"], capsys, tmp_path / "o", "denoiser", "valid choices")
     _expect_error(["-c", ckpt, "--sampler", "euler", "--n-corrector", 2], capsys, tmp_path / "o", "--n-corrector", "pc")
+    _expect_error(["-c", ckpt, "--sampler", "multistep", "--evals-per-step", 1], capsys, tmp_path / "o", "--evals-per-step",
+                  "only apply to --sampler ddram")
+    _expect_error(["-c", ckpt, "--sampler", "ddram", "--midpoint", "middle"], capsys, tmp_path / "o", "'middle'", "log_snr")
 
 
 def test_missing_checkpoint(tmp_path, capsys):

@@ -33,6 +33,9 @@ SAMPLER_VARIANTS = {
     "ddim": dict(sampler="exponential_euler", parametrization="denoiser", ode=True),
     "ddram": dict(sampler="ddram"),
     "ddram_ode": dict(sampler="ddram", ode=True),
+    "ddram_one_eval": dict(sampler="ddram", evals_per_step=1),  # its step starts one step() call early
+    "ddram_one_eval_ode": dict(sampler="ddram", evals_per_step=1, ode=True),
+    "ddram_log_snr": dict(sampler="ddram", midpoint="log_snr"),
     # the signal-to-noise step rule uses per-sample norms ||z||/||score||: in 2-D they fluctuate
     # a lot and snr = 0.1 over-steps (KL grows with the number of steps); 0.01 is stable here
     "pc": dict(sampler="pc", n_corrector=1, snr=0.01),
@@ -192,7 +195,7 @@ def test_scheduler_reproduces_sample_with_same_noise(name):
         midpoint_generator=torch.Generator().manual_seed(seed),
     )
     calls = model.calls
-    opts = {k: v for k, v in kw.items() if k in ("predictor", "n_corrector", "snr", "corrector", "solver_order")}
+    opts = {k: v for k, v in kw.items() if k in ("predictor", "n_corrector", "snr", "corrector", "solver_order", "evals_per_step", "midpoint")}
     ref = sample(
         model,
         sched.sde,

@@ -175,3 +175,15 @@ def test_a_source_spacing_that_sets_the_grid_is_said_and_shown():
     assert s2.config.schedule == "diffusers"
     with pytest.warns(UserWarning, match="use_karras_sigmas=True selects schedule='edm'"):
         assert SDEScheduler(use_karras_sigmas=True).config.schedule == "edm"
+
+
+def test_ddram_options_are_refused_for_other_samplers_and_checked_for_ddram():
+    with pytest.raises(ValueError, match="are DDRaM options; sampler 'multistep' takes neither"):
+        SDEScheduler(sampler="multistep", evals_per_step=1)
+    with pytest.raises(ValueError, match=r"evals_per_step=3 is invalid; valid choices: \[1, 2\]"):
+        SDEScheduler(sampler="ddram", evals_per_step=3)
+    with pytest.raises(ValueError, match="unknown DDRaM midpoint 'middle'"):
+        SDEScheduler(sampler="ddram", midpoint="middle")
+    sched = SDEScheduler(sampler="ddram", evals_per_step=1)
+    sched.set_timesteps(5)
+    assert sched.order == 1 and len(sched.timesteps) == 6  # five steps and the final denoising evaluation

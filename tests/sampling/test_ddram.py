@@ -1,0 +1,77 @@
+"""DDRaM's options for small budgets (lit_diffusion/sampling/ddram.py, docs/maths.md §5): the log-SNR
+midpoint's weight is unbiased, and the one-evaluation variant keeps the two-evaluation sampler's
+accuracy per step at half the evaluations."""
+
+import math
+
+import pytest
+import torch
+
+from lit_diffusion.core import sdes
+from lit_diffusion.core.targets import GaussianMixture
+from lit_diffusion.sampling.ddram import DDRaMStepper
+from lit_diffusion.sampling.samplers import get_stepper, sample
+
+F64 = torch.float64
+
+
+def _target():
+    return GaussianMixture.gaussian([1.0, -1.0], torch.tensor([0.25, 1.0], dtype=F64))
+
+
+@pytest.mark.parametrize("ode", [False, True])
+@pytest.mark.parametrize("sde_name", ["VP", "VE", "OU"])
+def test_log_snr_midpoint_weight_averages_to_the_step_integral(sde_name, ode):
+    sde = getattr(sdes, sde_name)()
+    st = DDRaMStepper(sde, "denoiser", ode, midpoint="log_snr")
+    n = 20000
+    u = (torch.arange(n, dtype=F64) + 0.5) / n  # midpoint rule in u: the mean of the weight over tau
+    t, s = torch.full((n,), 0.8 * sde.T, dtype=F64), torch.full((n,), 0.3 * sde.T, dtype=F64)
+    state = st.start(torch.zeros(n, 1, dtype=F64), t, s, u=u)
+    lt, ltau, ls = (sde.log_snr(v) for v in (t, state.tau, s))
+    assert bool(((ltau - lt) / (ls - lt) - u).abs().max() < 1e-9)  # uniform in log-SNR
+    w = st._weight(state)
+    assert float(w.mean()) == pytest.approx(float(st.integ.W(s[0], t[0])), rel=1e-6)
+    assert float(w.std()) > 0.1 * float(w.mean())  # not the law's constant weight
+
+
+def test_options_are_checked_before_any_work():
+    sde = sdes.VP()
+    with pytest.raises(ValueError, match="unknown DDRaM midpoint 'middle'.*law.*log_snr"):
+        get_stepper("ddram", sde, midpoint="middle")
+    with pytest.raises(ValueError, match=r"evals_per_step=3 is invalid; valid choices: \[1, 2\]"):
+        get_stepper("ddram", sde, evals_per_step=3)
+    with pytest.raises(ValueError, match="parametrization 'score' is not one"):
+        get_stepper("ddram", sde, parametrization="score", midpoint="log_snr")
+    with pytest.raises(ValueError, match="unknown option"):
+        get_stepper("exponential_euler", sde, evals_per_step=1)
+
+
+@pytest.mark.parametrize("ode", [False, True])
+def test_one_evaluation_variant_spends_one_evaluation_per_step(ode):
+    sde = sdes.VP()
+    res = sample(_target(), sde, shape=(7, 2), sampler="ddram", evals_per_step=1, steps=9, ode=ode,
+                 generator=torch.Generator().manual_seed(0), dtype=F64)
+    assert res.nfe == 9 and bool(torch.isfinite(res.samples).all())
+    again = sample(_target(), sde, shape=(7, 2), sampler="ddram", evals_per_step=1, steps=9, ode=ode,
+                   generator=torch.Generator().manual_seed(0), dtype=F64)
+    assert torch.equal(res.samples, again.samples)  # nothing carried over from the first run
+
+
+def test_one_evaluation_variant_converges_like_ddram_at_half_the_evaluations():
+    """ODE form, exact denoiser of a 2-D Gaussian: the mean distance to the exact flow's end point falls
+    at order about 1.5 in the steps (randomized midpoint), and at equal *steps* the one-evaluation
+    variant is as accurate as the two-evaluation sampler (measured 1.87e-2 vs 1.85e-2 at 32 steps)."""
+    sde, tgt = sdes.VP(), _target()
+    xT = sde.prior_sampling((256, 2), generator=torch.Generator().manual_seed(0), dtype=F64)
+    ref = sample(tgt, sde, x_T=xT, sampler="multistep", ode=True, steps=2000, schedule="log_snr", dtype=F64).samples
+
+    def err(n, evals):
+        x = sample(tgt, sde, x_T=xT, sampler="ddram", ode=True, steps=n, schedule="log_snr", dtype=F64,
+                   generator=torch.Generator().manual_seed(1), evals_per_step=evals).samples
+        return float((x - ref).norm(dim=1).mean())
+
+    one = [err(n, 1) for n in (16, 32, 64)]
+    slope = math.log2(one[0] / one[2]) / 2
+    assert 1.2 < slope < 2.0, (one, slope)
+    assert one[1] < 1.2 * err(32, 2)
