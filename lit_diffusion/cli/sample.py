@@ -54,6 +54,23 @@ __all__ = ["chunk_indices", "build_parser", "generate", "run", "main"]
 # ------------------------------------------------------------------------------------------------
 # command line
 # ------------------------------------------------------------------------------------------------
+def _add_sampler_options(p: argparse.ArgumentParser) -> None:
+    """The options of one sampler each (:data:`lit_diffusion.cli.sample_plan.SAMPLER_OPTIONS`)."""
+    p.add_argument("--predictor", default=None, help="pc: exponential_euler (default), euler or ddram")
+    p.add_argument("--n-corrector", type=int, default=None, help="pc: Langevin corrector steps per step")
+    p.add_argument("--snr", type=float, default=None, help="pc: corrector signal-to-noise ratio")
+    p.add_argument("--snr-norm", default=None, help="pc step-size rule: 'capped' (default: per sample, ratio capped at "
+                   "4 sigma^2; stable in any dimension), 'batch' (batch-mean norms) or 'sample' (diverges on 1-D/2-D data)")
+    p.add_argument("--time-grid", default=None, metavar="FILE",
+                   help="a fitted time grid (JSON of python -m lit_diffusion.cli.grid_fit); sets --steps")
+    p.add_argument("--solver-order", type=int, default=None, help="multistep: 1, 2 or 3 (default 2)")
+    p.add_argument("--corrector", action="store_true", default=None,
+                   help="multistep: redo each step with the next evaluation as one more node (no extra evaluation)")
+    p.add_argument("--evals-per-step", type=int, default=None, help="ddram: 2 (default) or 1 (the move to the midpoint "
+                   "reuses the previous step's evaluation)")
+    p.add_argument("--midpoint", default=None, help="ddram: where the midpoint is drawn: 'law' (default) or 'log_snr'")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from ..sampling.samplers import SAMPLERS
     from ..core.schedules import SCHEDULES
@@ -76,19 +93,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "best on learned networks)")
     p.add_argument("--parametrization", default=None, help="frozen field: score, relative_score or denoiser")
     p.add_argument("--ode", action="store_true", help="probability-flow ODE form (deterministic)")
-    p.add_argument("--predictor", default=None, help="pc: exponential_euler (default), euler or ddram")
-    p.add_argument("--n-corrector", type=int, default=None, help="pc: Langevin corrector steps per step")
-    p.add_argument("--snr", type=float, default=None, help="pc: corrector signal-to-noise ratio")
-    p.add_argument("--snr-norm", default=None, help="pc step-size rule: 'capped' (default: per sample, ratio capped at "
-                   "4 sigma^2; stable in any dimension), 'batch' (batch-mean norms) or 'sample' (diverges on 1-D/2-D data)")
-    p.add_argument("--time-grid", default=None, metavar="FILE",
-                   help="a fitted time grid (JSON of python -m lit_diffusion.cli.grid_fit); sets --steps")
-    p.add_argument("--solver-order", type=int, default=None, help="multistep: 1, 2 or 3 (default 2)")
-    p.add_argument("--corrector", action="store_true", default=None,
-                   help="multistep: redo each step with the next evaluation as one more node (no extra evaluation)")
-    p.add_argument("--evals-per-step", type=int, default=None, help="ddram: 2 (default) or 1 (the move to the midpoint "
-                   "reuses the previous step's evaluation)")
-    p.add_argument("--midpoint", default=None, help="ddram: where the midpoint is drawn: 'law' (default) or 'log_snr'")
+    _add_sampler_options(p)
     p.add_argument("--class-label", type=int, nargs="+", default=None, metavar="K",
                    help="class-conditional models: the label of every sample, or a list of labels that fill the "
                    "picture row by row (sample i gets list[(i // columns) %% len(list)]); default: unconditional")

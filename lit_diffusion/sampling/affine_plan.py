@@ -156,13 +156,14 @@ class AffinePlan:
                 times = torch.stack([t] + [s] * c, 1).reshape(-1)
                 kinds = [k for kind in kinds for k in [kind] + ["score"] * c]
         if final_denoise:
-            times = torch.cat([times, grid[-1:]])
+            times = torch.cat([times, grid[-1:].expand(1, *times.shape[1:])])
             kinds.append("denoiser")
         self.times = times
-        self.conv = torch.empty(times.numel(), 3, dtype=F64)
+        self.conv = torch.empty(times.shape[0], 3, *times.shape[1:], dtype=F64)  # per-sample midpoints: (evals, 3, B)
         for kind in set(kinds):
             i = torch.tensor([e for e, k in enumerate(kinds) if k == kind])
-            self.conv[i] = torch.stack(_conversion(sde, declared, kind, times[i]), 1)
+            abc = torch.stack(_conversion(sde, declared, kind, times[i].reshape(-1)), 1)
+            self.conv[i] = abc.reshape(len(i), *times.shape[1:], 3).movedim(-1, 1)
         if final_denoise:
             self.final = self.conv[-1]
         self.conv_floats = self.conv.tolist()
@@ -174,29 +175,40 @@ class AffinePlan:
 
     def _two_stage(self, stepper, t: Tensor, s: Tensor, u: Tensor):
         """DDRaM's two tables (midpoint and end point), probed per sub-stepper (``parametrization="auto"``
-        picks one per step); returns the times and field kinds of the evaluations."""
+        picks one per step); returns the times and field kinds of the evaluations.  ``u``: one uniform
+        per step ``(n,)`` (shared by the batch: scalar coefficients) or per step and sample ``(n, B)``
+        (``sample()``: every table entry is then a ``(B,)`` vector, and so are the midpoint times)."""
         n = t.numel()
+        u = u.to(F64).reshape(n, -1)
+        B = u.shape[1]
         subs = [stepper.for_step(t[k], s[k]) if hasattr(stepper, "for_step") else stepper for k in range(n)]
         groups: dict = {}
         for k, sub in enumerate(subs):
             groups.setdefault(id(sub), (sub, []))[1].append(k)
-        tau = torch.empty(n, dtype=F64)
-        self.mid, self.end = torch.empty(n, 4, dtype=F64), torch.empty(n, 5, dtype=F64)
+        tau = torch.empty(n, B, dtype=F64)
+        self.mid, self.end = torch.empty(n, 4, B, dtype=F64), torch.empty(n, 5, B, dtype=F64)
         keys = [{}, {"x": 1}, {"F0": 1}, {"z1": 1}, {"F1": 1}, {"z2": 1}]
         for sub, idx in groups.values():
             i = torch.tensor(idx)
-            tau[i] = torch.as_tensor(sub.midpoint(t[i], s[i], u[i].to(F64)), dtype=F64).reshape(-1)
-            (m0, e0), (mx, ex), (mf, _), (mz, ez1), (_, ef), (_, ez2) = _probe(sub, t[i], s[i], u[i], keys)
-            self.mid[i] = torch.stack([mx - m0, mf - m0, m0, mz - m0], 1)
-            self.end[i] = torch.stack([ex - e0, ef - e0, e0, ez1 - e0, ez2 - e0], 1)
-        return torch.stack([t, tau], 1).reshape(-1), [sub.field_kind for sub in subs for _ in range(2)]
+            ti, si, ui = t[i].repeat_interleave(B), s[i].repeat_interleave(B), u[i].reshape(-1)
+            tau[i] = torch.as_tensor(sub.midpoint(ti, si, ui), dtype=F64).reshape(-1, B)
+            (m0, e0), (mx, ex), (mf, _), (mz, ez1), (_, ef), (_, ez2) = _probe(sub, ti, si, ui, keys)
+            self.mid[i] = torch.stack([mx - m0, mf - m0, m0, mz - m0], 1).reshape(-1, B, 4).transpose(1, 2)
+            self.end[i] = torch.stack([ex - e0, ef - e0, e0, ez1 - e0, ez2 - e0], 1).reshape(-1, B, 5).transpose(1, 2)
+        if B == 1:  # shared by the batch: scalar coefficients
+            self.mid, self.end, tau = self.mid[..., 0], self.end[..., 0], tau[:, 0]
+        else:
+            t = t[:, None].expand(n, B)
+        return torch.stack([t, tau], 1).reshape(2 * n, *tau.shape[1:]), [sub.field_kind for sub in subs for _ in range(2)]
 
-    def cast(self, dtype: torch.dtype, device) -> "AffinePlan":
-        """The coefficient tables in ``dtype`` on ``device`` (cast once per run and cached)."""
-        key = (dtype, str(device))
+    def cast(self, dtype: torch.dtype, device, ndim: int = 1) -> tuple:
+        """The coefficient tables in ``dtype`` on ``device`` (cast once per run and cached); per-sample
+        entries shaped ``(B, 1, ..., 1)`` to broadcast against a state of ``ndim`` dimensions."""
+        key = (dtype, str(device), ndim)
         if key not in self._cast:
+            per_sample = self.times.dim() == 2
             self._cast[key] = tuple(
-                None if v is None else v.to(device=device, dtype=dtype)
+                None if v is None else v.to(device=device, dtype=dtype).reshape(*v.shape, *[1] * (ndim - 1 if per_sample else 0))
                 for v in (self.mid, self.end, self.conv, getattr(self, "final", None))
             )
         return self._cast[key]
@@ -207,7 +219,7 @@ class AffinePlan:
         on the precomputed coefficients, arithmetic in float32/64.  A two-stage step keeps its start
         and first noise between its two evaluations."""
         dtype = compute_dtype(x)
-        mid, end, conv, final_c = self.cast(dtype, x.device)
+        mid, end, conv, final_c = self.cast(dtype, x.device, x.dim())
         if out.shape[1:] != x.shape[1:]:
             out = out[:, : x.shape[1]]  # learned-variance output: the variance half is not used
         xd, od = x.to(dtype), out.to(dtype)

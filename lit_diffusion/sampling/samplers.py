@@ -60,7 +60,7 @@ from torch import Tensor
 from ..core.fields import Field, as_field  # noqa: F401
 from ..core.schedules import check_steps, check_schedule, get_timesteps
 from ..core.sdes import LinearSDE
-from ..core.utils import GeneratorLike
+from ..core.utils import GeneratorLike, rand
 from .defaults import (  # noqa: F401  (re-exported: the public names of the samplers)
     AUTO_LOG_SNR_STEP, DEFAULT_SCHEDULES, PREDICTORS, SAMPLER_PARAMETRIZATIONS, SAMPLERS, check_sampler, default_schedule,
     ends_with_denoising,
@@ -161,17 +161,22 @@ def _step_with_known(stepper, field, x: Tensor, t: Tensor, s: Tensor, u, generat
     return x
 
 
-def _plan_of(stepper, field, sde, grid: Tensor, inpaint):
+def _plan_of(stepper, sde, grid: Tensor, inpaint, midpoint_u, x: Tensor, generator):
     """The affine plan of the run (:mod:`.affine_plan`: the coefficients probed on the stepper once; a
     step is then a few fused operations, as in ``SDEScheduler.step``), or ``None`` where the stepper
-    itself runs: random midpoints (drawn per sample here), inpainting, moment matching. The field
-    converts the network's output to the stepper's kind (``Field.__call__``, the arithmetic the stepper
-    path uses: samples stay bit for bit what they were)."""
+    itself runs: inpainting, moment matching, one-evaluation DDRaM. DDRaM's midpoints are drawn here,
+    per step and sample, before the run (``midpoint_u`` when given). The field converts the network's
+    output to the stepper's kind (``Field.__call__``, the arithmetic the stepper path uses)."""
     from .affine_plan import AffinePlan, supports
 
-    if inpaint is not None or stepper.needs_midpoint or not supports(stepper):
+    if inpaint is not None or not supports(stepper):
         return None
-    return AffinePlan(stepper, sde, stepper.field_kind, grid.cpu(), None, False)
+    u = None
+    if stepper.needs_midpoint:
+        n, B = grid.numel() - 1, x.shape[0]
+        u = midpoint_u if midpoint_u is not None else rand((B, n), generator=generator, dtype=torch.float64).T
+        u = u.cpu()  # (n,): shared by the batch (scalar coefficients); (n, B): one per sample
+    return AffinePlan(stepper, sde, stepper.field_kind, grid.cpu(), u, False)
 
 
 def _planned_step(plan, field, x: Tensor, k: int, generator) -> Tensor:
@@ -179,7 +184,7 @@ def _planned_step(plan, field, x: Tensor, k: int, generator) -> Tensor:
     score is converted by the plan) and applies the step's coefficients."""
     for j in range(plan.evals_per_step):
         i = k * plan.evals_per_step + j
-        t = plan.times[i].to(x.device).expand(x.shape[0])
+        t = plan.times[i].to(x.device).expand(x.shape[0])  # (a midpoint time per sample for DDRaM)
         x = plan.apply(field(x, t, plan.declared), x, i, k, j, generator, final=False)
     return x
 
@@ -291,7 +296,7 @@ def sample(
     if inpaint is not None:
         inpaint.check(x)
         x = inpaint.replace(x, grid[0], generator)
-    plan = _plan_of(stepper, field, sde, grid, inpaint)
+    plan = _plan_of(stepper, sde, grid, inpaint, midpoint_u, x, generator)
     if hasattr(stepper, "reset"):  # samplers that carry evaluations across steps (multistep)
         stepper.reset(grid)
     nfe0 = field.nfe

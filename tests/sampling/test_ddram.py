@@ -75,3 +75,27 @@ def test_one_evaluation_variant_converges_like_ddram_at_half_the_evaluations():
     slope = math.log2(one[0] / one[2]) / 2
     assert 1.2 < slope < 2.0, (one, slope)
     assert one[1] < 1.2 * err(32, 2)
+
+
+@pytest.mark.parametrize("ode", [False, True])
+@pytest.mark.parametrize("param", ["auto", "denoiser", "score"])
+def test_sample_runs_ddram_from_the_plan_as_its_stepper_would(param, ode):
+    """sample() applies DDRaM's coefficient tables, one midpoint per step and sample; driving the stepper
+    itself with the same midpoints and noise stream gives the same samples."""
+    from lit_diffusion.core.fields import as_field
+    from lit_diffusion.core.schedules import get_timesteps
+
+    sde, tgt, n, B = sdes.VP(), _target(), 5, 6
+    u = torch.rand(n, B, generator=torch.Generator().manual_seed(2), dtype=F64)
+    xT = torch.randn(B, 2, generator=torch.Generator().manual_seed(1), dtype=F64)
+    res = sample(tgt, sde, x_T=xT, sampler="ddram", parametrization=param, steps=n, ode=ode, midpoint_u=u,
+                 generator=torch.Generator().manual_seed(3), dtype=F64)
+    stepper, field, grid = get_stepper("ddram", sde, param, ode), as_field(tgt, sde), get_timesteps(sde, n, "uniform")
+    g, x = torch.Generator().manual_seed(3), xT
+    for k in range(n):
+        st = stepper.start(x, grid[k], grid[k + 1], u=u[k], generator=g)
+        while not st.done:
+            st.advance(field(st.x_eval, st.t_eval, st.stepper.field_kind))
+        x = st.x
+    assert res.nfe == 2 * n
+    assert torch.allclose(res.samples, x, rtol=1e-9, atol=1e-9), (res.samples - x).abs().max()
