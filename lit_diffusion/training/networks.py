@@ -209,6 +209,36 @@ UNET_PRESETS: dict[str, dict] = {
 }
 
 
+def _unet_layout(preset: str, sample_size, block_out_channels, layers_per_block) -> dict:
+    """The ``UNet2DModel`` arguments of a preset with the given overrides, checked: as many channel
+    counts as the preset has levels, each divisible by the group norm's groups, and a sample size
+    that every level halves evenly."""
+    kw = dict(UNET_PRESETS[preset])
+    if sample_size is not None:
+        kw["sample_size"] = int(sample_size)
+    kw.setdefault("sample_size", 8)
+    if block_out_channels is not None:
+        if len(block_out_channels) != len(kw["block_out_channels"]):
+            raise ValueError(
+                f"UNet: block_out_channels={list(block_out_channels)} must have "
+                f"{len(kw['block_out_channels'])} entries for preset {preset!r}"
+            )
+        kw["block_out_channels"] = [int(c) for c in block_out_channels]
+    if layers_per_block is not None:
+        kw["layers_per_block"] = int(layers_per_block)
+    groups = kw["norm_num_groups"]
+    bad = [c for c in kw["block_out_channels"] if c % groups]
+    if bad:
+        raise ValueError(f"UNet: block_out_channels {bad} are not divisible by norm_num_groups={groups}")
+    levels = len(kw["block_out_channels"])
+    if kw["sample_size"] % (2 ** (levels - 1)):
+        raise ValueError(
+            f"UNet: sample_size={kw['sample_size']} is not divisible by 2**{levels - 1} "
+            f"(preset {preset!r} has {levels} levels)"
+        )
+    return kw
+
+
 class UNet(nn.Module):
     """diffusers ``UNet2DModel`` called as ``net(x, t)`` with continuous ``t in [0, T]``.
 
@@ -245,29 +275,7 @@ class UNet(nn.Module):
             raise ValueError(f"UNet: unknown preset {preset!r}; valid choices: {sorted(UNET_PRESETS)}")
         from diffusers import UNet2DModel
 
-        kw = dict(UNET_PRESETS[preset])
-        if sample_size is not None:
-            kw["sample_size"] = int(sample_size)
-        kw.setdefault("sample_size", 8)
-        if block_out_channels is not None:
-            if len(block_out_channels) != len(kw["block_out_channels"]):
-                raise ValueError(
-                    f"UNet: block_out_channels={list(block_out_channels)} must have "
-                    f"{len(kw['block_out_channels'])} entries for preset {preset!r}"
-                )
-            kw["block_out_channels"] = [int(c) for c in block_out_channels]
-        if layers_per_block is not None:
-            kw["layers_per_block"] = int(layers_per_block)
-        groups = kw["norm_num_groups"]
-        bad = [c for c in kw["block_out_channels"] if c % groups]
-        if bad:
-            raise ValueError(f"UNet: block_out_channels {bad} are not divisible by norm_num_groups={groups}")
-        levels = len(kw["block_out_channels"])
-        if kw["sample_size"] % (2 ** (levels - 1)):
-            raise ValueError(
-                f"UNet: sample_size={kw['sample_size']} is not divisible by 2**{levels - 1} "
-                f"(preset {preset!r} has {levels} levels)"
-            )
+        kw = _unet_layout(preset, sample_size, block_out_channels, layers_per_block)
         self.prediction_type = canonical_prediction(prediction_type)
         self.T = float(T)
         self.time_scale = float(time_scale)

@@ -130,6 +130,31 @@ def _set_aside(folder: str, keep: set, old_run: Optional[str], write: bool) -> O
     return dest
 
 
+def _resume_last(folder: str, folder_run: Optional[str], fits, log) -> tuple:
+    """``--ckpt_path last``: the newest checkpoint of this run that ``fits`` the model, as ``(path,
+    run_id, the checkpoint's run id)``, or ``(None, None, None)`` for a folder without one; a run whose
+    checkpoints all fail ``fits`` is an error (a changed configuration, not a fresh start: its files
+    are never set aside silently)."""
+    from ..runtime.checkpoint_io import CheckpointError
+
+    unfit: list = []
+    for p, step, rid in checkpoint_candidates(folder, folder_run):
+        try:
+            if fits is not None:
+                fits(p)
+        except CheckpointError as e:
+            warnings.warn(f"skipping {p!r}: {e}", stacklevel=3)
+            unfit.append(e)
+            continue
+        if log is not None:
+            log(f"resuming from {p} (global step {step})")
+        return p, folder_run or rid, rid
+    if unfit:
+        raise unfit[0]
+    warnings.warn(f"--ckpt_path last: no checkpoint of this run in {folder!r} yet; starting from scratch", stacklevel=3)
+    return None, None, None
+
+
 def prepare_run(
     folder: str,
     ckpt_path: Optional[str],
@@ -144,31 +169,13 @@ def prepare_run(
     model (another SDE, a missing weight...): with ``"last"`` such files are skipped with a warning,
     an explicit file is refused.  ``write``: move older runs' files aside and write ``run.json`` (the
     process of global rank 0 only)."""
-    from ..runtime.checkpoint_io import CheckpointError, read_checkpoint
+    from ..runtime.checkpoint_io import read_checkpoint
 
     folder = os.fspath(folder)
     folder_run = read_run_id(folder)
     resume, run_id, resume_rid = None, None, None
     if ckpt_path == "last":
-        unfit: list = []
-        for p, step, rid in checkpoint_candidates(folder, folder_run):
-            try:
-                if fits is not None:
-                    fits(p)
-            except CheckpointError as e:
-                warnings.warn(f"skipping {p!r}: {e}", stacklevel=2)
-                unfit.append(e)
-                continue
-            resume, run_id, resume_rid = p, folder_run or rid, rid
-            if log is not None:
-                log(f"resuming from {p} (global step {step})")
-            break
-        if resume is None and unfit:
-            # the run has checkpoints, none of which continues this model: a changed configuration,
-            # not a fresh start (its files are never set aside silently)
-            raise unfit[0]
-        if resume is None:
-            warnings.warn(f"--ckpt_path last: no checkpoint of this run in {folder!r} yet; starting from scratch", stacklevel=2)
+        resume, run_id, resume_rid = _resume_last(folder, folder_run, fits, log)
     elif ckpt_path is not None:
         if not os.path.isfile(ckpt_path):
             raise FileNotFoundError(f"--ckpt_path {ckpt_path!r}: no such checkpoint file (or use 'last')")
