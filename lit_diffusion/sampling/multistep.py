@@ -144,7 +144,8 @@ class MultistepStepper:
             the measured best on the shipped model at 8, 15 and 20 evaluations, docs/samplers.md
             "Multistep"); the first steps use the evaluations available.
         lower_order_final: on runs of fewer than 15 steps, the last steps use order ``steps left``
-            (the evaluations near the data end are the least smooth in ``ℓ``).
+            (the evaluations near the data end are the least smooth in ``ℓ``), the final denoising
+            jump of a grid that stops short of ``t_min`` counted as one.
         corrector: redo each step with the next evaluation as one more node before going on (no
             extra network evaluation).
         noise_band: SDE form only: ``(lo, hi)`` noise levels ``σ/α``; steps starting outside run as the
@@ -247,10 +248,16 @@ class MultistepStepper:
         return 0.5 * self.sde.log_snr(t).to(F64)
 
     def _steps_left(self, t: Tensor) -> Optional[int]:
+        """The steps from ``t`` to the data: those of the grid, and the final denoising jump when the
+        grid stops short of ``t_min`` (a short run whose last step that evaluation replaces:
+        :func:`~lit_diffusion.sampling.defaults.ends_with_denoising`). So, as in DPM-Solver++, only
+        the jump itself is of order 1: measured on the shipped model at 5 evaluations, SDE form,
+        FID-MNIST 18.3 against 25.5 when the last grid step was lowered too (docs/samplers.md)."""
         if self._grid is None:
             return None
         k = int(torch.argmin((self._grid - float(t[0])).abs()))
-        return self._grid.numel() - 1 - k
+        jump = 0 if self.inverse or float(self._grid[-1]) <= self.sde.t_min * (1 + 1e-9) else 1
+        return self._grid.numel() - 1 - k + jump
 
     def _order(self, t: Tensor) -> int:
         p = min(self.solver_order, len(self._hist.items))

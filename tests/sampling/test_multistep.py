@@ -264,3 +264,19 @@ def test_the_final_denoising_evaluation_replaces_the_last_step():
     assert torch.allclose(s._grid, get_timesteps(sde, 9, "edm").to(torch.float64))
     # other samplers keep their grid down to t_min
     assert float(sample(GAUSS, sde, shape=(4, 2), sampler="ddram", steps=6, final_denoise=True).times[-1]) == pytest.approx(sde.t_min)
+
+
+def test_only_the_final_jump_is_lowered_to_order_one():
+    """lower_order_final (runs under 15 steps) counts the final denoising jump of a grid that stops
+    short of t_min as a step: the last grid step keeps order 2 (it reads two denoiser values), as the
+    step before DPM-Solver++'s jump to sigma = 0 does; on a grid down to t_min the last step is order 1."""
+    from lit_diffusion.core.schedules import get_timesteps
+    from lit_diffusion.sampling.affine_plan import _multistep_rows
+    from lit_diffusion.sampling.steppers import get_stepper
+
+    sde = VP()
+    full = get_timesteps(sde, 5, "uniform").to(torch.float64)
+    for grid, last_order in ((full[:-1], 2), (full, 1)):
+        _, cD, _ = _multistep_rows(get_stepper("multistep", sde, ode=True), grid)
+        orders = [int((row != 0).sum()) for row in cD]
+        assert orders[0] == 1 and orders[1:-1] == [2] * (len(orders) - 2) and orders[-1] == last_order, orders
