@@ -99,3 +99,31 @@ def test_sample_runs_ddram_from_the_plan_as_its_stepper_would(param, ode):
         x = st.x
     assert res.nfe == 2 * n
     assert torch.allclose(res.samples, x, rtol=1e-9, atol=1e-9), (res.samples - x).abs().max()
+
+
+class _ConvEps(torch.nn.Module):
+    prediction_type = "epsilon"
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.c = torch.nn.Conv2d(3, 3, 3, padding=1)
+
+    def forward(self, x, t):
+        return 0.1 * self.c(x) + 0.01 * t.view(-1, 1, 1, 1)
+
+
+@pytest.mark.parametrize("options", [{}, {"evals_per_step": 1}, {"midpoint": "log_snr"}])
+@pytest.mark.parametrize("ode", [False, True])
+def test_images_and_per_sample_generators_make_samples_independent_of_the_batch(options, ode):
+    net = _ConvEps()
+
+    def run(seeds):
+        gens = [torch.Generator().manual_seed(i) for i in seeds]
+        return sample(net, sdes.VP(), shape=(len(seeds), 3, 8, 8), sampler="ddram", steps=4, ode=ode, generator=gens, **options)
+
+    four, two = run(range(4)), run(range(2, 4))
+    assert four.samples.shape == (4, 3, 8, 8) and bool(torch.isfinite(four.samples).all())
+    assert four.nfe == 4 * (1 if options.get("evals_per_step") == 1 else 2)
+    assert torch.equal(four.samples[2:], two.samples)
+    assert (four.samples[0] - four.samples[1]).abs().max() > 1e-3
