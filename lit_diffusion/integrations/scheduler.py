@@ -325,7 +325,7 @@ class SDEScheduler(EvaluationLayout, SchedulerMixin, ConfigMixin):
     def _start(self, x: Tensor, k: int, generator):
         """Start step ``k`` of the stepper from ``x`` (the state at its start), tagged with ``k``."""
         if k == 0 and hasattr(self.stepper, "reset"):  # a run starts: no evaluations carried over
-            self.stepper.reset(self._grid)
+            self.stepper.reset(self._grid, final_jump=self._final_denoise)
         u = None if self._u is None else self._u[k : k + 1].to(x.device)
         st = self.stepper.start(x, self._grid[k], self._grid[k + 1], u=u, generator=generator)
         st.step = k

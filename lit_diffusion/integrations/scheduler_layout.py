@@ -142,7 +142,7 @@ class EvaluationLayout:
             stages.append(0)
 
         if hasattr(stepper, "reset"):  # the dry run above fed it dummy values: start the real run afresh
-            stepper.reset(grid)
+            stepper.reset(grid, final_jump=self._final_denoise)
         return torch.tensor(times, dtype=torch.float64), steps, stages
 
     def _custom_grid(self, timesteps) -> Tensor:

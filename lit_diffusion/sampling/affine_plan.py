@@ -85,7 +85,7 @@ def _probe(stepper, t: Tensor, s: Tensor, u: Optional[Tensor], probes: list[dict
 MULTISTEP_HISTORY = 4
 
 
-def _multistep_rows(stepper, grid: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+def _multistep_rows(stepper, grid: Tensor, final_jump: bool = False) -> tuple[Tensor, Tensor, Tensor]:
     """``(rows, cD, stochastic)`` of a multistep run on ``grid``, probed on the stepper itself: one run
     with eight scalar probes (all inputs zero; the state 1 at every step; the noise 1 at every step;
     ``D_m = 1`` at the evaluations ``m ≡ r mod 5``, one probe per residue ``r``), each step fed the
@@ -96,7 +96,7 @@ def _multistep_rows(stepper, grid: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     n = grid.numel() - 1
     R = MULTISTEP_HISTORY + 1
     P = 3 + R
-    stepper.reset(grid)
+    stepper.reset(grid, final_jump)
     out = torch.empty(n, P, dtype=F64)
     stochastic = torch.zeros(n, dtype=torch.bool)
     x, z = torch.zeros(P, 1, dtype=F64), torch.zeros(P, 1, dtype=F64)
@@ -108,7 +108,7 @@ def _multistep_rows(stepper, grid: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         stochastic[k] = bool(st.noise_needed)
         st.advance(F, noise=z if stochastic[k] else None)
         out[k] = st.x[:, 0].to(F64)
-    stepper.reset(grid)  # the probes filled its history: a stepper-driven run starts afresh
+    stepper.reset(grid, final_jump)  # the probes filled its history: a stepper-driven run starts afresh
     c0 = out[:, 0]
     rows = torch.stack([out[:, 1] - c0, torch.zeros_like(c0), c0, out[:, 2] - c0], 1)
     cD = torch.zeros(n, MULTISTEP_HISTORY, dtype=F64)
@@ -121,7 +121,8 @@ def _multistep_rows(stepper, grid: Tensor) -> tuple[Tensor, Tensor, Tensor]:
 class AffinePlan:
     """The coefficient table of one run (grid ``T = t_0 > ... > t_n``, DDRaM uniforms ``u``)."""
 
-    def __init__(self, stepper, sde: LinearSDE, declared: str, grid: Tensor, u: Optional[Tensor], final_denoise: bool):
+    def __init__(self, stepper, sde: LinearSDE, declared: str, grid: Tensor, u: Optional[Tensor], final_denoise: bool,
+                 final_jump: Optional[bool] = None):
         grid = grid.to(F64)
         self.declared = declared
         t, s = grid[:-1], grid[1:]
@@ -141,7 +142,8 @@ class AffinePlan:
             times, kinds = self._two_stage(stepper, t, s, u)
         elif hasattr(stepper, "solver_order"):
             times, kinds, self.end = t, ["denoiser"] * n, None
-            self.mid, cD, flags = _multistep_rows(stepper, grid)
+            # final_jump: the run ends with a denoising evaluation (by default: the plan's own final one)
+            self.mid, cD, flags = _multistep_rows(stepper, grid, final_denoise if final_jump is None else final_jump)
             # python floats: a step is then a handful of fused scalar-tensor ops (the fast path)
             self.multistep = dict(rows=self.mid[:, [0, 2, 3]].tolist(), stochastic=flags.tolist(),
                                   weights=[[(j, w) for j, w in enumerate(cD[k].tolist()) if w != 0.0] for k in range(n)])

@@ -110,7 +110,7 @@ class DDRaMStepper(Stepper):
             self.integ = get_integrator(sde, parametrization, ode, method)
             self._subs = None
 
-    def reset(self, grid: Optional[Tensor] = None) -> None:
+    def reset(self, grid: Optional[Tensor] = None, final_jump: bool = False) -> None:
         """Forget the last evaluation (a new run starts; ``evals_per_step=1`` only carries one)."""
         self._last = None
 

@@ -10,7 +10,8 @@ Sampling", and Sabour, Fidler and Kreis, "Align Your Steps"):
    recorded at every point ``t_i`` of the fine grid (``fine + 1`` points, ``refine * fine + fine + 1``
    network evaluations in all);
 2. the local error of a step ``i → j`` of the order-2 multistep ODE whose previous node is ``k``
-   (order 1 on the first and the last step, as the sampler runs them) is
+   (order 1 on the first step, and on the last one of a grid run down to ``t_min``, as the sampler
+   runs them) is
    ``E[k, i, j] = mean_n RMS(X̂_j − X_j)``, computed from the recorded states and denoisers alone;
 3. the path ``0 = i_0 < ... < i_steps = fine`` minimising ``Σ E`` is found by dynamic programming over
    the pairs ``(previous, current)``.
@@ -90,7 +91,8 @@ def _rms(err: torch.Tensor) -> torch.Tensor:
 def best_path(E1: np.ndarray, E2: np.ndarray, steps: int, final: Optional[np.ndarray] = None) -> tuple[list[int], float]:
     """The indices ``0 = i_0 < ... < i_steps`` minimising the summed local errors (order 1 on the first
     and the last step, order 2 in between) ending at ``F - 1`` (``t_min``); or, with ``final[j]`` (the
-    error of the final denoising evaluation at point ``j``), ending wherever ``Σ E + final[end]`` is least."""
+    error of the final denoising evaluation at point ``j``), ending wherever ``Σ E + final[end]`` is least,
+    the last step then of order 2 (only the final jump is of order 1)."""
     F = E1.shape[0]
     last = F - 1
     if not (1 <= steps <= last):
@@ -103,7 +105,9 @@ def best_path(E1: np.ndarray, E2: np.ndarray, steps: int, final: Optional[np.nda
     f[0, 1:] = E1[0, 1:]
     back = []  # back[n - 2][i, j]: the best previous node k of the step i -> j as step n
     for n in range(2, steps + 1):
-        local = E1[None, :, :] if n == steps else E2
+        # the last step is order 1 on a grid run down to t_min; before a final denoising evaluation
+        # (the jump to the data) it keeps order 2, as the sampler runs it
+        local = E1[None, :, :] if n == steps and final is None else E2
         cand = f[:, :, None] + local
         arg = np.argmin(cand, axis=0)
         f = np.take_along_axis(cand, arg[None], axis=0)[0]

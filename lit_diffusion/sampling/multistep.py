@@ -145,7 +145,7 @@ class MultistepStepper:
             "Multistep"); the first steps use the evaluations available.
         lower_order_final: on runs of fewer than 15 steps, the last steps use order ``steps left``
             (the evaluations near the data end are the least smooth in ``ℓ``), the final denoising
-            jump of a grid that stops short of ``t_min`` counted as one.
+            jump of a run that ends with one short of ``t_min`` counted as one (:meth:`reset`).
         corrector: redo each step with the next evaluation as one more node before going on (no
             extra network evaluation).
         noise_band: SDE form only: ``(lo, hi)`` noise levels ``σ/α``; steps starting outside run as the
@@ -192,9 +192,13 @@ class MultistepStepper:
             self.inverted()
 
     # ------------------------------------------------------------------ run state
-    def reset(self, grid: Optional[Tensor] = None) -> None:
-        """Start a run on the step grid ``grid`` (``t_0 > ... > t_n``; ``None``: unknown length)."""
+    def reset(self, grid: Optional[Tensor] = None, final_jump: bool = False) -> None:
+        """Start a run on the step grid ``grid`` (``t_0 > ... > t_n``; ``None``: unknown length).
+        ``final_jump``: the run ends with a final denoising evaluation; when the grid stops short of
+        ``t_min`` that evaluation is the jump to the data and counts as a step (``lower_order_final``)."""
         self._grid = None if grid is None else torch.as_tensor(grid, dtype=F64).flatten().cpu()
+        self._final_jump = bool(final_jump) and not self.inverse and self._grid is not None and float(
+            self._grid[-1]) > self.sde.t_min * (1 + 1e-5)
         self._hist = _History(-1.0 if self.inverse else 1.0)
         self._prev: Optional[dict] = None
         self._table: dict = {}
@@ -209,7 +213,7 @@ class MultistepStepper:
         if not self.ode:
             raise ValueError("inverse=True (encoding data to noise) needs the ODE form: ode=True")
         self.inverse = True
-        self.reset(self._grid)
+        self.reset(self._grid, self._final_jump)
         return self
 
     @property
@@ -248,16 +252,16 @@ class MultistepStepper:
         return 0.5 * self.sde.log_snr(t).to(F64)
 
     def _steps_left(self, t: Tensor) -> Optional[int]:
-        """The steps from ``t`` to the data: those of the grid, and the final denoising jump when the
-        grid stops short of ``t_min`` (a short run whose last step that evaluation replaces:
-        :func:`~lit_diffusion.sampling.defaults.ends_with_denoising`). So, as in DPM-Solver++, only
-        the jump itself is of order 1: measured on the shipped model at 5 evaluations, SDE form,
-        FID-MNIST 18.3 against 25.5 when the last grid step was lowered too (docs/samplers.md)."""
+        """The steps from ``t`` to the data: those of the grid, and the final denoising jump of a run
+        that ends with one short of ``t_min`` (a short run whose last step that evaluation replaces:
+        :func:`~lit_diffusion.sampling.defaults.ends_with_denoising`, or a fitted grid). So, as in
+        DPM-Solver++, only the jump itself is of order 1: measured on the shipped model at 5
+        evaluations, SDE form, FID-MNIST 18.3 against 25.5 when the last grid step was lowered too
+        (docs/samplers.md). A last step that ends at ``t_min`` stays of order 1."""
         if self._grid is None:
             return None
         k = int(torch.argmin((self._grid - float(t[0])).abs()))
-        jump = 0 if self.inverse or float(self._grid[-1]) <= self.sde.t_min * (1 + 1e-9) else 1
-        return self._grid.numel() - 1 - k + jump
+        return self._grid.numel() - 1 - k + int(self._final_jump)
 
     def _order(self, t: Tensor) -> int:
         p = min(self.solver_order, len(self._hist.items))

@@ -161,12 +161,13 @@ def _step_with_known(stepper, field, x: Tensor, t: Tensor, s: Tensor, u, generat
     return x
 
 
-def _plan_of(stepper, sde, grid: Tensor, inpaint, midpoint_u, x: Tensor, generator):
+def _plan_of(stepper, sde, grid: Tensor, inpaint, midpoint_u, x: Tensor, generator, final_denoise: bool):
     """The affine plan of the run (:mod:`.affine_plan`: the coefficients probed on the stepper once; a
     step is then a few fused operations, as in ``SDEScheduler.step``), or ``None`` where the stepper
     itself runs: inpainting, moment matching, one-evaluation DDRaM. DDRaM's midpoints are drawn here,
     per step and sample, before the run (``midpoint_u`` when given). The field converts the network's
-    output to the stepper's kind (``Field.__call__``, the arithmetic the stepper path uses)."""
+    output to the stepper's kind (``Field.__call__``, the arithmetic the stepper path uses). The final
+    denoising evaluation is ``sample()``'s own (``final_denoise``: the multistep order of the last steps)."""
     from .affine_plan import AffinePlan, supports
 
     if inpaint is not None or not supports(stepper):
@@ -176,7 +177,7 @@ def _plan_of(stepper, sde, grid: Tensor, inpaint, midpoint_u, x: Tensor, generat
         n, B = grid.numel() - 1, x.shape[0]
         u = midpoint_u if midpoint_u is not None else rand((B, n), generator=generator, dtype=torch.float64).T
         u = u.cpu()  # (n,): shared by the batch (scalar coefficients); (n, B): one per sample
-    return AffinePlan(stepper, sde, stepper.field_kind, grid.cpu(), u, False)
+    return AffinePlan(stepper, sde, stepper.field_kind, grid.cpu(), u, False, final_jump=final_denoise)
 
 
 def _planned_step(plan, field, x: Tensor, k: int, generator) -> Tensor:
@@ -296,9 +297,9 @@ def sample(
     if inpaint is not None:
         inpaint.check(x)
         x = inpaint.replace(x, grid[0], generator)
-    plan = _plan_of(stepper, sde, grid, inpaint, midpoint_u, x, generator)
-    if hasattr(stepper, "reset"):  # samplers that carry evaluations across steps (multistep)
-        stepper.reset(grid)
+    plan = _plan_of(stepper, sde, grid, inpaint, midpoint_u, x, generator, final_denoise)
+    if hasattr(stepper, "reset"):  # samplers that carry evaluations across steps (multistep, one-evaluation DDRaM)
+        stepper.reset(grid, final_jump=final_denoise)
     nfe0 = field.nfe
     traj = [x] if return_trajectory else None
     n_steps = grid.numel() - 1

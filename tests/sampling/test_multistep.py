@@ -267,16 +267,30 @@ def test_the_final_denoising_evaluation_replaces_the_last_step():
 
 
 def test_only_the_final_jump_is_lowered_to_order_one():
-    """lower_order_final (runs under 15 steps) counts the final denoising jump of a grid that stops
-    short of t_min as a step: the last grid step keeps order 2 (it reads two denoiser values), as the
-    step before DPM-Solver++'s jump to sigma = 0 does; on a grid down to t_min the last step is order 1."""
+    """lower_order_final (runs under 15 steps) counts the final denoising evaluation of a run whose grid
+    stops short of t_min as a step (the jump to the data): the last grid step keeps order 2 (it reads two
+    denoiser values), as the step before DPM-Solver++'s jump to sigma = 0 does. A last step that ends at
+    t_min stays of order 1, and so does a short grid's without a final evaluation; SDEScheduler (final
+    denoising by default) and sample(final_denoise=True) run the same orders."""
     from lit_diffusion.core.schedules import get_timesteps
+    from lit_diffusion.integrations.scheduler import SDEScheduler
     from lit_diffusion.sampling.affine_plan import _multistep_rows
     from lit_diffusion.sampling.steppers import get_stepper
 
     sde = VP()
     full = get_timesteps(sde, 5, "uniform").to(torch.float64)
-    for grid, last_order in ((full[:-1], 2), (full, 1)):
-        _, cD, _ = _multistep_rows(get_stepper("multistep", sde, ode=True), grid)
-        orders = [int((row != 0).sum()) for row in cD]
-        assert orders[0] == 1 and orders[1:-1] == [2] * (len(orders) - 2) and orders[-1] == last_order, orders
+
+    def orders(cD):
+        return [int((torch.as_tensor(row) != 0).sum()) for row in cD]
+
+    for grid, jump, last_order in ((full[:-1], True, 2), (full[:-1], False, 1), (full, True, 1)):
+        _, cD, _ = _multistep_rows(get_stepper("multistep", sde, ode=True), grid, jump)
+        assert orders(cD) == [1, 2, 2, 2][: len(cD) - 1] + [last_order], (orders(cD), jump)
+    s = SDEScheduler(sampler="multistep", sde="VP", num_train_timesteps=1, prediction_type="epsilon", ode=True)
+    s.set_timesteps(4)
+    assert [len(w) for w in s._plan.multistep["weights"]] == [1, 2, 2, 2]
+    ref = sample(GAUSS, sde, x_T=torch.ones(3, 2, dtype=torch.float64), sampler="multistep", ode=True, steps=4,
+                 final_denoise=True, dtype=torch.float64)
+    low = sample(GAUSS, sde, x_T=torch.ones(3, 2, dtype=torch.float64), sampler="multistep", ode=True, steps=4,
+                 final_denoise=True, dtype=torch.float64, lower_order_final=False)
+    assert torch.equal(ref.samples, low.samples)  # four steps before the jump: no step is lowered either way
