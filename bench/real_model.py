@@ -60,6 +60,7 @@ SDE_SAMPLERS = [
     ("lit multistep 2", "lit", {"sampler": "multistep"}),
     ("lit multistep 2 + corrector", "lit", {"sampler": "multistep", "corrector": True}),
     ("lit multistep 3", "lit", {"sampler": "multistep", "solver_order": 3}),
+    ("lit multistep 2, fitted grid", "lit-fitted", {"sampler": "multistep"}),
     ("lit multistep 2 + corrector, fitted grid", "lit-fitted", {"sampler": "multistep", "corrector": True}),
     ("lit multistep 2 uniform grid", "lit", {"sampler": "multistep", "schedule": "uniform"}),
     ("lit multistep 2, last steps at full order", "lit", {"sampler": "multistep", "lower_order_final": False}),
