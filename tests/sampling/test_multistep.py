@@ -220,7 +220,7 @@ def test_default_grids_are_the_measured_best():
     from lit_diffusion.sampling.samplers import default_schedule
 
     assert default_schedule("multistep", ode=True) == "edm" and default_schedule("multistep") == "edm"
-    assert default_schedule("multistep", True, steps=5) == "uniform" and default_schedule("multistep", True, steps=6) == "edm"
+    assert default_schedule("multistep", True, steps=7) == "uniform" and default_schedule("multistep", True, steps=8) == "edm"
     assert default_schedule("ddram", ode=True) == "uniform"
 
 
