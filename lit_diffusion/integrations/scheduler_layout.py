@@ -43,7 +43,7 @@ class EvaluationLayout:
             schedule = self._schedule
             if cfg.get("schedule") is None:  # the sampler's default grid for this budget
                 schedule = default_schedule(self._stepper_args[0], self.stepper.ode, n)
-            if self._final_denoise and ends_with_denoising(self._stepper_args[0], n):
+            if self._final_denoise and ends_with_denoising(self._stepper_args[0], n, self.stepper.evals_per_step):
                 # the final denoising evaluation replaces the last step (it is the jump to the data)
                 return get_timesteps(self.sde, n + 1, schedule, rho=float(cfg.rho))[:-1]
             return get_timesteps(self.sde, n, schedule, rho=float(cfg.rho))

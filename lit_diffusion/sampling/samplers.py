@@ -288,7 +288,7 @@ def sample(
     inpaint = as_known_part(sde, known, mask, resample)
     field = as_field(field, sde, prediction_type=prediction_type, class_labels=class_labels, guidance_scale=guidance_scale)
     x = _initial_state(sde, x_T, shape, generator, device, dtype)
-    if timesteps is None and final_denoise and ends_with_denoising(sampler, steps):
+    if timesteps is None and final_denoise and ends_with_denoising(sampler, steps, stepper.evals_per_step):
         # the final denoising evaluation replaces the last step (as SDEScheduler does)
         grid = _time_grid(sde, None, steps + 1, schedule, x.device)[:-1]
     else:

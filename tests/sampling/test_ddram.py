@@ -127,3 +127,21 @@ def test_images_and_per_sample_generators_make_samples_independent_of_the_batch(
     assert four.nfe == 4 * (1 if options.get("evals_per_step") == 1 else 2)
     assert torch.equal(four.samples[2:], two.samples)
     assert (four.samples[0] - four.samples[1]).abs().max() > 1e-3
+
+
+def test_short_runs_end_with_the_denoising_jump():
+    """With a final denoising evaluation, DDRaM runs of at most 9 evaluations before it take the
+    schedule's grid of one more step without t_min (the evaluation replaces the last step), in sample()
+    and SDEScheduler alike; longer runs keep their grid down to t_min."""
+    from lit_diffusion.core.schedules import get_timesteps
+    from lit_diffusion.integrations.scheduler import SDEScheduler
+
+    sde = sdes.VP()
+    for steps, evals, short in ((4, 2, True), (5, 2, False), (9, 1, True), (10, 1, False)):
+        res = sample(_target(), sde, shape=(3, 2), sampler="ddram", steps=steps, final_denoise=True, evals_per_step=evals,
+                     dtype=F64)
+        expect = get_timesteps(sde, steps + 1, "uniform")[:-1] if short else get_timesteps(sde, steps, "uniform")
+        assert torch.allclose(res.times, expect.to(F64)) and res.nfe == steps * evals + 1
+        s = SDEScheduler(sampler="ddram", sde="VP", num_train_timesteps=1, evals_per_step=evals)
+        s.set_timesteps(steps)
+        assert torch.allclose(s._grid, expect.to(F64)), (steps, evals)
