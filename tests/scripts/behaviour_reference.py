@@ -3,9 +3,13 @@ MNIST model, a tiny train.py run, a stock pipeline with SDEScheduler swapped in,
 
     python tests/scripts/behaviour_reference.py OUT.safetensors
 
-Written once from the code before the package's layout was reorganised (tests/data/
+Written from the code before the package's layout was reorganised (tests/data/
 behaviour_reference.safetensors); tests/test_house.py recomputes it with the current code and compares.
-Only import paths that existed before and after the reorganisation are used."""
+Only import paths that existed before and after the reorganisation are used. A deliberate change of the
+samples rewrites the file in the same commit, saying why: the multistep sampler's short runs (only the
+final denoising jump of order 1; the uniform grid with that jump up to 7 steps, docs/samplers.md
+"Multistep") changed ``sample_api``, ``sample_cli`` and ``pipeline_swap``; ``train_weights`` and
+``export`` are still those of the first reference."""
 
 from __future__ import annotations
 
