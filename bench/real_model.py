@@ -51,6 +51,8 @@ SDE_SAMPLERS = [
     ("lit ddram 1-eval", "lit", {"sampler": "ddram", "evals_per_step": 1}),
     ("lit ddram 1-eval, last step denoising", "lit-end", {"sampler": "ddram", "evals_per_step": 1}),
     ("lit ddram, last step denoising", "lit-end", {"sampler": "ddram"}),
+    ("lit ddram, grid to t_min", "lit-tmin", {"sampler": "ddram"}),
+    ("lit ddram 1-eval, grid to t_min", "lit-tmin", {"sampler": "ddram", "evals_per_step": 1}),
     ("lit ddram 1-eval EDM grid", "lit", {"sampler": "ddram", "evals_per_step": 1, "schedule": "edm"}),
     ("lit ddram log-SNR midpoint", "lit", {"sampler": "ddram", "midpoint": "log_snr"}),
     ("lit exponential_euler", "lit", {"sampler": "exponential_euler"}),
@@ -76,6 +78,7 @@ ODE_SAMPLERS = [
     ("lit ddram 1-eval ODE", "lit", {"sampler": "ddram", "evals_per_step": 1, "ode": True}),
     ("lit ddram 1-eval ODE, last step denoising", "lit-end", {"sampler": "ddram", "evals_per_step": 1, "ode": True}),
     ("lit ddram ODE, last step denoising", "lit-end", {"sampler": "ddram", "ode": True}),
+    ("lit ddram ODE, grid to t_min", "lit-tmin", {"sampler": "ddram", "ode": True}),
     ("lit ddram 1-eval ODE EDM grid", "lit", {"sampler": "ddram", "evals_per_step": 1, "ode": True, "schedule": "edm"}),
     ("lit exponential_euler ODE (DDIM)", "lit", {"sampler": "exponential_euler", "ode": True}),
     ("lit multistep 3 ODE", "lit", {"sampler": "multistep", "ode": True, "solver_order": 3}),
@@ -120,14 +123,16 @@ def make_scheduler(kind: str, opts: dict, sde, time_scale: float, nfe: int = 0):
             raise ValueError(f"no fitted grid {path} (python -m lit_diffusion.cli.grid_fit)")
         grid = json.load(open(path))["timesteps"]
         return make_scheduler("lit", {**opts, "fitted_grid": [t * time_scale for t in grid]}, sde, time_scale)
-    if kind == "lit-end":  # the last step replaced by the final denoising evaluation: the uniform grid of
-        # one more step, without t_min (the budget's steps: (nfe - 1) / evaluations per step)
+    if kind in ("lit-end", "lit-tmin"):  # lit-end: the last step replaced by the final denoising evaluation
+        # (the uniform grid of one more step, without t_min); lit-tmin: the uniform grid run down to t_min,
+        # then the final evaluation there. The budget's steps: (nfe - 1) / evaluations per step
         from lit_diffusion.core.schedules import get_timesteps
 
         opts = dict(opts)  # (the row's own dict serves every budget)
         per = opts.pop("evals_per_step", 2) if opts["sampler"] == "multistep" else opts.get("evals_per_step", 2)
-        grid = get_timesteps(sde, (nfe - 1) // per + 1, "uniform")[:-1].tolist()
-        return make_scheduler("lit", {**opts, "fitted_grid": [t * time_scale for t in grid]}, sde, time_scale)
+        steps = (nfe - 1) // per
+        grid = get_timesteps(sde, steps + 1, "uniform")[:-1] if kind == "lit-end" else get_timesteps(sde, steps, "uniform")
+        return make_scheduler("lit", {**opts, "fitted_grid": [t * time_scale for t in grid.tolist()]}, sde, time_scale)
     if kind == "lit":
         from lit_diffusion.integrations.export import rescale_time
 
