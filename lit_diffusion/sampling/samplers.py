@@ -123,9 +123,13 @@ def _time_grid(sde, timesteps, steps, schedule, device) -> Tensor:
     return grid.to(device)
 
 
-def _check_midpoint_u(midpoint_u, stepper, sampler: str, grid: Tensor, x: Tensor):
+def _midpoint_uniforms(midpoint_u, stepper, sampler: str, grid: Tensor, x: Tensor, generator):
+    """DDRaM's uniforms of the run, ``(steps,)`` or ``(steps, B)``: ``midpoint_u`` checked, or drawn per
+    step and sample before the run (``None`` for samplers without a midpoint)."""
     if midpoint_u is None:
-        return None
+        if not stepper.needs_midpoint:
+            return None
+        return rand((x.shape[0], grid.numel() - 1), generator=generator, dtype=torch.float64).T.to(x.device)
     if not stepper.needs_midpoint:
         raise ValueError(f"midpoint_u is only used by samplers with a random midpoint; {sampler!r} has none")
     midpoint_u = torch.as_tensor(midpoint_u, dtype=torch.float64, device=x.device)
@@ -161,11 +165,18 @@ def _step_with_known(stepper, field, x: Tensor, t: Tensor, s: Tensor, u, generat
     return x
 
 
-def _plan_of(stepper, sde, grid: Tensor, inpaint, midpoint_u, x: Tensor, generator, final_denoise: bool):
+#: DDRaM with a midpoint per sample runs from the plan for samples of at least this many numbers; the
+#: plan probes its coefficients per step and sample, six rows each, which for a few numbers per sample
+#: (2-D targets, tens of thousands of samples) costs more than the stepper's own arithmetic
+PLAN_MIN_SAMPLE_SIZE = 16
+
+
+def _plan_of(stepper, sde, grid: Tensor, inpaint, midpoint_u, x: Tensor, final_denoise: bool):
     """The affine plan of the run (:mod:`.affine_plan`: the coefficients probed on the stepper once; a
     step is then a few fused operations, as in ``SDEScheduler.step``), or ``None`` where the stepper
-    itself runs: inpainting, moment matching, one-evaluation DDRaM. DDRaM's midpoints are drawn here,
-    per step and sample, before the run (``midpoint_u`` when given). The field converts the network's
+    itself runs: inpainting, moment matching, one-evaluation DDRaM, and DDRaM with per-sample midpoints on
+    samples of fewer than :data:`PLAN_MIN_SAMPLE_SIZE` numbers. DDRaM's midpoints (``midpoint_u``) are
+    drawn by ``sample()`` before the run, whichever path runs it. The field converts the network's
     output to the stepper's kind (``Field.__call__``, the arithmetic the stepper path uses). The final
     denoising evaluation is ``sample()``'s own (``final_denoise``: the multistep order of the last steps)."""
     from .affine_plan import AffinePlan, supports
@@ -174,9 +185,9 @@ def _plan_of(stepper, sde, grid: Tensor, inpaint, midpoint_u, x: Tensor, generat
         return None
     u = None
     if stepper.needs_midpoint:
-        n, B = grid.numel() - 1, x.shape[0]
-        u = midpoint_u if midpoint_u is not None else rand((B, n), generator=generator, dtype=torch.float64).T
-        u = u.cpu()  # (n,): shared by the batch (scalar coefficients); (n, B): one per sample
+        if midpoint_u.dim() == 2 and x[0].numel() < PLAN_MIN_SAMPLE_SIZE:
+            return None  # per-sample tables would cost more than the steps themselves: the stepper runs them
+        u = midpoint_u.cpu()  # (n,): shared by the batch (scalar coefficients); (n, B): one per sample
     return AffinePlan(stepper, sde, stepper.field_kind, grid.cpu(), u, False, final_jump=final_denoise)
 
 
@@ -293,11 +304,11 @@ def sample(
         grid = _time_grid(sde, None, steps + 1, schedule, x.device)[:-1]
     else:
         grid = _time_grid(sde, timesteps, steps, schedule, x.device)
-    midpoint_u = _check_midpoint_u(midpoint_u, stepper, sampler, grid, x)
+    midpoint_u = _midpoint_uniforms(midpoint_u, stepper, sampler, grid, x, generator)
     if inpaint is not None:
         inpaint.check(x)
         x = inpaint.replace(x, grid[0], generator)
-    plan = _plan_of(stepper, sde, grid, inpaint, midpoint_u, x, generator, final_denoise)
+    plan = _plan_of(stepper, sde, grid, inpaint, midpoint_u, x, final_denoise)
     if hasattr(stepper, "reset"):  # samplers that carry evaluations across steps (multistep, one-evaluation DDRaM)
         stepper.reset(grid, final_jump=final_denoise)
     nfe0 = field.nfe

@@ -79,26 +79,33 @@ def test_one_evaluation_variant_converges_like_ddram_at_half_the_evaluations():
 
 @pytest.mark.parametrize("ode", [False, True])
 @pytest.mark.parametrize("param", ["auto", "denoiser", "score"])
-def test_sample_runs_ddram_from_the_plan_as_its_stepper_would(param, ode):
-    """sample() applies DDRaM's coefficient tables, one midpoint per step and sample; driving the stepper
-    itself with the same midpoints and noise stream gives the same samples."""
+def test_sample_runs_ddram_from_the_plan_as_its_stepper_would(param, ode, monkeypatch):
+    """sample() applies DDRaM's coefficient tables, one midpoint per step and sample (samples of at
+    least PLAN_MIN_SAMPLE_SIZE numbers), or drives the stepper (smaller samples): with the same seed both
+    give the same samples, and so does the stepper driven by hand with the same midpoints and noise."""
     from lit_diffusion.core.fields import as_field
     from lit_diffusion.core.schedules import get_timesteps
+    from lit_diffusion.sampling import samplers
 
     sde, tgt, n, B = sdes.VP(), _target(), 5, 6
-    u = torch.rand(n, B, generator=torch.Generator().manual_seed(2), dtype=F64)
     xT = torch.randn(B, 2, generator=torch.Generator().manual_seed(1), dtype=F64)
-    res = sample(tgt, sde, x_T=xT, sampler="ddram", parametrization=param, steps=n, ode=ode, midpoint_u=u,
-                 generator=torch.Generator().manual_seed(3), dtype=F64)
+    runs = {}
+    for name, size in (("plan", 0), ("stepper", 10**9)):
+        monkeypatch.setattr(samplers, "PLAN_MIN_SAMPLE_SIZE", size)
+        runs[name] = sample(tgt, sde, x_T=xT, sampler="ddram", parametrization=param, steps=n, ode=ode,
+                            generator=torch.Generator().manual_seed(3), dtype=F64)
+        assert runs[name].nfe == 2 * n
+    assert torch.allclose(runs["plan"].samples, runs["stepper"].samples, rtol=1e-9, atol=1e-9)
+    g = torch.Generator().manual_seed(3)
+    u = torch.rand(B, n, generator=g, dtype=F64).T  # sample() draws the uniforms first, then the noise
     stepper, field, grid = get_stepper("ddram", sde, param, ode), as_field(tgt, sde), get_timesteps(sde, n, "uniform")
-    g, x = torch.Generator().manual_seed(3), xT
+    x = xT
     for k in range(n):
         st = stepper.start(x, grid[k], grid[k + 1], u=u[k], generator=g)
         while not st.done:
             st.advance(field(st.x_eval, st.t_eval, st.stepper.field_kind))
         x = st.x
-    assert res.nfe == 2 * n
-    assert torch.allclose(res.samples, x, rtol=1e-9, atol=1e-9), (res.samples - x).abs().max()
+    assert torch.allclose(runs["plan"].samples, x, rtol=1e-9, atol=1e-9), (runs["plan"].samples - x).abs().max()
 
 
 class _ConvEps(torch.nn.Module):
