@@ -66,7 +66,7 @@ SDE_SAMPLERS = [
     ("lit multistep 2 + corrector, fitted grid", "lit-fitted", {"sampler": "multistep", "corrector": True}),
     ("lit multistep 2 uniform grid", "lit", {"sampler": "multistep", "schedule": "uniform"}),
     ("lit multistep 2, last steps at full order", "lit", {"sampler": "multistep", "lower_order_final": False}),
-    ("lit multistep 2, last step denoising", "lit-end", {"sampler": "multistep", "evals_per_step": 1}),
+    ("lit multistep 2, last step denoising", "lit-end", {"sampler": "multistep"}),
     ("lit multistep 2 EDM grid", "lit", {"sampler": "multistep", "schedule": "edm"}),
     ("DDPM ancestral", "DDPMScheduler", {}),
     ("Euler ancestral", "EulerAncestralDiscreteScheduler", {}),
@@ -85,7 +85,7 @@ ODE_SAMPLERS = [
     ("lit multistep 2 ODE", "lit", {"sampler": "multistep", "ode": True, "solver_order": 2}),
     ("lit multistep 2 ODE, last steps at full order", "lit", {"sampler": "multistep", "ode": True, "solver_order": 2,
                                                             "lower_order_final": False}),
-    ("lit multistep 2 ODE, last step denoising", "lit-end", {"sampler": "multistep", "ode": True, "evals_per_step": 1}),
+    ("lit multistep 2 ODE, last step denoising", "lit-end", {"sampler": "multistep", "ode": True}),
     ("lit multistep 2 ODE + corrector", "lit", {"sampler": "multistep", "ode": True, "solver_order": 2, "corrector": True}),
     ("lit multistep 3 ODE + corrector", "lit", {"sampler": "multistep", "ode": True, "corrector": True, "solver_order": 3}),
     ("lit multistep 3 ODE uniform grid", "lit", {"sampler": "multistep", "ode": True, "schedule": "uniform", "solver_order": 3}),
@@ -128,8 +128,7 @@ def make_scheduler(kind: str, opts: dict, sde, time_scale: float, nfe: int = 0):
         # then the final evaluation there. The budget's steps: (nfe - 1) / evaluations per step
         from lit_diffusion.core.schedules import get_timesteps
 
-        opts = dict(opts)  # (the row's own dict serves every budget)
-        per = opts.pop("evals_per_step", 2) if opts["sampler"] == "multistep" else opts.get("evals_per_step", 2)
+        per = 1 if opts["sampler"] == "multistep" else opts.get("evals_per_step", 2)
         steps = (nfe - 1) // per
         grid = get_timesteps(sde, steps + 1, "uniform")[:-1] if kind == "lit-end" else get_timesteps(sde, steps, "uniform")
         return make_scheduler("lit", {**opts, "fitted_grid": [t * time_scale for t in grid.tolist()]}, sde, time_scale)

@@ -315,7 +315,7 @@ class SDEScheduler(EvaluationLayout, SchedulerMixin, ConfigMixin):
         if not st.done:
             return st.x_eval.to(sample.dtype)
         self._state = None
-        if self.stepper.evals_per_step == 1 and getattr(self.stepper, "needs_midpoint", False) and k + 1 < self.num_inference_steps:
+        if getattr(self.stepper, "starts_at_midpoint", False) and k + 1 < self.num_inference_steps:
             # one-evaluation DDRaM: the next evaluation is at the next step's midpoint, reached with this
             # evaluation (the stepper keeps it), so the next step starts now and its midpoint is returned
             self._state = self._start(st.x, k + 1, generator)

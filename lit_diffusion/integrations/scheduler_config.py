@@ -182,7 +182,9 @@ def stepper_options(name: str, sde, parametrization, predictor, **opts) -> tuple
                        corrector=bool(opts["corrector"]), noise_band=None if band is None else list(band),
                        inverse=bool(opts["inverse"]))
     if name == "ddram":
-        options.update(midpoint=opts["midpoint"], evals_per_step=2 if opts["evals_per_step"] is None else opts["evals_per_step"])
+        options["midpoint"] = opts["midpoint"]
+        if opts["evals_per_step"] is not None:  # (else the stepper's own default)
+            options["evals_per_step"] = opts["evals_per_step"]
     elif opts["midpoint"] != "law" or opts["evals_per_step"] is not None:
         raise ValueError(f"midpoint={opts['midpoint']!r} and evals_per_step={opts['evals_per_step']!r} are DDRaM options; "
                          f"sampler {name!r} takes neither (valid with sampler='ddram')")

@@ -45,7 +45,7 @@ def supports(stepper) -> bool:
 
     if type(stepper) is PCStepper:
         return stepper.corrector == "after" and type(stepper.predictor) in (EulerStepper, ExpEulerStepper)
-    if type(stepper) is DDRaMStepper and stepper.evals_per_step == 1:
+    if getattr(stepper, "starts_at_midpoint", False):
         return False  # its move to the midpoint reads the previous step's evaluation: the stepper runs it
     return type(stepper) in (EulerStepper, ExpEulerStepper, LocalizationStepper, DDRaMStepper, MultistepStepper)
 

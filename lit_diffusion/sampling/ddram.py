@@ -110,6 +110,13 @@ class DDRaMStepper(Stepper):
             self.integ = get_integrator(sde, parametrization, ode, method)
             self._subs = None
 
+    @property
+    def starts_at_midpoint(self) -> bool:
+        """``evals_per_step=1``: :meth:`start` already moves the state to the step's midpoint with the
+        previous step's evaluation (the first step of a run excepted), so a step's one evaluation is
+        there and a driver must start the next step as soon as one ends."""
+        return self.evals_per_step == 1
+
     def reset(self, grid: Optional[Tensor] = None, final_jump: bool = False) -> None:
         """Forget the last evaluation (a new run starts; ``evals_per_step=1`` only carries one)."""
         self._last = None
@@ -153,16 +160,16 @@ class DDRaMStepper(Stepper):
         st.u = u
         st.tau = as_times(self.midpoint(st.t, st.s, u), st.x_t)
         last = self._owner._last
-        if self.evals_per_step == 1 and last is None:
+        if self.starts_at_midpoint and last is None:
             st.single = True  # the first step of a run: exponential Euler with the evaluation at t
-        elif self.evals_per_step == 1:  # the move to the midpoint with the previous evaluation
+        elif self.starts_at_midpoint:  # the move to the midpoint with the previous evaluation
             F_prev, x_prev, t_prev, kind = last
             F = convert(F_prev, kind, self.field_kind, x_prev, t_prev, self.sde)
-            x_tau, st.carry = ddram_midpoint(st.x_t, F, st.t, st.tau, self.integ, st._noise(None) if self.stochastic else None)
+            x_tau, st.carry = ddram_midpoint(st.x_t, F, st.t, st.tau, self.integ, st.draw_noise() if self.stochastic else None)
             st.x_eval, st.t_eval, st.stage = x_tau.to(st.x_t.dtype), st.tau, 1
 
     def _advance(self, st, F, noise, **extra):
-        if self.evals_per_step == 1:
+        if self.starts_at_midpoint:
             self._owner._last = (F, st.x_eval, st.t_eval, self.field_kind)
         if getattr(st, "single", False):
             st.x = exp_euler_step(st.x_t, F, st.t, st.s, self.integ, noise).to(st.x_t.dtype)

@@ -274,7 +274,8 @@ class StepState:
     def noise_needed(self) -> bool:
         return self.stepper._noise_needed(self)
 
-    def _noise(self, noise):
+    def draw_noise(self, noise: Optional[Tensor] = None) -> Tensor:
+        """``noise``, or a standard normal draw of the state's shape from the step's generator."""
         if noise is None:
             noise = randn(self.x_t.shape, generator=self.generator, device=self.x_t.device, dtype=compute_dtype(self.x_t))
         return noise
@@ -283,7 +284,7 @@ class StepState:
         if self.done:
             raise RuntimeError("this step is already complete; start a new one")
         if self.noise_needed:
-            noise = self._noise(noise)
+            noise = self.draw_noise(noise)
         self.stepper._advance(self, F, noise, **extra)
         self.stage += 1
         self.nfe += 1

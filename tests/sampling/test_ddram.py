@@ -108,22 +108,12 @@ def test_sample_runs_ddram_from_the_plan_as_its_stepper_would(param, ode, monkey
     assert torch.allclose(runs["plan"].samples, x, rtol=1e-9, atol=1e-9), (runs["plan"].samples - x).abs().max()
 
 
-class _ConvEps(torch.nn.Module):
-    prediction_type = "epsilon"
-
-    def __init__(self):
-        super().__init__()
-        torch.manual_seed(0)
-        self.c = torch.nn.Conv2d(3, 3, 3, padding=1)
-
-    def forward(self, x, t):
-        return 0.1 * self.c(x) + 0.01 * t.view(-1, 1, 1, 1)
-
-
 @pytest.mark.parametrize("options", [{}, {"evals_per_step": 1}, {"midpoint": "log_snr"}])
 @pytest.mark.parametrize("ode", [False, True])
 def test_images_and_per_sample_generators_make_samples_independent_of_the_batch(options, ode):
-    net = _ConvEps()
+    from test_samplers import TinyEps  # (the tiny image network of the samplers' tests, same folder)
+
+    net = TinyEps()
 
     def run(seeds):
         gens = [torch.Generator().manual_seed(i) for i in seeds]
