@@ -9,7 +9,7 @@ import os
 import torch
 
 from ..runtime.checkpoint_io import atomic_write_bytes
-from ..sampling.grid_fit import fit_grid
+from ..sampling.grid_fit import FIT_METHODS, fit_grid
 from ..training.module import ScoreModule
 
 __all__ = ["main"]
@@ -23,9 +23,14 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m lit_diffusion.cli.grid_fit", description=main.__doc__.split(":")[0])
     p.add_argument("-c", "--checkpoint", required=True, help="a pretrained-model folder or a train.py checkpoint")
     p.add_argument("--steps", type=int, nargs="+", required=True, help="sampler steps of each grid to fit")
-    p.add_argument("--n-calib", type=int, default=32)
-    p.add_argument("--fine", type=int, default=64)
-    p.add_argument("--refine", type=int, default=3)
+    p.add_argument("--method", default="terminal", choices=FIT_METHODS,
+                   help="terminal: pattern search on the terminal error of the ODE against accurate solutions (default, "
+                   "the measured best on the shipped model); local: dynamic programme over local errors")
+    p.add_argument("--n-calib", type=int, default=None, help="calibration draws (default 64 terminal, 32 local)")
+    p.add_argument("--max-evals", type=int, default=60, help="terminal: solutions tried per budget")
+    p.add_argument("--n-holdout", type=int, default=64, help="terminal: held-out draws that measure start and fitted grid")
+    p.add_argument("--fine", type=int, default=64, help="local: points of the fine grid")
+    p.add_argument("--refine", type=int, default=3, help="local: sub-steps per fine interval of the calibration")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default=None, help="folder of the JSON files (default: <model folder>/grids)")
     p.add_argument("--threads", type=int, default=0)
@@ -39,14 +44,27 @@ def main(argv=None) -> int:
     net = model.sampling_net(True)
     out = a.out or os.path.join(a.checkpoint if os.path.isdir(a.checkpoint) else os.path.dirname(a.checkpoint), "grids")
     recs = fit_grid(net, model.sde, list(a.steps), model.data_shape, n_calib=a.n_calib, fine=a.fine, refine=a.refine,
-                    seed=a.seed, prediction_type=model.prediction_type, final_denoise=not a.end_at_t_min)
+                    seed=a.seed, prediction_type=model.prediction_type, final_denoise=not a.end_at_t_min,
+                    method=a.method, max_evals=a.max_evals, n_holdout=a.n_holdout if a.method == "terminal" else 0)
     for steps, rec in zip(a.steps, recs):
         path = os.path.join(out, f"multistep-{steps}.json")
         os.makedirs(out, exist_ok=True)
         atomic_write_bytes(json.dumps(rec, indent=1).encode(), path)
-        print(f"{path}: {steps} steps, objective {rec['objective']:.4g} (log-SNR grid {rec['objective_log_snr_grid']:.4g}), "
-              f"{rec['network_evaluations']} evaluations of {a.n_calib} samples, {rec['seconds']:.0f} s", flush=True)
+        print(f"{path}: {_summary(rec)}", flush=True)
     return 0
+
+
+def _summary(rec: dict) -> str:
+    """One line on a fitted grid: its objective against the grid it is compared with, and its cost."""
+    if rec["method"] == "local":
+        return (f"{rec['steps']} steps, summed local error {rec['objective']:.4g} (log-SNR grid {rec['objective_log_snr_grid']:.4g}), "
+                f"{rec['network_evaluations']} evaluations of {rec['n_calib']} samples, {rec['seconds']:.0f} s")
+    line = (f"{rec['steps']} steps, terminal error {rec['objective']:.4g} (default grid {rec['objective_start_grid']:.4g}) "
+            f"on {rec['n_calib']} draws")
+    if "holdout" in rec:
+        h = rec["holdout"]
+        line += f", held out {h['fitted_grid']:.4g} (default {h['start_grid']:.4g}) on {h['n']}"
+    return line + f", {rec['objective_evaluations']} solutions, {rec['seconds']:.0f} s (+{rec['reference_seconds']:.0f} s of references)"
 
 
 if __name__ == "__main__":  # pragma: no cover
