@@ -9,7 +9,7 @@ import os
 import torch
 
 from ..runtime.checkpoint_io import atomic_write_bytes
-from ..sampling.grid_fit import FIT_METHODS, fit_grid
+from ..sampling.grid_fit import FIT_METHODS, fit_grid, grid_file_name
 from ..training.module import ScoreModule
 
 __all__ = ["main"]
@@ -17,7 +17,7 @@ __all__ = ["main"]
 
 def main(argv=None) -> int:
     """``python -m lit_diffusion.cli.grid_fit -c checkpoints/mnist --steps 9``: fit a grid and save
-    it beside the model (``<folder>/grids/multistep-<steps>.json``)."""
+    it beside the model (``<folder>/grids/multistep-<steps>.json``, where ``sample.py`` finds it)."""
     import argparse
 
     p = argparse.ArgumentParser(prog="python -m lit_diffusion.cli.grid_fit", description=main.__doc__.split(":")[0])
@@ -47,7 +47,7 @@ def main(argv=None) -> int:
                     seed=a.seed, prediction_type=model.prediction_type, final_denoise=not a.end_at_t_min,
                     method=a.method, max_evals=a.max_evals, n_holdout=a.n_holdout if a.method == "terminal" else 0)
     for steps, rec in zip(a.steps, recs):
-        path = os.path.join(out, f"multistep-{steps}.json")
+        path = os.path.join(out, grid_file_name(steps, not a.end_at_t_min))
         os.makedirs(out, exist_ok=True)
         atomic_write_bytes(json.dumps(rec, indent=1).encode(), path)
         print(f"{path}: {_summary(rec)}", flush=True)

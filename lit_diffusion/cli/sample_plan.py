@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
@@ -173,8 +174,24 @@ def _stepper_and_steps(args, sampler: str, model, options: dict):
     if args.schedule is None:
         from ..sampling.samplers import default_schedule
 
+        _use_model_grid(args, sampler)
         args.schedule = default_schedule(sampler, bool(args.ode), int(args.steps))
     return stepper
+
+
+def _use_model_grid(args, sampler: str) -> None:
+    """With no ``--schedule`` or ``--time-grid``, multistep runs on the grid fitted to the model when one
+    for this step count, ending and form is saved beside it (``<folder>/grids/``: the shipped MNIST
+    model's grids, docs/samplers.md "Fitted grids"); said on stderr and in the run's metadata."""
+    if sampler != "multistep" or getattr(args, "timesteps", None) is not None:
+        return
+    from ..sampling.grid_fit import model_grid
+
+    found = model_grid(args.checkpoint, int(args.steps), bool(args.final_denoise), bool(args.ode))
+    if found is not None:
+        args.time_grid, args.timesteps = found
+        print(f"sample.py: the grid fitted to this model for {args.steps} steps: {found[0]} (--schedule to choose another)",
+              file=sys.stderr)
 
 
 def _sample_shape(args, model) -> tuple:

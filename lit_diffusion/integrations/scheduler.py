@@ -45,7 +45,7 @@ __all__ = ["SDEScheduler", "SCHEDULER_SAMPLERS", "dynamic_threshold"]
 from .scheduler_config import (  # noqa: E402,F401  (re-exported)
     REFUSED_SAMPLERS, FINAL_SIGMAS_TYPES, SCHEDULER_SAMPLERS, as_float, check_model_output, check_num_steps, check_numbers,
     check_sampler_name, check_schedule_name, diffusers_schedule, ends_with_denoising_step, dynamic_threshold,
-    process_of_config, stepper_options,
+    fitted_grids, process_of_config, stepper_options,
 )
 from .scheduler_layout import EvaluationLayout  # noqa: E402
 
@@ -115,7 +115,7 @@ class SDEScheduler(EvaluationLayout, SchedulerMixin, ConfigMixin):
         noise_band: Optional[List[float]] = None,
         midpoint: str = "law",
         evals_per_step: Optional[int] = None,
-        fitted_grid: Optional[List[float]] = None,
+        fitted_grid: Optional[list] = None,
         inverse: bool = False,
         rho: float = 7.0,
         final_denoise: bool = True,
@@ -133,6 +133,7 @@ class SDEScheduler(EvaluationLayout, SchedulerMixin, ConfigMixin):
         schedule = self._schedule_of_diffusers_keys(schedule, use_karras_sigmas, timestep_spacing, steps_offset)
         final_denoise = ends_with_denoising_step(final_denoise, final_sigmas_type)
         check_numbers(dynamic_thresholding_ratio, sample_max_value, clip_sample_range)
+        fitted_grids(fitted_grid)
         self._final_denoise = bool(final_denoise)
         name = check_sampler_name(sampler)
         if inverse:  # like DDIMInverseScheduler: data -> noise along the ODE, timesteps increasing

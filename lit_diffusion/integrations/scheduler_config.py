@@ -96,6 +96,26 @@ def check_model_output(model_output, sample, timestep, index) -> None:
         )
 
 
+def fitted_grids(fitted_grid) -> list:
+    """The grids of the ``fitted_grid`` config key, checked: one grid (a decreasing list of at least 2
+    finite times) or a list of them, one per step count (``[]`` for None)."""
+    if fitted_grid is None:
+        return []
+    grids = fitted_grid if isinstance(fitted_grid, (list, tuple)) and fitted_grid and isinstance(
+        fitted_grid[0], (list, tuple)) else [fitted_grid]
+    steps = set()
+    for g in grids:
+        ok = isinstance(g, (list, tuple)) and len(g) >= 2 and all(
+            isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in g)
+        if not ok or not all(a > b for a, b in zip(g, g[1:])):
+            raise ValueError(f"fitted_grid: {g!r} is not a decreasing list of at least 2 finite times "
+                             "(give one grid, or a list of grids with different step counts)")
+        if len(g) - 1 in steps:
+            raise ValueError(f"fitted_grid: two grids of {len(g) - 1} steps; give one grid per step count")
+        steps.add(len(g) - 1)
+    return [[float(v) for v in g] for g in grids]
+
+
 def check_numbers(dynamic_thresholding_ratio, sample_max_value, clip_sample_range) -> None:
     if not (0.0 < float(dynamic_thresholding_ratio) <= 1.0):
         raise ValueError(f"dynamic_thresholding_ratio={dynamic_thresholding_ratio!r} is invalid; it must be in (0, 1]")

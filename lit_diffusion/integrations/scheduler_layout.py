@@ -14,7 +14,7 @@ import torch
 from torch import Tensor
 
 from ..core.schedules import get_timesteps
-from .scheduler_config import as_float, check_num_steps
+from .scheduler_config import as_float, check_num_steps, fitted_grids
 
 __all__ = ["EvaluationLayout"]
 
@@ -86,11 +86,16 @@ class EvaluationLayout:
             if timesteps is not None:
                 raise ValueError("pass either timesteps or sigmas, not both")
             timesteps = self._times_of_sigmas(sigmas)
-        fitted = self.config.get("fitted_grid")
-        if timesteps is None and fitted is not None and num_inference_steps in (None, len(fitted) - 1):
-            # a grid fitted to the model (python -m lit_diffusion.cli.grid_fit), saved in the config:
-            # a pipeline that reloads this scheduler keeps it; other step counts use `schedule`
-            timesteps, num_inference_steps = fitted, None
+        fitted = fitted_grids(self.config.get("fitted_grid"))
+        if timesteps is None and fitted:
+            # grids fitted to the model (python -m lit_diffusion.cli.grid_fit), saved in the config:
+            # a pipeline that reloads this scheduler keeps them; other step counts use `schedule`
+            if num_inference_steps is None and len(fitted) > 1:
+                raise ValueError(f"set_timesteps: give num_inference_steps; fitted grids exist for "
+                                 f"{sorted(len(g) - 1 for g in fitted)} steps")
+            match = [g for g in fitted if num_inference_steps in (None, len(g) - 1)]
+            if match:
+                timesteps, num_inference_steps = match[0], None
         if timesteps is not None:
             if num_inference_steps is not None:
                 raise ValueError("pass either num_inference_steps or timesteps, not both")

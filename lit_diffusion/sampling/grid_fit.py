@@ -1,9 +1,17 @@
-"""Time grids fitted to a model (docs/samplers.md, "Fitted grids").
+"""Time grids fitted to a model (docs/samplers.md, "Fitted grids"), by two methods.
 
-For a budget of ``steps`` multistep steps, choose the grid among the points of a fine log-SNR grid
-that minimises the accumulated local error of the sampler along calibration trajectories, by dynamic
-programming (in the spirit of Chen, Zhou et al., "On the Trajectory Regularity of ODE-based Diffusion
-Sampling", and Sabour, Fidler and Kreis, "Align Your Steps"):
+``method="terminal"`` (the default, :func:`fit_grid_terminal`): ``n_calib`` prior draws are solved
+accurately once; then, starting from the sampler's default grid, each point of the ``steps``-step grid
+is moved in log-SNR (a fraction of the distance to its neighbours, halved when no move helps) and every
+move that lowers the mean distance of the multistep ODE's output to the accurate one is kept.  It
+measures what a sample is judged on -- where it ends -- so errors made early and contracted later by
+the flow are not over-counted.  A grid of ``s`` steps costs ``max_evals`` solutions of ``n_calib``
+draws, ``max_evals · n_calib · (s + 1)`` network evaluations.
+
+``method="local"``: choose the grid among the points of a fine log-SNR grid that minimises the
+accumulated *local* error of the sampler along calibration trajectories, by dynamic programming (in the
+spirit of Chen, Zhou et al., "On the Trajectory Regularity of ODE-based Diffusion Sampling", and
+Sabour, Fidler and Kreis, "Align Your Steps"):
 
 1. ``n_calib`` probability-flow trajectories from the prior are integrated accurately (multistep
    order 3, ``refine`` sub-steps per fine interval) and the state ``X_i`` and the denoiser ``D_i`` are
@@ -16,8 +24,8 @@ Sampling", and Sabour, Fidler and Kreis, "Align Your Steps"):
 3. the path ``0 = i_0 < ... < i_steps = fine`` minimising ``Σ E`` is found by dynamic programming over
    the pairs ``(previous, current)``.
 
-The result is a small JSON (the grid in the SDE's own time) that ``sample(timesteps=)``,
-``sample.py --time-grid FILE`` and ``SDEScheduler(fitted_grids=...)`` use.
+Either way the result is a small JSON (the grid in the SDE's own time) that ``sample(timesteps=)``,
+``sample.py --time-grid FILE`` and ``SDEScheduler(fitted_grid=...)`` use.
 """
 
 from __future__ import annotations
@@ -35,7 +43,7 @@ from ..core.schedules import get_timesteps
 from ..core.sdes import LinearSDE
 from .multistep import kernel_moments, lagrange_weights
 
-__all__ = ["fit_grid", "fit_grid_terminal", "local_errors", "best_path", "load_grid", "GRID_FORMAT", "FIT_METHODS"]
+__all__ = ["fit_grid", "fit_grid_terminal", "grid_file_name", "model_grid", "local_errors", "best_path", "load_grid", "GRID_FORMAT", "FIT_METHODS"]
 
 #: ``"terminal"``: pattern search on the terminal error against accurate solutions (the default: on the
 #: shipped MNIST model it beats the sampler's default grid, docs/samplers.md "Fitted grids");
@@ -180,7 +188,7 @@ def fit_grid(field, sde: LinearSDE, steps: int, shape, n_calib: Optional[int] = 
         ref_path = [round(i * fine / steps) for i in range(steps + 1)]
         ref_cost = _path_cost(E1, E2, ref_path) + (0.0 if final is None else float(final[-1]))
         records.append({
-            "format": GRID_FORMAT, "sampler": "multistep", "steps": steps, "method": "local",
+            "format": GRID_FORMAT, "sampler": "multistep", "steps": steps, "method": "local", "forms": ["ode", "sde"],
             "timesteps": [float(grid[i]) for i in path], "fine_indices": path,
             "objective": cost, "objective_log_snr_grid": ref_cost,
             "final_denoise": bool(final_denoise), "n_calib": n_calib, "fine": fine, "refine": refine, "seed": int(seed),
@@ -271,7 +279,7 @@ def fit_grid_terminal(field, sde: LinearSDE, budgets, shape, n_calib: int = 64, 
             if not improved:
                 frac /= 2
         grid = to_grid(lam)
-        rec = {"format": GRID_FORMAT, "sampler": "multistep", "steps": steps, "method": "terminal",
+        rec = {"format": GRID_FORMAT, "sampler": "multistep", "steps": steps, "method": "terminal", "forms": ["ode", "sde"],
                "timesteps": [float(v) for v in grid], "start_timesteps": [float(v) for v in grid0],
                "objective": best, "objective_start_grid": start, "final_denoise": bool(final_denoise),
                "n_calib": n_calib, "ref_steps": ref_steps, "seed": int(seed), "objective_evaluations": evals,
@@ -293,6 +301,35 @@ def _path_cost(E1, E2, path) -> float:
         k, i, j = path[n - 2], path[n - 1], path[n]
         cost += E1[i, j] if n == len(path) - 1 else E2[k, i, j]
     return float(cost)
+
+
+def grid_file_name(steps: int, final_denoise: bool) -> str:
+    """``multistep-<steps>.json`` for a run that ends with a denoising evaluation at its last point (the
+    scheduler's default, ``sample.py --final-denoise``), ``multistep-<steps>-to-t-min.json`` for one that
+    ends at ``t_min``."""
+    return f"multistep-{int(steps)}.json" if final_denoise else f"multistep-{int(steps)}-to-t-min.json"
+
+
+def model_grid(folder, steps: int, final_denoise: bool, ode: bool) -> Optional[tuple[str, list[float]]]:
+    """``(path, timesteps)`` of the grid fitted for a run of ``steps`` steps that is saved beside a model
+    (``<folder>/grids/``, written by ``python -m lit_diffusion.cli.grid_fit``) for the ODE or SDE form
+    (its ``forms`` list: both unless a measurement removed one), or None."""
+    import os
+
+    if folder is None or not os.path.isdir(str(folder)):
+        return None
+    path = os.path.join(str(folder), "grids", grid_file_name(steps, final_denoise))
+    if not os.path.isfile(path):
+        return None
+    with open(path) as fh:
+        rec = json.load(fh)
+    ts = load_grid(path)
+    if len(ts) - 1 != int(steps) or bool(rec.get("final_denoise", True)) != bool(final_denoise):
+        raise ValueError(f"grid file {path!r} holds a grid of {len(ts) - 1} steps with final_denoise="
+                         f"{rec.get('final_denoise')}; its name says {steps} steps with final_denoise={final_denoise}")
+    if ("ode" if ode else "sde") not in rec.get("forms", ["ode", "sde"]):
+        return None
+    return path, ts
 
 
 def load_grid(path) -> list[float]:
