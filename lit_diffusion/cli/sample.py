@@ -64,8 +64,9 @@ def _add_sampler_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--time-grid", default=None, metavar="FILE",
                    help="a fitted time grid (JSON of python -m lit_diffusion.cli.grid_fit); sets --steps")
     p.add_argument("--solver-order", type=int, default=None, help="multistep: 1, 2 or 3 (default 2)")
-    p.add_argument("--corrector", action="store_true", default=None,
-                   help="multistep: redo each step with the next evaluation as one more node (no extra evaluation)")
+    p.add_argument("--corrector", action=argparse.BooleanOptionalAction, default=None,
+                   help="multistep: redo each step with the next evaluation as one more node (no extra evaluation; "
+                   "default: on for runs of at most 9 steps, the measured best; --no-corrector turns it off)")
     p.add_argument("--evals-per-step", type=int, default=None, help="ddram: 2 (default) or 1 (the move to the midpoint "
                    "reuses the previous step's evaluation)")
     p.add_argument("--midpoint", default=None, help="ddram: where the midpoint is drawn: 'law' (default) or 'log_snr'")

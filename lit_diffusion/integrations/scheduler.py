@@ -111,7 +111,7 @@ class SDEScheduler(EvaluationLayout, SchedulerMixin, ConfigMixin):
         snr_norm: str = "capped",
         solver_order: Optional[int] = None,
         lower_order_final: bool = True,
-        corrector: bool = False,
+        corrector: Optional[bool] = None,
         noise_band: Optional[List[float]] = None,
         midpoint: str = "law",
         evals_per_step: Optional[int] = None,

@@ -199,7 +199,7 @@ def stepper_options(name: str, sde, parametrization, predictor, **opts) -> tuple
     if name == "multistep":  # (DPM-Solver configs carry solver_order/lower_order_final: kept)
         band = opts["noise_band"]
         options.update(solver_order=opts["solver_order"], lower_order_final=bool(opts["lower_order_final"]),
-                       corrector=bool(opts["corrector"]), noise_band=None if band is None else list(band),
+                       corrector=None if opts["corrector"] is None else bool(opts["corrector"]), noise_band=None if band is None else list(band),
                        inverse=bool(opts["inverse"]))
     if name == "ddram":
         options["midpoint"] = opts["midpoint"]

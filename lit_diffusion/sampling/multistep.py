@@ -147,7 +147,9 @@ class MultistepStepper:
             (the evaluations near the data end are the least smooth in ``ℓ``), the final denoising
             jump of a run that ends with one short of ``t_min`` counted as one (:meth:`reset`).
         corrector: redo each step with the next evaluation as one more node before going on (no
-            extra network evaluation).
+            extra network evaluation); ``None`` (default): on for runs of at most
+            :data:`~lit_diffusion.sampling.defaults.MULTISTEP_CORRECTOR_RUN` steps, the measured best
+            (decided by :meth:`reset` from the grid; off when the grid is unknown).
         noise_band: SDE form only: ``(lo, hi)`` noise levels ``σ/α``; steps starting outside run as the
             ODE (e.g. ``(0.05, 50)``); ``None``: every step is stochastic.
         inverse: ODE form only: steps go from ``t`` up to ``s > t`` (encoding data to noise; the
@@ -164,7 +166,7 @@ class MultistepStepper:
     evals_per_step = 1
 
     def __init__(self, sde: LinearSDE, parametrization: str = "denoiser", ode: bool = False,
-                 solver_order: Optional[int] = None, lower_order_final: bool = True, corrector: bool = False,
+                 solver_order: Optional[int] = None, lower_order_final: bool = True, corrector: Optional[bool] = None,
                  noise_band: Optional[Sequence[float]] = None, inverse: bool = False, method: str = "auto"):
         if parametrization != "denoiser":
             raise ValueError(f"sampler 'multistep' integrates the denoiser; got parametrization={parametrization!r}")
@@ -184,7 +186,7 @@ class MultistepStepper:
         self.ode = bool(ode)
         self.solver_order = int(solver_order)
         self.lower_order_final = bool(lower_order_final)
-        self.corrector = bool(corrector)
+        self._corrector_option = None if corrector is None else bool(corrector)
         self.noise_band = noise_band
         self.inverse = False
         self.reset()
@@ -200,6 +202,11 @@ class MultistepStepper:
         self._final_jump = bool(final_jump) and not self.inverse and self._grid is not None and float(
             self._grid[-1]) > self.sde.t_min * (1 + 1e-5)
         self._hist = _History(-1.0 if self.inverse else 1.0)
+        self.corrector = self._corrector_option
+        if self.corrector is None:
+            from .defaults import MULTISTEP_CORRECTOR_RUN
+
+            self.corrector = self._grid is not None and self._grid.numel() - 1 <= MULTISTEP_CORRECTOR_RUN
         self._prev: Optional[dict] = None
         self._table: dict = {}
         if self._grid is not None:  # the coefficients at every grid time, once per run (float64)
@@ -222,7 +229,7 @@ class MultistepStepper:
 
     def __repr__(self):
         return (f"MultistepStepper(sde={self.sde!r}, ode={self.ode}, solver_order={self.solver_order}, "
-                f"corrector={self.corrector}, noise_band={self.noise_band})")
+                f"corrector={self._corrector_option}, noise_band={self.noise_band})")
 
     def midpoint(self, t, s, u):
         raise NotImplementedError("multistep has no midpoint")

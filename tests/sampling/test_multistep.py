@@ -74,7 +74,7 @@ def test_ode_form_converges_at_its_order_on_every_sde(name, order):
     errs = []
     for n in ns:
         x = sample(GAUSS, sde, x_T=x_T, sampler="multistep", ode=True, steps=n, schedule="log_snr",
-                   solver_order=order, lower_order_final=False, dtype=torch.float64).samples
+                   solver_order=order, lower_order_final=False, corrector=False, dtype=torch.float64).samples
         errs.append(float((x - exact).abs().max()))
     assert abs(_slope(ns, errs) - order) < 0.3, (name, order, errs)
 
@@ -85,7 +85,7 @@ def test_third_order_on_a_mixture(name):
     sde = _sdes()[name]
     tgt = get_target("anisotropic_16d")
     x_T = sde.prior_sampling((128, tgt.dim), generator=torch.Generator().manual_seed(1)).double()
-    kw = dict(sampler="multistep", ode=True, schedule="log_snr", lower_order_final=False, dtype=torch.float64)
+    kw = dict(sampler="multistep", ode=True, schedule="log_snr", lower_order_final=False, corrector=False, dtype=torch.float64)
     ref = sample(tgt, sde, x_T=x_T, steps=2000, solver_order=3, **kw).samples
     ns = [20, 40, 80, 160]
     errs = [float((sample(tgt, sde, x_T=x_T, steps=n, solver_order=3, **kw).samples - ref).abs().mean()) for n in ns]
@@ -117,7 +117,7 @@ def test_order_one_is_ddim_and_the_ddpm_posterior_step():
         x_T = sde.prior_sampling((32, 2), generator=torch.Generator().manual_seed(0)).double()
         for ode in (True, False):
             common = dict(x_T=x_T, steps=12, ode=ode, schedule="uniform", dtype=torch.float64)
-            a = sample(tgt, sde, sampler="multistep", solver_order=1, generator=torch.Generator().manual_seed(5), **common)
+            a = sample(tgt, sde, sampler="multistep", solver_order=1, corrector=False, generator=torch.Generator().manual_seed(5), **common)
             b = sample(tgt, sde, sampler="exponential_euler", parametrization="denoiser",
                        generator=torch.Generator().manual_seed(5), **common)
             assert torch.allclose(a.samples, b.samples, rtol=1e-9, atol=1e-9)
@@ -132,7 +132,7 @@ def test_sde_form_samples_the_target_and_order_helps():
     var_err = {}
     for order in (1, 2, 3):
         x = sample(GAUSS, sde, shape=(n, 2), sampler="multistep", steps=60, schedule="log_snr", solver_order=order,
-                   generator=torch.Generator().manual_seed(order), dtype=torch.float64).samples
+                   corrector=False, generator=torch.Generator().manual_seed(order), dtype=torch.float64).samples
         assert torch.allclose(x.mean(0), MU, atol=4 * (VAR.sqrt() / math.sqrt(n)).max().item() + 0.01)
         var_err[order] = float(((x.var(0) - VAR) / VAR).abs().max())
     assert var_err[2] < 0.05 and var_err[3] < 0.05, var_err
@@ -284,9 +284,10 @@ def test_only_the_final_jump_is_lowered_to_order_one():
         return [int((torch.as_tensor(row) != 0).sum()) for row in cD]
 
     for grid, jump, last_order in ((full[:-1], True, 2), (full[:-1], False, 1), (full, True, 1)):
-        _, cD, _ = _multistep_rows(get_stepper("multistep", sde, ode=True), grid, jump)
+        _, cD, _ = _multistep_rows(get_stepper("multistep", sde, ode=True, corrector=False), grid, jump)
         assert orders(cD) == [1, 2, 2, 2][: len(cD) - 1] + [last_order], (orders(cD), jump)
-    s = SDEScheduler(sampler="multistep", sde="VP", num_train_timesteps=1, prediction_type="epsilon", ode=True)
+    s = SDEScheduler(sampler="multistep", sde="VP", num_train_timesteps=1, prediction_type="epsilon", ode=True,
+                     corrector=False)
     s.set_timesteps(4)
     assert [len(w) for w in s._plan.multistep["weights"]] == [1, 2, 2, 2]
     ref = sample(GAUSS, sde, x_T=torch.ones(3, 2, dtype=torch.float64), sampler="multistep", ode=True, steps=4,
@@ -294,3 +295,37 @@ def test_only_the_final_jump_is_lowered_to_order_one():
     low = sample(GAUSS, sde, x_T=torch.ones(3, 2, dtype=torch.float64), sampler="multistep", ode=True, steps=4,
                  final_denoise=True, dtype=torch.float64, lower_order_final=False)
     assert torch.equal(ref.samples, low.samples)  # four steps before the jump: no step is lowered either way
+
+
+def test_the_corrector_is_on_by_default_on_short_runs_only():
+    """corrector=None (the default): on for runs of at most MULTISTEP_CORRECTOR_RUN steps (the measured
+    best, docs/samplers.md "The corrector and the fitted grids"), off on longer ones; an explicit value
+    wins. sample() and SDEScheduler run the same rule."""
+    from lit_diffusion.core.schedules import get_timesteps
+    from lit_diffusion.integrations.scheduler import SDEScheduler
+    from lit_diffusion.sampling.defaults import MULTISTEP_CORRECTOR_RUN
+    from lit_diffusion.sampling.steppers import get_stepper
+
+    sde = VP()
+    n = MULTISTEP_CORRECTOR_RUN
+    for option, short, long in ((None, True, False), (True, True, True), (False, False, False)):
+        st = get_stepper("multistep", sde, ode=True, corrector=option)
+        st.reset(get_timesteps(sde, n, "edm"))
+        assert st.corrector is short, option
+        st.reset(get_timesteps(sde, n + 1, "edm"))
+        assert st.corrector is long, option
+    x_T = sde.prior_sampling((16, 2), generator=torch.Generator().manual_seed(3)).double()
+    run = lambda steps, **kw: sample(GAUSS, sde, x_T=x_T, sampler="multistep", ode=True, steps=steps,  # noqa: E731
+                                     dtype=torch.float64, **kw).samples
+    assert torch.equal(run(n), run(n, corrector=True)) and not torch.allclose(run(n), run(n, corrector=False))
+    assert torch.equal(run(n + 1), run(n + 1, corrector=False))
+    # the scheduler (final denoising evaluation: n steps + 1) gives sample()'s result
+    s = SDEScheduler(sampler="multistep", sde="VP", num_train_timesteps=1, prediction_type="epsilon", ode=True)
+    s.set_timesteps(n)
+    x = x_T.float().clone()
+    for t in s.timesteps:
+        tt = torch.full((16,), float(t), dtype=torch.float64)
+        x = s.step(GAUSS.prediction(x.double(), tt, sde, "epsilon").float(), t, x).prev_sample
+    common = dict(x_T=x_T, sampler="multistep", ode=True, steps=n, final_denoise=True, dtype=torch.float64)
+    ref, off = sample(GAUSS, sde, **common).samples, sample(GAUSS, sde, corrector=False, **common).samples
+    assert torch.allclose(x.double(), ref, atol=1e-4) and (x.double() - off).abs().max() > 1e-3

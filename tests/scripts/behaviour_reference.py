@@ -8,8 +8,9 @@ behaviour_reference.safetensors); tests/test_house.py recomputes it with the cur
 Only import paths that existed before and after the reorganisation are used. A deliberate change of the
 samples rewrites the file in the same commit, saying why: the multistep sampler's short runs (only the
 final denoising jump of order 1; the uniform grid with that jump up to 7 steps, docs/samplers.md
-"Multistep") changed ``sample_api``, ``sample_cli`` and ``pipeline_swap``; ``train_weights`` and
-``export`` are still those of the first reference."""
+"Multistep") changed ``sample_api``, ``sample_cli`` and ``pipeline_swap``, and so did the corrector,
+on by default for multistep runs of at most 9 steps (docs/samplers.md "The corrector and the fitted
+grids"); ``train_weights`` and ``export`` are still those of the first reference."""
 
 from __future__ import annotations
 
