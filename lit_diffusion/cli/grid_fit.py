@@ -29,6 +29,8 @@ def main(argv=None) -> int:
     p.add_argument("--n-calib", type=int, default=None, help="calibration draws (default 64 terminal, 32 local)")
     p.add_argument("--max-evals", type=int, default=60, help="terminal: solutions tried per budget")
     p.add_argument("--n-holdout", type=int, default=64, help="terminal: held-out draws that measure start and fitted grid")
+    p.add_argument("--corrector", action="store_true",
+                   help="terminal: fit for the multistep sampler with its corrector on (the shipped grids were fitted without it)")
     p.add_argument("--fine", type=int, default=64, help="local: points of the fine grid")
     p.add_argument("--refine", type=int, default=3, help="local: sub-steps per fine interval of the calibration")
     p.add_argument("--seed", type=int, default=0)
@@ -45,7 +47,8 @@ def main(argv=None) -> int:
     out = a.out or os.path.join(a.checkpoint if os.path.isdir(a.checkpoint) else os.path.dirname(a.checkpoint), "grids")
     recs = fit_grid(net, model.sde, list(a.steps), model.data_shape, n_calib=a.n_calib, fine=a.fine, refine=a.refine,
                     seed=a.seed, prediction_type=model.prediction_type, final_denoise=not a.end_at_t_min,
-                    method=a.method, max_evals=a.max_evals, n_holdout=a.n_holdout if a.method == "terminal" else 0)
+                    method=a.method, max_evals=a.max_evals, n_holdout=a.n_holdout if a.method == "terminal" else 0,
+                    corrector=a.corrector)
     for steps, rec in zip(a.steps, recs):
         path = os.path.join(out, grid_file_name(steps, not a.end_at_t_min))
         os.makedirs(out, exist_ok=True)

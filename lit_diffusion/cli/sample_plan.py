@@ -182,7 +182,7 @@ def _stepper_and_steps(args, sampler: str, model, options: dict):
 def _use_model_grid(args, sampler: str) -> None:
     """With no ``--schedule`` or ``--time-grid``, multistep runs on the grid fitted to the model when one
     for this step count, ending and form is saved beside it (``<folder>/grids/``: the shipped MNIST
-    model's grids, docs/samplers.md "Fitted grids"); said on stderr and in the run's metadata."""
+    model's grids, docs/samplers.md "The corrector and the fitted grids"); said on stderr and in the run's metadata."""
     if sampler != "multistep" or getattr(args, "timesteps", None) is not None:
         return
     from ..sampling.grid_fit import model_grid

@@ -1,4 +1,4 @@
-"""Time grids fitted to a model (docs/samplers.md, "Fitted grids"), by two methods.
+"""Time grids fitted to a model (docs/samplers.md, "The corrector and the fitted grids"), by two methods.
 
 ``method="terminal"`` (the default, :func:`fit_grid_terminal`): ``n_calib`` prior draws are solved
 accurately once; then, starting from the sampler's default grid, each point of the ``steps``-step grid
@@ -46,7 +46,7 @@ from .multistep import kernel_moments, lagrange_weights
 __all__ = ["fit_grid", "fit_grid_terminal", "grid_file_name", "model_grid", "local_errors", "best_path", "load_grid", "GRID_FORMAT", "FIT_METHODS"]
 
 #: ``"terminal"``: pattern search on the terminal error against accurate solutions (the default: on the
-#: shipped MNIST model it beats the sampler's default grid, docs/samplers.md "Fitted grids");
+#: shipped MNIST model it beats the sampler's default grid, docs/samplers.md "The corrector and the fitted grids");
 #: ``"local"``: dynamic programming over the summed local errors (fast; wins on analytic targets only)
 FIT_METHODS = ("terminal", "local")
 
@@ -150,18 +150,20 @@ def best_path(E1: np.ndarray, E2: np.ndarray, steps: int, final: Optional[np.nda
 def fit_grid(field, sde: LinearSDE, steps: int, shape, n_calib: Optional[int] = None, fine: int = 64, refine: int = 3,
              seed: int = 0, device=None, prediction_type: Optional[str] = None, class_labels=None,
              guidance_scale: float = 1.0, final_denoise: bool = False, method: str = "terminal",
-             max_evals: int = 60, n_holdout: int = 0) -> dict:
+             max_evals: int = 60, n_holdout: int = 0, corrector: bool = False) -> dict:
     """Fit a ``steps``-step grid (or one per budget of a list) for the multistep sampler to ``field``
     (a network with its ``prediction_type``, or an analytic target); returns the JSON-ready record
     (``timesteps``: the grid in the SDE's time, ``T`` first).  ``method`` (:data:`FIT_METHODS`):
     ``"terminal"`` (:func:`fit_grid_terminal`; ``n_calib`` 64 by default, ``max_evals`` solutions per
-    budget) or ``"local"`` (the dynamic programme of the module doc; ``n_calib`` 32, ``fine``, ``refine``).
+    budget, ``corrector``) or ``"local"`` (the dynamic programme of the module doc; ``n_calib`` 32, ``fine``, ``refine``).
     Without ``final_denoise`` the grid ends at ``t_min``; with it (the run ends with a denoising
     evaluation at its last point, as ``SDEScheduler`` does by default) the end point is chosen too."""
     from ..core.utils import check_count
 
     if method not in FIT_METHODS:
         raise ValueError(f"unknown grid-fitting method {method!r}; valid choices: {list(FIT_METHODS)}")
+    if corrector and method != "terminal":
+        raise ValueError(f"corrector=True applies to method='terminal' only; got method={method!r}")
     many = isinstance(steps, (list, tuple))
     budgets = [check_count("steps", v, 1, 1000) for v in (steps if many else [steps])]
     n_calib = check_count("n_calib", 64 if n_calib is None and method == "terminal" else n_calib or 32, 1, 100_000)
@@ -169,7 +171,7 @@ def fit_grid(field, sde: LinearSDE, steps: int, shape, n_calib: Optional[int] = 
     if method == "terminal":
         records = fit_grid_terminal(f, sde, budgets, shape, n_calib=n_calib, seed=seed, device=device,
                                     final_denoise=final_denoise, max_evals=check_count("max_evals", max_evals, 1, 100_000),
-                                    n_holdout=check_count("n_holdout", n_holdout, 0, 100_000))
+                                    n_holdout=check_count("n_holdout", n_holdout, 0, 100_000), corrector=bool(corrector))
         return records if many else records[0]
     fine = check_count("fine", fine, max(max(budgets), 2), 2000)
     refine = check_count("refine", refine, 1, 100)
@@ -199,11 +201,11 @@ def fit_grid(field, sde: LinearSDE, steps: int, shape, n_calib: Optional[int] = 
 
 
 @torch.no_grad()
-def _solve(field, sde, x_T, grid, ode, solver_order, final_denoise, device) -> torch.Tensor:
+def _solve(field, sde, x_T, grid, ode, solver_order, final_denoise, device, corrector: bool = False) -> torch.Tensor:
     from .samplers import sample
 
     return sample(field, sde, x_T=x_T, sampler="multistep", ode=ode, timesteps=grid, solver_order=solver_order,
-                  final_denoise=final_denoise, device=device, check_finite=False).samples
+                  corrector=corrector, final_denoise=final_denoise, device=device, check_finite=False).samples
 
 
 def _terminal_error(out: torch.Tensor, ref: torch.Tensor) -> float:
@@ -227,15 +229,17 @@ def start_grid(sde: LinearSDE, steps: int, ode: bool = True, final_denoise: bool
 @torch.no_grad()
 def fit_grid_terminal(field, sde: LinearSDE, budgets, shape, n_calib: int = 64, seed: int = 0, device=None,
                       final_denoise: bool = True, solver_order: int = 2, ref_steps: int = 100, max_evals: int = 60,
-                      n_holdout: int = 0) -> list[dict]:
+                      n_holdout: int = 0, corrector: bool = False) -> list[dict]:
     """Fit each budget's grid by pattern search on the *terminal* error of the multistep ODE
-    (docs/samplers.md, "Fitted grids"): ``n_calib`` prior draws are solved accurately (``ref_steps``
+    (docs/samplers.md, "The corrector and the fitted grids"): ``n_calib`` prior draws are solved accurately (``ref_steps``
     steps of the EDM grid, with the final denoising evaluation when ``final_denoise``), and each interior
     point of the grid (and its end point when the run ends with a denoising evaluation) is moved in
     log-SNR, one at a time, by a fraction of its distance to its neighbours, keeping every move that
     lowers the mean RMS distance of the ``steps``-step solution to the accurate one; the fraction halves
     when no move helps.  Starts from the sampler's default grid (:func:`start_grid`), so the result is
-    never worse on the calibration draws; ``n_holdout`` further draws (another seed) measure both grids."""
+    never worse on the calibration draws; ``n_holdout`` further draws (another seed) measure both grids.
+    ``corrector``: the solutions being fitted use the multistep corrector (off by default: the shipped
+    grids were fitted without it, and measured with and without it)."""
     device = device or "cpu"
     g = torch.Generator().manual_seed(int(seed))
     x_T = sde.prior_sampling((n_calib,) + tuple(shape), generator=g).to(device)
@@ -257,7 +261,7 @@ def fit_grid_terminal(field, sde: LinearSDE, budgets, shape, n_calib: int = 64, 
         n = lam.numel() - 1
         to_grid = lambda lm: torch.cat([grid0[:1], sde.t_from_snr(torch.exp(lm[1:]))])  # noqa: E731
         cost = lambda lm: _terminal_error(_solve(field, sde, x_T, to_grid(lm), True, solver_order, final_denoise,  # noqa: E731
-                                                 device), ref)
+                                                 device, corrector), ref)
         best = start = cost(lam)
         evals, frac = 1, 0.5
         free = range(1, n + 1) if final_denoise else range(1, n)
@@ -282,15 +286,17 @@ def fit_grid_terminal(field, sde: LinearSDE, budgets, shape, n_calib: int = 64, 
         rec = {"format": GRID_FORMAT, "sampler": "multistep", "steps": steps, "method": "terminal", "forms": ["ode", "sde"],
                "timesteps": [float(v) for v in grid], "start_timesteps": [float(v) for v in grid0],
                "objective": best, "objective_start_grid": start, "final_denoise": bool(final_denoise),
-               "n_calib": n_calib, "ref_steps": ref_steps, "seed": int(seed), "objective_evaluations": evals,
+               "n_calib": n_calib, "ref_steps": ref_steps, "seed": int(seed), "objective_evaluations": evals, "corrector": bool(corrector),
                "network_evaluations": n_calib * evals * (steps + int(final_denoise)),
                "reference_network_evaluations": (n_calib + n_holdout) * (ref_steps + int(final_denoise)),
                "seconds": time.perf_counter() - t1, "reference_seconds": ref_seconds, "sde": repr(sde)}
         if hold is not None:
             xh, refh = hold
             rec["holdout"] = {"n": n_holdout,
-                              "start_grid": _terminal_error(_solve(field, sde, xh, grid0, True, solver_order, final_denoise, device), refh),
-                              "fitted_grid": _terminal_error(_solve(field, sde, xh, grid, True, solver_order, final_denoise, device), refh)}
+                              "start_grid": _terminal_error(_solve(field, sde, xh, grid0, True, solver_order, final_denoise, device,
+                                                                   corrector), refh),
+                              "fitted_grid": _terminal_error(_solve(field, sde, xh, grid, True, solver_order, final_denoise, device,
+                                                                    corrector), refh)}
         records.append(rec)
     return records
 

@@ -88,6 +88,9 @@ def test_terminal_fit_beats_the_default_grid_on_held_out_draws(final_denoise):
     assert fitted < 0.5 * default, (fitted, default)
     with pytest.raises(ValueError, match="unknown grid-fitting method 'dp'.*terminal"):
         fit_grid(tgt, sde, 4, (2,), method="dp")
+    with pytest.raises(ValueError, match="corrector=True applies to method='terminal' only"):
+        fit_grid(tgt, sde, 4, (2,), method="local", corrector=True)
+    assert rec["corrector"] is False
 
 
 def test_scheduler_keeps_a_fitted_grid_in_its_config(tmp_path):
