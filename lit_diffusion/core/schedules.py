@@ -15,6 +15,7 @@ The grid is float64, strictly decreasing, and its end points are exactly ``T`` a
 
 from __future__ import annotations
 
+import math
 from typing import Optional
 
 import torch
@@ -22,7 +23,7 @@ from torch import Tensor
 
 from .sdes import LinearSDE
 
-__all__ = ["SCHEDULES", "get_timesteps", "check_schedule"]
+__all__ = ["SCHEDULES", "get_timesteps", "check_schedule", "is_time_grid"]
 
 SCHEDULES = ("uniform", "bbdd", "log_snr", "edm", "geometric")
 
@@ -32,6 +33,14 @@ def check_schedule(schedule: str) -> str:
     if key not in SCHEDULES:
         raise ValueError(f"unknown schedule {schedule!r}; valid choices: {list(SCHEDULES)}")
     return key
+
+
+def is_time_grid(values) -> bool:
+    """Whether ``values`` (a JSON-typed list, e.g. a fitted grid or a config key) is a time grid: at
+    least 2 finite real numbers (not booleans), strictly decreasing."""
+    return (isinstance(values, (list, tuple)) and len(values) >= 2
+            and all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in values)
+            and all(a > b for a, b in zip(values, values[1:])))
 
 
 def check_steps(steps) -> int:

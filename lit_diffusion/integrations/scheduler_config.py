@@ -10,7 +10,7 @@ import torch
 from torch import Tensor
 
 from ..core.discrete_vp import DiscreteVP, make_betas
-from ..core.schedules import SCHEDULES, check_schedule
+from ..core.schedules import SCHEDULES, check_schedule, is_time_grid
 from ..core.sdes import get_sde
 from ..core.utils import MAX_TRAIN_TIMESTEPS, check_count
 
@@ -105,9 +105,7 @@ def fitted_grids(fitted_grid) -> list:
         fitted_grid[0], (list, tuple)) else [fitted_grid]
     steps = set()
     for g in grids:
-        ok = isinstance(g, (list, tuple)) and len(g) >= 2 and all(
-            isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in g)
-        if not ok or not all(a > b for a, b in zip(g, g[1:])):
+        if not is_time_grid(g):
             raise ValueError(f"fitted_grid: {g!r} is not a decreasing list of at least 2 finite times "
                              "(give one grid, or a list of grids with different step counts)")
         if len(g) - 1 in steps:

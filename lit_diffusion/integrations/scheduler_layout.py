@@ -13,7 +13,6 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ..core.schedules import get_timesteps
 from .scheduler_config import as_float, check_num_steps, fitted_grids
 
 __all__ = ["EvaluationLayout"]
@@ -38,15 +37,14 @@ class EvaluationLayout:
     def _step_grid(self, n: int) -> Tensor:
         cfg = self.config
         if self._schedule.lower() != "diffusers":
-            from ..sampling.defaults import default_schedule, ends_with_denoising
+            from ..sampling.defaults import default_schedule, step_grid
 
             schedule = self._schedule
             if cfg.get("schedule") is None:  # the sampler's default grid for this budget
                 schedule = default_schedule(self._stepper_args[0], self.stepper.ode, n)
-            if self._final_denoise and ends_with_denoising(self._stepper_args[0], n, self.stepper.evals_per_step):
-                # the final denoising evaluation replaces the last step (it is the jump to the data)
-                return get_timesteps(self.sde, n + 1, schedule, rho=float(cfg.rho))[:-1]
-            return get_timesteps(self.sde, n, schedule, rho=float(cfg.rho))
+            # (on short runs the final denoising evaluation replaces the last step: the jump to the data)
+            return step_grid(self.sde, self._stepper_args[0], n, schedule, self._final_denoise,
+                             self.stepper.evals_per_step, rho=float(cfg.rho))
         # diffusers' integer spacings of the evaluation times, then t_min as the end point
         N = int(cfg.num_train_timesteps)
         if n > N:

@@ -84,6 +84,18 @@ def ends_with_denoising(sampler: str, steps: int, evals_per_step: int = 1) -> bo
     return key == "multistep" and int(steps) <= MULTISTEP_SHORT_RUN
 
 
+def step_grid(sde, sampler: str, steps: int, schedule: str, final_denoise: bool = False, evals_per_step: int = 1,
+              rho: float = 7.0, device=None):
+    """The step grid of a run of ``steps`` steps of ``schedule`` (float64): the schedule's grid down to
+    ``t_min``, or, when a final denoising evaluation replaces the last step (:func:`ends_with_denoising`),
+    the schedule's grid of ``steps + 1`` steps without ``t_min``."""
+    from ..core.schedules import get_timesteps
+
+    if final_denoise and ends_with_denoising(sampler, steps, evals_per_step):
+        return get_timesteps(sde, steps + 1, schedule, rho=rho, device=device)[:-1]
+    return get_timesteps(sde, steps, schedule, rho=rho, device=device)
+
+
 #: ddram ``parametrization="auto"``: steps whose log-SNR increase is below this use the relative score
 AUTO_LOG_SNR_STEP = 2.0
 

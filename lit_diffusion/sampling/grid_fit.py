@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import time
 from typing import Optional
 
@@ -39,7 +40,7 @@ import numpy as np
 import torch
 
 from ..core.fields import as_field
-from ..core.schedules import get_timesteps
+from ..core.schedules import get_timesteps, is_time_grid
 from ..core.sdes import LinearSDE
 from .multistep import kernel_moments, lagrange_weights
 
@@ -201,10 +202,11 @@ def fit_grid(field, sde: LinearSDE, steps: int, shape, n_calib: Optional[int] = 
 
 
 @torch.no_grad()
-def _solve(field, sde, x_T, grid, ode, solver_order, final_denoise, device, corrector: bool = False) -> torch.Tensor:
+def _solve(field, sde, x_T, grid, solver_order, final_denoise, device, corrector: bool = False) -> torch.Tensor:
+    """The multistep ODE's output from ``x_T`` on ``grid``."""
     from .samplers import sample
 
-    return sample(field, sde, x_T=x_T, sampler="multistep", ode=ode, timesteps=grid, solver_order=solver_order,
+    return sample(field, sde, x_T=x_T, sampler="multistep", ode=True, timesteps=grid, solver_order=solver_order,
                   corrector=corrector, final_denoise=final_denoise, device=device, check_finite=False).samples
 
 
@@ -218,12 +220,9 @@ def start_grid(sde: LinearSDE, steps: int, ode: bool = True, final_denoise: bool
     """The grid :func:`~lit_diffusion.sampling.samplers.sample` runs multistep on for ``steps`` steps by
     default (the schedule of :func:`default_schedule`; with a final denoising evaluation on a short run,
     the grid of one more step without ``t_min``): where :func:`fit_grid_terminal` starts."""
-    from .defaults import default_schedule, ends_with_denoising
+    from .defaults import default_schedule, step_grid
 
-    schedule = default_schedule("multistep", ode, steps)
-    if final_denoise and ends_with_denoising("multistep", steps):
-        return get_timesteps(sde, steps + 1, schedule)[:-1]
-    return get_timesteps(sde, steps, schedule)
+    return step_grid(sde, "multistep", steps, default_schedule("multistep", ode, steps), final_denoise)
 
 
 @torch.no_grad()
@@ -245,12 +244,16 @@ def fit_grid_terminal(field, sde: LinearSDE, budgets, shape, n_calib: int = 64, 
     x_T = sde.prior_sampling((n_calib,) + tuple(shape), generator=g).to(device)
     t0 = time.perf_counter()
     ref_grid = get_timesteps(sde, ref_steps, "edm")
-    ref = _solve(field, sde, x_T, ref_grid, True, solver_order, final_denoise, device)
+    ref = _solve(field, sde, x_T, ref_grid, solver_order, final_denoise, device)
     hold = None
     if n_holdout:
         gh = torch.Generator().manual_seed(int(seed) + 1_000_003)
         xh = sde.prior_sampling((n_holdout,) + tuple(shape), generator=gh).to(device)
-        hold = (xh, _solve(field, sde, xh, ref_grid, True, solver_order, final_denoise, device))
+        hold = (xh, _solve(field, sde, xh, ref_grid, solver_order, final_denoise, device))
+
+    def error(x0, accurate, grid) -> float:  # the terminal error of the fitted sampler on ``grid``
+        return _terminal_error(_solve(field, sde, x0, grid, solver_order, final_denoise, device, corrector), accurate)
+
     ref_seconds = time.perf_counter() - t0
     hi = float(sde.log_snr(torch.tensor(sde.t_min, dtype=F64)))
     records = []
@@ -260,9 +263,7 @@ def fit_grid_terminal(field, sde: LinearSDE, budgets, shape, n_calib: int = 64, 
         lam = sde.log_snr(grid0).to(F64).clone()
         n = lam.numel() - 1
         to_grid = lambda lm: torch.cat([grid0[:1], sde.t_from_snr(torch.exp(lm[1:]))])  # noqa: E731
-        cost = lambda lm: _terminal_error(_solve(field, sde, x_T, to_grid(lm), True, solver_order, final_denoise,  # noqa: E731
-                                                 device, corrector), ref)
-        best = start = cost(lam)
+        best = start = error(x_T, ref, to_grid(lam))
         evals, frac = 1, 0.5
         free = range(1, n + 1) if final_denoise else range(1, n)
         while evals < max_evals and frac > 1 / 64:
@@ -275,7 +276,7 @@ def fit_grid_terminal(field, sde: LinearSDE, budgets, shape, n_calib: int = 64, 
                         continue
                     cand = lam.clone()
                     cand[i] += sign * frac * gap
-                    value = cost(cand)
+                    value = error(x_T, ref, to_grid(cand))
                     evals += 1
                     if value < best:
                         lam, best, improved = cand, value, True
@@ -292,11 +293,7 @@ def fit_grid_terminal(field, sde: LinearSDE, budgets, shape, n_calib: int = 64, 
                "seconds": time.perf_counter() - t1, "reference_seconds": ref_seconds, "sde": repr(sde)}
         if hold is not None:
             xh, refh = hold
-            rec["holdout"] = {"n": n_holdout,
-                              "start_grid": _terminal_error(_solve(field, sde, xh, grid0, True, solver_order, final_denoise, device,
-                                                                   corrector), refh),
-                              "fitted_grid": _terminal_error(_solve(field, sde, xh, grid, True, solver_order, final_denoise, device,
-                                                                    corrector), refh)}
+            rec["holdout"] = {"n": n_holdout, "start_grid": error(xh, refh, grid0), "fitted_grid": error(xh, refh, grid)}
         records.append(rec)
     return records
 
@@ -320,16 +317,13 @@ def model_grid(folder, steps: int, final_denoise: bool, ode: bool) -> Optional[t
     """``(path, timesteps)`` of the grid fitted for a run of ``steps`` steps that is saved beside a model
     (``<folder>/grids/``, written by ``python -m lit_diffusion.cli.grid_fit``) for the ODE or SDE form
     (its ``forms`` list: both unless a measurement removed one), or None."""
-    import os
-
     if folder is None or not os.path.isdir(str(folder)):
         return None
     path = os.path.join(str(folder), "grids", grid_file_name(steps, final_denoise))
     if not os.path.isfile(path):
         return None
-    with open(path) as fh:
-        rec = json.load(fh)
-    ts = load_grid(path)
+    rec = _read_grid(path)
+    ts = [float(v) for v in rec["timesteps"]]
     if len(ts) - 1 != int(steps) or bool(rec.get("final_denoise", True)) != bool(final_denoise):
         raise ValueError(f"grid file {path!r} holds a grid of {len(ts) - 1} steps with final_denoise="
                          f"{rec.get('final_denoise')}; its name says {steps} steps with final_denoise={final_denoise}")
@@ -340,14 +334,17 @@ def model_grid(folder, steps: int, final_denoise: bool, ode: bool) -> Optional[t
 
 def load_grid(path) -> list[float]:
     """The ``timesteps`` of a fitted-grid JSON, checked (a decreasing list of at least 2 finite times)."""
+    return [float(v) for v in _read_grid(path)["timesteps"]]
+
+
+def _read_grid(path) -> dict:
+    """The record of a fitted-grid JSON, its ``format`` and ``timesteps`` checked."""
     try:
         with open(path) as fh:
             rec = json.load(fh)
     except (OSError, ValueError) as e:
         raise ValueError(f"grid file {str(path)!r} cannot be read as JSON: {e}") from None
-    ts = rec.get("timesteps") if isinstance(rec, dict) else None
-    if not (isinstance(rec, dict) and rec.get("format") == GRID_FORMAT and isinstance(ts, list) and len(ts) >= 2
-            and all(isinstance(v, (int, float)) and math.isfinite(v) for v in ts)
-            and all(a > b for a, b in zip(ts, ts[1:]))):
+    if not (isinstance(rec, dict) and rec.get("format") == GRID_FORMAT and isinstance(rec.get("timesteps"), list)
+            and is_time_grid(rec["timesteps"])):
         raise ValueError(f"grid file {str(path)!r} is not a fitted grid (format {GRID_FORMAT!r} with a decreasing 'timesteps' list)")
-    return [float(v) for v in ts]
+    return rec

@@ -24,6 +24,7 @@ import torch
 from torch import Tensor
 
 from ..core.sdes import LinearSDE, compute_dtype
+from .defaults import MULTISTEP_CORRECTOR_RUN
 from .steps import StepState, as_times, per_sample_coef
 
 __all__ = ["MultistepStepper", "kernel_moments", "lagrange_weights", "MAX_ORDER", "DEFAULT_ORDER"]
@@ -204,8 +205,6 @@ class MultistepStepper:
         self._hist = _History(-1.0 if self.inverse else 1.0)
         self.corrector = self._corrector_option
         if self.corrector is None:
-            from .defaults import MULTISTEP_CORRECTOR_RUN
-
             self.corrector = self._grid is not None and self._grid.numel() - 1 <= MULTISTEP_CORRECTOR_RUN
         self._prev: Optional[dict] = None
         self._table: dict = {}

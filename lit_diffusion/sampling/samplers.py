@@ -58,12 +58,12 @@ import torch
 from torch import Tensor
 
 from ..core.fields import Field, as_field  # noqa: F401
-from ..core.schedules import check_steps, check_schedule, get_timesteps
+from ..core.schedules import check_steps, check_schedule
 from ..core.sdes import LinearSDE
 from ..core.utils import GeneratorLike, rand
 from .defaults import (  # noqa: F401  (re-exported: the public names of the samplers)
     AUTO_LOG_SNR_STEP, DEFAULT_SCHEDULES, PREDICTORS, SAMPLER_PARAMETRIZATIONS, SAMPLERS, check_sampler, default_schedule,
-    ends_with_denoising,
+    ends_with_denoising, step_grid,
 )
 from .steppers import (  # noqa: F401  (re-exported: the public names of the samplers)
     DDRaMStepper, EulerStepper, ExpEulerStepper, LocalizationStepper, MomentMatchingStepper, PCStepper, Stepper,
@@ -113,10 +113,8 @@ def _initial_state(sde, x_T, shape, generator, device, dtype) -> Tensor:
     return sde.prior_sampling(shape, generator=generator, device=device, dtype=dtype)
 
 
-def _time_grid(sde, timesteps, steps, schedule, device) -> Tensor:
-    """The step grid: explicit ``timesteps`` (strictly decreasing) or ``steps`` of ``schedule``."""
-    if timesteps is None:
-        return get_timesteps(sde, steps, schedule, device=device).to(device)
+def _time_grid(timesteps, device) -> Tensor:
+    """The explicit step grid ``timesteps``, checked (strictly decreasing)."""
     grid = torch.as_tensor(timesteps, dtype=torch.float64).flatten()
     if grid.numel() < 2 or not bool((grid[1:] < grid[:-1]).all()):
         raise ValueError("timesteps must be a strictly decreasing sequence of at least 2 times")
@@ -299,11 +297,10 @@ def sample(
     inpaint = as_known_part(sde, known, mask, resample)
     field = as_field(field, sde, prediction_type=prediction_type, class_labels=class_labels, guidance_scale=guidance_scale)
     x = _initial_state(sde, x_T, shape, generator, device, dtype)
-    if timesteps is None and final_denoise and ends_with_denoising(sampler, steps, stepper.evals_per_step):
-        # the final denoising evaluation replaces the last step (as SDEScheduler does)
-        grid = _time_grid(sde, None, steps + 1, schedule, x.device)[:-1]
+    if timesteps is None:  # (on short runs the final denoising evaluation replaces the last step, as in SDEScheduler)
+        grid = step_grid(sde, sampler, steps, schedule, final_denoise, stepper.evals_per_step, device=x.device).to(x.device)
     else:
-        grid = _time_grid(sde, timesteps, steps, schedule, x.device)
+        grid = _time_grid(timesteps, x.device)
     midpoint_u = _midpoint_uniforms(midpoint_u, stepper, sampler, grid, x, generator)
     if inpaint is not None:
         inpaint.check(x)
