@@ -69,6 +69,7 @@ SDE_SAMPLERS = [
     ("lit multistep 2, last steps at full order", "lit", {"sampler": "multistep", "lower_order_final": False}),
     ("lit multistep 2, last step denoising", "lit-end", {"sampler": "multistep"}),
     ("lit multistep 2 EDM grid", "lit", {"sampler": "multistep", "schedule": "edm"}),
+    ("lit multistep 2, Gaussian start", "lit-gauss", {"sampler": "multistep"}),
     ("DDPM ancestral", "DDPMScheduler", {}),
     ("Euler ancestral", "EulerAncestralDiscreteScheduler", {}),
     ("SDE-DPM-Solver++ 2M", "DPMSolverMultistepScheduler", {"algorithm_type": "sde-dpmsolver++", "solver_order": 2}),
@@ -97,6 +98,7 @@ ODE_SAMPLERS = [
                                                                    "corrector": True}),
     ("lit multistep 3 ODE + corrector, fitted grid", "lit-fitted", {"sampler": "multistep", "ode": True, "corrector": True, "solver_order": 3}),
     ("lit multistep 3 ODE EDM grid", "lit", {"sampler": "multistep", "ode": True, "schedule": "edm", "solver_order": 3}),
+    ("lit multistep 2 ODE, Gaussian start", "lit-gauss", {"sampler": "multistep", "ode": True}),
     ("DDIM", "DDIMScheduler", {}),
     ("Euler", "EulerDiscreteScheduler", {}),
     ("Heun", "HeunDiscreteScheduler", {}),
@@ -116,6 +118,8 @@ def vp_table(sde, n_train: int = N_TRAIN):
 
 
 FITTED_DIR = os.path.join(os.path.dirname(__file__), "..", "checkpoints", "mnist", "grids")
+#: the model folder's moments for the Gaussian start (lit_diffusion.sampling.gaussian_start)
+MOMENTS = os.path.join(os.path.dirname(__file__), "..", "checkpoints", "mnist", "data_moments.safetensors")
 
 
 def make_scheduler(kind: str, opts: dict, sde, time_scale: float, nfe: int = 0):
@@ -125,6 +129,10 @@ def make_scheduler(kind: str, opts: dict, sde, time_scale: float, nfe: int = 0):
             raise ValueError(f"no fitted grid {path} (python -m lit_diffusion.cli.grid_fit)")
         grid = json.load(open(path))["timesteps"]
         return make_scheduler("lit", {**opts, "fitted_grid": [t * time_scale for t in grid]}, sde, time_scale)
+    if kind == "lit-gauss":  # the Gaussian start from the moments saved beside the model (default noise ratio)
+        if not os.path.exists(MOMENTS):
+            raise ValueError(f"no moments file {MOMENTS} (python -m lit_diffusion.cli.gaussian_fit)")
+        return make_scheduler("lit", {**opts, "gaussian_start": MOMENTS}, sde, time_scale)
     if kind in ("lit-end", "lit-tmin"):  # lit-end: the last step replaced by the final denoising evaluation
         # (the uniform grid of one more step, without t_min); lit-tmin: the uniform grid run down to t_min,
         # then the final evaluation there. The budget's steps: (nfe - 1) / evaluations per step
@@ -279,8 +287,9 @@ def main(argv=None) -> dict:
         torch.set_num_threads(a.threads)
     if a.from_json:
         return _redraw(a)
-    global FITTED_DIR
+    global FITTED_DIR, MOMENTS
     FITTED_DIR = a.fitted_dir or os.path.join(a.model, "grids")
+    MOMENTS = os.path.join(a.model, "data_moments.safetensors")
     if a.dry_run:
         a.n, a.seeds, a.nfe, a.batch = 8, [0], [4], 8
     module = load(a.model, a.dry_run)

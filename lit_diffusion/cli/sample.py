@@ -63,6 +63,13 @@ def _add_sampler_options(p: argparse.ArgumentParser) -> None:
                    "4 sigma^2; stable in any dimension), 'batch' (batch-mean norms) or 'sample' (diverges on 1-D/2-D data)")
     p.add_argument("--time-grid", default=None, metavar="FILE",
                    help="a fitted time grid (JSON of python -m lit_diffusion.cli.grid_fit); sets --steps")
+    p.add_argument("--gaussian-start", default="auto", metavar="auto|off|FILE",
+                   help="start at sigma/alpha = --noise-ratio from the exact marginal of the Gaussian with the data's mean and "
+                   "covariance instead of from the prior at T (docs/samplers.md \"The Gaussian start\"): 'auto' uses the moments "
+                   "saved beside the model (data_moments.safetensors, python -m lit_diffusion.cli.gaussian_fit) when there are "
+                   "some, 'off' never, or a moments file")
+    p.add_argument("--noise-ratio", type=float, default=None, help="with a Gaussian start: sigma/alpha where the run starts "
+                   "(default 10, the measured best)")
     p.add_argument("--solver-order", type=int, default=None, help="multistep: 1, 2 or 3 (default 2)")
     p.add_argument("--corrector", action=argparse.BooleanOptionalAction, default=None,
                    help="multistep: redo each step with the next evaluation as one more node (no extra evaluation; "
@@ -172,6 +179,7 @@ def generate(plan: Plan, chunks: Sequence[Sequence[int]], device=None, progress:
                 timesteps=None if getattr(args, "timesteps", None) is None else torch.tensor(args.timesteps, dtype=torch.float64),
                 final_denoise=bool(args.final_denoise), device=device, prediction_type=plan.model.prediction_type,
                 class_labels=labels, guidance_scale=float(args.guidance_scale), **inpaint, **plan.sampler_options,
+                gaussian_start=plan.start,
                 check_finite=False,  # counted below, so that every process stops together before writing
             )
             x = res.samples.detach()
@@ -218,7 +226,9 @@ def run(argv: Optional[Sequence[str]] = None) -> dict:
         )
     summary = {"rank": rank, "world_size": world, "seconds": seconds, "nfe_per_sample": plan.nfe_per_sample}
     if accelerator.is_main_process:
-        meta = {k: v for k, v in vars(args).items()}
+        meta = {k: v for k, v in vars(args).items() if k != "start"}
+        if plan.start is not None:  # the Gaussian start that ran: where, and from which file or folder
+            meta.update(start_noise_ratio=plan.start.noise_ratio, start_time=plan.start.start_time(plan.model.sde))
         meta.update(
             world_size=world, nfe_per_sample=plan.nfe_per_sample, model_kind=plan.model.kind, data_shape=list(plan.shape),
             prediction_type=plan.model.prediction_type, **{f"model_{k}": v for k, v in plan.model.info.items()},

@@ -83,6 +83,7 @@ class Plan:
     nfe_per_sample: int
     labels: Optional[np.ndarray] = None
     known: Optional[tuple] = None  # (images (N, *shape), mask (N or 1, *shape)) for --inpaint
+    start: Optional[object] = None  # the GaussianStart of the run (--gaussian-start)
 
 
 def _check_budget_args(args, sampler: str) -> None:
@@ -179,12 +180,37 @@ def _stepper_and_steps(args, sampler: str, model, options: dict):
     return stepper
 
 
+def _gaussian_start(args):
+    """``--gaussian-start``: ``auto`` -> the moments saved beside the model when there are some (said on
+    stderr), ``off`` -> None, else a moments file (read and checked now, before any work)."""
+    from ..sampling.gaussian_start import DEFAULT_NOISE_RATIO, GaussianStart, model_moments
+
+    choice = str(getattr(args, "gaussian_start", "off") or "off")
+    ratio = DEFAULT_NOISE_RATIO if getattr(args, "noise_ratio", None) is None else args.noise_ratio
+    if choice == "off":
+        if getattr(args, "noise_ratio", None) is not None:
+            raise ValueError("--noise-ratio only applies with a Gaussian start; got --gaussian-start off")
+        return None
+    if choice == "auto":
+        c = str(args.checkpoint)
+        start = model_moments(c if os.path.isdir(c) else os.path.dirname(c) or ".", ratio)
+        if start is None:
+            if getattr(args, "noise_ratio", None) is not None:
+                raise ValueError(f"--noise-ratio given but {c!r} has no data_moments.safetensors beside it; "
+                                 "write one with python -m lit_diffusion.cli.gaussian_fit or pass --gaussian-start FILE")
+            return None
+        print(f"sample.py: a Gaussian start at sigma/alpha = {start.noise_ratio:g} from the moments saved beside the model "
+              "(--gaussian-start off to start from the prior)", file=sys.stderr)
+        return start
+    return GaussianStart.load(choice, ratio)
+
+
 def _use_model_grid(args, sampler: str) -> None:
     """With no ``--schedule`` or ``--time-grid``, multistep runs on the grid fitted to the model when one
     for this step count, ending and form is saved beside it (``<folder>/grids/``: the shipped MNIST
     model's grids, docs/samplers.md "The corrector and the fitted grids"); said on stderr and in the run's metadata."""
-    if sampler != "multistep" or getattr(args, "timesteps", None) is not None:
-        return
+    if sampler != "multistep" or getattr(args, "timesteps", None) is not None or getattr(args, "start", None) is not None:
+        return  # (a fitted grid starts at T: a Gaussian start runs the schedule's grid from its own start time)
     from ..sampling.grid_fit import model_grid
 
     found = model_grid(args.checkpoint, int(args.steps), bool(args.final_denoise), bool(args.ode))
@@ -228,14 +254,20 @@ def prepare(args: argparse.Namespace) -> Plan:
     options = _sampler_options(args, sampler)
     reference = _reference_data(args.reference)
     model = load_model(args.checkpoint, ema=not args.no_ema)
+    args.start = _gaussian_start(args)
     stepper = _stepper_and_steps(args, sampler, model, options)
     shape = _sample_shape(args, model)
+    if args.start is not None and args.start.shape != tuple(shape):
+        raise ValueError(f"the Gaussian start's moments are for samples of shape {list(args.start.shape)}; the model's are "
+                         f"{list(shape)}")
+    if args.start is not None:
+        args.start.start_time(model.sde)  # (a noise ratio the process never reaches at t_min is refused here)
     _check_memory(int(args.n), shape, model.decode is not None)
     labels = check_labels(args, model)
     known = check_inpaint(args, shape, model.decode)
     nfe = (int(args.steps) * int(stepper.evals_per_step)) * int(args.resample) + (1 if args.final_denoise else 0)
     check_output_folder(Path(args.out))
-    return Plan(args, model, stepper, shape, options, reference, nfe, labels, known)
+    return Plan(args, model, stepper, shape, options, reference, nfe, labels, known, args.start)
 
 
 # ------------------------------------------------------------------------------------------------

@@ -45,7 +45,7 @@ __all__ = ["SDEScheduler", "SCHEDULER_SAMPLERS", "dynamic_threshold"]
 from .scheduler_config import (  # noqa: E402,F401  (re-exported)
     REFUSED_SAMPLERS, FINAL_SIGMAS_TYPES, SCHEDULER_SAMPLERS, as_float, check_model_output, check_num_steps, check_numbers,
     check_sampler_name, check_schedule_name, diffusers_schedule, ends_with_denoising_step, dynamic_threshold,
-    fitted_grids, process_of_config, stepper_options,
+    fitted_grids, gaussian_start_of_config, process_of_config, stepper_options,
 )
 from .scheduler_layout import EvaluationLayout  # noqa: E402
 
@@ -81,7 +81,9 @@ class SDEScheduler(EvaluationLayout, SchedulerMixin, ConfigMixin):
     default), ``ode``, ``predictor`` / ``n_corrector`` / ``snr`` / ``snr_norm`` (PC), ``rho`` (EDM schedule),
     ``final_denoise`` (one more evaluation at ``t_min`` returning the denoised estimate, like DDPM's
     last step), ``seed`` (DDRaM midpoints when ``set_timesteps`` gets no generator; default 0, so
-    that a seeded pipeline is reproducible; ``None``: torch's global RNG).
+    that a seeded pipeline is reproducible; ``None``: torch's global RNG), ``fitted_grid``,
+    ``gaussian_start`` / ``noise_ratio`` (a moments file or model folder: start at ``σ/α = noise_ratio``
+    from the data's Gaussian, docs/samplers.md "The Gaussian start").
     """
 
     _compatibles = [e.name for e in KarrasDiffusionSchedulers]
@@ -116,6 +118,8 @@ class SDEScheduler(EvaluationLayout, SchedulerMixin, ConfigMixin):
         midpoint: str = "law",
         evals_per_step: Optional[int] = None,
         fitted_grid: Optional[list] = None,
+        gaussian_start: Optional[str] = None,
+        noise_ratio: Optional[float] = None,
         inverse: bool = False,
         rho: float = 7.0,
         final_denoise: bool = True,
@@ -141,6 +145,7 @@ class SDEScheduler(EvaluationLayout, SchedulerMixin, ConfigMixin):
                 raise ValueError(f"inverse=True runs the multistep ODE (solver_order=1 is DDIM inversion); got sampler={sampler!r}")
             ode, self._final_denoise = True, False
         self._schedule = check_schedule_name(schedule, name, timestep_spacing, bool(ode))
+        self._gstart = gaussian_start_of_config(gaussian_start, noise_ratio, bool(inverse))
         self._declared = canonical_prediction(prediction_type)
 
         # ---- the process and the stepper (the same object the sample() loop drives) -----------------
@@ -171,6 +176,7 @@ class SDEScheduler(EvaluationLayout, SchedulerMixin, ConfigMixin):
         self._eval_step: List[int] = []
         self._eval_stage: List[int] = []
         self._state = None
+        self._start_mapped = False
         self._plan = None  # lit_diffusion.sampling.affine_plan.AffinePlan of the current run (affine samplers)
         self._step_index: Optional[int] = None
         self._begin_index: Optional[int] = None
@@ -215,7 +221,12 @@ class SDEScheduler(EvaluationLayout, SchedulerMixin, ConfigMixin):
         return self._begin_index
 
     def scale_model_input(self, sample: Tensor, timestep: Optional[Union[float, Tensor]] = None) -> Tensor:
-        """The network takes the process state itself: no scaling."""
+        """The network takes the process state itself: no scaling -- except at the first evaluation of a
+        run with a Gaussian start, where the pipeline's prior draw is mapped onto the Gaussian's marginal
+        (the state :meth:`step` continues from)."""
+        if self._gstart is not None and self._eval_times is not None and self._first_evaluation(timestep):
+            self._start_mapped = True
+            return self._mapped_start(sample)
         return sample
 
     def __len__(self) -> int:
@@ -263,6 +274,7 @@ class SDEScheduler(EvaluationLayout, SchedulerMixin, ConfigMixin):
             raise ValueError("call set_timesteps() before step()")
         if variance_noise is not None:
             raise ValueError("SDEScheduler.step does not take variance_noise: the noise comes from `generator`")
+        mapped_first = self._start_mapped  # (before eta may lay the run out again)
         if eta is not None:
             self._apply_eta(eta)
         check_model_output(model_output, sample, timestep, self._step_index)
@@ -282,6 +294,8 @@ class SDEScheduler(EvaluationLayout, SchedulerMixin, ConfigMixin):
                 f"timestep {t_given!r} is not the expected evaluation time {t_expected!r} (index {i} of "
                 f"scheduler.timesteps); steps must follow scheduler.timesteps in order — call set_timesteps() to restart"
             )
+        if i == 0 and self._gstart is not None:  # the run starts from the Gaussian's marginal (scale_model_input)
+            sample = self._first_state(sample, mapped_first)
         k, j = self._eval_step[i], self._eval_stage[i]
         n = self.num_inference_steps
         if self._plan is not None:

@@ -211,3 +211,20 @@ def stepper_options(name: str, sde, parametrization, predictor, **opts) -> tuple
         if predictor is not None:
             options["predictor"] = predictor
     return parametrization, options
+
+
+def gaussian_start_of_config(path, noise_ratio, inverse: bool):
+    """The ``gaussian_start`` config key: a moments file or a folder holding one (read and checked
+    now), or None; ``noise_ratio`` only with it."""
+    if path is None:
+        if noise_ratio is not None:
+            raise ValueError(f"noise_ratio={noise_ratio!r} only applies with gaussian_start= (a moments file or model folder)")
+        return None
+    if not isinstance(path, str):
+        raise ValueError(f"gaussian_start={path!r} is invalid; it must be the path of a moments file or of a model folder "
+                         "holding data_moments.safetensors (python -m lit_diffusion.cli.gaussian_fit)")
+    if inverse:
+        raise ValueError("gaussian_start does not apply to inverse=True (encoding runs from the data to T)")
+    from ..sampling.gaussian_start import as_gaussian_start
+
+    return as_gaussian_start(path, noise_ratio)

@@ -7,6 +7,7 @@ times. Stepping itself is in :mod:`.scheduler`."""
 
 from __future__ import annotations
 
+import math
 from typing import List, Optional, Sequence, Union
 
 import numpy as np
@@ -43,8 +44,9 @@ class EvaluationLayout:
             if cfg.get("schedule") is None:  # the sampler's default grid for this budget
                 schedule = default_schedule(self._stepper_args[0], self.stepper.ode, n)
             # (on short runs the final denoising evaluation replaces the last step: the jump to the data)
+            t_start = None if self._gstart is None else self._gstart.start_time(self.sde)  # (a Gaussian start)
             return step_grid(self.sde, self._stepper_args[0], n, schedule, self._final_denoise,
-                             self.stepper.evals_per_step, rho=float(cfg.rho))
+                             self.stepper.evals_per_step, rho=float(cfg.rho), T=t_start)
         # diffusers' integer spacings of the evaluation times, then t_min as the end point
         N = int(cfg.num_train_timesteps)
         if n > N:
@@ -56,7 +58,8 @@ class EvaluationLayout:
         else:
             ts = np.round(np.arange(N, 0, -N / n)) - 1
         ts = torch.as_tensor(np.asarray(ts, dtype=np.float64).copy()) * (self.sde.T / max(N - 1, 1))
-        ts = ts.clamp(self.sde.t_min, self.sde.T)
+        top = self.sde.T if self._gstart is None else self._gstart.start_time(self.sde)
+        ts = ts.clamp(self.sde.t_min, top)  # (a Gaussian start: the times above its start collapse onto it)
         grid = torch.cat([ts, torch.tensor([self.sde.t_min], dtype=torch.float64)])
         keep = torch.cat([grid[:-1] > grid[1:], torch.tensor([True])])
         return grid[keep]
@@ -162,6 +165,29 @@ class EvaluationLayout:
             raise ValueError("timesteps collapse to a single time after raising values below t_min")
         return grid
 
+    def _first_evaluation(self, timestep) -> bool:
+        """Whether the next evaluation is the first of the run (not entered mid-run, as img2img does)."""
+        i = self._step_index if self._step_index is not None else (self._begin_index or 0)
+        return i == 0 and (timestep is None or abs(as_float(timestep) - self._expected[0]) <= 1e-4 * max(1.0, self.sde.T))
+
+    def _mapped_start(self, sample: Tensor) -> Tensor:
+        """The prior draw ``sample``, standardized, mapped onto the Gaussian start's marginal at the grid's
+        first time (docs/maths.md §5, "Gaussian start")."""
+        z = (sample.to(torch.float64) - self.sde.prior_mean) / math.sqrt(self.sde.prior_var)
+        return self._gstart.state(self.sde, float(self._grid[0]), z).to(sample.dtype)
+
+    def _first_state(self, sample: Tensor, mapped: bool) -> Tensor:
+        """``step``'s state at the first evaluation of a run with a Gaussian start: the prior draw mapped
+        as ``scale_model_input`` mapped the network's input -- refused when the loop skipped that call."""
+        if not mapped:
+            raise ValueError(
+                "gaussian_start: the network's first input must come from scheduler.scale_model_input(sample, t), which "
+                "maps the prior draw onto the Gaussian start; this loop skipped it (DDPMPipeline and DDIMPipeline do; "
+                "Stable Diffusion-style pipelines and LDMPipeline call it). Use such a pipeline, sample(), or no gaussian_start"
+            )
+        self._start_mapped = False
+        return self._mapped_start(sample)
+
     def _draw_midpoints(self, n: int, generator) -> Tensor:
         """DDRaM's uniforms, one per step: from ``generator``, else the ``seed`` config value, else
         torch's global RNG."""
@@ -196,6 +222,7 @@ class EvaluationLayout:
         self.timesteps = self._eval_times.to(device=device, dtype=torch.float32)
         self._expected = self.timesteps.tolist()
         self._state = None
+        self._start_mapped = False  # (a Gaussian start: set when scale_model_input maps the first input)
         self._step_index = None
         self._begin_index = None
 

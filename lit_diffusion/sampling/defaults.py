@@ -85,15 +85,15 @@ def ends_with_denoising(sampler: str, steps: int, evals_per_step: int = 1) -> bo
 
 
 def step_grid(sde, sampler: str, steps: int, schedule: str, final_denoise: bool = False, evals_per_step: int = 1,
-              rho: float = 7.0, device=None):
-    """The step grid of a run of ``steps`` steps of ``schedule`` (float64): the schedule's grid down to
-    ``t_min``, or, when a final denoising evaluation replaces the last step (:func:`ends_with_denoising`),
+              rho: float = 7.0, device=None, T: Optional[float] = None):
+    """The step grid of a run of ``steps`` steps of ``schedule`` (float64) from ``T`` (the process's by
+    default; a Gaussian start's start time): the schedule's grid down to ``t_min``, or, when a final denoising evaluation replaces the last step (:func:`ends_with_denoising`),
     the schedule's grid of ``steps + 1`` steps without ``t_min``."""
     from ..core.schedules import get_timesteps
 
     if final_denoise and ends_with_denoising(sampler, steps, evals_per_step):
-        return get_timesteps(sde, steps + 1, schedule, rho=rho, device=device)[:-1]
-    return get_timesteps(sde, steps, schedule, rho=rho, device=device)
+        return get_timesteps(sde, steps + 1, schedule, T=T, rho=rho, device=device)[:-1]
+    return get_timesteps(sde, steps, schedule, T=T, rho=rho, device=device)
 
 
 #: ddram ``parametrization="auto"``: steps whose log-SNR increase is below this use the relative score

@@ -51,6 +51,7 @@ where ``integ`` is a :class:`lit_diffusion.sampling.integrators.ExpIntegrator` (
 
 from __future__ import annotations
 
+import math
 import sys
 from typing import NamedTuple, Optional, Sequence
 
@@ -70,6 +71,7 @@ from .steppers import (  # noqa: F401  (re-exported: the public names of the sam
     StepState, make_stepper, get_stepper,
 )
 from .ddram import ddram_finish, ddram_midpoint  # noqa: F401
+from .gaussian_start import as_gaussian_start
 from .steps import (  # noqa: F401
     CORRECTOR_RATIO_CAP, SNR_NORMS, euler_step, exp_euler_step, langevin_corrector_step, moment_matching_step,
     posterior_cov_sqrt_apply,
@@ -244,6 +246,8 @@ def sample(
     resample: int = 1,
     progress: Optional[bool] = None,
     check_finite: bool = True,
+    gaussian_start=None,
+    noise_ratio: Optional[float] = None,
     **sampler_options,
 ) -> SampleResult:
     """Integrate the reverse dynamics of ``sde`` from ``T`` down to ``t_min`` (docs/maths.md §4–§5).
@@ -278,6 +282,12 @@ def sample(
             ``mask`` is 1.
         progress: a progress bar over the steps on stderr (``None``: only for runs of 100 steps or
             more when stderr is a terminal).
+        gaussian_start: start from the exact marginal of the Gaussian with the data's moments
+            (:class:`~lit_diffusion.sampling.gaussian_start.GaussianStart`, a moments file or a model
+            folder holding one) at ``σ/α = noise_ratio`` (its own by default) instead of from ``T``: the
+            grid runs from that time, and the prior draw (``x_T`` or a fresh one) is mapped onto the
+            Gaussian's marginal by its probability-flow map (docs/maths.md §5, "Gaussian start"). With
+            explicit ``timesteps`` the run starts at ``timesteps[0]``.
         check_finite: raise ``FloatingPointError`` when a sample holds NaN or inf (a network that
             produced non-finite values), as :meth:`SDEScheduler.step` does; ``False`` returns them.
 
@@ -296,11 +306,15 @@ def sample(
 
     inpaint = as_known_part(sde, known, mask, resample)
     field = as_field(field, sde, prediction_type=prediction_type, class_labels=class_labels, guidance_scale=guidance_scale)
+    start = as_gaussian_start(gaussian_start, noise_ratio)
+    t_start = start.start_time(sde) if start is not None and timesteps is None else None
     x = _initial_state(sde, x_T, shape, generator, device, dtype)
     if timesteps is None:  # (on short runs the final denoising evaluation replaces the last step, as in SDEScheduler)
-        grid = step_grid(sde, sampler, steps, schedule, final_denoise, stepper.evals_per_step, device=x.device).to(x.device)
+        grid = step_grid(sde, sampler, steps, schedule, final_denoise, stepper.evals_per_step, device=x.device, T=t_start).to(x.device)
     else:
         grid = _time_grid(timesteps, x.device)
+    if start is not None:  # the prior draw, standardized, mapped onto the Gaussian's marginal at grid[0]
+        x = start.state(sde, float(grid[0]), (x - sde.prior_mean) / math.sqrt(sde.prior_var))
     midpoint_u = _midpoint_uniforms(midpoint_u, stepper, sampler, grid, x, generator)
     if inpaint is not None:
         inpaint.check(x)
