@@ -17,6 +17,7 @@ _LAZY = {
     "DiscreteVP": ("lit_diffusion.core.discrete_vp", "DiscreteVP"),
     "ScoreModule": ("lit_diffusion.training.module", "ScoreModule"),
     "sample": ("lit_diffusion.sampling.samplers", "sample"),
+    "GaussianStart": ("lit_diffusion.sampling.gaussian_start", "GaussianStart"),
     "TimeMLP": ("lit_diffusion.training.networks", "TimeMLP"),
     "UNet": ("lit_diffusion.training.networks", "UNet"),
     "export_pipeline": ("lit_diffusion.integrations.export", "export_pipeline"),
@@ -68,6 +69,6 @@ __all__ = [
     "OU", "VE", "VP", "SubVP", "ContractiveOU", "ContractiveVP", "LinearSDE", "get_sde",
     "PREDICTION_TYPES", "convert", "Field", "as_field", "GaussianMixture", "get_target",
     "DSM", "SSM", "ISM", "ESM", "get_loss",
-    "SDEScheduler", "DiscreteVP", "ScoreModule", "sample", "TimeMLP", "UNet", "export_pipeline",
+    "SDEScheduler", "DiscreteVP", "ScoreModule", "sample", "GaussianStart", "TimeMLP", "UNet", "export_pipeline",
     "LitDiffusionPipeline", "log_likelihood", "bits_per_dim", "variational_bpd", "encode", "decode",
 ]

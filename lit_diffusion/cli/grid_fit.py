@@ -31,6 +31,10 @@ def main(argv=None) -> int:
     p.add_argument("--n-holdout", type=int, default=64, help="terminal: held-out draws that measure start and fitted grid")
     p.add_argument("--corrector", action="store_true",
                    help="terminal: fit for the multistep sampler with its corrector on (the shipped grids were fitted without it)")
+    p.add_argument("--gaussian-start", nargs="?", const="model", default=None, metavar="FILE",
+                   help="terminal: fit the grids of runs from a Gaussian start (the moments saved beside the model, or FILE); "
+                   "saved as multistep-<steps>-gaussian.json, which sample.py takes for such runs")
+    p.add_argument("--noise-ratio", type=float, default=None, help="with --gaussian-start: sigma/alpha of the start (default 10)")
     p.add_argument("--fine", type=int, default=64, help="local: points of the fine grid")
     p.add_argument("--refine", type=int, default=3, help="local: sub-steps per fine interval of the calibration")
     p.add_argument("--seed", type=int, default=0)
@@ -42,15 +46,24 @@ def main(argv=None) -> int:
     a = p.parse_args(argv)
     if a.threads:
         torch.set_num_threads(a.threads)
+    folder = a.checkpoint if os.path.isdir(a.checkpoint) else os.path.dirname(a.checkpoint)
+    start = None
+    if a.gaussian_start is not None:
+        from ..sampling.gaussian_start import MOMENTS_FILE, as_gaussian_start
+
+        start = as_gaussian_start(os.path.join(folder, MOMENTS_FILE) if a.gaussian_start == "model" else a.gaussian_start,
+                                  a.noise_ratio)
+    elif a.noise_ratio is not None:
+        raise ValueError("--noise-ratio only applies with --gaussian-start")
     model = ScoreModule.load(a.checkpoint)
     net = model.sampling_net(True)
-    out = a.out or os.path.join(a.checkpoint if os.path.isdir(a.checkpoint) else os.path.dirname(a.checkpoint), "grids")
+    out = a.out or os.path.join(folder, "grids")
     recs = fit_grid(net, model.sde, list(a.steps), model.data_shape, n_calib=a.n_calib, fine=a.fine, refine=a.refine,
                     seed=a.seed, prediction_type=model.prediction_type, final_denoise=not a.end_at_t_min,
                     method=a.method, max_evals=a.max_evals, n_holdout=a.n_holdout if a.method == "terminal" else 0,
-                    corrector=a.corrector)
+                    corrector=a.corrector, gaussian_start=start)
     for steps, rec in zip(a.steps, recs):
-        path = os.path.join(out, grid_file_name(steps, not a.end_at_t_min))
+        path = os.path.join(out, grid_file_name(steps, not a.end_at_t_min, start is not None))
         os.makedirs(out, exist_ok=True)
         atomic_write_bytes(json.dumps(rec, indent=1).encode(), path)
         print(f"{path}: {_summary(rec)}", flush=True)

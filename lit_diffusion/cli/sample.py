@@ -227,8 +227,8 @@ def run(argv: Optional[Sequence[str]] = None) -> dict:
     summary = {"rank": rank, "world_size": world, "seconds": seconds, "nfe_per_sample": plan.nfe_per_sample}
     if accelerator.is_main_process:
         meta = {k: v for k, v in vars(args).items() if k != "start"}
-        if plan.start is not None:  # the Gaussian start that ran: where, and from which file or folder
-            meta.update(start_noise_ratio=plan.start.noise_ratio, start_time=plan.start.start_time(plan.model.sde))
+        if plan.start is not None:  # the Gaussian start that ran (its start_time is in args)
+            meta.update(start_noise_ratio=plan.start.noise_ratio)
         meta.update(
             world_size=world, nfe_per_sample=plan.nfe_per_sample, model_kind=plan.model.kind, data_shape=list(plan.shape),
             prediction_type=plan.model.prediction_type, **{f"model_{k}": v for k, v in plan.model.info.items()},

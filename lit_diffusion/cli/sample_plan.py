@@ -209,11 +209,12 @@ def _use_model_grid(args, sampler: str) -> None:
     """With no ``--schedule`` or ``--time-grid``, multistep runs on the grid fitted to the model when one
     for this step count, ending and form is saved beside it (``<folder>/grids/``: the shipped MNIST
     model's grids, docs/samplers.md "The corrector and the fitted grids"); said on stderr and in the run's metadata."""
-    if sampler != "multistep" or getattr(args, "timesteps", None) is not None or getattr(args, "start", None) is not None:
-        return  # (a fitted grid starts at T: a Gaussian start runs the schedule's grid from its own start time)
+    if sampler != "multistep" or getattr(args, "timesteps", None) is not None:
+        return
     from ..sampling.grid_fit import model_grid
 
-    found = model_grid(args.checkpoint, int(args.steps), bool(args.final_denoise), bool(args.ode))
+    # (a Gaussian start takes only a grid fitted from its start time)
+    found = model_grid(args.checkpoint, int(args.steps), bool(args.final_denoise), bool(args.ode), getattr(args, "start_time", None))
     if found is not None:
         args.time_grid, args.timesteps = found
         print(f"sample.py: the grid fitted to this model for {args.steps} steps: {found[0]} (--schedule to choose another)",
@@ -255,13 +256,13 @@ def prepare(args: argparse.Namespace) -> Plan:
     reference = _reference_data(args.reference)
     model = load_model(args.checkpoint, ema=not args.no_ema)
     args.start = _gaussian_start(args)
+    # (a noise ratio the process never reaches at t_min is refused here)
+    args.start_time = None if args.start is None else args.start.start_time(model.sde)
     stepper = _stepper_and_steps(args, sampler, model, options)
     shape = _sample_shape(args, model)
     if args.start is not None and args.start.shape != tuple(shape):
         raise ValueError(f"the Gaussian start's moments are for samples of shape {list(args.start.shape)}; the model's are "
                          f"{list(shape)}")
-    if args.start is not None:
-        args.start.start_time(model.sde)  # (a noise ratio the process never reaches at t_min is refused here)
     _check_memory(int(args.n), shape, model.decode is not None)
     labels = check_labels(args, model)
     known = check_inpaint(args, shape, model.decode)

@@ -151,20 +151,24 @@ def best_path(E1: np.ndarray, E2: np.ndarray, steps: int, final: Optional[np.nda
 def fit_grid(field, sde: LinearSDE, steps: int, shape, n_calib: Optional[int] = None, fine: int = 64, refine: int = 3,
              seed: int = 0, device=None, prediction_type: Optional[str] = None, class_labels=None,
              guidance_scale: float = 1.0, final_denoise: bool = False, method: str = "terminal",
-             max_evals: int = 60, n_holdout: int = 0, corrector: bool = False) -> dict:
+             max_evals: int = 60, n_holdout: int = 0, corrector: bool = False, gaussian_start=None) -> dict:
     """Fit a ``steps``-step grid (or one per budget of a list) for the multistep sampler to ``field``
     (a network with its ``prediction_type``, or an analytic target); returns the JSON-ready record
     (``timesteps``: the grid in the SDE's time, ``T`` first).  ``method`` (:data:`FIT_METHODS`):
     ``"terminal"`` (:func:`fit_grid_terminal`; ``n_calib`` 64 by default, ``max_evals`` solutions per
     budget, ``corrector``) or ``"local"`` (the dynamic programme of the module doc; ``n_calib`` 32, ``fine``, ``refine``).
     Without ``final_denoise`` the grid ends at ``t_min``; with it (the run ends with a denoising
-    evaluation at its last point, as ``SDEScheduler`` does by default) the end point is chosen too."""
+    evaluation at its last point, as ``SDEScheduler`` does by default) the end point is chosen too.
+    ``gaussian_start`` (:class:`~lit_diffusion.sampling.gaussian_start.GaussianStart`, terminal only): fit
+    the grid of runs that start from it, at its start time (the grid's first point, kept fixed)."""
     from ..core.utils import check_count
 
     if method not in FIT_METHODS:
         raise ValueError(f"unknown grid-fitting method {method!r}; valid choices: {list(FIT_METHODS)}")
     if corrector and method != "terminal":
         raise ValueError(f"corrector=True applies to method='terminal' only; got method={method!r}")
+    if gaussian_start is not None and method != "terminal":
+        raise ValueError(f"gaussian_start applies to method='terminal' only; got method={method!r}")
     many = isinstance(steps, (list, tuple))
     budgets = [check_count("steps", v, 1, 1000) for v in (steps if many else [steps])]
     n_calib = check_count("n_calib", 64 if n_calib is None and method == "terminal" else n_calib or 32, 1, 100_000)
@@ -172,7 +176,8 @@ def fit_grid(field, sde: LinearSDE, steps: int, shape, n_calib: Optional[int] = 
     if method == "terminal":
         records = fit_grid_terminal(f, sde, budgets, shape, n_calib=n_calib, seed=seed, device=device,
                                     final_denoise=final_denoise, max_evals=check_count("max_evals", max_evals, 1, 100_000),
-                                    n_holdout=check_count("n_holdout", n_holdout, 0, 100_000), corrector=bool(corrector))
+                                    n_holdout=check_count("n_holdout", n_holdout, 0, 100_000), corrector=bool(corrector),
+                                    gaussian_start=gaussian_start)
         return records if many else records[0]
     fine = check_count("fine", fine, max(max(budgets), 2), 2000)
     refine = check_count("refine", refine, 1, 100)
@@ -216,19 +221,20 @@ def _terminal_error(out: torch.Tensor, ref: torch.Tensor) -> float:
     return err if math.isfinite(err) else math.inf
 
 
-def start_grid(sde: LinearSDE, steps: int, ode: bool = True, final_denoise: bool = True) -> torch.Tensor:
+def start_grid(sde: LinearSDE, steps: int, ode: bool = True, final_denoise: bool = True, T: Optional[float] = None) -> torch.Tensor:
     """The grid :func:`~lit_diffusion.sampling.samplers.sample` runs multistep on for ``steps`` steps by
     default (the schedule of :func:`default_schedule`; with a final denoising evaluation on a short run,
-    the grid of one more step without ``t_min``): where :func:`fit_grid_terminal` starts."""
+    the grid of one more step without ``t_min``), from ``T`` (a Gaussian start's time): where
+    :func:`fit_grid_terminal` starts."""
     from .defaults import default_schedule, step_grid
 
-    return step_grid(sde, "multistep", steps, default_schedule("multistep", ode, steps), final_denoise)
+    return step_grid(sde, "multistep", steps, default_schedule("multistep", ode, steps), final_denoise, T=T)
 
 
 @torch.no_grad()
 def fit_grid_terminal(field, sde: LinearSDE, budgets, shape, n_calib: int = 64, seed: int = 0, device=None,
                       final_denoise: bool = True, solver_order: int = 2, ref_steps: int = 100, max_evals: int = 60,
-                      n_holdout: int = 0, corrector: bool = False) -> list[dict]:
+                      n_holdout: int = 0, corrector: bool = False, gaussian_start=None) -> list[dict]:
     """Fit each budget's grid by pattern search on the *terminal* error of the multistep ODE
     (docs/samplers.md, "The corrector and the fitted grids"): ``n_calib`` prior draws are solved accurately (``ref_steps``
     steps of the EDM grid, with the final denoising evaluation when ``final_denoise``), and each interior
@@ -238,17 +244,26 @@ def fit_grid_terminal(field, sde: LinearSDE, budgets, shape, n_calib: int = 64, 
     when no move helps.  Starts from the sampler's default grid (:func:`start_grid`), so the result is
     never worse on the calibration draws; ``n_holdout`` further draws (another seed) measure both grids.
     ``corrector``: the solutions being fitted use the multistep corrector (off by default: the shipped
-    grids were fitted without it, and measured with and without it)."""
+    grids were fitted without it, and measured with and without it).  ``gaussian_start``: a Gaussian start
+    (:mod:`~lit_diffusion.sampling.gaussian_start`): the draws start from it at its start time ``t_s``,
+    the grids run from ``t_s`` (kept fixed) and the accurate solutions too."""
     device = device or "cpu"
-    g = torch.Generator().manual_seed(int(seed))
-    x_T = sde.prior_sampling((n_calib,) + tuple(shape), generator=g).to(device)
+    gs = gaussian_start
+    t_s = None if gs is None else gs.start_time(sde)
+
+    def draws(n, gen):  # prior draws, or their images on the Gaussian start's marginal at t_s
+        x = sde.prior_sampling((n,) + tuple(shape), generator=gen)
+        if gs is not None:
+            x = gs.state(sde, t_s, (x - sde.prior_mean) / math.sqrt(sde.prior_var))
+        return x.to(device)
+
+    x_T = draws(n_calib, torch.Generator().manual_seed(int(seed)))
     t0 = time.perf_counter()
-    ref_grid = get_timesteps(sde, ref_steps, "edm")
+    ref_grid = get_timesteps(sde, ref_steps, "edm", T=t_s)
     ref = _solve(field, sde, x_T, ref_grid, solver_order, final_denoise, device)
     hold = None
     if n_holdout:
-        gh = torch.Generator().manual_seed(int(seed) + 1_000_003)
-        xh = sde.prior_sampling((n_holdout,) + tuple(shape), generator=gh).to(device)
+        xh = draws(n_holdout, torch.Generator().manual_seed(int(seed) + 1_000_003))
         hold = (xh, _solve(field, sde, xh, ref_grid, solver_order, final_denoise, device))
 
     def error(x0, accurate, grid) -> float:  # the terminal error of the fitted sampler on ``grid``
@@ -259,7 +274,7 @@ def fit_grid_terminal(field, sde: LinearSDE, budgets, shape, n_calib: int = 64, 
     records = []
     for steps in budgets:
         t1 = time.perf_counter()
-        grid0 = start_grid(sde, steps, True, final_denoise).to(F64)
+        grid0 = start_grid(sde, steps, True, final_denoise, T=t_s).to(F64)
         lam = sde.log_snr(grid0).to(F64).clone()
         n = lam.numel() - 1
         to_grid = lambda lm: torch.cat([grid0[:1], sde.t_from_snr(torch.exp(lm[1:]))])  # noqa: E731
@@ -290,7 +305,8 @@ def fit_grid_terminal(field, sde: LinearSDE, budgets, shape, n_calib: int = 64, 
                "n_calib": n_calib, "ref_steps": ref_steps, "seed": int(seed), "objective_evaluations": evals, "corrector": bool(corrector),
                "network_evaluations": n_calib * evals * (steps + int(final_denoise)),
                "reference_network_evaluations": (n_calib + n_holdout) * (ref_steps + int(final_denoise)),
-               "seconds": time.perf_counter() - t1, "reference_seconds": ref_seconds, "sde": repr(sde)}
+               "seconds": time.perf_counter() - t1, "reference_seconds": ref_seconds, "sde": repr(sde),
+               "gaussian_start": None if gs is None else {"noise_ratio": gs.noise_ratio, "start_time": t_s}}
         if hold is not None:
             xh, refh = hold
             rec["holdout"] = {"n": n_holdout, "start_grid": error(xh, refh, grid0), "fitted_grid": error(xh, refh, grid)}
@@ -306,20 +322,22 @@ def _path_cost(E1, E2, path) -> float:
     return float(cost)
 
 
-def grid_file_name(steps: int, final_denoise: bool) -> str:
+def grid_file_name(steps: int, final_denoise: bool, gaussian: bool = False) -> str:
     """``multistep-<steps>.json`` for a run that ends with a denoising evaluation at its last point (the
     scheduler's default, ``sample.py --final-denoise``), ``multistep-<steps>-to-t-min.json`` for one that
-    ends at ``t_min``."""
-    return f"multistep-{int(steps)}.json" if final_denoise else f"multistep-{int(steps)}-to-t-min.json"
+    ends at ``t_min``; ``-gaussian`` before ``.json`` for runs from a Gaussian start."""
+    name = f"multistep-{int(steps)}" + ("" if final_denoise else "-to-t-min") + ("-gaussian" if gaussian else "")
+    return name + ".json"
 
 
-def model_grid(folder, steps: int, final_denoise: bool, ode: bool) -> Optional[tuple[str, list[float]]]:
+def model_grid(folder, steps: int, final_denoise: bool, ode: bool, start_time: Optional[float] = None) -> Optional[tuple[str, list[float]]]:
     """``(path, timesteps)`` of the grid fitted for a run of ``steps`` steps that is saved beside a model
     (``<folder>/grids/``, written by ``python -m lit_diffusion.cli.grid_fit``) for the ODE or SDE form
-    (its ``forms`` list: both unless a measurement removed one), or None."""
+    (its ``forms`` list: both unless a measurement removed one), or None.  ``start_time``: a run from a
+    Gaussian start at that time, which takes only a grid fitted from it (same first time)."""
     if folder is None or not os.path.isdir(str(folder)):
         return None
-    path = os.path.join(str(folder), "grids", grid_file_name(steps, final_denoise))
+    path = os.path.join(str(folder), "grids", grid_file_name(steps, final_denoise, start_time is not None))
     if not os.path.isfile(path):
         return None
     rec = _read_grid(path)
@@ -329,6 +347,8 @@ def model_grid(folder, steps: int, final_denoise: bool, ode: bool) -> Optional[t
                          f"{rec.get('final_denoise')}; its name says {steps} steps with final_denoise={final_denoise}")
     if ("ode" if ode else "sde") not in rec.get("forms", ["ode", "sde"]):
         return None
+    if start_time is not None and abs(ts[0] - float(start_time)) > 1e-6 * max(1.0, abs(float(start_time))):
+        return None  # fitted from another noise ratio
     return path, ts
 
 

@@ -5,6 +5,7 @@ bad input."""
 
 from __future__ import annotations
 
+import json
 import math
 
 import numpy as np
@@ -237,3 +238,53 @@ def test_pipelines_with_a_gaussian_start(tmp_path):
     ddpm.set_progress_bar_config(disable=True)
     with pytest.raises(ValueError, match="scale_model_input"):
         ddpm(batch_size=2, num_inference_steps=4, generator=torch.Generator().manual_seed(0))
+
+
+def test_gaussian_fit_and_sample_py(tmp_path, capsys):
+    """``python -m lit_diffusion.cli.gaussian_fit`` writes the moments beside a model (from a data file, or
+    from the model's own samples); sample.py then starts from them by default, exactly as sample() does
+    with the same file and seeds; ``--gaussian-start off`` starts from the prior; bad input is refused."""
+    from lit_diffusion.cli.gaussian_fit import main as fit
+    from lit_diffusion.cli.sample import main
+    from lit_diffusion.core.utils import make_generators
+    from lit_diffusion.training.module import ScoreModule
+    from lit_diffusion.training.networks import TimeMLP
+    from lit_diffusion.training.pretrained import save_pretrained
+
+    torch.manual_seed(0)
+    folder = save_pretrained(ScoreModule(net=TimeMLP(dim=2, hidden=8, n_blocks=1), data_shape=[2], ema_decay=0.0), tmp_path / "m")
+    data = tmp_path / "data.npz"
+    np.savez(data, samples=np.random.default_rng(0).normal([1.0, -2.0], [0.5, 0.2], size=(500, 2)).astype(np.float32))
+    assert fit(["-c", folder, "--data", str(data)]) == 0
+    gs = model_moments(folder)
+    assert torch.allclose(gs.mean, torch.tensor([1.0, -2.0], dtype=F64), atol=0.06)
+    assert fit(["-c", folder, "--from-model", "8", "--steps", "2", "--out", str(tmp_path / "own.safetensors")]) == 0
+    assert GaussianStart.load(tmp_path / "own.safetensors").shape == (2,)
+    with pytest.raises(ValueError, match="valid names"):
+        fit(["-c", folder, "--data", "nosuchdata"])
+    with pytest.raises(ValueError, match=r"shape \[3\]"):
+        np.savez(tmp_path / "d3.npz", samples=np.zeros((10, 3), dtype=np.float32))
+        fit(["-c", folder, "--data", str(tmp_path / "d3.npz")])
+
+    def run(name, *extra):
+        assert main(["-c", folder, "--out", str(tmp_path / name), "--n", "4", "--no-progress", "--format", "npz", "--steps", "3",
+                     "--final-denoise", *extra]) == 0
+        z = np.load(tmp_path / name / "samples.npz")
+        return z["samples"], json.loads(str(z["args"]))
+
+    x, meta = run("auto")
+    assert meta["start_noise_ratio"] == 10.0 and meta["start_time"] == pytest.approx(gs.start_time(VP()))
+    assert "Gaussian start" in capsys.readouterr().err
+    model = ScoreModule.from_pretrained(folder)
+    ref = sample(model.net, model.sde, shape=(4, 2), steps=3, final_denoise=True, generator=make_generators(range(4)),
+                 prediction_type=model.prediction_type, gaussian_start=folder)
+    assert np.allclose(x, ref.samples.numpy(), atol=1e-6)
+    x_off, meta_off = run("off", "--gaussian-start", "off")
+    assert meta_off["start_time"] is None and not np.allclose(x, x_off, atol=1e-3)
+    x5, meta5 = run("five", "--noise-ratio", "5")
+    assert meta5["start_noise_ratio"] == 5.0 and meta5["start_time"] < meta["start_time"]
+    x_file, _ = run("file", "--gaussian-start", str(tmp_path / "own.safetensors"))
+    assert not np.allclose(x, x_file, atol=1e-4)
+    assert main(["-c", folder, "--gaussian-start", "off", "--noise-ratio", "5", "--out", str(tmp_path / "bad")]) == 2
+    assert main(["-c", folder, "--gaussian-start", str(tmp_path / "none.safetensors"), "--out", str(tmp_path / "bad")]) == 2
+    assert not (tmp_path / "bad").exists()

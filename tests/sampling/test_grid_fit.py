@@ -183,3 +183,27 @@ def test_sample_py_takes_a_grid_file(tmp_path):
     meta = json.loads(str(np.load(out / "samples.npz")["args"]))
     assert meta["steps"] == 3
     assert main(["-c", folder, "--time-grid", str(g), "--steps", "3", "--out", str(tmp_path / "o2")]) == 2
+
+
+def test_terminal_fit_from_a_gaussian_start(tmp_path):
+    """Grids for runs from a Gaussian start: fitted from its start time (kept as the first point), better
+    than the default grid from there on held-out draws, saved under their own name, and taken by
+    sample.py only for runs from the same start time."""
+    from lit_diffusion.sampling.gaussian_start import GaussianStart
+    from lit_diffusion.sampling.grid_fit import grid_file_name, model_grid
+
+    tgt, sde = get_target("ring8_2d"), VP()
+    gs = GaussianStart.from_samples(tgt.sample(20_000, generator=torch.Generator().manual_seed(0)), noise_ratio=10.0)
+    t_s = gs.start_time(sde)
+    rec = fit_grid(tgt, sde, 4, (2,), n_calib=64, final_denoise=True, max_evals=40, n_holdout=64, gaussian_start=gs)
+    ts = rec["timesteps"]
+    assert ts[0] == pytest.approx(t_s) and rec["gaussian_start"] == {"noise_ratio": 10.0, "start_time": pytest.approx(t_s)}
+    assert rec["holdout"]["fitted_grid"] < 0.8 * rec["holdout"]["start_grid"], rec["holdout"]
+    assert grid_file_name(4, True, True) == "multistep-4-gaussian.json"
+    (tmp_path / "grids").mkdir()
+    (tmp_path / "grids" / "multistep-4-gaussian.json").write_text(json.dumps(rec))
+    assert model_grid(tmp_path, 4, True, True, start_time=t_s)[1] == ts
+    assert model_grid(tmp_path, 4, True, True) is None  # runs from the prior do not take it
+    assert model_grid(tmp_path, 4, True, True, start_time=0.5 * t_s) is None  # nor runs from another start
+    with pytest.raises(ValueError, match="gaussian_start applies to method='terminal' only"):
+        fit_grid(tgt, sde, 4, (2,), method="local", gaussian_start=gs)
