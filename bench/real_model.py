@@ -70,6 +70,7 @@ SDE_SAMPLERS = [
     ("lit multistep 2, last step denoising", "lit-end", {"sampler": "multistep"}),
     ("lit multistep 2 EDM grid", "lit", {"sampler": "multistep", "schedule": "edm"}),
     ("lit multistep 2, Gaussian start", "lit-gauss", {"sampler": "multistep"}),
+    ("lit multistep 2, Gaussian start, fitted grid", "lit-gauss-fitted", {"sampler": "multistep"}),
     ("DDPM ancestral", "DDPMScheduler", {}),
     ("Euler ancestral", "EulerAncestralDiscreteScheduler", {}),
     ("SDE-DPM-Solver++ 2M", "DPMSolverMultistepScheduler", {"algorithm_type": "sde-dpmsolver++", "solver_order": 2}),
@@ -99,6 +100,7 @@ ODE_SAMPLERS = [
     ("lit multistep 3 ODE + corrector, fitted grid", "lit-fitted", {"sampler": "multistep", "ode": True, "corrector": True, "solver_order": 3}),
     ("lit multistep 3 ODE EDM grid", "lit", {"sampler": "multistep", "ode": True, "schedule": "edm", "solver_order": 3}),
     ("lit multistep 2 ODE, Gaussian start", "lit-gauss", {"sampler": "multistep", "ode": True}),
+    ("lit multistep 2 ODE, Gaussian start, fitted grid", "lit-gauss-fitted", {"sampler": "multistep", "ode": True}),
     ("DDIM", "DDIMScheduler", {}),
     ("Euler", "EulerDiscreteScheduler", {}),
     ("Heun", "HeunDiscreteScheduler", {}),
@@ -123,8 +125,14 @@ MOMENTS = os.path.join(os.path.dirname(__file__), "..", "checkpoints", "mnist", 
 
 
 def make_scheduler(kind: str, opts: dict, sde, time_scale: float, nfe: int = 0):
+    if kind == "lit-gauss-fitted":  # the Gaussian start on the grid fitted from it for nfe - 1 steps
+        return _make_scheduler("lit-fitted", {**opts, "gaussian_start": MOMENTS}, sde, time_scale, nfe, "-gaussian")
+    return _make_scheduler(kind, opts, sde, time_scale, nfe)
+
+
+def _make_scheduler(kind: str, opts: dict, sde, time_scale: float, nfe: int = 0, suffix: str = ""):
     if kind == "lit-fitted":  # the grid fitted for nfe - 1 steps (+ the final denoising evaluation)
-        path = os.path.join(FITTED_DIR, f"multistep-{nfe - 1}.json")
+        path = os.path.join(FITTED_DIR, f"multistep-{nfe - 1}{suffix}.json")
         if not os.path.exists(path):
             raise ValueError(f"no fitted grid {path} (python -m lit_diffusion.cli.grid_fit)")
         grid = json.load(open(path))["timesteps"]

@@ -172,6 +172,9 @@ def _stepper_and_steps(args, sampler: str, model, options: dict):
             )
     elif args.steps is None:
         args.steps = 50
+    args.start = _gaussian_start(args, sampler)
+    # (a noise ratio the process never reaches at t_min is refused here)
+    args.start_time = None if args.start is None else args.start.start_time(model.sde)
     if args.schedule is None:
         from ..sampling.samplers import default_schedule
 
@@ -180,9 +183,12 @@ def _stepper_and_steps(args, sampler: str, model, options: dict):
     return stepper
 
 
-def _gaussian_start(args):
-    """``--gaussian-start``: ``auto`` -> the moments saved beside the model when there are some (said on
-    stderr), ``off`` -> None, else a moments file (read and checked now, before any work)."""
+def _gaussian_start(args, sampler: str):
+    """``--gaussian-start``: ``auto`` -> the moments saved beside the model when there are some, for
+    multistep runs of at most :data:`~lit_diffusion.sampling.defaults.GAUSSIAN_START_RUN` steps (the measured
+    rule) or any run with ``--noise-ratio`` (said on stderr); ``off`` -> None; else a moments file (read
+    and checked now, before any work)."""
+    from ..sampling.defaults import GAUSSIAN_START_RUN
     from ..sampling.gaussian_start import DEFAULT_NOISE_RATIO, GaussianStart, model_moments
 
     choice = str(getattr(args, "gaussian_start", "off") or "off")
@@ -194,6 +200,9 @@ def _gaussian_start(args):
     if choice == "auto":
         c = str(args.checkpoint)
         start = model_moments(c if os.path.isdir(c) else os.path.dirname(c) or ".", ratio)
+        measured = sampler == "multistep" and int(args.steps) <= GAUSSIAN_START_RUN
+        if start is not None and not measured and getattr(args, "noise_ratio", None) is None:
+            return None
         if start is None:
             if getattr(args, "noise_ratio", None) is not None:
                 raise ValueError(f"--noise-ratio given but {c!r} has no data_moments.safetensors beside it; "
@@ -255,9 +264,6 @@ def prepare(args: argparse.Namespace) -> Plan:
     options = _sampler_options(args, sampler)
     reference = _reference_data(args.reference)
     model = load_model(args.checkpoint, ema=not args.no_ema)
-    args.start = _gaussian_start(args)
-    # (a noise ratio the process never reaches at t_min is refused here)
-    args.start_time = None if args.start is None else args.start.start_time(model.sde)
     stepper = _stepper_and_steps(args, sampler, model, options)
     shape = _sample_shape(args, model)
     if args.start is not None and args.start.shape != tuple(shape):

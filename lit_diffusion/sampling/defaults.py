@@ -62,6 +62,12 @@ def default_schedule(sampler: str, ode: bool = False, steps: Optional[int] = Non
     return DEFAULT_SCHEDULES.get((key, bool(ode)), DEFAULT_SCHEDULES.get(key, "uniform"))
 
 
+#: ``sample.py --gaussian-start auto`` (its default) starts multistep runs of at most this many steps from
+#: the Gaussian start when the model folder holds the data's moments (``data_moments.safetensors``).
+#: Measured on the shipped MNIST model (docs/samplers.md "The Gaussian start"); see there for the figures
+GAUSSIAN_START_RUN = 9
+
+
 #: DDRaM runs of at most this many evaluations before the final one let it replace the last step.
 #: Measured on the shipped MNIST model (FID-MNIST of 1,000 samples, seeds 0 and 1, docs/samplers.md
 #: "DDRaM at small budgets"): at 10 evaluations 12.2 (two evaluations a step) and 11.8 (one) against

@@ -77,9 +77,9 @@ class GaussianStart:
     # ---- building -------------------------------------------------------------------------------
     @classmethod
     def from_samples(cls, x: Tensor, rank: Optional[int] = None, noise_ratio: float = DEFAULT_NOISE_RATIO) -> "GaussianStart":
-        """The moments of ``x`` ``(N, *shape)``, ``N ≥ 2``: all eigenpairs when ``d ≤`` :data:`FULL_RANK_DIM`
-        (or ``rank=None`` and the covariance fits), else the ``rank`` leading ones (default 256) and the
-        average variance of the rest."""
+        """The moments of ``x`` ``(N, *shape)``, ``N ≥ 2``: the ``rank`` leading eigenpairs of the covariance
+        and the average variance of the other directions; by default all of them when ``d ≤``
+        :data:`FULL_RANK_DIM`, else 256."""
         x = torch.as_tensor(x)
         if x.dim() < 2 or x.shape[0] < 2:
             raise ValueError(f"need at least 2 samples (N, *shape); got shape {tuple(x.shape)}")
@@ -120,8 +120,8 @@ class GaussianStart:
         return tuple(self.mean.shape)
 
     def start_time(self, sde: LinearSDE) -> float:
-        """The time ``t_s`` with ``σ(t_s)/α(t_s) = noise_ratio`` (``T`` when the process never gets that
-        noisy; an error when it starts less noisy than that is impossible, as ``σ/α`` grows with ``t``)."""
+        """The time ``t_s`` with ``σ(t_s)/α(t_s) = noise_ratio``: ``T`` when the process never gets that noisy
+        (the contractive ones), a ``ValueError`` when it is noisier than that already at ``t_min``."""
         snr = 1.0 / self.noise_ratio**2
         if float(sde.snr(torch.tensor(float(sde.T), dtype=F64))) >= snr:
             return float(sde.T)

@@ -283,6 +283,13 @@ def test_gaussian_fit_and_sample_py(tmp_path, capsys):
     assert meta_off["start_time"] is None and not np.allclose(x, x_off, atol=1e-3)
     x5, meta5 = run("five", "--noise-ratio", "5")
     assert meta5["start_noise_ratio"] == 5.0 and meta5["start_time"] < meta["start_time"]
+    # by default only multistep runs of at most GAUSSIAN_START_RUN steps start from the moments (the measured rule)
+    from lit_diffusion.sampling.defaults import GAUSSIAN_START_RUN
+
+    long = str(GAUSSIAN_START_RUN + 1)
+    assert run("long", "--steps", long)[1]["start_time"] is None
+    assert run("long-asked", "--steps", long, "--noise-ratio", "10")[1]["start_noise_ratio"] == 10.0
+    assert run("ddram", "--sampler", "ddram")[1]["start_time"] is None
     x_file, _ = run("file", "--gaussian-start", str(tmp_path / "own.safetensors"))
     assert not np.allclose(x, x_file, atol=1e-4)
     assert main(["-c", folder, "--gaussian-start", "off", "--noise-ratio", "5", "--out", str(tmp_path / "bad")]) == 2
