@@ -10,7 +10,9 @@ samples rewrites the file in the same commit, saying why: the multistep sampler'
 final denoising jump of order 1; the uniform grid with that jump up to 7 steps, docs/samplers.md
 "Multistep") changed ``sample_api``, ``sample_cli`` and ``pipeline_swap``, and so did the corrector,
 on by default for multistep runs of at most 9 steps (docs/samplers.md "The corrector and the fitted
-grids"); ``train_weights`` and ``export`` are still those of the first reference."""
+grids"), and so did the Gaussian start from the moments shipped beside the MNIST model, which sample.py
+uses by default on multistep runs of at most 9 steps (``sample_cli``; docs/samplers.md "The Gaussian
+start"); ``train_weights`` and ``export`` are still those of the first reference."""
 
 from __future__ import annotations
 
