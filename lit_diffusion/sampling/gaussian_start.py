@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import math
 import os
-from typing import Optional, Sequence
+from typing import Optional
 
 import torch
 from torch import Tensor

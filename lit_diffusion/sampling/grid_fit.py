@@ -231,6 +231,14 @@ def start_grid(sde: LinearSDE, steps: int, ode: bool = True, final_denoise: bool
     return step_grid(sde, "multistep", steps, default_schedule("multistep", ode, steps), final_denoise, T=T)
 
 
+def _draws(sde, shape, n: int, seed: int, start, t_s, device) -> torch.Tensor:
+    """``n`` prior draws of seed ``seed``, or their images on a Gaussian start's marginal at ``t_s``."""
+    x = sde.prior_sampling((n,) + tuple(shape), generator=torch.Generator().manual_seed(seed))
+    if start is not None:
+        x = start.state(sde, t_s, (x - sde.prior_mean) / math.sqrt(sde.prior_var))
+    return x.to(device)
+
+
 @torch.no_grad()
 def fit_grid_terminal(field, sde: LinearSDE, budgets, shape, n_calib: int = 64, seed: int = 0, device=None,
                       final_denoise: bool = True, solver_order: int = 2, ref_steps: int = 100, max_evals: int = 60,
@@ -250,20 +258,13 @@ def fit_grid_terminal(field, sde: LinearSDE, budgets, shape, n_calib: int = 64, 
     device = device or "cpu"
     gs = gaussian_start
     t_s = None if gs is None else gs.start_time(sde)
-
-    def draws(n, gen):  # prior draws, or their images on the Gaussian start's marginal at t_s
-        x = sde.prior_sampling((n,) + tuple(shape), generator=gen)
-        if gs is not None:
-            x = gs.state(sde, t_s, (x - sde.prior_mean) / math.sqrt(sde.prior_var))
-        return x.to(device)
-
-    x_T = draws(n_calib, torch.Generator().manual_seed(int(seed)))
+    x_T = _draws(sde, shape, n_calib, int(seed), gs, t_s, device)
     t0 = time.perf_counter()
     ref_grid = get_timesteps(sde, ref_steps, "edm", T=t_s)
     ref = _solve(field, sde, x_T, ref_grid, solver_order, final_denoise, device)
     hold = None
     if n_holdout:
-        xh = draws(n_holdout, torch.Generator().manual_seed(int(seed) + 1_000_003))
+        xh = _draws(sde, shape, n_holdout, int(seed) + 1_000_003, gs, t_s, device)
         hold = (xh, _solve(field, sde, xh, ref_grid, solver_order, final_denoise, device))
 
     def error(x0, accurate, grid) -> float:  # the terminal error of the fitted sampler on ``grid``

@@ -123,6 +123,22 @@ def _time_grid(timesteps, device) -> Tensor:
     return grid.to(device)
 
 
+def _run_grid(sde, sampler, steps, schedule, final_denoise, stepper, timesteps, t_start, device) -> Tensor:
+    """The step grid of a run: ``timesteps`` checked, or the schedule's grid from ``t_start`` (``T`` when
+    None); on short runs the final denoising evaluation replaces the last step, as in SDEScheduler."""
+    if timesteps is not None:
+        return _time_grid(timesteps, device)
+    return step_grid(sde, sampler, steps, schedule, final_denoise, stepper.evals_per_step, device=device, T=t_start).to(device)
+
+
+def _gaussian_started(start, sde, x: Tensor, grid: Tensor) -> Tensor:
+    """With a Gaussian start, the prior draw ``x`` standardized and mapped onto the Gaussian's marginal
+    at ``grid[0]`` (docs/maths.md §5, "Gaussian start"); else ``x``."""
+    if start is None:
+        return x
+    return start.state(sde, float(grid[0]), (x - sde.prior_mean) / math.sqrt(sde.prior_var))
+
+
 def _midpoint_uniforms(midpoint_u, stepper, sampler: str, grid: Tensor, x: Tensor, generator):
     """DDRaM's uniforms of the run, ``(steps,)`` or ``(steps, B)``: ``midpoint_u`` checked, or drawn per
     step and sample before the run (``None`` for samplers without a midpoint)."""
@@ -309,12 +325,8 @@ def sample(
     start = as_gaussian_start(gaussian_start, noise_ratio)
     t_start = start.start_time(sde) if start is not None and timesteps is None else None
     x = _initial_state(sde, x_T, shape, generator, device, dtype)
-    if timesteps is None:  # (on short runs the final denoising evaluation replaces the last step, as in SDEScheduler)
-        grid = step_grid(sde, sampler, steps, schedule, final_denoise, stepper.evals_per_step, device=x.device, T=t_start).to(x.device)
-    else:
-        grid = _time_grid(timesteps, x.device)
-    if start is not None:  # the prior draw, standardized, mapped onto the Gaussian's marginal at grid[0]
-        x = start.state(sde, float(grid[0]), (x - sde.prior_mean) / math.sqrt(sde.prior_var))
+    grid = _run_grid(sde, sampler, steps, schedule, final_denoise, stepper, timesteps, t_start, x.device)
+    x = _gaussian_started(start, sde, x, grid)
     midpoint_u = _midpoint_uniforms(midpoint_u, stepper, sampler, grid, x, generator)
     if inpaint is not None:
         inpaint.check(x)
