@@ -56,6 +56,7 @@ __all__ = ["chunk_indices", "build_parser", "generate", "run", "main"]
 # ------------------------------------------------------------------------------------------------
 def _add_sampler_options(p: argparse.ArgumentParser) -> None:
     """The options of one sampler each (:data:`lit_diffusion.cli.sample_plan.SAMPLER_OPTIONS`)."""
+    from ..sampling.defaults import GAUSSIAN_START_RUN
     p.add_argument("--predictor", default=None, help="pc: exponential_euler (default), euler or ddram")
     p.add_argument("--n-corrector", type=int, default=None, help="pc: Langevin corrector steps per step")
     p.add_argument("--snr", type=float, default=None, help="pc: corrector signal-to-noise ratio")
@@ -67,7 +68,8 @@ def _add_sampler_options(p: argparse.ArgumentParser) -> None:
                    help="start at sigma/alpha = --noise-ratio from the exact marginal of the Gaussian with the data's mean and "
                    "covariance instead of from the prior at T (docs/samplers.md \"The Gaussian start\"): 'auto' uses the moments "
                    "saved beside the model (data_moments.safetensors, python -m lit_diffusion.cli.gaussian_fit) when there are "
-                   "some, 'off' never, or a moments file")
+                   f"some, on multistep runs of at most {GAUSSIAN_START_RUN} steps (the measured rule) or with --noise-ratio; 'off' never; or a "
+                   "moments file")
     p.add_argument("--noise-ratio", type=float, default=None, help="with a Gaussian start: sigma/alpha where the run starts "
                    "(default 10, the measured best)")
     p.add_argument("--solver-order", type=int, default=None, help="multistep: 1, 2 or 3 (default 2)")
