@@ -7,7 +7,6 @@ times. Stepping itself is in :mod:`.scheduler`."""
 
 from __future__ import annotations
 
-import math
 from typing import List, Optional, Sequence, Union
 
 import numpy as np
@@ -173,8 +172,7 @@ class EvaluationLayout:
     def _mapped_start(self, sample: Tensor) -> Tensor:
         """The prior draw ``sample``, standardized, mapped onto the Gaussian start's marginal at the grid's
         first time (docs/maths.md §5, "Gaussian start")."""
-        z = (sample.to(torch.float64) - self.sde.prior_mean) / math.sqrt(self.sde.prior_var)
-        return self._gstart.state(self.sde, float(self._grid[0]), z).to(sample.dtype)
+        return self._gstart.from_prior(self.sde, float(self._grid[0]), sample)
 
     def _first_state(self, sample: Tensor, mapped: bool) -> Tensor:
         """``step``'s state at the first evaluation of a run with a Gaussian start: the prior draw mapped

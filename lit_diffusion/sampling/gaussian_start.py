@@ -24,7 +24,6 @@ import torch
 from torch import Tensor
 
 from ..core.sdes import LinearSDE
-from ..core.utils import GeneratorLike, randn
 
 __all__ = ["GaussianStart", "MOMENTS_FILE", "DEFAULT_NOISE_RATIO", "model_moments"]
 
@@ -152,10 +151,11 @@ class GaussianStart:
         x = x + alpha * self.mean.to(z.device).reshape(1, -1) + m
         return x.reshape(z.shape).to(z.dtype)
 
-    def draw(self, sde: LinearSDE, t: float, batch: int, generator: GeneratorLike = None, device=None,
-             dtype: torch.dtype = torch.float32) -> Tensor:
-        """:meth:`state` of a fresh standard normal draw (one generator, or one per sample)."""
-        return self.state(sde, t, randn((int(batch),) + self.shape, generator=generator, device=device, dtype=dtype))
+    def from_prior(self, sde: LinearSDE, t: float, x_T: Tensor) -> Tensor:
+        """:meth:`state` of a draw ``x_T`` from the process's prior, standardized in float64 (in
+        ``x_T``'s dtype): where ``sample()``, ``SDEScheduler`` and the grid fit begin a run at ``t``."""
+        z = (x_T.to(F64) - sde.prior_mean) / math.sqrt(sde.prior_var)
+        return self.state(sde, t, z).to(x_T.dtype)
 
     # ---- files ------------------------------------------------------------------------------------
     def to_bytes(self) -> bytes:
@@ -169,7 +169,7 @@ class GaussianStart:
 
     @classmethod
     def load(cls, path, noise_ratio: float = DEFAULT_NOISE_RATIO) -> "GaussianStart":
-        """Read :meth:`save`'s file (safetensors only; keys, shapes and values checked)."""
+        """Read :meth:`to_bytes`' file (safetensors only; keys, shapes and values checked)."""
         from safetensors import safe_open
 
         path = os.fspath(path)

@@ -235,7 +235,7 @@ def _draws(sde, shape, n: int, seed: int, start, t_s, device) -> torch.Tensor:
     """``n`` prior draws of seed ``seed``, or their images on a Gaussian start's marginal at ``t_s``."""
     x = sde.prior_sampling((n,) + tuple(shape), generator=torch.Generator().manual_seed(seed))
     if start is not None:
-        x = start.state(sde, t_s, (x - sde.prior_mean) / math.sqrt(sde.prior_var))
+        x = start.from_prior(sde, t_s, x)
     return x.to(device)
 
 

@@ -51,7 +51,6 @@ where ``integ`` is a :class:`lit_diffusion.sampling.integrators.ExpIntegrator` (
 
 from __future__ import annotations
 
-import math
 import sys
 from typing import NamedTuple, Optional, Sequence
 
@@ -136,7 +135,7 @@ def _gaussian_started(start, sde, x: Tensor, grid: Tensor) -> Tensor:
     at ``grid[0]`` (docs/maths.md §5, "Gaussian start"); else ``x``."""
     if start is None:
         return x
-    return start.state(sde, float(grid[0]), (x - sde.prior_mean) / math.sqrt(sde.prior_var))
+    return start.from_prior(sde, float(grid[0]), x)
 
 
 def _midpoint_uniforms(midpoint_u, stepper, sampler: str, grid: Tensor, x: Tensor, generator):
