@@ -235,11 +235,24 @@ class Guided(torch.nn.Module):
         return uncond + self.w * (cond - uncond)
 
 
-def fid_mnist(x: np.ndarray) -> float:
+def fid_mnist(x: np.ndarray, reference=None) -> float:
+    """FID-MNIST of samples in [-1, 1] against the held-out digits, or against ``reference`` samples."""
     from lit_diffusion.evaluation.image_metrics import fid
 
     x = np.nan_to_num(x, nan=0.0, posinf=1.0, neginf=-1.0)
-    return float(fid(x, "mnist-test", backend="mnist", value_range="-1,1")["value"])
+    ref = "mnist-test" if reference is None else np.clip(reference, -1, 1)
+    return float(fid(x, ref, backend="mnist", value_range="-1,1")["value"])
+
+
+def class_accuracy(x: np.ndarray) -> float:
+    """The fraction of guided samples that the FID-MNIST network's classifier reads as the digit asked
+    for (sample ``i`` asks for ``i mod 10``, :class:`Guided`)."""
+    from lit_diffusion.evaluation.feature_net import load_feature_net, to_unit_images
+
+    x = np.nan_to_num(x, nan=0.0, posinf=1.0, neginf=-1.0)
+    with torch.no_grad():
+        pred = load_feature_net().classify(to_unit_images(x, "-1,1")).argmax(1).numpy()
+    return float((pred == np.arange(len(x)) % 10).mean())
 
 
 def _redraw(a) -> dict:
@@ -260,8 +273,9 @@ def _redraw(a) -> dict:
 
 def _over_seeds(a, sched, model, shape, nfe, device):
     """FID-MNIST of one sampler at one budget for every seed: (fids, evaluations, seconds, 16 samples
-    of the first seed)."""
-    fids, evals, secs, first = [], None, 0.0, None
+    of the first seed, with guidance the fraction of samples read as the requested digit, and with
+    ``--reference`` the FID-MNIST to the reference samples)."""
+    fids, evals, secs, first, accs, refs = [], None, 0.0, None, [], []
     for seed in a.seeds:
         t0 = time.perf_counter()
         x, evals = run_loop(sched, model, a.n, shape, seed, nfe, a.batch, device)
@@ -269,7 +283,41 @@ def _over_seeds(a, sched, model, shape, nfe, device):
         if first is None:
             first = x[:16]
         fids.append(fid_mnist(x) if not a.dry_run else float(np.abs(x).mean()))
-    return fids, evals, secs, first
+        if a.reference_samples is not None:
+            refs.append(fid_mnist(x, a.reference_samples))
+        if a.guidance is not None:
+            accs.append(class_accuracy(x))
+    return fids, evals, secs, first, accs, refs
+
+
+def reference_samples(a, sde, time_scale, lit_model, diffusers_model, shape, device) -> np.ndarray:
+    """``--reference LABEL@NFE``: ``--reference-n`` samples of that sampler at that budget, seed 10000."""
+    label, _, nfe = a.reference.rpartition("@")
+    rows = {r[0]: r for r in SDE_SAMPLERS + ODE_SAMPLERS}
+    if label not in rows or not nfe.isdigit():
+        raise ValueError(f"--reference {a.reference!r} must be LABEL@NFE with LABEL one of {sorted(rows)}")
+    _, kind, opts = rows[label]
+    sched = make_scheduler(kind, opts, sde, time_scale, int(nfe))
+    model = lit_model if kind.startswith("lit") else diffusers_model
+    x, _ = run_loop(sched, model, a.reference_n, shape, 10_000, int(nfe), a.batch, device)
+    return x
+
+
+def _record(a, form, label, nfe, fids, evals, secs, accs, refs) -> dict:
+    """One table row: printed, and appended to ``--out`` as a line of JSON."""
+    row = dict(form=form, sampler=label, nfe_budget=nfe, guidance=a.guidance, nfe=evals, fid=float(np.mean(fids)),
+               fid_min=float(np.min(fids)), fid_max=float(np.max(fids)), fids=fids, n=a.n, seconds=secs)
+    if accs:
+        row["accuracy"] = float(np.mean(accs))
+    if refs:
+        row.update(fid_reference=float(np.mean(refs)), fids_reference=refs, reference=a.reference)
+    print(f"{form} {label:36s} NFE {evals:3d}/{nfe:3d}  FID {row['fid']:8.2f}  [{row['fid_min']:.2f}, {row['fid_max']:.2f}]  {secs:.0f}s"
+          + (f"  digit read as asked {100 * row['accuracy']:.1f}%" if accs else "")
+          + (f"  FID to reference {row['fid_reference']:.2f}" if refs else ""), flush=True)
+    if a.out:
+        with open(a.out, "a") as f:
+            f.write(json.dumps(row) + "\n")
+    return row
 
 
 def main(argv=None) -> dict:
@@ -285,6 +333,10 @@ def main(argv=None) -> dict:
     p.add_argument("--fitted-dir", default=None, help="folder of fitted grids multistep-<steps>.json (default: the model's grids/)")
     p.add_argument("--guidance", type=float, default=None, help="classifier-free guidance scale (class-conditional models); "
                    "sample i asks for digit i mod 10")
+    p.add_argument("--reference", default=None, help="LABEL@NFE: also score every row by FID-MNIST to --reference-n "
+                   "samples of that sampler at that budget (seed 10000): the distance to the process's own converged "
+                   "law, which under guidance differs from the data's")
+    p.add_argument("--reference-n", type=int, default=5000)
     p.add_argument("--dry-run", action="store_true", help="tiny untrained network, 8 samples, NFE 4: checks the loop")
     p.add_argument("--plot", default=None, help="PNG: FID against NFE, SDE and ODE samplers in two panels")
     p.add_argument("--pictures", default=None, help="PNG: 16 samples of seed 0 per sampler (rows) and NFE (columns)")
@@ -317,6 +369,9 @@ def main(argv=None) -> dict:
         return net(x, torch.full((x.shape[0],), float(t) / time_scale, device=x.device)).float()
 
     shape = tuple(module.data_shape)
+    a.reference_samples = None
+    if a.reference:
+        a.reference_samples = reference_samples(a, sde, time_scale, lit_model, diffusers_model, shape, device)
     sep = ";" if a.only is not None and ";" in a.only else ","
     wanted = None if a.only is None else set(s.strip() for s in a.only.split(sep))
     results, pictures = [], {}
@@ -331,15 +386,9 @@ def main(argv=None) -> dict:
                 except ValueError:
                     continue
                 model = lit_model if kind.startswith("lit") else diffusers_model
-                fids, evals, secs, first = _over_seeds(a, sched, model, shape, nfe, device)
+                fids, evals, secs, first, accs, refs = _over_seeds(a, sched, model, shape, nfe, device)
                 pictures[(form, label, nfe)] = first
-                row = dict(form=form, sampler=label, nfe_budget=nfe, guidance=a.guidance, nfe=evals, fid=float(np.mean(fids)),
-                           fid_min=float(np.min(fids)), fid_max=float(np.max(fids)), fids=fids, n=a.n, seconds=secs)
-                results.append(row)
-                print(f"{form} {label:36s} NFE {evals:3d}/{nfe:3d}  FID {row['fid']:8.2f}  [{row['fid_min']:.2f}, {row['fid_max']:.2f}]  {secs:.0f}s", flush=True)
-                if a.out:
-                    with open(a.out, "a") as f:
-                        f.write(json.dumps(row) + "\n")
+                results.append(_record(a, form, label, nfe, fids, evals, secs, accs, refs))
     print(table(results))
     if a.plot:
         plot(results, a.plot)

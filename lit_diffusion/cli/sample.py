@@ -68,7 +68,8 @@ def _add_sampler_options(p: argparse.ArgumentParser) -> None:
                    help="start at sigma/alpha = --noise-ratio from the exact marginal of the Gaussian with the data's mean and "
                    "covariance instead of from the prior at T (docs/samplers.md \"The Gaussian start\"): 'auto' uses the moments "
                    "saved beside the model (data_moments.safetensors, python -m lit_diffusion.cli.gaussian_fit) when there are "
-                   f"some, on multistep runs of at most {GAUSSIAN_START_RUN} steps (the measured rule) or with --noise-ratio; 'off' never; or a "
+                   f"some, on unconditional multistep runs of at most {GAUSSIAN_START_RUN} steps (the measured rule; not with --class-label or "
+                   "--inpaint: the moments are the unconditional data's) or with --noise-ratio; 'off' never; or a "
                    "moments file")
     p.add_argument("--noise-ratio", type=float, default=None, help="with a Gaussian start: sigma/alpha where the run starts "
                    "(default 10, the measured best)")

@@ -185,8 +185,8 @@ def _stepper_and_steps(args, sampler: str, model, options: dict):
 
 def _gaussian_start(args, sampler: str):
     """``--gaussian-start``: ``auto`` -> the moments saved beside the model when there are some, for
-    multistep runs of at most :data:`~lit_diffusion.sampling.defaults.GAUSSIAN_START_RUN` steps (the measured
-    rule) or any run with ``--noise-ratio`` (said on stderr); ``off`` -> None; else a moments file (read
+    unconditional multistep runs of at most :data:`~lit_diffusion.sampling.defaults.GAUSSIAN_START_RUN` steps
+    (the measured rule) or any run with ``--noise-ratio`` (said on stderr); ``off`` -> None; else a moments file (read
     and checked now, before any work)."""
     from ..sampling.defaults import GAUSSIAN_START_RUN
     from ..sampling.gaussian_start import DEFAULT_NOISE_RATIO, GaussianStart, model_moments
@@ -200,7 +200,11 @@ def _gaussian_start(args, sampler: str):
     if choice == "auto":
         c = str(args.checkpoint)
         start = model_moments(c if os.path.isdir(c) else os.path.dirname(c) or ".", ratio)
-        measured = sampler == "multistep" and int(args.steps) <= GAUSSIAN_START_RUN
+        # conditional runs (class labels, guidance, inpainting) start from the prior unless asked: the moments
+        # are the unconditional data's, and under guidance 3 the start moved the samples off the guided law
+        # (docs/samplers.md "The Gaussian start under guidance")
+        conditional = getattr(args, "class_label", None) is not None or getattr(args, "inpaint", None) is not None
+        measured = sampler == "multistep" and int(args.steps) <= GAUSSIAN_START_RUN and not conditional
         if start is not None and not measured and getattr(args, "noise_ratio", None) is None:
             return None
         if start is None:

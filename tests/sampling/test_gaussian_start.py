@@ -295,3 +295,30 @@ def test_gaussian_fit_and_sample_py(tmp_path, capsys):
     assert main(["-c", folder, "--gaussian-start", "off", "--noise-ratio", "5", "--out", str(tmp_path / "bad")]) == 2
     assert main(["-c", folder, "--gaussian-start", str(tmp_path / "none.safetensors"), "--out", str(tmp_path / "bad")]) == 2
     assert not (tmp_path / "bad").exists()
+
+
+def test_sample_py_conditional_runs_start_from_the_prior_unless_asked(tmp_path, capsys):
+    """The moments beside a model are the unconditional data's: ``--gaussian-start auto`` leaves runs with
+    ``--class-label`` (guided or not) at the prior; the start is still taken when asked for by file or by
+    ``--noise-ratio``, and an unconditional run of the same model still takes it."""
+    from lit_diffusion.cli.sample import main
+    from lit_diffusion.training.module import ScoreModule
+    from lit_diffusion.training.networks import TimeMLP
+    from lit_diffusion.training.pretrained import save_pretrained
+
+    torch.manual_seed(0)
+    net = TimeMLP(dim=2, hidden=8, n_blocks=1, num_classes=2)
+    folder = save_pretrained(ScoreModule(net=net, data_shape=[2], ema_decay=0.0), tmp_path / "m")
+    moments = GaussianStart.from_samples(torch.randn(200, 2, dtype=F64) * 0.5 + 1.0)
+    (tmp_path / "m" / "data_moments.safetensors").write_bytes(moments.to_bytes())
+
+    def start_time(name, *extra):
+        assert main(["-c", folder, "--out", str(tmp_path / name), "--n", "4", "--no-progress", "--steps", "3", *extra]) == 0
+        return json.loads(str(np.load(tmp_path / name / "samples.npz")["args"]))["start_time"]
+
+    assert start_time("uncond") == pytest.approx(moments.start_time(VP()))
+    assert start_time("label", "--class-label", "1") is None
+    assert start_time("guided", "--class-label", "0", "1", "--guidance-scale", "3") is None
+    assert start_time("asked", "--class-label", "1", "--noise-ratio", "10") == pytest.approx(moments.start_time(VP()))
+    file = str(tmp_path / "m" / "data_moments.safetensors")
+    assert start_time("file", "--class-label", "1", "--gaussian-start", file) == pytest.approx(moments.start_time(VP()))

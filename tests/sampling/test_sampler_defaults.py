@@ -137,12 +137,15 @@ def _env():
     return env
 
 
-@pytest.mark.parametrize("script", ["real_model.py", "gpu.py"])
+@pytest.mark.parametrize("script", ["real_model.py", "gpu.py", "study_noise_ratio.py"])
 def test_benchmark_scripts_dry_run(script):
-    r = subprocess.run([sys.executable, str(ROOT / "bench" / script), "--dry-run"], env=_env(), capture_output=True,
+    extra = ["--ratios", "10", "--reference", "UniPC@4", "--reference-n", "16"] if script == "study_noise_ratio.py" else []
+    r = subprocess.run([sys.executable, str(ROOT / "bench" / script), "--dry-run", *extra], env=_env(), capture_output=True,
                        text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]
-    if script == "gpu.py":
+    if script == "study_noise_ratio.py":  # one row per form, each also scored against the reference samples
+        assert r.stdout.count("FID to reference") == 2 and "ODE, Gaussian start, noise ratio 10" in r.stdout
+    elif script == "gpu.py":
         assert "| training bf16 | Lightning / plain |" in r.stdout and "| sampling ddram NFE 20 | bf16 |" in r.stdout
     else:
         for name in ("lit ddram (default)", "DDPM ancestral", "SDE-DPM-Solver++ 2M", "DDIM", "Heun", "UniPC"):
