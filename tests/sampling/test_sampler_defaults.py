@@ -137,13 +137,15 @@ def _env():
     return env
 
 
-@pytest.mark.parametrize("script", ["real_model.py", "gpu.py", "study_noise_ratio.py"])
+@pytest.mark.parametrize("script", ["real_model.py", "gpu.py", "study_noise_ratio.py", "study_trajectory_error.py"])
 def test_benchmark_scripts_dry_run(script):
     extra = ["--ratios", "10", "--reference", "UniPC@4", "--reference-n", "16"] if script == "study_noise_ratio.py" else []
     r = subprocess.run([sys.executable, str(ROOT / "bench" / script), "--dry-run", *extra], env=_env(), capture_output=True,
                        text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]
-    if script == "study_noise_ratio.py":  # one row per form, each also scored against the reference samples
+    if script == "study_trajectory_error.py":  # every row at every budget, and the two references' gap
+        assert r.stdout.count("RMS to its reference") == 9 and r.stdout.startswith("floor")
+    elif script == "study_noise_ratio.py":  # one row per form, each also scored against the reference samples
         assert r.stdout.count("FID to reference") == 2 and "ODE, Gaussian start, noise ratio 10" in r.stdout
     elif script == "gpu.py":
         assert "| training bf16 | Lightning / plain |" in r.stdout and "| sampling ddram NFE 20 | bf16 |" in r.stdout
