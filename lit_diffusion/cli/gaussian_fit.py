@@ -9,6 +9,7 @@ import os
 import torch
 
 from ..sampling.gaussian_start import MOMENTS_FILE, GaussianStart
+from .sample_models import model_folder
 
 __all__ = ["main", "DATA_NAMES"]
 
@@ -77,7 +78,7 @@ def main(argv=None) -> int:
     from ..training.module import ScoreModule
 
     model = ScoreModule.load(a.checkpoint)
-    out = a.out or os.path.join(a.checkpoint if os.path.isdir(a.checkpoint) else os.path.dirname(a.checkpoint), MOMENTS_FILE)
+    out = a.out or os.path.join(model_folder(a.checkpoint), MOMENTS_FILE)
     if a.data is not None:
         x = data_samples(a.data)
     else:

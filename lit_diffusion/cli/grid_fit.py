@@ -11,6 +11,7 @@ import torch
 from ..runtime.checkpoint_io import atomic_write_bytes
 from ..sampling.grid_fit import FIT_METHODS, fit_grid, grid_file_name
 from ..training.module import ScoreModule
+from .sample_models import model_folder
 
 __all__ = ["main"]
 
@@ -46,7 +47,7 @@ def main(argv=None) -> int:
     a = p.parse_args(argv)
     if a.threads:
         torch.set_num_threads(a.threads)
-    folder = a.checkpoint if os.path.isdir(a.checkpoint) else os.path.dirname(a.checkpoint)
+    folder = model_folder(a.checkpoint)
     start = None
     if a.gaussian_start is not None:
         from ..sampling.gaussian_start import MOMENTS_FILE, as_gaussian_start

@@ -96,6 +96,13 @@ def load_diffusers(folder) -> LoadedModel:
     )
 
 
+def model_folder(path) -> str:
+    """The folder of a model, where its fitted grids and data moments are saved: ``path`` itself when it is
+    a folder (a pretrained-model or diffusers pipeline folder), else the folder holding the checkpoint."""
+    path = str(path)
+    return path if Path(path).is_dir() else str(Path(path).parent)
+
+
 def load_model(path, ema: bool = True) -> LoadedModel:
     """A Lightning checkpoint file or a diffusers pipeline folder (errors name the path)."""
     p = Path(path)

@@ -190,6 +190,7 @@ def _gaussian_start(args, sampler: str):
     and checked now, before any work)."""
     from ..sampling.defaults import GAUSSIAN_START_RUN
     from ..sampling.gaussian_start import DEFAULT_NOISE_RATIO, GaussianStart, model_moments
+    from .sample_models import model_folder
 
     choice = str(getattr(args, "gaussian_start", "off") or "off")
     ratio = DEFAULT_NOISE_RATIO if getattr(args, "noise_ratio", None) is None else args.noise_ratio
@@ -199,7 +200,7 @@ def _gaussian_start(args, sampler: str):
         return None
     if choice == "auto":
         c = str(args.checkpoint)
-        start = model_moments(c if os.path.isdir(c) else os.path.dirname(c) or ".", ratio)
+        start = model_moments(model_folder(c), ratio)
         # conditional runs (class labels, guidance, inpainting) start from the prior unless asked: the moments
         # are the unconditional data's, and under guidance 3 the start moved the samples off the guided law
         # (docs/samplers.md "The Gaussian start under guidance")
