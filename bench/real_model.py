@@ -68,6 +68,7 @@ SDE_SAMPLERS = [
     ("lit multistep 2 uniform grid", "lit", {"sampler": "multistep", "schedule": "uniform"}),
     ("lit multistep 2, last steps at full order", "lit", {"sampler": "multistep", "lower_order_final": False}),
     ("lit multistep 2, last step denoising", "lit-end", {"sampler": "multistep"}),
+    ("lit multistep 2 + corrector, last step denoising", "lit-end", {"sampler": "multistep", "corrector": True}),
     ("lit multistep 2 EDM grid", "lit", {"sampler": "multistep", "schedule": "edm"}),
     ("lit multistep 2, Gaussian start", "lit-gauss", {"sampler": "multistep"}),
     ("lit multistep 2, Gaussian start, fitted grid", "lit-gauss-fitted", {"sampler": "multistep"}),
@@ -90,6 +91,7 @@ ODE_SAMPLERS = [
     ("lit multistep 2 ODE, last steps at full order", "lit", {"sampler": "multistep", "ode": True, "solver_order": 2,
                                                             "lower_order_final": False}),
     ("lit multistep 2 ODE, last step denoising", "lit-end", {"sampler": "multistep", "ode": True}),
+    ("lit multistep 2 ODE + corrector, last step denoising", "lit-end", {"sampler": "multistep", "ode": True, "corrector": True}),
     ("lit multistep 2 ODE + corrector", "lit", {"sampler": "multistep", "ode": True, "solver_order": 2, "corrector": True}),
     ("lit multistep 3 ODE + corrector", "lit", {"sampler": "multistep", "ode": True, "corrector": True, "solver_order": 3}),
     ("lit multistep 3 ODE uniform grid", "lit", {"sampler": "multistep", "ode": True, "schedule": "uniform", "solver_order": 3}),
@@ -120,6 +122,8 @@ def vp_table(sde, n_train: int = N_TRAIN):
 
 
 FITTED_DIR = os.path.join(os.path.dirname(__file__), "..", "checkpoints", "mnist", "grids")
+#: --guidance, told to SDEScheduler (guidance_scale) as a pipeline would
+GUIDANCE = None
 #: the model folder's moments for the Gaussian start (lit_diffusion.sampling.gaussian_start)
 MOMENTS = os.path.join(os.path.dirname(__file__), "..", "checkpoints", "mnist", "data_moments.safetensors")
 
@@ -154,6 +158,8 @@ def _make_scheduler(kind: str, opts: dict, sde, time_scale: float, nfe: int = 0,
         from lit_diffusion.integrations.export import rescale_time
 
         name, kwargs = rescale_time(sde, time_scale)
+        if GUIDANCE is not None:  # the scheduler is told the pipeline's guidance (its guided multistep layout)
+            opts = {"guidance_scale": GUIDANCE, **opts}
         return SDEScheduler(num_train_timesteps=N_TRAIN, prediction_type="epsilon", sde=name, sde_kwargs=kwargs, **opts)
     import diffusers
 
@@ -347,8 +353,8 @@ def main(argv=None) -> dict:
         torch.set_num_threads(a.threads)
     if a.from_json:
         return _redraw(a)
-    global FITTED_DIR, MOMENTS
-    FITTED_DIR = a.fitted_dir or os.path.join(a.model, "grids")
+    global FITTED_DIR, MOMENTS, GUIDANCE
+    FITTED_DIR, GUIDANCE = a.fitted_dir or os.path.join(a.model, "grids"), a.guidance
     MOMENTS = os.path.join(a.model, "data_moments.safetensors")
     if a.dry_run:
         a.n, a.seeds, a.nfe, a.batch = 8, [0], [4], 8

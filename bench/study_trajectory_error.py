@@ -48,6 +48,7 @@ def main(argv=None) -> list:
     if a.dry_run:
         a.n, a.nfe, a.reference_nfe = 4, [4], 8
     rm.FITTED_DIR, rm.MOMENTS = os.path.join(a.model, "grids"), os.path.join(a.model, "data_moments.safetensors")
+    rm.GUIDANCE = a.guidance  # (SDEScheduler told of the guidance, as a pipeline would)
     module = rm.load(a.model, a.dry_run)
     net = module.net.eval() if a.guidance is None else rm.Guided(module.net.eval(), float(a.guidance))
     sde, shape = module.sde, tuple(module.data_shape)

@@ -176,10 +176,14 @@ def _stepper_and_steps(args, sampler: str, model, options: dict):
     # (a noise ratio the process never reaches at t_min is refused here)
     args.start_time = None if args.start is None else args.start.start_time(model.sde)
     if args.schedule is None:
+        from ..sampling.defaults import guided_layout
         from ..sampling.samplers import default_schedule
 
-        _use_model_grid(args, sampler)
-        args.schedule = default_schedule(sampler, bool(args.ode), int(args.steps))
+        guided = guided_layout(getattr(args, "guidance_scale", None) if getattr(args, "class_label", None) is not None else None,
+                               getattr(args, "final_denoise", False))
+        if not guided:  # (grids are fitted without guidance)
+            _use_model_grid(args, sampler)
+        args.schedule = default_schedule(sampler, bool(args.ode), int(args.steps), guided)
     return stepper
 
 

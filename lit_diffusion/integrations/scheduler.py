@@ -83,7 +83,8 @@ class SDEScheduler(EvaluationLayout, SchedulerMixin, ConfigMixin):
     last step), ``seed`` (DDRaM midpoints when ``set_timesteps`` gets no generator; default 0, so
     that a seeded pipeline is reproducible; ``None``: torch's global RNG), ``fitted_grid``,
     ``gaussian_start`` / ``noise_ratio`` (a moments file or model folder: start at ``σ/α = noise_ratio``
-    from the data's Gaussian, docs/samplers.md "The Gaussian start").
+    from the data's Gaussian, docs/samplers.md "The Gaussian start"), ``guidance_scale`` (the pipeline's
+    classifier-free guidance; not 1: multistep takes the guided layout, ``guided_layout``).
     """
 
     _compatibles = [e.name for e in KarrasDiffusionSchedulers]
@@ -120,6 +121,7 @@ class SDEScheduler(EvaluationLayout, SchedulerMixin, ConfigMixin):
         fitted_grid: Optional[list] = None,
         gaussian_start: Optional[str] = None,
         noise_ratio: Optional[float] = None,
+        guidance_scale: Optional[float] = None,
         inverse: bool = False,
         rho: float = 7.0,
         final_denoise: bool = True,
@@ -144,6 +146,9 @@ class SDEScheduler(EvaluationLayout, SchedulerMixin, ConfigMixin):
             if name != "multistep":
                 raise ValueError(f"inverse=True runs the multistep ODE (solver_order=1 is DDIM inversion); got sampler={sampler!r}")
             ode, self._final_denoise = True, False
+        from ..sampling.defaults import guided_layout
+
+        self._guided = guided_layout(guidance_scale, self._final_denoise)  # the guided multistep layout
         self._schedule = check_schedule_name(schedule, name, timestep_spacing, bool(ode))
         self._gstart = gaussian_start_of_config(gaussian_start, noise_ratio, bool(inverse))
         self._declared = canonical_prediction(prediction_type)

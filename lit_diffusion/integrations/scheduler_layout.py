@@ -41,11 +41,11 @@ class EvaluationLayout:
 
             schedule = self._schedule
             if cfg.get("schedule") is None:  # the sampler's default grid for this budget
-                schedule = default_schedule(self._stepper_args[0], self.stepper.ode, n)
+                schedule = default_schedule(self._stepper_args[0], self.stepper.ode, n, self._guided)
             # (on short runs the final denoising evaluation replaces the last step: the jump to the data)
             t_start = None if self._gstart is None else self._gstart.start_time(self.sde)  # (a Gaussian start)
             return step_grid(self.sde, self._stepper_args[0], n, schedule, self._final_denoise,
-                             self.stepper.evals_per_step, rho=float(cfg.rho), T=t_start)
+                             self.stepper.evals_per_step, rho=float(cfg.rho), T=t_start, guided=self._guided)
         # diffusers' integer spacings of the evaluation times, then t_min as the end point
         N = int(cfg.num_train_timesteps)
         if n > N:

@@ -57,13 +57,13 @@ from typing import NamedTuple, Optional, Sequence
 import torch
 from torch import Tensor
 
-from ..core.fields import Field, as_field  # noqa: F401
+from ..core.fields import Field, as_field, check_guidance  # noqa: F401
 from ..core.schedules import check_steps, check_schedule
 from ..core.sdes import LinearSDE
 from ..core.utils import GeneratorLike, rand
 from .defaults import (  # noqa: F401  (re-exported: the public names of the samplers)
     AUTO_LOG_SNR_STEP, DEFAULT_SCHEDULES, PREDICTORS, SAMPLER_PARAMETRIZATIONS, SAMPLERS, check_sampler, default_schedule,
-    ends_with_denoising, step_grid,
+    ends_with_denoising, guided_layout, step_grid,
 )
 from .steppers import (  # noqa: F401  (re-exported: the public names of the samplers)
     DDRaMStepper, EulerStepper, ExpEulerStepper, LocalizationStepper, MomentMatchingStepper, PCStepper, Stepper,
@@ -122,12 +122,14 @@ def _time_grid(timesteps, device) -> Tensor:
     return grid.to(device)
 
 
-def _run_grid(sde, sampler, steps, schedule, final_denoise, stepper, timesteps, t_start, device) -> Tensor:
+def _run_grid(sde, sampler, steps, schedule, final_denoise, stepper, timesteps, t_start, device, guided=False) -> Tensor:
     """The step grid of a run: ``timesteps`` checked, or the schedule's grid from ``t_start`` (``T`` when
-    None); on short runs the final denoising evaluation replaces the last step, as in SDEScheduler."""
+    None); on short runs (and guided multistep runs, :func:`guided_layout`) the final denoising evaluation
+    replaces the last step, as in SDEScheduler."""
     if timesteps is not None:
         return _time_grid(timesteps, device)
-    return step_grid(sde, sampler, steps, schedule, final_denoise, stepper.evals_per_step, device=device, T=t_start).to(device)
+    return step_grid(sde, sampler, steps, schedule, final_denoise, stepper.evals_per_step, device=device, T=t_start,
+                     guided=guided).to(device)
 
 
 def _gaussian_started(start, sde, x: Tensor, grid: Tensor) -> Tensor:
@@ -279,9 +281,10 @@ def sample(
         parametrization: the frozen field (``score``, ``relative_score``, ``denoiser``).
         generator: one ``torch.Generator`` or one per sample (batch-size invariance).
         final_denoise: replace the output by ``D(x, t)`` at the end of the grid (one more evaluation).
-            For short ``multistep`` runs that evaluation replaces the last step: the grid is the
-            schedule's grid of ``steps + 1`` steps without ``t_min``
-            (:func:`~lit_diffusion.sampling.defaults.ends_with_denoising`).
+            For short ``multistep`` runs, and guided ones of any length (``guidance_scale != 1``: then on
+            the uniform grid by default, :func:`~lit_diffusion.sampling.defaults.guided_layout`), that
+            evaluation replaces the last step: the grid is the schedule's grid of ``steps + 1`` steps
+            without ``t_min`` (:func:`~lit_diffusion.sampling.defaults.ends_with_denoising`).
         midpoint_u: DDRaM only: the uniforms of the midpoints, one per step ``(steps,)`` (shared by
             the batch, as :class:`~lit_diffusion.integrations.scheduler.SDEScheduler` draws them) or per step and
             sample ``(steps, B)``; drawn from ``generator`` per sample when None.
@@ -311,8 +314,9 @@ def sample(
     """
     # --- validate everything before any work
     sampler = check_sampler(sampler)
+    guided = guided_layout(check_guidance(class_labels, guidance_scale), final_denoise)
     if schedule is None:
-        schedule = default_schedule(sampler, ode, steps if timesteps is None else None)
+        schedule = default_schedule(sampler, ode, steps if timesteps is None else None, guided)
     if timesteps is None:
         check_schedule(schedule)
         check_steps(steps)
@@ -324,7 +328,7 @@ def sample(
     start = as_gaussian_start(gaussian_start, noise_ratio)
     t_start = start.start_time(sde) if start is not None and timesteps is None else None
     x = _initial_state(sde, x_T, shape, generator, device, dtype)
-    grid = _run_grid(sde, sampler, steps, schedule, final_denoise, stepper, timesteps, t_start, x.device)
+    grid = _run_grid(sde, sampler, steps, schedule, final_denoise, stepper, timesteps, t_start, x.device, guided)
     x = _gaussian_started(start, sde, x, grid)
     midpoint_u = _midpoint_uniforms(midpoint_u, stepper, sampler, grid, x, generator)
     if inpaint is not None:
