@@ -34,18 +34,24 @@ from torch import Tensor
 from .parametrizations import canonical_prediction, convert, declared_prediction
 from .sdes import LinearSDE, as_time, compute_dtype
 
-__all__ = ["Field", "as_field", "check_guidance", "guided_call"]
+__all__ = ["Field", "as_field", "check_guidance", "guidance_weight", "guided_call"]
 
 
-def check_guidance(class_labels, guidance_scale) -> float:
-    """Validate a guidance request before any work: a finite ``guidance_scale``, and labels whenever
-    it is not 1 (guidance mixes a conditional and an unconditional prediction)."""
+def guidance_weight(guidance_scale) -> float:
+    """A guidance scale as a float, refused unless a finite number."""
     try:
         w = float(guidance_scale)
     except (TypeError, ValueError):
         raise TypeError(f"guidance_scale={guidance_scale!r} is invalid; it must be a number") from None
     if not math.isfinite(w):
         raise ValueError(f"guidance_scale={guidance_scale!r} is invalid; it must be finite (1: conditional, 0: unconditional)")
+    return w
+
+
+def check_guidance(class_labels, guidance_scale) -> float:
+    """Validate a guidance request before any work: a finite ``guidance_scale``, and labels whenever
+    it is not 1 (guidance mixes a conditional and an unconditional prediction)."""
+    w = guidance_weight(guidance_scale)
     if class_labels is None and w != 1.0:
         raise ValueError(f"guidance_scale={w} needs class_labels (guidance mixes conditional and unconditional predictions)")
     return w

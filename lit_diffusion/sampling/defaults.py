@@ -4,7 +4,6 @@ runs, and what ``sampler="auto"`` resolves to (each default with the measurement
 
 from __future__ import annotations
 
-import math
 from typing import Optional
 
 SAMPLERS = ("euler", "exponential_euler", "ddram", "pc", "localization", "moment_matching", "multistep")
@@ -64,15 +63,9 @@ def guided_layout(guidance_scale, final_denoise: bool) -> bool:
     15 / 20 evaluations against 1.02 / 0.86 / 0.83 for DPM-Solver++ 2M (floor 0.82), and the per-sample
     distance to the exact ODE solution (64 samples, ``bench/study_trajectory_error.py``) is 0.056 / 0.037
     / 0.028 on this layout against 0.096 / 0.051 / 0.030 on the EDM grid (UniPC 0.057 / 0.034 / 0.026)."""
-    if guidance_scale is None:
-        return False
-    try:
-        w = float(guidance_scale)
-    except (TypeError, ValueError):
-        raise TypeError(f"guidance_scale={guidance_scale!r} is invalid; it must be a number") from None
-    if not math.isfinite(w):
-        raise ValueError(f"guidance_scale={guidance_scale!r} is invalid; it must be finite (1: conditional, 0: unconditional)")
-    return bool(final_denoise) and w != 1.0
+    from ..core.fields import guidance_weight
+
+    return guidance_scale is not None and guidance_weight(guidance_scale) != 1.0 and bool(final_denoise)
 
 
 def default_schedule(sampler: str, ode: bool = False, steps: Optional[int] = None, guided: bool = False) -> str:
