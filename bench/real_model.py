@@ -69,6 +69,7 @@ SDE_SAMPLERS = [
     ("lit multistep 2, last steps at full order", "lit", {"sampler": "multistep", "lower_order_final": False}),
     ("lit multistep 2, last step denoising", "lit-end", {"sampler": "multistep"}),
     ("lit multistep 2 + corrector, last step denoising", "lit-end", {"sampler": "multistep", "corrector": True}),
+    ("lit multistep 2, unguided layout", "lit", {"sampler": "multistep", "guidance_scale": None}),
     ("lit multistep 2 EDM grid", "lit", {"sampler": "multistep", "schedule": "edm"}),
     ("lit multistep 2, Gaussian start", "lit-gauss", {"sampler": "multistep"}),
     ("lit multistep 2, Gaussian start, fitted grid", "lit-gauss-fitted", {"sampler": "multistep"}),
@@ -92,6 +93,8 @@ ODE_SAMPLERS = [
                                                             "lower_order_final": False}),
     ("lit multistep 2 ODE, last step denoising", "lit-end", {"sampler": "multistep", "ode": True}),
     ("lit multistep 2 ODE + corrector, last step denoising", "lit-end", {"sampler": "multistep", "ode": True, "corrector": True}),
+    # with --guidance: the scheduler not told of it (the unguided layout: EDM grid from 8 steps, run to t_min)
+    ("lit multistep 2 ODE, unguided layout", "lit", {"sampler": "multistep", "ode": True, "guidance_scale": None}),
     ("lit multistep 2 ODE + corrector", "lit", {"sampler": "multistep", "ode": True, "solver_order": 2, "corrector": True}),
     ("lit multistep 3 ODE + corrector", "lit", {"sampler": "multistep", "ode": True, "corrector": True, "solver_order": 3}),
     ("lit multistep 3 ODE uniform grid", "lit", {"sampler": "multistep", "ode": True, "schedule": "uniform", "solver_order": 3}),
