@@ -137,21 +137,32 @@ def _env():
     return env
 
 
-@pytest.mark.parametrize("script", ["real_model.py", "gpu.py", "study_noise_ratio.py", "study_trajectory_error.py"])
+@pytest.mark.parametrize("script", ["real_model.py", "gpu.py"])
 def test_benchmark_scripts_dry_run(script):
-    extra = ["--ratios", "10", "--reference", "UniPC@4", "--reference-n", "16"] if script == "study_noise_ratio.py" else []
-    r = subprocess.run([sys.executable, str(ROOT / "bench" / script), "--dry-run", *extra], env=_env(), capture_output=True,
+    r = subprocess.run([sys.executable, str(ROOT / "bench" / script), "--dry-run"], env=_env(), capture_output=True,
                        text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]
-    if script == "study_trajectory_error.py":  # every row at every budget, and the two references' gap
-        assert r.stdout.count("RMS to its reference") == 9 and r.stdout.startswith("floor")
-    elif script == "study_noise_ratio.py":  # one row per form, each also scored against the reference samples
-        assert r.stdout.count("FID to reference") == 2 and "ODE, Gaussian start, noise ratio 10" in r.stdout
-    elif script == "gpu.py":
+    if script == "gpu.py":
         assert "| training bf16 | Lightning / plain |" in r.stdout and "| sampling ddram NFE 20 | bf16 |" in r.stdout
     else:
         for name in ("lit ddram (default)", "DDPM ancestral", "SDE-DPM-Solver++ 2M", "DDIM", "Heun", "UniPC"):
             assert name in r.stdout
+
+
+def test_study_scripts_dry_run(capsys, monkeypatch):
+    """The two studies built on real_model.py run end to end (in this process: the tiny untrained UNet):
+    the noise-ratio sweep with rows scored against reference samples, and the per-sample trajectory error
+    of every default row at every budget with the gap between the two references."""
+    monkeypatch.syspath_prepend(str(ROOT / "bench"))
+    import study_noise_ratio
+    import study_trajectory_error
+
+    out = study_noise_ratio.main(["--dry-run", "--ratios", "10", "--reference", "UniPC@4", "--reference-n", "16"])["results"]
+    assert [r["sampler"] for r in out] == ["lit multistep 2, Gaussian start, noise ratio 10", "lit multistep 2 ODE, Gaussian start, noise ratio 10"]
+    assert all(np.isfinite(r["fid_reference"]) and r["fid_reference"] >= 0 for r in out)
+    rows = study_trajectory_error.main(["--dry-run"])
+    assert rows[0]["sampler"] == "floor" and len(rows) == 1 + 9 and all(r["rms"] > 0 for r in rows)
+    assert "RMS to its reference" in capsys.readouterr().out
 
 
 @pytest.mark.skipif(not (SHIPPED / "model.safetensors").is_file(), reason="shipped model not present")
