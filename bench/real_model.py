@@ -24,6 +24,13 @@ timestep ``1000 t``).  diffusers' schedulers get the *equivalent* 1,000-entry DD
 best diffusers setting at few steps; it starts at the last timestep).  Quality is FID-MNIST (the
 package's offline feature network) of ``--n`` samples against the 1,000 held-out digits, per seed; the
 table shows the mean and the spread (min-max) over seeds.
+
+With ``--guidance`` our scheduler is told the guidance (``SDEScheduler(guidance_scale=)``, as a pipeline
+would; rows "unguided layout" are not), and every row also reports the fraction of samples that the
+feature network's classifier reads as the digit asked for. FID against the data is a poor judge there
+(guidance narrows the samples, and an error that undoes it lowers that FID): ``--reference LABEL@NFE``
+also scores every row by FID-MNIST to ``--reference-n`` samples of that sampler at that budget, the
+guided process's own converged law (docs/samplers.md "Guidance 3 on a GPU").
 """
 
 from __future__ import annotations

@@ -207,7 +207,7 @@ def _gaussian_start(args, sampler: str):
         start = model_moments(model_folder(c), ratio)
         # conditional runs (class labels, guidance, inpainting) start from the prior unless asked: the moments
         # are the unconditional data's, and under guidance 3 the start moved the samples off the guided law
-        # (docs/samplers.md "The Gaussian start under guidance")
+        # (docs/samplers.md "Guidance 3 on a GPU")
         conditional = getattr(args, "class_label", None) is not None or getattr(args, "inpaint", None) is not None
         measured = sampler == "multistep" and int(args.steps) <= GAUSSIAN_START_RUN and not conditional
         if start is not None and not measured and getattr(args, "noise_ratio", None) is None:
