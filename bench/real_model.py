@@ -336,6 +336,31 @@ def _record(a, form, label, nfe, fids, evals, secs, accs, refs) -> dict:
     return row
 
 
+def prepare_model(model: str, guidance, dry_run: bool, device, fitted_dir=None):
+    """Load ``model`` (guided when ``guidance`` is given), point the module's fitted grids, moments and
+    guidance at it, and return ``(module, time_scale, lit_model, diffusers_model)``: the two evaluation
+    functions the pipeline loop calls, ours with continuous timesteps in UNet units, diffusers' with the
+    integer index of the DDPM table."""
+    global FITTED_DIR, MOMENTS, GUIDANCE
+    FITTED_DIR, GUIDANCE = fitted_dir or os.path.join(model, "grids"), guidance
+    MOMENTS = os.path.join(model, "data_moments.safetensors")
+    module = load(model, dry_run)
+    net = module.net.to(device).eval()
+    if guidance is not None:
+        net = Guided(net, float(guidance))
+    time_scale = float(getattr(net, "time_scale", N_TRAIN)) / float(getattr(net, "T", module.sde.T))
+    _, t_table = vp_table(module.sde)
+
+    def diffusers_model(x, t):  # integer timestep k -> SDE time t_k
+        k = int(round(float(t)))
+        return net(x, torch.full((x.shape[0],), float(t_table[k]), device=x.device)).float()
+
+    def lit_model(x, t):  # continuous timestep in UNet units -> SDE time
+        return net(x, torch.full((x.shape[0],), float(t) / time_scale, device=x.device)).float()
+
+    return module, time_scale, lit_model, diffusers_model
+
+
 def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--model", default=os.path.join(os.path.dirname(__file__), "..", "checkpoints", "mnist"))
@@ -363,28 +388,11 @@ def main(argv=None) -> dict:
         torch.set_num_threads(a.threads)
     if a.from_json:
         return _redraw(a)
-    global FITTED_DIR, MOMENTS, GUIDANCE
-    FITTED_DIR, GUIDANCE = a.fitted_dir or os.path.join(a.model, "grids"), a.guidance
-    MOMENTS = os.path.join(a.model, "data_moments.safetensors")
     if a.dry_run:
         a.n, a.seeds, a.nfe, a.batch = 8, [0], [4], 8
-    module = load(a.model, a.dry_run)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    net = module.net.to(device).eval()
-    if a.guidance is not None:
-        net = Guided(net, float(a.guidance))
-    sde = module.sde
-    time_scale = float(getattr(net, "time_scale", N_TRAIN)) / float(getattr(net, "T", sde.T))
-    _, t_table = vp_table(sde)
-
-    def diffusers_model(x, t):  # integer timestep k -> SDE time t_k
-        k = int(round(float(t)))
-        return net(x, torch.full((x.shape[0],), float(t_table[k]), device=x.device)).float()
-
-    def lit_model(x, t):  # continuous timestep in UNet units -> SDE time
-        return net(x, torch.full((x.shape[0],), float(t) / time_scale, device=x.device)).float()
-
-    shape = tuple(module.data_shape)
+    module, time_scale, lit_model, diffusers_model = prepare_model(a.model, a.guidance, a.dry_run, device, a.fitted_dir)
+    sde, shape = module.sde, tuple(module.data_shape)
     a.reference_samples = None
     if a.reference:
         a.reference_samples = reference_samples(a, sde, time_scale, lit_model, diffusers_model, shape, device)

@@ -47,17 +47,10 @@ def main(argv=None) -> list:
         torch.set_num_threads(a.threads)
     if a.dry_run:
         a.n, a.nfe, a.reference_nfe = 4, [4], 8
-    rm.FITTED_DIR, rm.MOMENTS = os.path.join(a.model, "grids"), os.path.join(a.model, "data_moments.safetensors")
-    rm.GUIDANCE = a.guidance  # (SDEScheduler told of the guidance, as a pipeline would)
-    module = rm.load(a.model, a.dry_run)
-    net = module.net.eval() if a.guidance is None else rm.Guided(module.net.eval(), float(a.guidance))
+    # (SDEScheduler is told of the guidance, as a pipeline would)
+    module, time_scale, lit_model, diffusers_model = rm.prepare_model(a.model, a.guidance, a.dry_run, torch.device("cpu"))
     sde, shape = module.sde, tuple(module.data_shape)
-    time_scale = float(getattr(net, "time_scale", rm.N_TRAIN)) / float(getattr(net, "T", sde.T))
-    _, t_table = rm.vp_table(sde)
-    models = {
-        "lit": lambda x, t: net(x, torch.full((x.shape[0],), float(t) / time_scale)).float(),
-        "diffusers": lambda x, t: net(x, torch.full((x.shape[0],), float(t_table[int(round(float(t)))]))).float(),
-    }
+    models = {"lit": lit_model, "diffusers": diffusers_model}
     rows = {label: (kind, opts) for label, kind, opts in rm.ODE_SAMPLERS}
 
     def run(label, nfe):

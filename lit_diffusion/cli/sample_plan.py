@@ -179,8 +179,7 @@ def _stepper_and_steps(args, sampler: str, model, options: dict):
         from ..sampling.defaults import guided_layout
         from ..sampling.samplers import default_schedule
 
-        guided = guided_layout(getattr(args, "guidance_scale", None) if getattr(args, "class_label", None) is not None else None,
-                               getattr(args, "final_denoise", False))
+        guided = guided_layout(getattr(args, "guidance_scale", None), getattr(args, "final_denoise", False))
         if not guided:  # (grids are fitted without guidance)
             _use_model_grid(args, sampler)
         args.schedule = default_schedule(sampler, bool(args.ode), int(args.steps), guided)
