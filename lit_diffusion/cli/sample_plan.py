@@ -135,7 +135,7 @@ def _check_output_args(args) -> None:
 #: the command-line options of each sampler's stepper (each refused with the other samplers)
 SAMPLER_OPTIONS = (
     ("pc", ("predictor", "n_corrector", "snr", "snr_norm")),
-    ("multistep", ("solver_order", "corrector")),
+    ("multistep", ("solver_order", "corrector", "eta")),
     ("ddram", ("evals_per_step", "midpoint")),
 )
 

@@ -45,7 +45,7 @@ __all__ = ["SDEScheduler", "SCHEDULER_SAMPLERS", "dynamic_threshold"]
 from .scheduler_config import (  # noqa: E402,F401  (re-exported)
     REFUSED_SAMPLERS, FINAL_SIGMAS_TYPES, SCHEDULER_SAMPLERS, as_float, check_model_output, check_num_steps, check_numbers,
     check_sampler_name, check_schedule_name, diffusers_schedule, ends_with_denoising_step, dynamic_threshold,
-    fitted_grids, gaussian_start_of_config, process_of_config, stepper_options,
+    fitted_grids, gaussian_start_of_config, process_of_config, stepper_for_eta, stepper_options,
 )
 from .scheduler_layout import EvaluationLayout  # noqa: E402
 
@@ -78,7 +78,9 @@ class SDEScheduler(EvaluationLayout, SchedulerMixin, ConfigMixin):
     *sampler* — ``sampler`` (one of :data:`SCHEDULER_SAMPLERS`), ``schedule`` (one of
     :data:`lit_diffusion.core.schedules.SCHEDULES` or ``"diffusers"``: diffusers' integer spacing),
     ``parametrization`` (``score``, ``relative_score``, ``denoiser``; ``None``: the sampler's
-    default), ``ode``, ``predictor`` / ``n_corrector`` / ``snr`` / ``snr_norm`` (PC), ``rho`` (EDM schedule),
+    default), ``ode``, ``predictor`` / ``n_corrector`` / ``snr`` / ``snr_norm`` (PC), ``solver_order`` /
+    ``lower_order_final`` / ``corrector`` / ``noise_band`` / ``eta`` (multistep; ``eta``: the SDE form's
+    stochasticity, docs/maths.md §5), ``rho`` (EDM schedule),
     ``final_denoise`` (one more evaluation at ``t_min`` returning the denoised estimate, like DDPM's
     last step), ``seed`` (DDRaM midpoints when ``set_timesteps`` gets no generator; default 0, so
     that a seeded pipeline is reproducible; ``None``: torch's global RNG), ``fitted_grid``,
@@ -116,6 +118,7 @@ class SDEScheduler(EvaluationLayout, SchedulerMixin, ConfigMixin):
         lower_order_final: bool = True,
         corrector: Optional[bool] = None,
         noise_band: Optional[List[float]] = None,
+        eta: Optional[float] = None,
         midpoint: str = "law",
         evals_per_step: Optional[int] = None,
         fitted_grid: Optional[list] = None,
@@ -162,7 +165,7 @@ class SDEScheduler(EvaluationLayout, SchedulerMixin, ConfigMixin):
         parametrization, options = stepper_options(
             name, self.sde, parametrization, predictor, n_corrector=n_corrector, snr=snr, snr_norm=snr_norm,
             solver_order=solver_order, lower_order_final=lower_order_final, corrector=corrector, noise_band=noise_band,
-            inverse=inverse, midpoint=midpoint, evals_per_step=evals_per_step)
+            inverse=inverse, midpoint=midpoint, evals_per_step=evals_per_step, eta=eta)
         self._stepper_args = (name, parametrization, options)
         self.stepper = get_stepper(name, self.sde, parametrization=parametrization, ode=bool(ode), **options)
         self.order = int(self.stepper.evals_per_step)
@@ -269,9 +272,10 @@ class SDEScheduler(EvaluationLayout, SchedulerMixin, ConfigMixin):
         (a DDRaM midpoint, a PC corrector point, ...) or the end point of the step.
 
         Keywords that pipelines pass: ``eta`` (DDIM's stochasticity level) is honoured: ``0`` runs
-        the probability-flow ODE, ``1`` the reverse SDE (DDPM's level); it is read at the first
-        step of a run (the run is laid out again if it changes the mode) and may not change within
-        it; values in between are refused.  ``use_clipped_model_output`` has no effect: with
+        the probability-flow ODE, ``1`` the reverse SDE (DDPM's level), and multistep any level in
+        between (``eta`` of the config, docs/maths.md §5); it is read at the first step of a run (the
+        run is laid out again if it changes the mode) and may not change within it; the other samplers
+        refuse values in between.  ``use_clipped_model_output`` has no effect: with
         ``clip_sample``/``thresholding`` the field is always recomputed from the clipped denoised
         estimate (DDIM's ``True``).  ``variance_noise`` (a caller's own noise) is refused.
         """
@@ -352,22 +356,14 @@ class SDEScheduler(EvaluationLayout, SchedulerMixin, ConfigMixin):
         return st
 
     def _apply_eta(self, eta) -> None:
-        eta = float(eta)
-        if eta not in (0.0, 1.0):
-            raise ValueError(
-                f"eta={eta!r} is not supported: SDEScheduler runs the probability-flow ODE (eta=0) or the "
-                "reverse SDE (eta=1, DDPM's level); intermediate levels are not implemented"
-            )
-        want_ode = eta == 0.0
-        if want_ode == (not self.stepper.stochastic):
+        new = stepper_for_eta(self.stepper, self._stepper_args, self.sde, eta)
+        if new is None:
             return
         if self._step_index is not None:
-            raise ValueError(f"eta={eta:g} changes the sampler's mode in the middle of a run; pass the same eta to every step")
-        from ..sampling.samplers import get_stepper
-
-        name, parametrization, options = self._stepper_args
+            raise ValueError(f"eta={float(eta):g} changes the sampler's mode in the middle of a run; pass the same eta to every step")
+        name = self._stepper_args[0]
         old = self.timesteps
-        self.stepper = get_stepper(name, self.sde, parametrization=parametrization, ode=want_ode, **options)
+        self.stepper = new
         self.set_timesteps(*self._last_layout)
         if self.timesteps.shape != old.shape or float(self.timesteps[0]) != float(old[0]):
             raise ValueError(f"eta={eta:g} changes the number of evaluations of sampler {name!r}; set ode= in the config instead")

@@ -198,7 +198,10 @@ def stepper_options(name: str, sde, parametrization, predictor, **opts) -> tuple
         band = opts["noise_band"]
         options.update(solver_order=opts["solver_order"], lower_order_final=bool(opts["lower_order_final"]),
                        corrector=None if opts["corrector"] is None else bool(opts["corrector"]), noise_band=None if band is None else list(band),
-                       inverse=bool(opts["inverse"]))
+                       inverse=bool(opts["inverse"]), eta=opts["eta"])
+    elif opts["eta"] is not None:
+        raise ValueError(f"eta={opts['eta']!r} (the stochasticity of the SDE form) applies to sampler 'multistep'; sampler "
+                         f"{name!r} runs the reverse SDE (ode=False) or the probability-flow ODE (ode=True)")
     if name == "ddram":
         options["midpoint"] = opts["midpoint"]
         if opts["evals_per_step"] is not None:  # (else the stepper's own default)
@@ -211,6 +214,25 @@ def stepper_options(name: str, sde, parametrization, predictor, **opts) -> tuple
         if predictor is not None:
             options["predictor"] = predictor
     return parametrization, options
+
+
+def stepper_for_eta(stepper, stepper_args, sde, eta):
+    """The stepper that a pipeline's ``step(eta=...)`` asks for, or ``None`` when ``stepper`` runs it:
+    ``0`` the probability-flow ODE, ``1`` the reverse SDE (DDPM's level); multistep runs any
+    ``0 < eta <= 4`` (docs/maths.md §5, "Stochasticity": DDIM's level to first order in the step)."""
+    eta = float(eta)
+    name, parametrization, options = stepper_args
+    if eta not in (0.0, 1.0) and not (name == "multistep" and 0.0 < eta <= 4.0):
+        raise ValueError(f"eta={eta!r} is not supported by sampler {name!r}: it runs the probability-flow ODE (eta=0) or the "
+                         "reverse SDE (eta=1, DDPM's level); sampler 'multistep' runs any 0 < eta <= 4")
+    want_ode = eta == 0.0
+    if want_ode == (not stepper.stochastic) and (want_ode or getattr(stepper, "eta", 1.0) == eta):
+        return None
+    if name == "multistep":
+        options = {**options, "eta": None if want_ode else eta}
+    from ..sampling.samplers import get_stepper
+
+    return get_stepper(name, sde, parametrization=parametrization, ode=want_ode, **options)
 
 
 def gaussian_start_of_config(path, noise_ratio, inverse: bool):

@@ -24,7 +24,7 @@ import torch
 from torch import Tensor
 
 from ..core.sdes import LinearSDE, compute_dtype
-from .defaults import MULTISTEP_CORRECTOR_RUN
+from .defaults import MULTISTEP_CORRECTOR_RUN, MULTISTEP_LOW_NOISE_RUN, MULTISTEP_SHORT_RUN_ETA
 from .steps import StepState, as_times, per_sample_coef
 
 __all__ = ["MultistepStepper", "kernel_moments", "lagrange_weights", "MAX_ORDER", "DEFAULT_ORDER"]
@@ -35,6 +35,7 @@ __all__ = ["MultistepStepper", "kernel_moments", "lagrange_weights", "MAX_ORDER"
 DEFAULT_ORDER = 2
 
 MAX_ORDER = 3
+DEFAULT_ETA = 1.0
 F64 = torch.float64
 
 
@@ -68,10 +69,10 @@ def _psi_float(k: int, h: float) -> float:
     return rec
 
 
-def _weights_float(nodes: Sequence[float], h: float, stochastic: bool) -> list[float]:
-    """:func:`lagrange_weights` of :func:`kernel_moments` for float nodes and step."""
-    n = len(nodes)
-    M = [_psi_float(k, 2 * h) / 2.0**k for k in range(n)] if stochastic else [_psi_float(k, h) for k in range(n)]
+def _weights_float(nodes: Sequence[float], h: float, eta: float) -> list[float]:
+    """:func:`lagrange_weights` of :func:`kernel_moments` for float nodes and step; ``eta = 0``: the ODE kernel."""
+    n, c = len(nodes), 1.0 + eta * eta
+    M = [_psi_float(k, c * h) / c**k for k in range(n)]
     out = []
     for i in range(n):
         coef, denom = [1.0], 1.0
@@ -88,12 +89,11 @@ def _weights_float(nodes: Sequence[float], h: float, stochastic: bool) -> list[f
     return out
 
 
-def kernel_moments(h: Tensor, n: int, stochastic: bool) -> list[Tensor]:
-    """``M_k = ∫_0^h K(τ) τ^k dτ`` for ``k < n``; ``K = e^{τ−h}`` (ODE) or ``2 e^{2(τ−h)}`` (SDE, which
-    is ``2^{−k} ψ_k(2h)``)."""
-    if stochastic:
-        return [_psi(k, 2 * h) / 2.0**k for k in range(n)]
-    return [_psi(k, h) for k in range(n)]
+def kernel_moments(h: Tensor, n: int, stochastic: bool, eta: float = 1.0) -> list[Tensor]:
+    """``M_k = ∫_0^h K(τ) τ^k dτ`` for ``k < n``; ``K = e^{τ−h}`` (ODE) or ``c e^{c(τ−h)}``, ``c = 1 + η²``
+    (SDE form of stochasticity ``eta``; ``2 e^{2(τ−h)}`` at ``η = 1``), which is ``c^{−k} ψ_k(c h)``."""
+    c = 1.0 + float(eta) ** 2 if stochastic else 1.0
+    return [_psi(k, c * h) / c**k for k in range(n)]
 
 
 def lagrange_weights(nodes: Sequence[Tensor], moments: Sequence[Tensor]) -> list[Tensor]:
@@ -153,6 +153,12 @@ class MultistepStepper:
             (decided by :meth:`reset` from the grid; off when the grid is unknown).
         noise_band: SDE form only: ``(lo, hi)`` noise levels ``σ/α``; steps starting outside run as the
             ODE (e.g. ``(0.05, 50)``); ``None``: every step is stochastic.
+        eta: SDE form only: the stochasticity ``η`` of the reverse process ``dX = [aX − ½(1+η²) g² ∇log p]
+            dt + η g dW̄`` (docs/maths.md §5, "Stochasticity"): ``1`` the reverse SDE, smaller values
+            inject less noise and keep less of its error contraction (``η → 0``: ``ode=True``).
+            ``None`` (default): :data:`~lit_diffusion.sampling.defaults.MULTISTEP_SHORT_RUN_ETA` (0.5)
+            on runs of at most :data:`~lit_diffusion.sampling.defaults.MULTISTEP_LOW_NOISE_RUN` steps,
+            the measured best, else 1 (decided by :meth:`reset` from the grid; 1 when it is unknown).
         inverse: ODE form only: steps go from ``t`` up to ``s > t`` (encoding data to noise; the
             formulas are exact in either direction, ``h < 0``).
         method: accepted for uniformity with the other samplers (the coefficients are closed forms).
@@ -168,7 +174,8 @@ class MultistepStepper:
 
     def __init__(self, sde: LinearSDE, parametrization: str = "denoiser", ode: bool = False,
                  solver_order: Optional[int] = None, lower_order_final: bool = True, corrector: Optional[bool] = None,
-                 noise_band: Optional[Sequence[float]] = None, inverse: bool = False, method: str = "auto"):
+                 noise_band: Optional[Sequence[float]] = None, inverse: bool = False, method: str = "auto",
+                 eta: Optional[float] = None):
         if parametrization != "denoiser":
             raise ValueError(f"sampler 'multistep' integrates the denoiser; got parametrization={parametrization!r}")
         if solver_order is None:
@@ -182,6 +189,11 @@ class MultistepStepper:
             if not (0 <= lo < hi):
                 raise ValueError(f"noise_band={tuple(noise_band)!r} is invalid; give (lo, hi) noise levels sigma/alpha with 0 <= lo < hi")
             noise_band = (lo, hi)
+        if ode and eta is not None:
+            raise ValueError(f"eta={eta!r} applies to the SDE form only (ode=False); the ODE form is eta=0")
+        if eta is not None and not (0.0 < float(eta) <= 4.0):
+            raise ValueError(f"eta={eta!r} is invalid; give 0 < eta <= 4 (1: the reverse SDE; eta -> 0: the ODE, ode=True)")
+        self._eta_option = None if eta is None else float(eta)
         self.sde = sde
         self.parametrization = self.field_kind = "denoiser"
         self.ode = bool(ode)
@@ -203,6 +215,10 @@ class MultistepStepper:
         self._final_jump = bool(final_jump) and not self.inverse and self._grid is not None and float(
             self._grid[-1]) > self.sde.t_min * (1 + 1e-5)
         self._hist = _History(-1.0 if self.inverse else 1.0)
+        self.eta = self._eta_option
+        if self.eta is None:  # the measured best by the run's length (defaults.MULTISTEP_LOW_NOISE_RUN)
+            short = self._grid is not None and self._grid.numel() - 1 <= MULTISTEP_LOW_NOISE_RUN
+            self.eta = MULTISTEP_SHORT_RUN_ETA if short else DEFAULT_ETA
         self.corrector = self._corrector_option
         if self.corrector is None:
             self.corrector = self._grid is not None and self._grid.numel() - 1 <= MULTISTEP_CORRECTOR_RUN
@@ -228,7 +244,7 @@ class MultistepStepper:
 
     def __repr__(self):
         return (f"MultistepStepper(sde={self.sde!r}, ode={self.ode}, solver_order={self.solver_order}, "
-                f"corrector={self._corrector_option}, noise_band={self.noise_band})")
+                f"corrector={self._corrector_option}, noise_band={self.noise_band}, eta={self._eta_option})")
 
     def midpoint(self, t, s, u):
         raise NotImplementedError("multistep has no midpoint")
@@ -279,24 +295,25 @@ class MultistepStepper:
     def _update(self, xc: Tensor, nodes, values, ell_t, ell_s, alpha_s, sigma_s, sigma_t, stochastic, noise):
         """``X̃_s`` from ``X̃_t``, the denoiser values at ``nodes`` (τ relative to ``ℓ_t``) and the noise.
         Times are floats (shared by the batch: scalar arithmetic, the fast path) or per-sample tensors."""
+        eta = self.eta if stochastic else 0.0  # e^{-η²h}: the state's extra decay; the noise's variance 1 - e^{-2η²h}
         if isinstance(ell_t, float):
             h = ell_s - ell_t
-            w = _weights_float(nodes, h, stochastic)
-            phi = sigma_s / sigma_t * (math.exp(-h) if stochastic else 1.0)
+            w = _weights_float(nodes, h, eta)
+            phi = sigma_s / sigma_t * math.exp(-eta * eta * h)
             out = xc * phi
             for wi, d in zip(w, values):
                 out = out.add(d, alpha=alpha_s * wi)
             if stochastic:
-                out = out.add(noise, alpha=sigma_s * math.sqrt(-math.expm1(-2 * h)))
+                out = out.add(noise, alpha=sigma_s * math.sqrt(-math.expm1(-2 * eta * eta * h)))
             return out
         h = ell_s - ell_t
-        w = lagrange_weights(nodes, kernel_moments(h, len(nodes), stochastic))
-        phi = sigma_s / sigma_t * (torch.exp(-h) if stochastic else 1.0)
+        w = lagrange_weights(nodes, kernel_moments(h, len(nodes), stochastic, eta))
+        phi = sigma_s / sigma_t * torch.exp(-eta * eta * h)
         out = per_sample_coef(phi, xc) * xc
         for wi, d in zip(w, values):
             out = out + per_sample_coef(alpha_s * wi, xc) * d
         if stochastic:
-            out = out + per_sample_coef(sigma_s * torch.sqrt(-torch.expm1(-2 * h)), xc) * noise
+            out = out + per_sample_coef(sigma_s * torch.sqrt(-torch.expm1(-2 * eta * eta * h)), xc) * noise
         return out
 
     def _coefficients(self, t: Tensor, s: Tensor):

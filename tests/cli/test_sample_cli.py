@@ -72,7 +72,8 @@ def _files(p: Path):
 # ------------------------------------------------------------------------------------------------
 # end to end
 # ------------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("sampler,options", [("euler", {}), ("ddram", {}), ("ddram", {"evals_per_step": 1})])
+@pytest.mark.parametrize("sampler,options", [("euler", {}), ("ddram", {}), ("ddram", {"evals_per_step": 1}),
+                                             ("multistep", {"eta": 0.7})])
 def test_lightning_checkpoint_matches_library_sampler(ckpt, tmp_path, sampler, options):
     """sample.py == samplers.sample on the checkpoint's EMA field with generators seeded seed+i,
     although sample.py works in chunks of 4 and the reference in one batch of 6."""
@@ -259,6 +260,8 @@ def test_other_bad_options(ckpt, tmp_path, capsys):
     _expect_error(["-c", ckpt, "--sampler", "multistep", "--evals-per-step", 1], capsys, tmp_path / "o", "--evals-per-step",
                   "only apply to --sampler ddram")
     _expect_error(["-c", ckpt, "--sampler", "ddram", "--midpoint", "middle"], capsys, tmp_path / "o", "'middle'", "log_snr")
+    _expect_error(["-c", ckpt, "--sampler", "ddram", "--eta", 0.5], capsys, tmp_path / "o", "--eta", "only apply to --sampler multistep")
+    _expect_error(["-c", ckpt, "--sampler", "multistep", "--eta", 0], capsys, tmp_path / "o", "eta=0.0 is invalid", "0 < eta <= 4")
 
 
 def test_missing_checkpoint(tmp_path, capsys):

@@ -35,8 +35,20 @@ def test_ddim_pipeline_passes_eta_and_it_is_honoured():
     # use_clipped_model_output is accepted)
     sde = run(SDEScheduler(sampler="ddram", seed=0), eta=1.0, use_clipped_model_output=True)
     assert not np.allclose(sde, ode, atol=1e-3)
-    with pytest.raises(ValueError, match="eta=0.5 is not supported"):
+    with pytest.raises(ValueError, match="eta=0.5 is not supported by sampler 'ddram'"):
         run(SDEScheduler(sampler="ddram", seed=0), eta=0.5)
+    # multistep runs any level (docs/maths.md §5, "Stochasticity"); the pipeline's eta wins over the config's
+    # (DDIMPipeline passes eta=0.0 unless told)
+    half = run(SDEScheduler(sampler="multistep"), eta=0.5)
+    assert np.allclose(run(SDEScheduler(sampler="multistep", eta=0.5), eta=0.5), half, atol=1e-6)
+    assert np.allclose(run(SDEScheduler(sampler="multistep", eta=0.5)), run(SDEScheduler(sampler="multistep", ode=True)), atol=1e-6)
+    full = run(SDEScheduler(sampler="multistep"), eta=1.0)
+    assert np.allclose(run(SDEScheduler(sampler="multistep", eta=0.5), eta=1.0), full, atol=1e-6)
+    assert not np.allclose(half, full, atol=1e-3)
+    with pytest.raises(ValueError, match=r"eta=0.5 \(the stochasticity of the SDE form\) applies to sampler 'multistep'"):
+        SDEScheduler(sampler="ddram", eta=0.5)
+    with pytest.raises(ValueError, match="eta=0.5 applies to the SDE form only"):
+        SDEScheduler(sampler="multistep", ode=True, eta=0.5)
     with pytest.raises(ValueError, match="variance_noise"):
         s = SDEScheduler()
         s.set_timesteps(2)

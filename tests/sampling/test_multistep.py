@@ -46,11 +46,12 @@ def _slope(ns, errs) -> float:
 def test_kernel_moments_and_weights_are_exact_integrals():
     h = torch.tensor([1e-4, 0.3, 0.999, 1.001, 4.0], dtype=torch.float64)
     taus = torch.linspace(0, 1, 20001, dtype=torch.float64)
-    for stochastic in (False, True):
-        M = kernel_moments(h, 4, stochastic)
+    for stochastic, eta in ((False, 1.0), (True, 1.0), (True, 0.4), (True, 1.7)):
+        M = kernel_moments(h, 4, stochastic, eta)
+        c = 1 + eta**2 if stochastic else 1.0
         for i, hi in enumerate(h.tolist()):
             tau = taus * hi
-            K = torch.exp(tau - hi) if not stochastic else 2 * torch.exp(2 * (tau - hi))
+            K = c * torch.exp(c * (tau - hi))
             for k in range(4):
                 quad = torch.trapezoid(K * tau**k, tau)
                 assert float(M[k][i]) == pytest.approx(float(quad), rel=1e-7, abs=1e-16)
@@ -139,6 +140,43 @@ def test_sde_form_samples_the_target_and_order_helps():
     assert var_err[1] > 2 * max(var_err[2], var_err[3]), var_err
 
 
+@pytest.mark.parametrize("name", ["VP", "VE", "ContractiveOU", "DiscreteVP"])
+@pytest.mark.parametrize("eta", [0.3, 1.0, 2.0])
+def test_every_stochasticity_keeps_a_point_mass_marginal_exactly(name, eta):
+    """docs/maths.md §5 "Stochasticity": one step with a constant denoiser ``D = x_0`` maps the forward
+    marginal ``x_t = α_t x_0 + m_t + σ_t ε`` to ``α_s x_0 + m_s + σ_s (e^{−η²h} ε + √(1 − e^{−2η²h}) z)``,
+    the same marginal at ``s``, for every ``η``."""
+    from lit_diffusion.sampling.multistep import MultistepStepper
+
+    sde = _sdes()[name]
+    t, s = 0.6 * sde.T, 0.25 * sde.T
+    tt = torch.full((3,), t, dtype=torch.float64)
+    ss = torch.full((3,), s, dtype=torch.float64)
+    x0 = torch.tensor([[0.7], [-1.2], [2.0]], dtype=torch.float64)
+    eps = torch.tensor([[0.3], [1.1], [-0.8]], dtype=torch.float64)
+    z = torch.tensor([[-0.5], [0.2], [1.4]], dtype=torch.float64)
+    a_t, s_t, m_t = sde.alpha(tt)[:, None], sde.sigma(tt)[:, None], sde.mean_offset(tt)[:, None]
+    a_s, s_s, m_s = sde.alpha(ss)[:, None], sde.sigma(ss)[:, None], sde.mean_offset(ss)[:, None]
+    h = 0.5 * (sde.log_snr(ss) - sde.log_snr(tt))[:, None]
+    stepper = MultistepStepper(sde, eta=eta, solver_order=1, corrector=False)
+    for shared in (True, False):  # the float fast path (grid known) and the per-sample tensor path
+        stepper.reset(torch.tensor([t, s], dtype=torch.float64) if shared else None)
+        st = stepper.start(a_t * x0 + m_t + s_t * eps, tt, ss)
+        st.advance(x0, noise=z)
+        kept = torch.exp(-eta**2 * h)
+        want = a_s * x0 + m_s + s_s * (kept * eps + torch.sqrt(1 - kept**2) * z)
+        assert torch.allclose(st.x, want, rtol=1e-10, atol=1e-12), (shared, st.x, want)
+
+
+def test_sde_form_samples_the_target_at_any_stochasticity():
+    """``eta=0.5`` (half the SDE's noise level) reaches the Gaussian target's mean and variance too."""
+    n = 20000
+    x = sample(GAUSS, VP(), shape=(n, 2), sampler="multistep", steps=60, schedule="log_snr", eta=0.5, corrector=False,
+               generator=torch.Generator().manual_seed(3), dtype=torch.float64).samples
+    assert torch.allclose(x.mean(0), MU, atol=4 * (VAR.sqrt() / math.sqrt(n)).max().item() + 0.01)
+    assert float(((x.var(0) - VAR) / VAR).abs().max()) < 0.05
+
+
 def test_noise_band_runs_the_ode_outside_it():
     tgt = get_target("ring8_2d")
     sde = VP()
@@ -153,14 +191,14 @@ def test_noise_band_runs_the_ode_outside_it():
     assert torch.allclose(empty, ode, atol=1e-12) and torch.allclose(full, plain, atol=1e-12)
 
 
-@pytest.mark.parametrize("ode", [True, False])
-def test_scheduler_runs_the_same_solver_one_evaluation_per_step(ode):
+@pytest.mark.parametrize("ode,eta", [(True, None), (False, None), (False, 0.4)])
+def test_scheduler_runs_the_same_solver_one_evaluation_per_step(ode, eta):
     from lit_diffusion.integrations.scheduler import SDEScheduler
 
     sde = VP()
     tgt = get_target("ring8_2d")
     s = SDEScheduler(sampler="multistep", sde="VP", ode=ode, num_train_timesteps=1, prediction_type="epsilon",
-                     final_denoise=False)
+                     final_denoise=False, eta=eta)
     s.set_timesteps(8)
     assert s.order == 1 and len(s.timesteps) == 8
     g = torch.Generator().manual_seed(3)
@@ -171,7 +209,7 @@ def test_scheduler_runs_the_same_solver_one_evaluation_per_step(ode):
         eps = tgt.prediction(x.double(), tt, sde, "epsilon").float()
         x = s.step(eps, t, x, generator=g).prev_sample
     ref = sample(tgt, sde, x_T=x_T, sampler="multistep", ode=ode, steps=8, timesteps=s._grid,
-                 generator=torch.Generator().manual_seed(3))
+                 generator=torch.Generator().manual_seed(3), eta=eta)
     assert torch.allclose(x, ref.samples, atol=2e-4), (x - ref.samples).abs().max()
     # a second run after set_timesteps starts afresh (no history carried over)
     s.set_timesteps(8)
@@ -230,6 +268,11 @@ def test_bad_options_are_named():
         sample(GAUSS, sde, shape=(2, 2), sampler="multistep", solver_order=4)
     with pytest.raises(ValueError, match="noise_band applies to the SDE form only"):
         sample(GAUSS, sde, shape=(2, 2), sampler="multistep", ode=True, noise_band=(0.1, 1.0))
+    with pytest.raises(ValueError, match=r"eta=0.5 applies to the SDE form only"):
+        sample(GAUSS, sde, shape=(2, 2), sampler="multistep", ode=True, eta=0.5)
+    for bad in (0.0, -1.0, float("nan"), 5.0):
+        with pytest.raises(ValueError, match=r"eta=.* is invalid; give 0 < eta <= 4"):
+            sample(GAUSS, sde, shape=(2, 2), sampler="multistep", eta=bad)
     with pytest.raises(ValueError, match="does not support parametrization 'score'"):
         sample(GAUSS, sde, shape=(2, 2), sampler="multistep", parametrization="score")
 

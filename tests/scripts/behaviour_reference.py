@@ -12,7 +12,9 @@ final denoising jump of order 1; the uniform grid with that jump up to 7 steps, 
 on by default for multistep runs of at most 9 steps (docs/samplers.md "The corrector and the fitted
 grids"), and so did the Gaussian start from the moments shipped beside the MNIST model, which sample.py
 uses by default on multistep runs of at most 9 steps (``sample_cli``; docs/samplers.md "The Gaussian
-start"); ``train_weights`` and ``export`` are still those of the first reference."""
+start"), and so did the SDE form's stochasticity 0.5 on multistep runs of at most 5 steps (``pipeline_swap``;
+docs/samplers.md "Stochasticity"); ``train_weights`` and ``export`` are still those of
+the first reference."""
 
 from __future__ import annotations
 
