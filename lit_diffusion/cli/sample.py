@@ -78,8 +78,8 @@ def _add_sampler_options(p: argparse.ArgumentParser) -> None:
                    help="multistep: redo each step with the next evaluation as one more node (no extra evaluation; "
                    "default: on for runs of at most 9 steps, the measured best; --no-corrector turns it off)")
     p.add_argument("--eta", type=float, default=None,
-                   help="multistep, SDE form: the stochasticity 0 < eta <= 4 (1: the reverse SDE; default 0.5 on runs of "
-                   "at most 5 steps, 1 on longer ones, the measured best; docs/maths.md §5)")
+                   help="multistep, SDE form: the stochasticity 0 < eta <= 4 (1: the reverse SDE; default 0.5 on runs from T of "
+                   "at most 5 steps, else 1 (longer runs, a Gaussian start), the measured best; docs/samplers.md \"Stochasticity\")")
     p.add_argument("--evals-per-step", type=int, default=None, help="ddram: 2 (default) or 1 (the move to the midpoint "
                    "reuses the previous step's evaluation)")
     p.add_argument("--midpoint", default=None, help="ddram: where the midpoint is drawn: 'law' (default) or 'log_snr'")

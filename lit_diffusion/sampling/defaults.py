@@ -53,11 +53,13 @@ MULTISTEP_SHORT_RUN = 7
 MULTISTEP_CORRECTOR_RUN = 9
 
 
-#: multistep runs of at most this many steps take the SDE form's stochasticity ``eta`` from
-#: :data:`MULTISTEP_SHORT_RUN_ETA` unless told (``eta=None``); longer ones run the reverse SDE (``eta=1``).
-#: Measured on the shipped MNIST model (FID-MNIST of 1,000 samples, seeds 0 and 1, docs/samplers.md
-#: "Stochasticity"), default grids, from ``T``: at 5 evaluations (4 steps) eta 0.25 / 0.5 / 0.75 / 1 gave
-#: 14.32 / 14.19 / 15.27 / 18.02; at 6 (5 steps) 0.5 and 0.75 both 8.16 against 8.58 at eta 1
+#: multistep runs from ``T`` of at most this many steps take the SDE form's stochasticity ``eta`` from
+#: :data:`MULTISTEP_SHORT_RUN_ETA` unless told (``eta=None``); longer ones, and runs from a Gaussian
+#: start, run the reverse SDE (``eta=1``). Measured on the shipped MNIST model (FID-MNIST of 1,000
+#: samples, seeds 0 and 1, docs/samplers.md "Stochasticity"), default grids, from ``T``: at 5 evaluations
+#: (4 steps) eta 0.25 / 0.5 / 0.75 / 1 gave 14.32 / 14.19 / 15.27 / 18.02; at 6 (5 steps) 0.5 and 0.75
+#: both 8.16 against 8.58 at eta 1; on the grids fitted from ``T`` 13.95 / 7.27 at 0.5 against 15.39 /
+#: 7.47; from the Gaussian start (default grid) 0.5 lost: 6.89 / 6.18 against 6.79 / 5.78
 MULTISTEP_LOW_NOISE_RUN = 5
 MULTISTEP_SHORT_RUN_ETA = 0.5
 

@@ -157,8 +157,9 @@ class MultistepStepper:
             dt + η g dW̄`` (docs/maths.md §5, "Stochasticity"): ``1`` the reverse SDE, smaller values
             inject less noise and keep less of its error contraction (``η → 0``: ``ode=True``).
             ``None`` (default): :data:`~lit_diffusion.sampling.defaults.MULTISTEP_SHORT_RUN_ETA` (0.5)
-            on runs of at most :data:`~lit_diffusion.sampling.defaults.MULTISTEP_LOW_NOISE_RUN` steps,
-            the measured best, else 1 (decided by :meth:`reset` from the grid; 1 when it is unknown).
+            on runs of at most :data:`~lit_diffusion.sampling.defaults.MULTISTEP_LOW_NOISE_RUN` steps
+            from ``T``, the measured best, else 1 (a Gaussian start's runs begin below ``T``; decided
+            by :meth:`reset` from the grid; 1 when it is unknown).
         inverse: ODE form only: steps go from ``t`` up to ``s > t`` (encoding data to noise; the
             formulas are exact in either direction, ``h < 0``).
         method: accepted for uniformity with the other samplers (the coefficients are closed forms).
@@ -216,8 +217,9 @@ class MultistepStepper:
             self._grid[-1]) > self.sde.t_min * (1 + 1e-5)
         self._hist = _History(-1.0 if self.inverse else 1.0)
         self.eta = self._eta_option
-        if self.eta is None:  # the measured best by the run's length (defaults.MULTISTEP_LOW_NOISE_RUN)
-            short = self._grid is not None and self._grid.numel() - 1 <= MULTISTEP_LOW_NOISE_RUN
+        if self.eta is None:  # the measured best: short runs from T (defaults.MULTISTEP_LOW_NOISE_RUN)
+            short = self._grid is not None and self._grid.numel() - 1 <= MULTISTEP_LOW_NOISE_RUN and float(
+                self._grid[0]) >= self.sde.T * (1 - 1e-6)
             self.eta = MULTISTEP_SHORT_RUN_ETA if short else DEFAULT_ETA
         self.corrector = self._corrector_option
         if self.corrector is None:

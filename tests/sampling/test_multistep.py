@@ -177,6 +177,31 @@ def test_sde_form_samples_the_target_at_any_stochasticity():
     assert float(((x.var(0) - VAR) / VAR).abs().max()) < 0.05
 
 
+def test_the_default_stochasticity_is_lower_on_short_runs_from_T_only():
+    """``eta=None``: 0.5 on runs of at most MULTISTEP_LOW_NOISE_RUN steps from ``T`` (docs/samplers.md
+    "Stochasticity"), 1 on longer runs, on runs that begin below ``T`` (a Gaussian start) and with the
+    grid unknown; a given ``eta`` always wins."""
+    from lit_diffusion.core.schedules import get_timesteps
+    from lit_diffusion.sampling.defaults import MULTISTEP_LOW_NOISE_RUN, MULTISTEP_SHORT_RUN_ETA
+    from lit_diffusion.sampling.multistep import MultistepStepper
+
+    sde = VP()
+    st = MultistepStepper(sde)
+    for steps, T, want in ((MULTISTEP_LOW_NOISE_RUN, None, MULTISTEP_SHORT_RUN_ETA), (MULTISTEP_LOW_NOISE_RUN + 1, None, 1.0),
+                           (3, 0.5 * sde.T, 1.0)):
+        st.reset(get_timesteps(sde, steps, "uniform", T=T))
+        assert st.eta == want, (steps, T)
+    st.reset(None)
+    assert st.eta == 1.0
+    given = MultistepStepper(sde, eta=0.8)
+    given.reset(get_timesteps(sde, 3, "uniform"))
+    assert given.eta == 0.8 and MULTISTEP_SHORT_RUN_ETA == 0.5
+    # sample() with no eta runs 0.5 on a 4-step run from T
+    a = sample(GAUSS, sde, shape=(4, 2), sampler="multistep", steps=4, generator=torch.Generator().manual_seed(1)).samples
+    b = sample(GAUSS, sde, shape=(4, 2), sampler="multistep", steps=4, eta=0.5, generator=torch.Generator().manual_seed(1)).samples
+    assert torch.equal(a, b)
+
+
 def test_noise_band_runs_the_ode_outside_it():
     tgt = get_target("ring8_2d")
     sde = VP()
