@@ -164,8 +164,23 @@ class RunLock:
                 pass
 
     def acquire(self) -> "RunLock":
+        """Take the lock (:class:`FolderLockedError` when a live run holds it). A signal's exception
+        (SIGTERM's ``SystemExit``, Ctrl-C) that interrupts it, or ends the process before the caller
+        could keep the returned lock, does not leave the lock behind: the lock file is ours only while
+        this object can release it (on the way out of ``acquire``, else at interpreter exit)."""
         if self.held:
             return self
+        try:
+            self._acquire()
+        except BaseException:
+            self._drop()
+            raise
+        import atexit
+
+        atexit.register(self.release)
+        return self
+
+    def _acquire(self) -> None:
         # the folders this lock creates, removed again at release when the run left nothing in them
         self._created = []
         p = self.folder
@@ -202,7 +217,7 @@ class RunLock:
                 continue
             self.held = True
             self._start_heartbeat()
-            return self
+            return
         raise FolderLockedError(f"could not lock checkpoint folder {self.folder!r}: another run keeps taking it")
 
     def _start_heartbeat(self) -> None:
@@ -223,6 +238,13 @@ class RunLock:
     def release(self) -> None:
         if not self.held:
             return
+        import atexit
+
+        atexit.unregister(self.release)
+        self._drop()
+
+    def _drop(self) -> None:
+        """Stop the heartbeat, remove the lock file if it is this run's, and the folders it created if empty."""
         self._stop.set()
         self.held = False
         info = self.owner()

@@ -307,6 +307,29 @@ def test_sigterm_before_training_starts_exits_143_and_frees_the_folder(tmp_path)
 # --------------------------------------------------------------------------------------------
 # 8. the run lock
 # --------------------------------------------------------------------------------------------
+def test_a_signal_during_or_just_after_acquire_leaves_no_lock(tmp_path, monkeypatch):
+    """SIGTERM before training raises SystemExit(143) wherever the interpreter is: inside ``acquire``
+    after the lock file is linked (the full suite once caught train.py there), or after it returned but
+    before the caller kept the lock. Neither may leave the folder locked."""
+    from lit_diffusion.runtime.run_lock import RunLock
+
+    lock = RunLock(tmp_path / "a")
+
+    def interrupted():
+        raise SystemExit(143)
+
+    monkeypatch.setattr(lock, "_start_heartbeat", interrupted)  # right after the lock file is in place
+    with pytest.raises(SystemExit):
+        lock.acquire()
+    assert not (tmp_path / "a" / LOCK_NAME).exists() and not lock.held
+    # a fresh interpreter that takes the lock and exits without releasing it (the caller never got it)
+    code = ("import sys; from lit_diffusion.runtime.run_lock import RunLock; RunLock(sys.argv[1]).acquire(); "
+            "import os; assert os.path.exists(os.path.join(sys.argv[1], '.run.lock')); raise SystemExit(143)")
+    p = subprocess.run([sys.executable, "-c", code, str(tmp_path / "b")], env=_env(), capture_output=True, text=True, timeout=60)
+    assert p.returncode == 143, p.stderr[-2000:]
+    assert not (tmp_path / "b" / LOCK_NAME).exists()
+
+
 def test_lock_write_failure_leaves_no_lock_and_a_clear_error(tmp_path, monkeypatch):
     import lit_diffusion.runtime.run_lock as rl
 
