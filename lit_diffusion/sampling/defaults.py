@@ -58,8 +58,9 @@ MULTISTEP_CORRECTOR_RUN = 9
 #: start, run the reverse SDE (``eta=1``). Measured on the shipped MNIST model (FID-MNIST of 1,000
 #: samples, seeds 0 and 1, docs/samplers.md "Stochasticity"), default grids, from ``T``: at 5 evaluations
 #: (4 steps) eta 0.25 / 0.5 / 0.75 / 1 gave 14.32 / 14.19 / 15.27 / 18.02; at 6 (5 steps) 0.5 and 0.75
-#: both 8.16 against 8.58 at eta 1; on the grids fitted from ``T`` 13.95 / 7.27 at 0.5 against 15.39 /
-#: 7.47; from the Gaussian start (default grid) 0.5 lost: 6.89 / 6.18 against 6.79 / 5.78
+#: both 8.16 against 8.58 at eta 1; at 7 (6 steps) 6.18 / 5.92 / 5.93 at 0.5 / 0.75 / 1; on the grids
+#: fitted from ``T`` 13.95 / 7.27 at 0.5 against 15.39 / 7.47; from the Gaussian start (default grid)
+#: 0.5 lost: 6.89 / 6.18 against 6.79 / 5.78
 MULTISTEP_LOW_NOISE_RUN = 5
 MULTISTEP_SHORT_RUN_ETA = 0.5
 
