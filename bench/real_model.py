@@ -340,6 +340,21 @@ def _record(a, form, label, nfe, fids, evals, secs, accs, refs) -> dict:
     return row
 
 
+def wanted_rows(only):
+    """The labels ``--only`` names (None: all): one whole label, or labels separated by commas (by
+    semicolons when any has a comma). Unknown ones are refused, naming the valid labels, before any work."""
+    if only is None:
+        return None
+    labels = {r[0] for r in SDE_SAMPLERS + ODE_SAMPLERS}
+    if only.strip() in labels:
+        return {only.strip()}
+    wanted = {w.strip() for w in only.split(";" if ";" in only else ",")} - {""}
+    unknown = sorted(wanted - labels)
+    if unknown:
+        raise ValueError(f"--only: unknown labels {unknown}; valid labels: {sorted(labels)}")
+    return wanted
+
+
 def prepare_model(model: str, guidance, dry_run: bool, device, fitted_dir=None):
     """Load ``model`` (guided when ``guidance`` is given), point the module's fitted grids, moments and
     guidance at it, and return ``(module, time_scale, lit_model, diffusers_model)``: the two evaluation
@@ -372,7 +387,7 @@ def main(argv=None) -> dict:
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     p.add_argument("--nfe", type=int, nargs="+", default=[10, 20, 50, 100])
     p.add_argument("--batch", type=int, default=500)
-    p.add_argument("--only", default=None, help="labels to run, separated by commas (or by semicolons when a label has a comma)")
+    p.add_argument("--only", default=None, help="labels to run: one label as is, or several separated by commas (by semicolons when a label has a comma); unknown ones are refused")
     p.add_argument("--out", default=None, help="JSON lines file to append results to")
     p.add_argument("--threads", type=int, default=0)
     p.add_argument("--fitted-dir", default=None, help="folder of fitted grids multistep-<steps>.json (default: the model's grids/)")
@@ -395,13 +410,12 @@ def main(argv=None) -> dict:
     if a.dry_run:
         a.n, a.seeds, a.nfe, a.batch = 8, [0], [4], 8
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    wanted = wanted_rows(a.only)  # (bad labels refused before the model and the reference samples)
     module, time_scale, lit_model, diffusers_model = prepare_model(a.model, a.guidance, a.dry_run, device, a.fitted_dir)
     sde, shape = module.sde, tuple(module.data_shape)
     a.reference_samples = None
     if a.reference:
         a.reference_samples = reference_samples(a, sde, time_scale, lit_model, diffusers_model, shape, device)
-    sep = ";" if a.only is not None and ";" in a.only else ","
-    wanted = None if a.only is None else set(s.strip() for s in a.only.split(sep))
     results, pictures = [], {}
     for form, samplers in (("SDE", SDE_SAMPLERS), ("ODE", ODE_SAMPLERS)):
         for label, kind, opts in samplers:

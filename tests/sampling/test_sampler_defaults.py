@@ -165,6 +165,22 @@ def test_study_scripts_dry_run(capsys, monkeypatch):
     assert "RMS to its reference" in capsys.readouterr().out
 
 
+def test_benchmark_only_takes_one_label_with_a_comma_and_refuses_unknown_ones(monkeypatch):
+    """``--only "lit multistep 2, eta 0.5"`` once ran the default row (the label was split at its comma);
+    an unknown label is refused with the valid ones, before the model or any reference is built."""
+    monkeypatch.syspath_prepend(str(ROOT / "bench"))
+    import real_model
+
+    assert real_model.wanted_rows("lit multistep 2, eta 0.5") == {"lit multistep 2, eta 0.5"}
+    assert real_model.wanted_rows("UniPC,DDIM ") == {"UniPC", "DDIM"}
+    assert real_model.wanted_rows("lit multistep 2, eta 0.5;UniPC") == {"lit multistep 2, eta 0.5", "UniPC"}
+    with pytest.raises(ValueError, match=r"unknown labels \['eta 0.5x'\]"):
+        real_model.wanted_rows("lit multistep 2, eta 0.5x")
+    monkeypatch.setattr(real_model, "prepare_model", lambda *a, **k: pytest.fail("the model was loaded before the check"))
+    with pytest.raises(ValueError, match="valid labels"):
+        real_model.main(["--only", "no such row", "--reference", "UniPC@50"])
+
+
 @pytest.mark.skipif(not (SHIPPED / "model.safetensors").is_file(), reason="shipped model not present")
 def test_shipped_mnist_model_loads_and_samples_digits():
     from lit_diffusion.evaluation.feature_net import load_feature_net
