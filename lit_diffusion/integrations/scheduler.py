@@ -356,11 +356,12 @@ class SDEScheduler(EvaluationLayout, SchedulerMixin, ConfigMixin):
         return st
 
     def _apply_eta(self, eta) -> None:
+        eta = float(eta)
         new = stepper_for_eta(self.stepper, self._stepper_args, self.sde, eta)
         if new is None:
             return
         if self._step_index is not None:
-            raise ValueError(f"eta={float(eta):g} changes the sampler's mode in the middle of a run; pass the same eta to every step")
+            raise ValueError(f"eta={eta:g} changes the sampler's mode in the middle of a run; pass the same eta to every step")
         name = self._stepper_args[0]
         old = self.timesteps
         self.stepper = new

@@ -222,7 +222,7 @@ def stepper_for_eta(stepper, stepper_args, sde, eta):
     ``0 < eta <= 4`` (docs/maths.md §5, "Stochasticity": DDIM's level to first order in the step)."""
     eta = float(eta)
     name, parametrization, options = stepper_args
-    if eta not in (0.0, 1.0) and not (name == "multistep" and 0.0 < eta <= 4.0):
+    if eta not in (0.0, 1.0) and name != "multistep":  # (multistep checks its own range)
         raise ValueError(f"eta={eta!r} is not supported by sampler {name!r}: it runs the probability-flow ODE (eta=0) or the "
                          "reverse SDE (eta=1, DDPM's level); sampler 'multistep' runs any 0 < eta <= 4")
     want_ode = eta == 0.0

@@ -216,14 +216,14 @@ class MultistepStepper:
         self._final_jump = bool(final_jump) and not self.inverse and self._grid is not None and float(
             self._grid[-1]) > self.sde.t_min * (1 + 1e-5)
         self._hist = _History(-1.0 if self.inverse else 1.0)
+        steps = None if self._grid is None else self._grid.numel() - 1
         self.eta = self._eta_option
         if self.eta is None:  # the measured best: short runs from T (defaults.MULTISTEP_LOW_NOISE_RUN)
-            short = self._grid is not None and self._grid.numel() - 1 <= MULTISTEP_LOW_NOISE_RUN and float(
-                self._grid[0]) >= self.sde.T * (1 - 1e-6)
+            short = steps is not None and steps <= MULTISTEP_LOW_NOISE_RUN and float(self._grid[0]) >= self.sde.T * (1 - 1e-6)
             self.eta = MULTISTEP_SHORT_RUN_ETA if short else DEFAULT_ETA
         self.corrector = self._corrector_option
         if self.corrector is None:
-            self.corrector = self._grid is not None and self._grid.numel() - 1 <= MULTISTEP_CORRECTOR_RUN
+            self.corrector = steps is not None and steps <= MULTISTEP_CORRECTOR_RUN
         self._prev: Optional[dict] = None
         self._table: dict = {}
         if self._grid is not None:  # the coefficients at every grid time, once per run (float64)
