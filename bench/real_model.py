@@ -123,6 +123,15 @@ ODE_SAMPLERS = [
     ("DPM-Solver++ 2M", "DPMSolverMultistepScheduler", {"algorithm_type": "dpmsolver++", "solver_order": 2}),
     ("DPM-Solver++ 3M", "DPMSolverMultistepScheduler", {"algorithm_type": "dpmsolver++", "solver_order": 3}),
     ("UniPC", "UniPCMultistepScheduler", {}),
+    ("DPM-Solver++ 2M, lit grid", "DPMSolverMultistepScheduler", {"algorithm_type": "dpmsolver++", "solver_order": 2,
+                                                                "on_lit_grid": True}),
+    ("UniPC, Karras sigmas", "UniPCMultistepScheduler", {"use_karras_sigmas": True}),
+    ("UniPC, exponential sigmas", "UniPCMultistepScheduler", {"use_exponential_sigmas": True}),
+    ("UniPC, beta sigmas", "UniPCMultistepScheduler", {"use_beta_sigmas": True}),
+    ("DPM-Solver++ 2M, log-SNR spacing", "DPMSolverMultistepScheduler", {"algorithm_type": "dpmsolver++", "solver_order": 2,
+                                                                       "use_lu_lambdas": True}),
+    ("DPM-Solver++ 2M, Karras sigmas", "DPMSolverMultistepScheduler", {"algorithm_type": "dpmsolver++", "solver_order": 2,
+                                                                     "use_karras_sigmas": True}),
 ]
 
 
@@ -155,6 +164,15 @@ def _make_scheduler(kind: str, opts: dict, sde, time_scale: float, nfe: int = 0,
             raise ValueError(f"no fitted grid {path} (python -m lit_diffusion.cli.grid_fit)")
         grid = json.load(open(path))["timesteps"]
         return make_scheduler("lit", {**opts, "fitted_grid": [t * time_scale for t in grid]}, sde, time_scale)
+    if kind == "lit-end-fraction":  # the short run's grid ending at opts' end_fraction (bench/study_short_run_end.py)
+        from lit_diffusion.sampling.defaults import step_grid
+        from lit_diffusion.sampling.gaussian_start import GaussianStart
+
+        opts = dict(opts)
+        frac = opts.pop("end_fraction")
+        t_s = GaussianStart.load(opts["gaussian_start"]).start_time(sde) if opts.get("gaussian_start") else None
+        grid = step_grid(sde, "multistep", nfe - 1, "uniform", True, T=t_s, end_fraction=frac)
+        return make_scheduler("lit", {**opts, "fitted_grid": [t * time_scale for t in grid.tolist()]}, sde, time_scale)
     if kind == "lit-gauss":  # the Gaussian start from the moments saved beside the model (default noise ratio)
         if not os.path.exists(MOMENTS):
             raise ValueError(f"no moments file {MOMENTS} (python -m lit_diffusion.cli.gaussian_fit)")
@@ -184,7 +202,25 @@ def _make_scheduler(kind: str, opts: dict, sde, time_scale: float, nfe: int = 0,
         cfg["clip_sample"] = False
     if kind == "DDIMScheduler":
         cfg["set_alpha_to_one"] = False
-    return cls(**cfg, **opts)
+    opts = dict(opts)
+    on_lit_grid = opts.pop("on_lit_grid", False)
+    sched = cls(**cfg, **opts)
+    if on_lit_grid:  # the stock solver on the grid SDEScheduler runs by default, as integer timesteps
+        sched.set_timesteps = _on_lit_grid(sched.set_timesteps, sde)
+    return sched
+
+
+def _on_lit_grid(set_timesteps, sde):
+    """``set_timesteps(k)`` of a diffusers scheduler that takes ``timesteps=``, on the ODE form's default
+    grid of ``k`` steps with a final denoising evaluation (the timesteps ``round(1000 t)``)."""
+    from lit_diffusion.sampling.defaults import default_schedule, step_grid
+
+    def on_grid(k, device=None):
+        grid = step_grid(sde, "multistep", k, default_schedule("multistep", True, k), final_denoise=True)
+        ks = sorted({min(max(round(t * N_TRAIN), 1), N_TRAIN - 1) for t in grid.tolist()}, reverse=True)
+        return set_timesteps(timesteps=ks, device=device)
+
+    return on_grid
 
 
 def steps_for_budget(sched, nfe: int) -> tuple[int, int]:

@@ -224,7 +224,7 @@ def _terminal_error(out: torch.Tensor, ref: torch.Tensor) -> float:
 def start_grid(sde: LinearSDE, steps: int, ode: bool = True, final_denoise: bool = True, T: Optional[float] = None) -> torch.Tensor:
     """The grid :func:`~lit_diffusion.sampling.samplers.sample` runs multistep on for ``steps`` steps by
     default (the schedule of :func:`default_schedule`; with a final denoising evaluation on a short run,
-    the grid of one more step without ``t_min``), from ``T`` (a Gaussian start's time): where
+    the grid of one more step, ending halfway down to ``t_min``), from ``T`` (a Gaussian start's time): where
     :func:`fit_grid_terminal` starts."""
     from .defaults import default_schedule, step_grid
 

@@ -284,7 +284,8 @@ def sample(
             For short ``multistep`` runs, and guided ones of any length (``guidance_scale != 1``: then on
             the uniform grid by default, :func:`~lit_diffusion.sampling.defaults.guided_layout`), that
             evaluation replaces the last step: the grid is the schedule's grid of ``steps + 1`` steps
-            without ``t_min`` (:func:`~lit_diffusion.sampling.defaults.ends_with_denoising`).
+            without ``t_min``, its last point lowered towards ``t_min`` on unguided runs
+            (:func:`~lit_diffusion.sampling.defaults.ends_with_denoising`, :func:`~lit_diffusion.sampling.defaults.step_grid`).
         midpoint_u: DDRaM only: the uniforms of the midpoints, one per step ``(steps,)`` (shared by
             the batch, as :class:`~lit_diffusion.integrations.scheduler.SDEScheduler` draws them) or per step and
             sample ``(steps, B)``; drawn from ``generator`` per sample when None.

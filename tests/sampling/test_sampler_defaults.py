@@ -165,6 +165,25 @@ def test_study_scripts_dry_run(capsys, monkeypatch):
     assert "RMS to its reference" in capsys.readouterr().out
 
 
+def test_short_run_end_study_matches_the_default_at_its_fraction(monkeypatch):
+    """bench/study_short_run_end.py at the default fraction draws the default row's samples (the same
+    grid through the same loop), at fraction 1 other ones (the grid of one more step without t_min);
+    a fraction outside (0, 1] is refused by step_grid."""
+    from lit_diffusion.core.sdes import VP
+    from lit_diffusion.sampling.defaults import MULTISTEP_SHORT_RUN_END, step_grid
+
+    monkeypatch.syspath_prepend(str(ROOT / "bench"))
+    import study_short_run_end
+
+    out = study_short_run_end.main(["--dry-run", "--fractions", str(MULTISTEP_SHORT_RUN_END), "1", "--forms", "ode",
+                                    "--only-default"])["results"]
+    by = {r["sampler"]: r["fid"] for r in out}
+    assert set(by) == {"lit multistep 2 ODE", "lit multistep 2 ODE, end fraction 0.5", "lit multistep 2 ODE, end fraction 1"}
+    assert by["lit multistep 2 ODE, end fraction 0.5"] == by["lit multistep 2 ODE"] != by["lit multistep 2 ODE, end fraction 1"]
+    with pytest.raises(ValueError, match="end_fraction=1.5"):
+        step_grid(VP(), "multistep", 4, "uniform", True, end_fraction=1.5)
+
+
 def test_benchmark_only_takes_one_label_with_a_comma_and_refuses_unknown_ones(monkeypatch):
     """``--only "lit multistep 2, eta 0.5"`` once ran the default row (the label was split at its comma);
     an unknown label is refused with the valid ones, before the model or any reference is built."""

@@ -13,8 +13,9 @@ on by default for multistep runs of at most 9 steps (docs/samplers.md "The corre
 grids"), and so did the Gaussian start from the moments shipped beside the MNIST model, which sample.py
 uses by default on multistep runs of at most 9 steps (``sample_cli``; docs/samplers.md "The Gaussian
 start"), and so did the SDE form's stochasticity 0.5 on multistep runs of at most 5 steps (``pipeline_swap``;
-docs/samplers.md "Stochasticity"); ``train_weights`` and ``export`` are still those of
-the first reference."""
+docs/samplers.md "Stochasticity"), and so did the end of short multistep runs, halfway down to ``t_min``
+(``pipeline_swap``; docs/samplers.md "The end of short runs");
+``train_weights`` and ``export`` are still those of the first reference."""
 
 from __future__ import annotations
 
