@@ -130,8 +130,11 @@ def ends_with_denoising(sampler: str, steps: int, evals_per_step: int = 1, guide
 #: start down to there: the final jump to the data is shorter, the steps before it a little longer.
 #: Measured on the shipped MNIST model (FID-MNIST of 1,000 samples, docs/samplers.md "The end of short
 #: runs"): at 5 evaluations from T, seed 2 (the seed used to choose), ODE form, ending at t = 0.2 / 0.15 /
-#: 0.125 / 0.1 / 0.075 / 0.05 (fractions 1 / 0.75 / 0.62 / 0.5 / 0.37 / 0.25) gave 10.33 / 9.34 / 8.50 /
-#: 7.61 / 7.69 / 9.04; from the Gaussian start 6.89 -> 5.43 (fraction 0.5), at 6 evaluations 6.12 -> 5.23
+#: 0.125 / 0.1 / 0.075 / 0.05 (about fractions 1 / 0.75 / 0.62 / 0.5 / 0.37 / 0.25) gave 10.33 / 9.34 /
+#: 8.50 / 7.61 / 7.69 / 9.04; from the Gaussian start 6.89 -> 5.43 (fraction 0.5), at 6 evaluations
+#: 6.12 -> 5.23. Then on seeds 0-1, 5 / 6 / 8 evaluations from T: ODE 9.76 / 7.36 / 5.23 (fraction 1:
+#: 12.90 / 8.21 / 6.38), SDE 11.39 / 8.24 / 4.37 (14.19 / 8.16 / 5.25); from the Gaussian start ODE 5.31 /
+#: 5.32 / 5.27 (6.49 / 5.88 / 5.68), SDE 5.70 / 5.01 / 4.32 (6.79 / 5.78 / 4.42)
 MULTISTEP_SHORT_RUN_END = 0.5
 
 
