@@ -213,10 +213,10 @@ def _make_scheduler(kind: str, opts: dict, sde, time_scale: float, nfe: int = 0,
 def _on_lit_grid(set_timesteps, sde):
     """``set_timesteps(k)`` of a diffusers scheduler that takes ``timesteps=``, on the ODE form's default
     grid of ``k`` steps with a final denoising evaluation (the timesteps ``round(1000 t)``)."""
-    from lit_diffusion.sampling.defaults import default_schedule, step_grid
+    from lit_diffusion.sampling.grid_fit import start_grid
 
     def on_grid(k, device=None):
-        grid = step_grid(sde, "multistep", k, default_schedule("multistep", True, k), final_denoise=True)
+        grid = start_grid(sde, k, ode=True, final_denoise=True)
         ks = sorted({min(max(round(t * N_TRAIN), 1), N_TRAIN - 1) for t in grid.tolist()}, reverse=True)
         return set_timesteps(timesteps=ks, device=device)
 

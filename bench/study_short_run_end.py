@@ -26,15 +26,14 @@ def main(argv=None) -> dict:
     p.add_argument("--forms", nargs="+", choices=["ode", "sde"], default=["ode", "sde"])
     p.add_argument("--only-default", action="store_true", help="also the default row of each form (its own grid)")
     a, rest = p.parse_known_args(argv)
-    labels = []
-    if a.only_default:  # (the default row's label, from T or from the start)
-        gs = ", Gaussian start" if a.gaussian_start else ""
-        labels += [{"ode": f"lit multistep 2 ODE{gs}", "sde": f"lit multistep 2{gs}"}[f] for f in a.forms]
     start = {"gaussian_start": real_model.MOMENTS} if a.gaussian_start else {}
+    # the default row of each form (from T or from the start), whose label the fraction rows extend
+    default = {form: f"lit multistep 2{' ODE' if form == 'ode' else ''}{', Gaussian start' if start else ''}" for form in a.forms}
+    labels = list(default.values()) if a.only_default else []
     for f in a.fractions:
         for form in a.forms:
             rows, opts = (real_model.ODE_SAMPLERS, {"ode": True}) if form == "ode" else (real_model.SDE_SAMPLERS, {})
-            label = f"lit multistep 2{' ODE' if form == 'ode' else ''}{', Gaussian start' if start else ''}, end fraction {f:g}"
+            label = f"{default[form]}, end fraction {f:g}"
             rows.append((label, "lit-end-fraction", {"sampler": "multistep", "end_fraction": float(f), **opts, **start}))
             labels.append(label)
     return real_model.main(rest + ["--only", ";".join(labels)])
