@@ -352,10 +352,22 @@ def reference_samples(a, sde, time_scale, lit_model, diffusers_model, shape, dev
     rows = {r[0]: r for r in SDE_SAMPLERS + ODE_SAMPLERS}
     if label not in rows or not nfe.isdigit():
         raise ValueError(f"--reference {a.reference!r} must be LABEL@NFE with LABEL one of {sorted(rows)}")
+    key = json.dumps(dict(model=os.path.abspath(a.model), guidance=a.guidance, reference=a.reference, n=a.reference_n,
+                          dry_run=bool(a.dry_run)), sort_keys=True)
+    if a.reference_cache and os.path.exists(a.reference_cache):
+        with np.load(a.reference_cache) as z:
+            if str(z["key"]) != key:
+                raise ValueError(f"--reference-cache {a.reference_cache!r} holds other reference samples ({z['key']}); "
+                                 f"this run asks for {key}: remove it or name another file")
+            return z["samples"]
     _, kind, opts = rows[label]
     sched = make_scheduler(kind, opts, sde, time_scale, int(nfe))
     model = lit_model if kind.startswith("lit") else diffusers_model
     x, _ = run_loop(sched, model, a.reference_n, shape, 10_000, int(nfe), a.batch, device)
+    if a.reference_cache:  # written whole or not at all (a second run reads it instead of sampling again)
+        tmp = a.reference_cache + ".tmp.npz"
+        np.savez(tmp, samples=x, key=np.array(key))
+        os.replace(tmp, a.reference_cache)
     return x
 
 
@@ -433,6 +445,8 @@ def main(argv=None) -> dict:
                    "samples of that sampler at that budget (seed 10000): the distance to the process's own converged "
                    "law, which under guidance differs from the data's")
     p.add_argument("--reference-n", type=int, default=5000)
+    p.add_argument("--reference-cache", default=None, help="with --reference: .npz file of the reference samples, read "
+                   "when it exists (and holds the same model, guidance, reference and number), written otherwise")
     p.add_argument("--dry-run", action="store_true", help="tiny untrained network, 8 samples, NFE 4: checks the loop")
     p.add_argument("--plot", default=None, help="PNG: FID against NFE, SDE and ODE samplers in two panels")
     p.add_argument("--pictures", default=None, help="PNG: 16 samples of seed 0 per sampler (rows) and NFE (columns)")

@@ -200,6 +200,27 @@ def test_benchmark_only_takes_one_label_with_a_comma_and_refuses_unknown_ones(mo
         real_model.main(["--only", "no such row", "--reference", "UniPC@50"])
 
 
+def test_benchmark_reference_cache_is_read_back_and_refused_for_another_reference(tmp_path, monkeypatch):
+    """``--reference-cache``: the first run writes the reference samples, a second run scores against the
+    file without sampling them again (same distances), and a file of another reference is refused."""
+    monkeypatch.syspath_prepend(str(ROOT / "bench"))
+    import real_model
+
+    cache = str(tmp_path / "ref.npz")
+    args = ["--dry-run", "--only", "UniPC", "--reference", "UniPC@4", "--reference-n", "16", "--reference-cache", cache]
+    torch.manual_seed(0)  # (the dry run's untrained network: the same one in both runs)
+    first = real_model.main(args)["results"][0]["fid_reference"]
+    assert os.path.exists(cache) and not os.path.exists(cache + ".tmp.npz")
+    calls = []
+    loop = real_model.run_loop
+    monkeypatch.setattr(real_model, "run_loop", lambda sched, model, n, *a: calls.append(n) or loop(sched, model, n, *a))
+    torch.manual_seed(0)
+    assert real_model.main(args)["results"][0]["fid_reference"] == first
+    assert 16 not in calls  # only the row's 8 samples were drawn
+    with pytest.raises(ValueError, match="holds other reference samples"):
+        real_model.main(args[:-3] + ["32", "--reference-cache", cache])
+
+
 @pytest.mark.skipif(not (SHIPPED / "model.safetensors").is_file(), reason="shipped model not present")
 def test_shipped_mnist_model_loads_and_samples_digits():
     from lit_diffusion.evaluation.feature_net import load_feature_net
