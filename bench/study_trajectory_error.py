@@ -12,6 +12,8 @@ the first entry of the DDPM table). Reported: the root-mean-square difference pe
 
     python bench/study_trajectory_error.py --model checkpoints/mnist-cond --guidance 3 --n 64 --threads 1
     python bench/study_trajectory_error.py --n 64 --nfe 5 10 20 --threads 1
+    python bench/study_trajectory_error.py --model checkpoints/mnist-cond --guidance 3 --nfe 5 6 8 --threads 1 \
+        --only "UniPC;DPM-Solver++ 2M" --end-fractions 1 0.75 0.5 0.35
     python bench/study_trajectory_error.py --dry-run
 """
 
@@ -39,6 +41,8 @@ def main(argv=None) -> list:
     p.add_argument("--nfe", type=int, nargs="+", default=[5, 6, 8, 10, 15, 20])
     p.add_argument("--reference-nfe", type=int, default=200)
     p.add_argument("--only", default=ROWS, help="ODE rows of bench/real_model.py, separated by semicolons")
+    p.add_argument("--end-fractions", type=float, nargs="*", default=[],
+                   help="also the ODE multistep rows whose short run ends at these fractions (bench/study_short_run_end.py)")
     p.add_argument("--threads", type=int, default=0)
     p.add_argument("--out", default=None, help="JSON lines file to append results to")
     p.add_argument("--dry-run", action="store_true", help="tiny untrained network, 4 samples, NFE 4 against 8")
@@ -52,6 +56,9 @@ def main(argv=None) -> list:
     sde, shape = module.sde, tuple(module.data_shape)
     models = {"lit": lit_model, "diffusers": diffusers_model}
     rows = {label: (kind, opts) for label, kind, opts in rm.ODE_SAMPLERS}
+    extra = [f"lit multistep 2 ODE, end fraction {f:g}" for f in a.end_fractions]
+    rows.update({lab: ("lit-end-fraction", {"sampler": "multistep", "ode": True, "end_fraction": f})
+                 for lab, f in zip(extra, a.end_fractions)})
 
     def run(label, nfe):
         kind, opts = rows[label]
@@ -65,7 +72,7 @@ def main(argv=None) -> list:
     rms = lambda u, v: float(np.sqrt(((u - v) ** 2).reshape(len(u), -1).mean(1)).mean())  # noqa: E731
     out = [dict(sampler="floor", nfe=a.reference_nfe, rms=rms(ref["lit"], ref["diffusers"]))]
     print(f"floor (ours against diffusers' reference, {a.reference_nfe} evaluations): {out[0]['rms']:.4f}", flush=True)
-    for label in (s.strip() for s in a.only.split(";")):
+    for label in [s.strip() for s in a.only.split(";")] + extra:
         for nfe in a.nfe:
             try:
                 x, evals, family = run(label, nfe)
