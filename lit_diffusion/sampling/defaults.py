@@ -68,7 +68,8 @@ MULTISTEP_SHORT_RUN_ETA = 0.5
 def guided_layout(guidance_scale, final_denoise: bool) -> bool:
     """Whether a run takes the guided layout: classifier-free guidance (``guidance_scale`` given and not
     1) and a final denoising evaluation. Such multistep runs use the uniform grid at every length, the
-    final evaluation replacing the last step (runs of 5-7 steps end it halfway down: :data:`MULTISTEP_GUIDED_END_STEPS`) (the layout of diffusers' solvers with "trailing" spacing),
+    final evaluation replacing the last step (the layout of diffusers' solvers with "trailing" spacing;
+    runs of :data:`MULTISTEP_GUIDED_END_STEPS` steps end the grid halfway down, :func:`short_run_end`),
     chosen by the distance to the *guided* law, since FID against the data rewards errors that undo
     guidance (docs/samplers.md "Guidance 3 on a GPU"): on ``checkpoints/mnist-cond`` at guidance 3 the
     EDM grid's runs of 9-19 steps were FID 1.12 / 1.03 / 0.90 from the guided law's own samples at 10 /

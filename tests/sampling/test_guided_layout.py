@@ -113,13 +113,11 @@ def test_sample_py_guided_runs_take_the_layout(tmp_path):
 def test_guided_runs_of_five_to_seven_steps_end_halfway_down():
     """Guided multistep runs of 5-7 steps end their grid halfway from t_min to the trailing layout's
     last point (measured nearer the guided law on checkpoints/mnist-cond); 4 and 9 steps keep it."""
-    from lit_diffusion.sampling.defaults import MULTISTEP_GUIDED_END_STEPS, MULTISTEP_SHORT_RUN_END, step_grid
+    from lit_diffusion.sampling.defaults import step_grid
 
     sde = VP()
-    for steps in (4, 5, 6, 7, 9):
+    for steps, f in {4: 1.0, 5: 0.5, 6: 0.5, 7: 0.5, 9: 1.0}.items():
         grid = step_grid(sde, "multistep", steps, "uniform", True, guided=True)
         full = get_timesteps(sde, steps + 1, "uniform")
         assert len(grid) == steps + 1 and float(grid[0]) == pytest.approx(float(full[0]))
-        lo, hi = MULTISTEP_GUIDED_END_STEPS
-        f = MULTISTEP_SHORT_RUN_END if lo <= steps <= hi else 1.0
         assert float(grid[-1]) == pytest.approx(float(full[-1]) + f * float(full[-2] - full[-1])), steps
