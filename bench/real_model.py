@@ -165,13 +165,14 @@ def _make_scheduler(kind: str, opts: dict, sde, time_scale: float, nfe: int = 0,
         grid = json.load(open(path))["timesteps"]
         return make_scheduler("lit", {**opts, "fitted_grid": [t * time_scale for t in grid]}, sde, time_scale)
     if kind == "lit-end-fraction":  # the short run's grid ending at opts' end_fraction (bench/study_short_run_end.py)
-        from lit_diffusion.sampling.defaults import step_grid
+        from lit_diffusion.sampling.defaults import guided_layout, step_grid
         from lit_diffusion.sampling.gaussian_start import GaussianStart
 
         opts = dict(opts)
         frac = opts.pop("end_fraction")
         t_s = GaussianStart.load(opts["gaussian_start"]).start_time(sde) if opts.get("gaussian_start") else None
-        grid = step_grid(sde, "multistep", nfe - 1, "uniform", True, T=t_s, end_fraction=frac)
+        guided = guided_layout(GUIDANCE, True)  # the guided layout ends with the final evaluation at every length
+        grid = step_grid(sde, "multistep", nfe - 1, "uniform", True, T=t_s, guided=guided, end_fraction=frac)
         return make_scheduler("lit", {**opts, "fitted_grid": [t * time_scale for t in grid.tolist()]}, sde, time_scale)
     if kind == "lit-gauss":  # the Gaussian start from the moments saved beside the model (default noise ratio)
         if not os.path.exists(MOMENTS):

@@ -132,8 +132,10 @@ def test_a_config_with_former_class_paths_trains(tmp_path):
 
 def test_behaviour_is_unchanged_by_the_reorganisation():
     """Every user path gives what the code gave before the modules moved (bit-identical on the machine
-    that wrote the reference; a tolerance of 1e-5 allows another CPU's kernels), except where a commit
-    changed the samples on purpose and rewrote the reference (tests/scripts/behaviour_reference.py)."""
+    that wrote the reference; a tolerance of 1e-4 allows another CPU's float32 kernels: on an AVX-512
+    machine the 6-step MNIST samples differ by 1.4e-5, while any change of sampler, grid or noise moves
+    them by 1e-2 or more), except where a commit changed the samples on purpose and rewrote the
+    reference (tests/scripts/behaviour_reference.py)."""
     from safetensors.torch import load_file
 
     import behaviour_reference
@@ -143,7 +145,7 @@ def test_behaviour_is_unchanged_by_the_reorganisation():
     assert sorted(got) == sorted(want)
     for k in want:
         assert got[k].shape == want[k].shape, k
-        assert torch.allclose(got[k], want[k], rtol=0, atol=1e-5), (k, float((got[k] - want[k]).abs().max()))
+        assert torch.allclose(got[k], want[k], rtol=0, atol=1e-4), (k, float((got[k] - want[k]).abs().max()))
 
 
 def test_tests_mirror_the_layers():

@@ -169,11 +169,17 @@ def step_grid(sde, sampler: str, steps: int, schedule: str, final_denoise: bool 
     denoising evaluation replaces the last step (:func:`ends_with_denoising`, which depends on whether
     the run is classifier-free ``guided``), the schedule's grid of ``steps + 1`` steps without ``t_min``,
     its last point lowered towards ``t_min`` by :func:`short_run_end` (or by ``end_fraction`` in
-    ``(0, 1]`` when given: studies of the end, ``bench/study_short_run_end.py``); the ``steps`` steps from
-    ``T`` to that point then follow the schedule."""
+    ``(0, 1]`` when given: studies of the end, ``bench/study_short_run_end.py``; refused for runs that do not
+    end so, where it would be silently ignored); the ``steps`` steps from ``T`` to that point then follow
+    the schedule."""
     from ..core.schedules import get_timesteps
 
-    if final_denoise and ends_with_denoising(sampler, steps, evals_per_step, guided):
+    short = final_denoise and ends_with_denoising(sampler, steps, evals_per_step, guided)
+    if end_fraction is not None and not short:
+        raise ValueError(f"end_fraction={end_fraction!r} applies only to runs whose final denoising evaluation replaces "
+                         f"the last step; this run ({sampler!r}, {steps} steps, final_denoise={final_denoise}, "
+                         f"guided={guided}) runs its grid down to t_min")
+    if short:
         full = get_timesteps(sde, steps + 1, schedule, T=T, rho=rho, device=device)
         fraction = short_run_end(sampler, guided, steps) if end_fraction is None else float(end_fraction)
         if not 0.0 < fraction <= 1.0:

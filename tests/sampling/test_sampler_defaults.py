@@ -182,6 +182,15 @@ def test_short_run_end_study_matches_the_default_at_its_fraction(monkeypatch):
     assert by["lit multistep 2 ODE, end fraction 0.5"] == by["lit multistep 2 ODE"] != by["lit multistep 2 ODE, end fraction 1"]
     with pytest.raises(ValueError, match="end_fraction=1.5"):
         step_grid(VP(), "multistep", 4, "uniform", True, end_fraction=1.5)
+    # a run that goes down to t_min (9 unguided steps; or no final evaluation) has no end to move: refused,
+    # not ignored (a study once printed the fraction-1 figure under the fraction-0.5 label at 10 evaluations)
+    with pytest.raises(ValueError, match=r"end_fraction=0.5 applies only.*9 steps.*guided=False"):
+        step_grid(VP(), "multistep", 9, "uniform", True, end_fraction=0.5)
+    with pytest.raises(ValueError, match=r"end_fraction=0.5 applies only.*final_denoise=False"):
+        step_grid(VP(), "multistep", 4, "uniform", False, end_fraction=0.5)
+    guided = step_grid(VP(), "multistep", 9, "uniform", True, guided=True, end_fraction=0.5)
+    trailing = step_grid(VP(), "multistep", 9, "uniform", True, guided=True, end_fraction=1.0)
+    assert len(guided) == len(trailing) == 10 and VP().t_min < guided[-1] < trailing[-1]
 
 
 def test_benchmark_only_takes_one_label_with_a_comma_and_refuses_unknown_ones(monkeypatch):
