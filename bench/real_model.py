@@ -266,13 +266,14 @@ def run_loop(sched, model_fn, n: int, shape, seed: int, nfe: int, batch: int, de
     return np.concatenate(out), evals
 
 
-def load(model_path: str, dry_run: bool):
+def load(model_path: str, dry_run: bool, conditional: bool = False):
     from lit_diffusion.training.module import ScoreModule
 
-    if dry_run:
+    if dry_run:  # a tiny untrained network, class-conditional for guided runs
         from lit_diffusion.training.networks import UNet
 
-        m = ScoreModule(net=UNet(preset="tiny", sample_size=28, in_channels=1), ema_decay=0, data_shape=[1, 28, 28])
+        net = UNet(preset="tiny", sample_size=28, in_channels=1, num_classes=10 if conditional else None)
+        m = ScoreModule(net=net, ema_decay=0, data_shape=[1, 28, 28])
         return m.eval()
     return ScoreModule.from_pretrained(model_path)
 
@@ -412,7 +413,7 @@ def prepare_model(model: str, guidance, dry_run: bool, device, fitted_dir=None):
     global FITTED_DIR, MOMENTS, GUIDANCE
     FITTED_DIR, GUIDANCE = fitted_dir or os.path.join(model, "grids"), guidance
     MOMENTS = os.path.join(model, "data_moments.safetensors")
-    module = load(model, dry_run)
+    module = load(model, dry_run, conditional=guidance is not None)
     net = module.net.to(device).eval()
     if guidance is not None:
         net = Guided(net, float(guidance))

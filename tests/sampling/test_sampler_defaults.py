@@ -152,17 +152,26 @@ def test_benchmark_scripts_dry_run(script):
 def test_study_scripts_dry_run(capsys, monkeypatch):
     """The two studies built on real_model.py run end to end (in this process: the tiny untrained UNet):
     the noise-ratio sweep with rows scored against reference samples, and the per-sample trajectory error
-    of every default row at every budget with the gap between the two references."""
+    of every default row at every budget with the gap between the two references, unguided and guided."""
     monkeypatch.syspath_prepend(str(ROOT / "bench"))
+    import real_model
     import study_noise_ratio
     import study_trajectory_error
 
+    for name in ("FITTED_DIR", "MOMENTS", "GUIDANCE"):  # the runs below set them: restored for later tests
+        monkeypatch.setattr(real_model, name, getattr(real_model, name))
     out = study_noise_ratio.main(["--dry-run", "--ratios", "10", "--reference", "UniPC@4", "--reference-n", "16"])["results"]
     assert [r["sampler"] for r in out] == ["lit multistep 2, Gaussian start, noise ratio 10", "lit multistep 2 ODE, Gaussian start, noise ratio 10"]
     assert all(np.isfinite(r["fid_reference"]) and r["fid_reference"] >= 0 for r in out)
     rows = study_trajectory_error.main(["--dry-run"])
     assert rows[0]["sampler"] == "floor" and len(rows) == 1 + 9 and all(r["rms"] > 0 for r in rows)
     assert "RMS to its reference" in capsys.readouterr().out
+    # guided (the tiny network is then class-conditional), with the rows that end the guided layout's
+    # grid at two fractions: two different runs, not one run under two labels
+    rows = study_trajectory_error.main(["--dry-run", "--guidance", "3", "--only", "UniPC", "--end-fractions", "1", "0.5"])
+    by = {r["sampler"]: r["rms"] for r in rows}
+    assert set(by) == {"floor", "UniPC", "lit multistep 2 ODE, end fraction 1", "lit multistep 2 ODE, end fraction 0.5"}
+    assert by["lit multistep 2 ODE, end fraction 1"] != by["lit multistep 2 ODE, end fraction 0.5"]
 
 
 def test_short_run_end_study_matches_the_default_at_its_fraction(monkeypatch):
