@@ -69,7 +69,7 @@ def guided_layout(guidance_scale, final_denoise: bool) -> bool:
     """Whether a run takes the guided layout: classifier-free guidance (``guidance_scale`` given and not
     1) and a final denoising evaluation. Such multistep runs use the uniform grid at every length, the
     final evaluation replacing the last step (the layout of diffusers' solvers with "trailing" spacing;
-    runs of :data:`MULTISTEP_GUIDED_END_STEPS` steps end the grid halfway down, :func:`short_run_end`),
+    runs of at least :data:`MULTISTEP_GUIDED_END_FROM` steps end the grid halfway down, :func:`short_run_end`),
     chosen by the distance to the *guided* law, since FID against the data rewards errors that undo
     guidance (docs/samplers.md "Guidance 3 on a GPU"): on ``checkpoints/mnist-cond`` at guidance 3 the
     EDM grid's runs of 9-19 steps were FID 1.12 / 1.03 / 0.90 from the guided law's own samples at 10 /
@@ -139,26 +139,27 @@ def ends_with_denoising(sampler: str, steps: int, evals_per_step: int = 1, guide
 MULTISTEP_SHORT_RUN_END = 0.5
 
 
-#: guided multistep runs (:func:`guided_layout`) of this many steps end their grid at
-#: :data:`MULTISTEP_SHORT_RUN_END` too; shorter and longer ones keep the trailing layout (fraction 1).
+#: guided multistep runs (:func:`guided_layout`) of at least this many steps end their grid at
+#: :data:`MULTISTEP_SHORT_RUN_END` too; shorter ones keep the trailing layout (fraction 1).
 #: Measured on ``checkpoints/mnist-cond`` at guidance 3 by the distance to the guided law (FID-MNIST of
 #: 1,000 samples, seeds 0-1, to 1,000 UniPC samples of 50 evaluations; docs/samplers.md "The end of short
-#: runs"): at 6 / 8 evaluations (5 / 7 steps) ODE 2.15 -> 1.64 / 1.79 -> 1.37, SDE 2.37 -> 1.86 / 2.46 ->
-#: 2.11, both seeds; at 5 evaluations (4 steps) it hurt (ODE 2.55 -> 4.77, SDE 2.89 -> 14.51); the
-#: per-sample distance to the exact guided ODE solution agrees (0.130 -> 0.162 at 5, 0.067 -> 0.056 at 8)
-MULTISTEP_GUIDED_END_STEPS = (5, 7)
+#: runs"), fraction 1 -> 0.5 at 6 / 7 / 8 / 10 / 15 evaluations: ODE 2.15 -> 1.64 / 1.84 -> 1.38 / 1.79 ->
+#: 1.37 / 1.58 -> 1.36 / 1.34 -> 1.27, SDE 2.37 -> 1.86 / 2.50 -> 2.32 / 2.46 -> 2.11 / 2.20 -> 1.98 /
+#: 2.05 -> 1.88, both seeds every time; at 5 evaluations (4 steps) it hurt (ODE 2.55 -> 4.77, SDE 2.89 ->
+#: 14.51). The per-sample distance to the exact guided ODE solution agrees (0.130 -> 0.162 at 5; 0.067 ->
+#: 0.056 / 0.0550 -> 0.0446 / 0.0271 -> 0.0202 / 0.0192 -> 0.0155 at 8 / 10 / 20 / 30)
+MULTISTEP_GUIDED_END_FROM = 5
 
 
 def short_run_end(sampler: str, guided: bool = False, steps: Optional[int] = None) -> float:
-    """The fraction :data:`MULTISTEP_SHORT_RUN_END` for unguided multistep runs and for guided ones of
-    :data:`MULTISTEP_GUIDED_END_STEPS` steps; 1 (the grid of ``steps + 1`` steps without ``t_min``) for
-    the others, where it measured worse or was not measured."""
+    """The fraction :data:`MULTISTEP_SHORT_RUN_END` for unguided multistep runs and for guided ones of at
+    least :data:`MULTISTEP_GUIDED_END_FROM` steps; 1 (the grid of ``steps + 1`` steps without ``t_min``)
+    for the others, where it measured worse."""
     if resolve_sampler(sampler) != "multistep":
         return 1.0
     if not guided:
         return MULTISTEP_SHORT_RUN_END
-    lo, hi = MULTISTEP_GUIDED_END_STEPS
-    return MULTISTEP_SHORT_RUN_END if steps is not None and lo <= int(steps) <= hi else 1.0
+    return MULTISTEP_SHORT_RUN_END if steps is not None and int(steps) >= MULTISTEP_GUIDED_END_FROM else 1.0
 
 
 def step_grid(sde, sampler: str, steps: int, schedule: str, final_denoise: bool = False, evals_per_step: int = 1,
