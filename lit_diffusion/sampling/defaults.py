@@ -146,7 +146,7 @@ MULTISTEP_SHORT_RUN_END = 0.5
 #: 1,000 samples, seeds 0-1, to 1,000 UniPC samples of 50 evaluations; docs/samplers.md "The end of short
 #: runs"), fraction 1 -> 0.5 at 6 / 7 / 8 / 10 / 15 evaluations: ODE 2.15 -> 1.64 / 1.84 -> 1.38 / 1.79 ->
 #: 1.37 / 1.58 -> 1.36 / 1.34 -> 1.27, SDE 2.37 -> 1.86 / 2.50 -> 2.32 / 2.46 -> 2.11 / 2.20 -> 1.98 /
-#: 2.05 -> 1.88, both seeds every time; at 20 the ODE form ties (1.31 -> 1.29, one seed each way); at 5
+#: 2.05 -> 1.88, both seeds every time; at 20 both forms tie (ODE 1.31 -> 1.29, SDE 1.94 -> 1.92); at 5
 #: evaluations (4 steps) it hurt (ODE 2.55 -> 4.77, SDE 2.89 -> 14.51). The per-sample distance to the
 #: exact guided ODE solution agrees (0.130 -> 0.162 at 5; 0.067 -> 0.056 / 0.0550 -> 0.0446 / 0.0271 ->
 #: 0.0202 / 0.0192 -> 0.0155 at 8 / 10 / 20 / 30)
