@@ -153,7 +153,7 @@ MULTISTEP_SHORT_RUN_END = 0.5
 MULTISTEP_GUIDED_END_FROM = 5
 
 
-def short_run_end(sampler: str, guided: bool = False, steps: Optional[int] = None) -> float:
+def short_run_end(sampler: str, steps: int, guided: bool = False) -> float:
     """The fraction :data:`MULTISTEP_SHORT_RUN_END` for unguided multistep runs and for guided ones of at
     least :data:`MULTISTEP_GUIDED_END_FROM` steps; 1 (the grid of ``steps + 1`` steps without ``t_min``)
     for the others, where it measured worse."""
@@ -161,7 +161,7 @@ def short_run_end(sampler: str, guided: bool = False, steps: Optional[int] = Non
         return 1.0
     if not guided:
         return MULTISTEP_SHORT_RUN_END
-    return MULTISTEP_SHORT_RUN_END if steps is not None and int(steps) >= MULTISTEP_GUIDED_END_FROM else 1.0
+    return MULTISTEP_SHORT_RUN_END if int(steps) >= MULTISTEP_GUIDED_END_FROM else 1.0
 
 
 def step_grid(sde, sampler: str, steps: int, schedule: str, final_denoise: bool = False, evals_per_step: int = 1,
@@ -184,7 +184,7 @@ def step_grid(sde, sampler: str, steps: int, schedule: str, final_denoise: bool 
                          f"guided={guided}) runs its grid down to t_min")
     if short:
         full = get_timesteps(sde, steps + 1, schedule, T=T, rho=rho, device=device)
-        fraction = short_run_end(sampler, guided, steps) if end_fraction is None else float(end_fraction)
+        fraction = short_run_end(sampler, steps, guided) if end_fraction is None else float(end_fraction)
         if not 0.0 < fraction <= 1.0:
             raise ValueError(f"end_fraction={end_fraction!r} is invalid; it must be in (0, 1]")
         if fraction == 1.0:
