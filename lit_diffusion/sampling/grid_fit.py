@@ -44,7 +44,7 @@ from ..core.schedules import get_timesteps, is_time_grid
 from ..core.sdes import LinearSDE
 from .multistep import kernel_moments, lagrange_weights
 
-__all__ = ["fit_grid", "fit_grid_terminal", "grid_file_name", "model_grid", "local_errors", "best_path", "load_grid", "GRID_FORMAT", "FIT_METHODS"]
+__all__ = ["fit_grid", "fit_grid_terminal", "pattern_search", "grid_file_name", "model_grid", "local_errors", "best_path", "load_grid", "GRID_FORMAT", "FIT_METHODS"]
 
 #: ``"terminal"``: pattern search on the terminal error against accurate solutions (the default: on the
 #: shipped MNIST model it beats the sampler's default grid, docs/samplers.md "The corrector and the fitted grids");
@@ -271,35 +271,11 @@ def fit_grid_terminal(field, sde: LinearSDE, budgets, shape, n_calib: int = 64, 
         return _terminal_error(_solve(field, sde, x0, grid, solver_order, final_denoise, device, corrector), accurate)
 
     ref_seconds = time.perf_counter() - t0
-    hi = float(sde.log_snr(torch.tensor(sde.t_min, dtype=F64)))
     records = []
     for steps in budgets:
         t1 = time.perf_counter()
         grid0 = start_grid(sde, steps, True, final_denoise, T=t_s).to(F64)
-        lam = sde.log_snr(grid0).to(F64).clone()
-        n = lam.numel() - 1
-        to_grid = lambda lm: torch.cat([grid0[:1], sde.t_from_snr(torch.exp(lm[1:]))])  # noqa: E731
-        best = start = error(x_T, ref, to_grid(lam))
-        evals, frac = 1, 0.5
-        free = range(1, n + 1) if final_denoise else range(1, n)
-        while evals < max_evals and frac > 1 / 64:
-            improved = False
-            for i in free:
-                right = float(lam[i + 1] - lam[i]) if i < n else hi - float(lam[i])
-                gap = min(float(lam[i] - lam[i - 1]), right) if right > 1e-9 else float(lam[i] - lam[i - 1])
-                for sign in (1.0, -1.0):
-                    if evals >= max_evals or (sign > 0 and right <= 1e-9):
-                        continue
-                    cand = lam.clone()
-                    cand[i] += sign * frac * gap
-                    value = error(x_T, ref, to_grid(cand))
-                    evals += 1
-                    if value < best:
-                        lam, best, improved = cand, value, True
-                        break
-            if not improved:
-                frac /= 2
-        grid = to_grid(lam)
+        grid, best, start, evals = pattern_search(sde, grid0, lambda g: error(x_T, ref, g), max_evals, final_denoise)
         rec = {"format": GRID_FORMAT, "sampler": "multistep", "steps": steps, "method": "terminal", "forms": ["ode", "sde"],
                "timesteps": [float(v) for v in grid], "start_timesteps": [float(v) for v in grid0],
                "objective": best, "objective_start_grid": start, "final_denoise": bool(final_denoise),
@@ -313,6 +289,40 @@ def fit_grid_terminal(field, sde: LinearSDE, budgets, shape, n_calib: int = 64, 
             rec["holdout"] = {"n": n_holdout, "start_grid": error(xh, refh, grid0), "fitted_grid": error(xh, refh, grid)}
         records.append(rec)
     return records
+
+
+def pattern_search(sde: LinearSDE, grid0: torch.Tensor, objective, max_evals: int, move_end: bool = True):
+    """Lower ``objective(grid)`` from ``grid0`` by pattern search in log-SNR: each interior point (and the
+    end point when ``move_end``: a run that ends with a denoising evaluation) is moved, one at a time, by
+    ``frac`` of its distance to its nearer neighbour (the end point's right neighbour is ``t_min``), up
+    first, then down, keeping the first move that lowers the objective; ``frac`` starts at 0.5 and halves
+    after a sweep without a gain, until ``max_evals`` objectives are spent or ``frac < 1/64``.  The first
+    point stays.  Returns ``(grid, best, objective(grid0), evaluations)``; never worse than ``grid0``."""
+    hi = float(sde.log_snr(torch.tensor(sde.t_min, dtype=F64)))
+    lam = sde.log_snr(grid0).to(F64).clone()
+    n = lam.numel() - 1
+    to_grid = lambda lm: torch.cat([grid0[:1], sde.t_from_snr(torch.exp(lm[1:]))])  # noqa: E731
+    best = start = objective(to_grid(lam))
+    evals, frac = 1, 0.5
+    free = range(1, n + 1) if move_end else range(1, n)
+    while evals < max_evals and frac > 1 / 64:
+        improved = False
+        for i in free:
+            right = float(lam[i + 1] - lam[i]) if i < n else hi - float(lam[i])
+            gap = min(float(lam[i] - lam[i - 1]), right) if right > 1e-9 else float(lam[i] - lam[i - 1])
+            for sign in (1.0, -1.0):
+                if evals >= max_evals or (sign > 0 and right <= 1e-9):
+                    continue
+                cand = lam.clone()
+                cand[i] += sign * frac * gap
+                value = objective(to_grid(cand))
+                evals += 1
+                if value < best:
+                    lam, best, improved = cand, value, True
+                    break
+        if not improved:
+            frac /= 2
+    return to_grid(lam), best, start, evals
 
 
 def _path_cost(E1, E2, path) -> float:

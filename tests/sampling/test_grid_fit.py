@@ -214,3 +214,45 @@ def test_terminal_fit_from_a_gaussian_start(tmp_path):
     assert model_grid(tmp_path, 4, True, True, start_time=0.5 * t_s) is None  # nor runs from another start
     with pytest.raises(ValueError, match="gaussian_start applies to method='terminal' only"):
         fit_grid(tgt, sde, 4, (2,), method="local", gaussian_start=gs)
+
+
+@pytest.mark.parametrize("move_end", [True, False])
+def test_pattern_search_reaches_a_known_optimum(move_end):
+    """The pattern search under every grid fit finds the grid that minimises a smooth objective with a
+    known minimiser (a log-SNR grid), keeps the first point (and the last one unless ``move_end``), and
+    never returns a grid worse than its start."""
+    from lit_diffusion.sampling.grid_fit import pattern_search
+
+    sde = VP()
+    start = torch.linspace(1.0, 0.05, 6, dtype=torch.float64)
+    target = sde.log_snr(torch.tensor([1.0, 0.7, 0.45, 0.3, 0.2, 0.05 if not move_end else 0.12], dtype=torch.float64))
+    calls = []
+
+    def objective(grid):
+        calls.append(grid)
+        return float(((sde.log_snr(grid) - target) ** 2).sum())
+
+    grid, best, first, evals = pattern_search(sde, start, objective, max_evals=400, move_end=move_end)
+    assert evals == len(calls) <= 400 and best <= first
+    assert best < 1e-3 * first  # from ~20 down to the optimum
+    assert float(grid[0]) == 1.0 and (move_end or float(grid[-1]) == pytest.approx(0.05, rel=1e-12))
+    assert torch.all(grid[1:] < grid[:-1])
+    assert torch.allclose(sde.log_snr(grid), target, atol=0.05)
+
+
+def test_fid_fit_study_writes_a_grid_the_bench_reads(tmp_path, monkeypatch):
+    """bench/study_grid_fid_fit.py (dry run: tiny untrained network) writes one grid file per budget that
+    load_grid accepts, starting at the Gaussian start's time, no worse on its calibration samples than the
+    default grid it started from."""
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    monkeypatch.syspath_prepend(str(root / "bench"))
+    import study_grid_fid_fit
+
+    recs = study_grid_fid_fit.main(["--steps", "2", "--n-calib", "8", "--max-evals", "3", "--dry-run", "--gaussian-start",
+                                    "--out", str(tmp_path)])
+    (rec,) = recs
+    grid = load_grid(tmp_path / "multistep-2-gaussian.json")
+    assert len(grid) == 3 and grid[0] == pytest.approx(rec["gaussian_start"]["start_time"])
+    assert np.isfinite(rec["objective"]) and rec["objective"] <= rec["objective_start_grid"] and rec["objective_evaluations"] == 3

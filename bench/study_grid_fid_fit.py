@@ -1,0 +1,102 @@
+#!/usr/bin/env python
+"""Grids fitted by FID-MNIST instead of the terminal error (docs/samplers.md, "Targets and misses", fitted
+grids): the pattern search of ``lit_diffusion.sampling.grid_fit`` (``pattern_search``) with, as its
+objective, the Fréchet distance between the feature-net features of ``--n-calib`` samples of the multistep
+sampler on the candidate grid (the same per-sample generators for every candidate: common random numbers,
+seeds 20000 on, none of the benchmark's) and those of the 4,000 training digits of the feature net (never
+the 1,000 held-out digits that ``bench/real_model.py`` scores against).  Writes one grid file per budget
+into ``--out``; ``bench/real_model.py --fitted-dir DIR`` then measures them on the benchmark's seeds.
+
+    python bench/study_grid_fid_fit.py --steps 4 5 --gaussian-start --out /tmp/fid_grids
+    python bench/real_model.py --nfe 5 6 --seeds 0 1 --fitted-dir /tmp/fid_grids \\
+        --only "lit multistep 2, Gaussian start;lit multistep 2, Gaussian start, fitted grid"
+    python bench/study_grid_fid_fit.py --steps 2 --n-calib 8 --max-evals 3 --dry-run --out /tmp/fid_grids
+"""
+
+import argparse
+import json
+import math
+import os
+import sys
+import time
+
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import real_model  # noqa: E402
+
+CALIBRATION_SEED = 20_000
+
+
+def fid_objective(net, module, n: int, ode: bool, start, feats_ref):
+    """``grid -> FID-MNIST`` of ``n`` multistep samples on ``grid`` (final denoising evaluation), seeds
+    ``CALIBRATION_SEED ...``, against the reference features ``feats_ref``; ``inf`` for a non-finite run."""
+    from lit_diffusion.core.utils import make_generators
+    from lit_diffusion.evaluation.metrics import frechet_distance
+    from lit_diffusion.sampling.samplers import sample
+
+    def objective(grid) -> float:
+        x = sample(net, module.sde, shape=(n,) + tuple(module.data_shape), sampler="multistep", ode=ode, timesteps=grid,
+                   final_denoise=True, gaussian_start=start, prediction_type=module.prediction_type, check_finite=False,
+                   generator=make_generators(range(CALIBRATION_SEED, CALIBRATION_SEED + n))).samples
+        if not torch.isfinite(x).all():
+            return math.inf
+        return float(frechet_distance(features(x.clamp(-1, 1), "-1,1"), feats_ref)["value"])
+
+    return objective
+
+
+def features(images, value_range):
+    """Feature-net features (float64 numpy) of ``images`` in ``value_range`` ("-1,1", "0,255", ...)."""
+    from lit_diffusion.evaluation.feature_net import load_feature_net, to_unit_images
+
+    with torch.no_grad():
+        return load_feature_net()(to_unit_images(images, value_range)).double().numpy()
+
+
+def main(argv=None) -> list:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--model", default=os.path.join(os.path.dirname(__file__), "..", "checkpoints", "mnist"))
+    p.add_argument("--steps", type=int, nargs="+", required=True, help="sampler steps of each grid (the run has one more evaluation)")
+    p.add_argument("--form", choices=["sde", "ode"], default="sde")
+    p.add_argument("--gaussian-start", action="store_true", help="runs from the moments beside the model")
+    p.add_argument("--n-calib", type=int, default=256)
+    p.add_argument("--max-evals", type=int, default=40)
+    p.add_argument("--out", required=True, help="folder of the grid files (multistep-<steps>[-gaussian].json)")
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--dry-run", action="store_true", help="tiny untrained network: checks the loop")
+    a = p.parse_args(argv)
+    torch.set_num_threads(a.threads)
+    from lit_diffusion.evaluation.feature_net import mnist_split
+    from lit_diffusion.sampling.gaussian_start import as_gaussian_start
+    from lit_diffusion.sampling.grid_fit import GRID_FORMAT, grid_file_name, pattern_search, start_grid
+
+    module = real_model.load(a.model, a.dry_run)
+    net, sde = module.sampling_net(True), module.sde
+    start = as_gaussian_start(os.path.join(a.model, "data_moments.safetensors"), None) if a.gaussian_start else None
+    t_s = None if start is None else start.start_time(sde)
+    digits = mnist_split()[0][: 64 if a.dry_run else None]
+    feats_ref = features(digits, "0,1")  # mnist_split: floats in [0, 1]
+    objective = fid_objective(net, module, a.n_calib, a.form == "ode", start, feats_ref)
+    os.makedirs(a.out, exist_ok=True)
+    records = []
+    for steps in a.steps:
+        t0 = time.perf_counter()
+        grid0 = start_grid(sde, steps, a.form == "ode", True, T=t_s).double()
+        grid, best, first, evals = pattern_search(sde, grid0, objective, a.max_evals)
+        rec = {"format": GRID_FORMAT, "sampler": "multistep", "steps": steps, "method": "fid (bench/study_grid_fid_fit.py)",
+               "forms": [a.form], "timesteps": grid.tolist(), "start_timesteps": grid0.tolist(), "objective": best,
+               "objective_start_grid": first, "final_denoise": True, "n_calib": a.n_calib, "objective_evaluations": evals,
+               "seconds": time.perf_counter() - t0, "gaussian_start": None if start is None else {"noise_ratio": start.noise_ratio, "start_time": t_s}}
+        path = os.path.join(a.out, grid_file_name(steps, True, start is not None))
+        with open(path, "w") as fh:
+            json.dump(rec, fh, indent=1)
+        print(f"{path}: {steps} steps, FID-MNIST of {a.n_calib} calibration samples {first:.3f} -> {best:.3f} "
+              f"({evals} grids, {rec['seconds']:.0f} s)", flush=True)
+        records.append(rec)
+    return records
+
+
+if __name__ == "__main__":
+    main()
