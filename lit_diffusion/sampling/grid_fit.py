@@ -294,8 +294,8 @@ def fit_grid_terminal(field, sde: LinearSDE, budgets, shape, n_calib: int = 64, 
 def pattern_search(sde: LinearSDE, grid0: torch.Tensor, objective, max_evals: int, move_end: bool = True):
     """Lower ``objective(grid)`` from ``grid0`` by pattern search in log-SNR: each interior point (and the
     end point when ``move_end``: a run that ends with a denoising evaluation) is moved, one at a time, by
-    ``frac`` of its distance to its nearer neighbour (the end point's right neighbour is ``t_min``), up
-    first, then down, keeping the first move that lowers the objective; ``frac`` starts at 0.5 and halves
+    ``frac`` of its distance to its nearer neighbour (the end point's right neighbour is ``t_min``), to
+    higher log-SNR first, then lower, keeping the first move that lowers the objective; ``frac`` starts at 0.5 and halves
     after a sweep without a gain, until ``max_evals`` objectives are spent or ``frac < 1/64``.  The first
     point stays.  Returns ``(grid, best, objective(grid0), evaluations)``; never worse than ``grid0``."""
     hi = float(sde.log_snr(torch.tensor(sde.t_min, dtype=F64)))
