@@ -29,9 +29,10 @@ import real_model  # noqa: E402
 CALIBRATION_SEED = 20_000
 
 
-def fid_objective(net, module, n: int, ode: bool, start, feats_ref):
+def fid_objective(net, module, n: int, ode: bool, start, feats_ref, feature_net):
     """``grid -> FID-MNIST`` of ``n`` multistep samples on ``grid`` (final denoising evaluation), seeds
-    ``CALIBRATION_SEED ...``, against the reference features ``feats_ref``; ``inf`` for a non-finite run."""
+    ``CALIBRATION_SEED ...``, against the reference features ``feats_ref`` (both through ``feature_net``);
+    ``inf`` for a non-finite run."""
     from lit_diffusion.core.utils import make_generators
     from lit_diffusion.evaluation.metrics import frechet_distance
     from lit_diffusion.sampling.samplers import sample
@@ -42,17 +43,17 @@ def fid_objective(net, module, n: int, ode: bool, start, feats_ref):
                    generator=make_generators(range(CALIBRATION_SEED, CALIBRATION_SEED + n))).samples
         if not torch.isfinite(x).all():
             return math.inf
-        return float(frechet_distance(features(x.clamp(-1, 1), "-1,1"), feats_ref)["value"])
+        return float(frechet_distance(features(feature_net, x.clamp(-1, 1), "-1,1"), feats_ref)["value"])
 
     return objective
 
 
-def features(images, value_range):
-    """Feature-net features (float64 numpy) of ``images`` in ``value_range`` ("-1,1", "0,255", ...)."""
-    from lit_diffusion.evaluation.feature_net import load_feature_net, to_unit_images
+def features(feature_net, images, value_range):
+    """``feature_net``'s features (float64 numpy) of ``images`` in ``value_range`` ("-1,1", "0,1", ...)."""
+    from lit_diffusion.evaluation.feature_net import to_unit_images
 
     with torch.no_grad():
-        return load_feature_net()(to_unit_images(images, value_range)).double().numpy()
+        return feature_net(to_unit_images(images, value_range)).double().numpy()
 
 
 def main(argv=None) -> list:
@@ -68,7 +69,7 @@ def main(argv=None) -> list:
     p.add_argument("--dry-run", action="store_true", help="tiny untrained network: checks the loop")
     a = p.parse_args(argv)
     torch.set_num_threads(a.threads)
-    from lit_diffusion.evaluation.feature_net import mnist_split
+    from lit_diffusion.evaluation.feature_net import load_feature_net, mnist_split
     from lit_diffusion.sampling.gaussian_start import as_gaussian_start
     from lit_diffusion.sampling.grid_fit import GRID_FORMAT, grid_file_name, pattern_search, start_grid
 
@@ -77,8 +78,9 @@ def main(argv=None) -> list:
     start = as_gaussian_start(os.path.join(a.model, "data_moments.safetensors"), None) if a.gaussian_start else None
     t_s = None if start is None else start.start_time(sde)
     digits = mnist_split()[0][: 64 if a.dry_run else None]
-    feats_ref = features(digits, "0,1")  # mnist_split: floats in [0, 1]
-    objective = fid_objective(net, module, a.n_calib, a.form == "ode", start, feats_ref)
+    feature_net = load_feature_net()  # loaded once, not once a candidate grid
+    feats_ref = features(feature_net, digits, "0,1")  # mnist_split: floats in [0, 1]
+    objective = fid_objective(net, module, a.n_calib, a.form == "ode", start, feats_ref, feature_net)
     os.makedirs(a.out, exist_ok=True)
     records = []
     for steps in a.steps:
