@@ -159,7 +159,10 @@ def make_scheduler(kind: str, opts: dict, sde, time_scale: float, nfe: int = 0):
 
 def _make_scheduler(kind: str, opts: dict, sde, time_scale: float, nfe: int = 0, suffix: str = ""):
     if kind == "lit-fitted":  # the grid fitted for nfe - 1 steps (+ the final denoising evaluation)
-        path = os.path.join(FITTED_DIR, f"multistep-{nfe - 1}{suffix}.json")
+        # a grid of the row's form alone (multistep-<steps>[-gaussian]-<form>.json) comes before the shared one
+        form = "ode" if opts.get("ode") else "sde"
+        paths = [os.path.join(FITTED_DIR, f"multistep-{nfe - 1}{suffix}{end}.json") for end in (f"-{form}", "")]
+        path = next((p for p in paths if os.path.exists(p)), paths[-1])
         if not os.path.exists(path):
             raise ValueError(f"no fitted grid {path} (python -m lit_diffusion.cli.grid_fit)")
         grid = json.load(open(path))["timesteps"]
@@ -440,7 +443,7 @@ def main(argv=None) -> dict:
     p.add_argument("--only", default=None, help="labels to run: one label as is, or several separated by commas (by semicolons when a label has a comma); unknown ones are refused")
     p.add_argument("--out", default=None, help="JSON lines file to append results to")
     p.add_argument("--threads", type=int, default=0)
-    p.add_argument("--fitted-dir", default=None, help="folder of fitted grids multistep-<steps>.json (default: the model's grids/)")
+    p.add_argument("--fitted-dir", default=None, help="folder of fitted grids multistep-<steps>[-gaussian][-<form>].json (default: the model's grids/)")
     p.add_argument("--guidance", type=float, default=None, help="classifier-free guidance scale (class-conditional models); "
                    "sample i asks for digit i mod 10")
     p.add_argument("--reference", default=None, help="LABEL@NFE: also score every row by FID-MNIST to --reference-n "

@@ -48,6 +48,49 @@ def fid_objective(net, module, n: int, ode: bool, start, feats_ref, feature_net)
     return objective
 
 
+#: the two-parameter family of ``--family``: where the grid ends (``end_fraction`` of ``step_grid``: 0.5 is the
+#: default of short runs) and how its points crowd towards that end (``t_i = t_end + (t_s - t_end)(1 - i/n)^p``,
+#: ``p = 1``: uniform in ``t``, the default spacing of short runs)
+#: (a first family, fractions 0.3-0.8 x powers 0.8-1.6, put every best at power 0.8 at 5 and 6 evaluations
+#: with powers above 1 far worse: docs/samplers.md, fitted grids)
+FAMILY_END_FRACTIONS = (0.3, 0.5, 0.7)
+FAMILY_POWERS = (0.4, 0.5, 0.6, 0.7, 0.8, 1.0)
+
+
+def family_grid(t_start: float, t_end: float, steps: int, power: float) -> torch.Tensor:
+    """``steps + 1`` times (float64) from ``t_start`` down to ``t_end``, ``t_i = t_end + (t_start - t_end)
+    (1 - i / steps) ** power``: uniform in ``t`` at ``power = 1``, crowded towards ``t_end`` above."""
+    u = 1.0 - torch.arange(steps + 1, dtype=torch.float64) / steps
+    return t_end + (t_start - t_end) * u ** float(power)
+
+
+def family_search(sde, steps: int, t_s, objective, ode: bool, fractions=FAMILY_END_FRACTIONS, powers=FAMILY_POWERS):
+    """Score every grid of the family (:data:`FAMILY_END_FRACTIONS` x :data:`FAMILY_POWERS`) and the default
+    grid; returns ``(grid, best, objective(default grid), evaluations, table)``, ``table`` a list of
+    ``(end_fraction, power, objective)``.  Two degrees of freedom instead of one a grid point: a fit by a
+    noisy objective (FID of a finite sample) that cannot chase the calibration samples' own noise."""
+    from lit_diffusion.sampling.defaults import default_schedule, step_grid
+
+    default = step_grid(sde, "multistep", steps, default_schedule("multistep", ode, steps), True, T=t_s).double()
+    t_start = float(default[0])
+    best_grid, first = default, objective(default)
+    print(f"  {steps} steps, default grid: {first:.3f}", flush=True)
+    best, table, evals = first, [], 1
+    for f in fractions:
+        t_end = float(step_grid(sde, "multistep", steps, default_schedule("multistep", ode, steps), True, T=t_s,
+                                end_fraction=f)[-1])
+        for p in powers:
+            grid = family_grid(t_start, t_end, steps, p)
+            same = torch.allclose(grid, default, rtol=0, atol=1e-9)
+            value = first if same else objective(grid)
+            evals += 0 if same else 1
+            table.append((f, p, value))
+            print(f"  {steps} steps, end fraction {f}, power {p}: {value:.3f}", flush=True)
+            if value < best:
+                best_grid, best = grid, value
+    return best_grid, best, first, evals, table
+
+
 def features(feature_net, images, value_range):
     """``feature_net``'s features (float64 numpy) of ``images`` in ``value_range`` ("-1,1", "0,1", ...)."""
     from lit_diffusion.evaluation.feature_net import to_unit_images
@@ -64,7 +107,11 @@ def main(argv=None) -> list:
     p.add_argument("--gaussian-start", action="store_true", help="runs from the moments beside the model")
     p.add_argument("--n-calib", type=int, default=256)
     p.add_argument("--max-evals", type=int, default=40)
-    p.add_argument("--out", required=True, help="folder of the grid files (multistep-<steps>[-gaussian].json)")
+    p.add_argument("--family", action="store_true", help="score the two-parameter family of grids (end point x "
+                   "spacing) instead of the pattern search over every point")
+    p.add_argument("--fractions", type=float, nargs="+", default=list(FAMILY_END_FRACTIONS), help="the family's end fractions")
+    p.add_argument("--powers", type=float, nargs="+", default=list(FAMILY_POWERS), help="the family's spacing powers")
+    p.add_argument("--out", required=True, help="folder of the grid files (multistep-<steps>[-gaussian]-<form>.json)")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--dry-run", action="store_true", help="tiny untrained network: checks the loop")
     a = p.parse_args(argv)
@@ -86,12 +133,18 @@ def main(argv=None) -> list:
     for steps in a.steps:
         t0 = time.perf_counter()
         grid0 = start_grid(sde, steps, a.form == "ode", True, T=t_s).double()
-        grid, best, first, evals = pattern_search(sde, grid0, objective, a.max_evals)
-        rec = {"format": GRID_FORMAT, "sampler": "multistep", "steps": steps, "method": "fid (bench/study_grid_fid_fit.py)",
+        table = None
+        if a.family:
+            grid, best, first, evals, table = family_search(sde, steps, t_s, objective, a.form == "ode", a.fractions, a.powers)
+        else:
+            grid, best, first, evals = pattern_search(sde, grid0, objective, a.max_evals)
+        method = "fid, family (end point x spacing)" if a.family else "fid, pattern search"
+        rec = {"format": GRID_FORMAT, "sampler": "multistep", "steps": steps, "method": f"{method} (bench/study_grid_fid_fit.py)",
                "forms": [a.form], "timesteps": grid.tolist(), "start_timesteps": grid0.tolist(), "objective": best,
                "objective_start_grid": first, "final_denoise": True, "n_calib": a.n_calib, "objective_evaluations": evals,
-               "seconds": time.perf_counter() - t0, "gaussian_start": None if start is None else {"noise_ratio": start.noise_ratio, "start_time": t_s}}
-        path = os.path.join(a.out, grid_file_name(steps, True, start is not None))
+               "seconds": time.perf_counter() - t0, "gaussian_start": None if start is None else {"noise_ratio": start.noise_ratio, "start_time": t_s},
+               "family_table": table}
+        path = os.path.join(a.out, grid_file_name(steps, True, start is not None, a.form))
         with open(path, "w") as fh:
             json.dump(rec, fh, indent=1)
         print(f"{path}: {steps} steps, FID-MNIST of {a.n_calib} calibration samples {first:.3f} -> {best:.3f} "

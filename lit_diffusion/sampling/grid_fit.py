@@ -333,30 +333,37 @@ def _path_cost(E1, E2, path) -> float:
     return float(cost)
 
 
-def grid_file_name(steps: int, final_denoise: bool, gaussian: bool = False) -> str:
+def grid_file_name(steps: int, final_denoise: bool, gaussian: bool = False, form: Optional[str] = None) -> str:
     """``multistep-<steps>.json`` for a run that ends with a denoising evaluation at its last point (the
     scheduler's default, ``sample.py --final-denoise``), ``multistep-<steps>-to-t-min.json`` for one that
-    ends at ``t_min``; ``-gaussian`` before ``.json`` for runs from a Gaussian start."""
+    ends at ``t_min``; ``-gaussian`` before ``.json`` for runs from a Gaussian start; ``-ode`` / ``-sde`` last
+    for a grid of one form (``form``), which :func:`model_grid` takes before the file shared by both."""
+    if form not in (None, "ode", "sde"):
+        raise ValueError(f"form={form!r} is invalid; valid choices: [None, 'ode', 'sde']")
     name = f"multistep-{int(steps)}" + ("" if final_denoise else "-to-t-min") + ("-gaussian" if gaussian else "")
-    return name + ".json"
+    return name + ("" if form is None else f"-{form}") + ".json"
 
 
 def model_grid(folder, steps: int, final_denoise: bool, ode: bool, start_time: Optional[float] = None) -> Optional[tuple[str, list[float]]]:
     """``(path, timesteps)`` of the grid fitted for a run of ``steps`` steps that is saved beside a model
     (``<folder>/grids/``, written by ``python -m lit_diffusion.cli.grid_fit``) for the ODE or SDE form
-    (its ``forms`` list: both unless a measurement removed one), or None.  ``start_time``: a run from a
-    Gaussian start at that time, which takes only a grid fitted from it (same first time)."""
+    (its ``forms`` list: both unless a measurement removed one), or None; a file of the form alone
+    (:func:`grid_file_name` with ``form``) comes first.  ``start_time``: a run from a Gaussian start at
+    that time, which takes only a grid fitted from it (same first time)."""
     if folder is None or not os.path.isdir(str(folder)):
         return None
-    path = os.path.join(str(folder), "grids", grid_file_name(steps, final_denoise, start_time is not None))
-    if not os.path.isfile(path):
+    form = "ode" if ode else "sde"
+    names = [grid_file_name(steps, final_denoise, start_time is not None, f) for f in (form, None)]
+    paths = [p for p in (os.path.join(str(folder), "grids", n) for n in names) if os.path.isfile(p)]
+    if not paths:
         return None
+    path = paths[0]
     rec = _read_grid(path)
     ts = [float(v) for v in rec["timesteps"]]
     if len(ts) - 1 != int(steps) or bool(rec.get("final_denoise", True)) != bool(final_denoise):
         raise ValueError(f"grid file {path!r} holds a grid of {len(ts) - 1} steps with final_denoise="
                          f"{rec.get('final_denoise')}; its name says {steps} steps with final_denoise={final_denoise}")
-    if ("ode" if ode else "sde") not in rec.get("forms", ["ode", "sde"]):
+    if form not in rec.get("forms", ["ode", "sde"]):
         return None
     if start_time is not None and abs(ts[0] - float(start_time)) > 1e-6 * max(1.0, abs(float(start_time))):
         return None  # fitted from another noise ratio

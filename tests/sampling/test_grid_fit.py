@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from lit_diffusion import VP, get_target, sample
-from lit_diffusion.sampling.grid_fit import best_path, fit_grid, load_grid
+from lit_diffusion.sampling.grid_fit import best_path, fit_grid, load_grid, start_grid
 
 
 def _cost(E1, E2, path, last_order_one=True):
@@ -71,7 +71,6 @@ def test_terminal_fit_beats_the_default_grid_on_held_out_draws(final_denoise):
     4-step ODE (independently recomputed here) at least in half against the grid that ends where the
     uniform grid of one more step does, and not lose to the default grid."""
     from lit_diffusion.sampling.defaults import step_grid
-    from lit_diffusion.sampling.grid_fit import start_grid
 
     tgt, sde = get_target("ring8_2d"), VP()
     rec = fit_grid(tgt, sde, 4, (2,), n_calib=64, final_denoise=final_denoise, max_evals=40, n_holdout=64)
@@ -216,6 +215,25 @@ def test_terminal_fit_from_a_gaussian_start(tmp_path):
         fit_grid(tgt, sde, 4, (2,), method="local", gaussian_start=gs)
 
 
+def test_a_grid_of_one_form_comes_before_the_shared_one(tmp_path):
+    """``multistep-<steps>[-gaussian]-<form>.json`` (a grid fitted for the ODE or the SDE form alone, as the
+    FID fits are) is what model_grid gives that form; the other form still takes the shared file; a bad
+    form is named."""
+    from lit_diffusion.sampling.grid_fit import grid_file_name, model_grid
+
+    assert grid_file_name(4, True, True, "sde") == "multistep-4-gaussian-sde.json"
+    assert grid_file_name(4, False, False, "ode") == "multistep-4-to-t-min-ode.json"
+    with pytest.raises(ValueError, match=r"form='both' is invalid; valid choices: \[None, 'ode', 'sde'\]"):
+        grid_file_name(4, True, form="both")
+    (tmp_path / "grids").mkdir()
+    shared, sde_only = [1.0, 0.6, 0.3, 0.1], [1.0, 0.7, 0.4, 0.05]
+    rec = {"format": "lit_diffusion-grid", "timesteps": shared, "final_denoise": True}
+    (tmp_path / "grids" / "multistep-3.json").write_text(json.dumps(rec))
+    (tmp_path / "grids" / "multistep-3-sde.json").write_text(json.dumps({**rec, "timesteps": sde_only, "forms": ["sde"]}))
+    assert model_grid(tmp_path, 3, True, ode=False) == (str(tmp_path / "grids" / "multistep-3-sde.json"), sde_only)
+    assert model_grid(tmp_path, 3, True, ode=True) == (str(tmp_path / "grids" / "multistep-3.json"), shared)
+
+
 @pytest.mark.parametrize("move_end", [True, False])
 def test_pattern_search_reaches_a_known_optimum(move_end):
     """The pattern search under every grid fit finds the grid that minimises a smooth objective with a
@@ -253,6 +271,33 @@ def test_fid_fit_study_writes_a_grid_the_bench_reads(tmp_path, monkeypatch):
     recs = study_grid_fid_fit.main(["--steps", "2", "--n-calib", "8", "--max-evals", "3", "--dry-run", "--gaussian-start",
                                     "--out", str(tmp_path)])
     (rec,) = recs
-    grid = load_grid(tmp_path / "multistep-2-gaussian.json")
+    grid = load_grid(tmp_path / "multistep-2-gaussian-sde.json")
     assert len(grid) == 3 and grid[0] == pytest.approx(rec["gaussian_start"]["start_time"])
     assert np.isfinite(rec["objective"]) and rec["objective"] <= rec["objective_start_grid"] and rec["objective_evaluations"] == 3
+
+
+def test_fid_fit_study_family_holds_the_default_grid_and_never_loses_to_it(tmp_path, monkeypatch):
+    """The two-parameter family of ``--family`` (end point x spacing) holds the default grid of short runs
+    from the Gaussian start (end fraction 0.5, power 1: uniform in t) to 1e-12, crowds its points towards the
+    end above power 1, and the dry run scores every member once and writes the best, no worse than the
+    default grid."""
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    monkeypatch.syspath_prepend(str(root / "bench"))
+    import study_grid_fid_fit as study
+
+    sde = VP()
+    default = start_grid(sde, 4, ode=False, T=0.7)
+    same = study.family_grid(float(default[0]), float(default[-1]), 4, 1.0)
+    assert torch.allclose(same, default.double(), rtol=0, atol=1e-12)
+    crowded = study.family_grid(float(default[0]), float(default[-1]), 4, 1.6)
+    assert torch.equal(crowded[[0, -1]], same[[0, -1]]) and torch.all(crowded[1:] < crowded[:-1])
+    assert torch.all(crowded[1:-1] < same[1:-1] - 1e-3)  # nearer the data end than uniform
+    recs = study.main(["--steps", "2", "--n-calib", "8", "--dry-run", "--gaussian-start", "--family", "--out", str(tmp_path)])
+    (rec,) = recs
+    n_family = len(study.FAMILY_END_FRACTIONS) * len(study.FAMILY_POWERS)
+    assert len(rec["family_table"]) == n_family and rec["objective_evaluations"] == n_family  # default once, shared
+    assert rec["objective"] == min([rec["objective_start_grid"]] + [v for _, _, v in rec["family_table"]])
+    grid = load_grid(tmp_path / "multistep-2-gaussian-sde.json")
+    assert len(grid) == 3 and grid[0] == pytest.approx(rec["gaussian_start"]["start_time"])
