@@ -49,8 +49,8 @@ def fid_objective(net, module, n: int, ode: bool, start, feats_ref, feature_net)
 
 
 #: the two-parameter family of ``--family``: where the grid ends (``end_fraction`` of ``step_grid``: 0.5 is the
-#: default of short runs) and how its points crowd towards that end (``t_i = t_end + (t_s - t_end)(1 - i/n)^p``,
-#: ``p = 1``: uniform in ``t``, the default spacing of short runs)
+#: default of short runs) and how its points are spaced (``t_i = t_end + (t_s - t_end)(1 - i/n)^p``; ``p = 1``:
+#: uniform in ``t``, the default spacing of short runs; ``p < 1``: shorter steps near the start ``t_s``)
 #: (a first family, fractions 0.3-0.8 x powers 0.8-1.6, put every best at power 0.8 at 5 and 6 evaluations
 #: with powers above 1 far worse: docs/samplers.md, fitted grids)
 FAMILY_END_FRACTIONS = (0.3, 0.5, 0.7)
@@ -68,7 +68,8 @@ def family_search(sde, steps: int, t_s, objective, ode: bool, fractions=FAMILY_E
     """Score every grid of the family (:data:`FAMILY_END_FRACTIONS` x :data:`FAMILY_POWERS`) and the default
     grid; returns ``(grid, best, objective(default grid), evaluations, table)``, ``table`` a list of
     ``(end_fraction, power, objective)``.  Two degrees of freedom instead of one a grid point: a fit by a
-    noisy objective (FID of a finite sample) that cannot chase the calibration samples' own noise."""
+    noisy objective (FID of a finite sample) that chases the calibration samples' own noise far less (the
+    pick is still the lowest of a noisy table: docs/samplers.md, fitted grids)."""
     from lit_diffusion.sampling.defaults import default_schedule, step_grid
 
     default = step_grid(sde, "multistep", steps, default_schedule("multistep", ode, steps), True, T=t_s).double()
