@@ -301,3 +301,21 @@ def test_fid_fit_study_family_holds_the_default_grid_and_never_loses_to_it(tmp_p
     assert rec["objective"] == min([rec["objective_start_grid"]] + [v for _, _, v in rec["family_table"]])
     grid = load_grid(tmp_path / "multistep-2-gaussian-sde.json")
     assert len(grid) == 3 and grid[0] == pytest.approx(rec["gaussian_start"]["start_time"])
+
+
+def test_the_shipped_model_takes_the_grids_that_measured_better():
+    """checkpoints/mnist ships grids of one form fitted by FID for runs from its Gaussian start where they
+    beat the default grid (docs/samplers.md, "Targets and misses"): the ODE form at 4 / 5 / 7 steps, the SDE
+    form at 4 and 7; at 5 steps the SDE form (a tie) keeps the default grid."""
+    from pathlib import Path
+
+    from lit_diffusion.sampling.gaussian_start import GaussianStart
+    from lit_diffusion.sampling.grid_fit import model_grid
+
+    folder = Path(__file__).resolve().parents[2] / "checkpoints" / "mnist"
+    t_s = GaussianStart.load(str(folder / "data_moments.safetensors")).start_time(VP())
+    for steps, ode in [(4, True), (5, True), (7, True), (4, False), (7, False)]:
+        path, ts = model_grid(folder, steps, True, ode, start_time=t_s)
+        assert path.endswith(f"multistep-{steps}-gaussian-{'ode' if ode else 'sde'}.json")
+        assert len(ts) == steps + 1 and ts[0] == pytest.approx(t_s)
+    assert model_grid(folder, 5, True, False, start_time=t_s) is None
