@@ -153,15 +153,17 @@ MOMENTS = os.path.join(os.path.dirname(__file__), "..", "checkpoints", "mnist", 
 
 def make_scheduler(kind: str, opts: dict, sde, time_scale: float, nfe: int = 0):
     if kind == "lit-gauss-fitted":  # the Gaussian start on the grid fitted from it for nfe - 1 steps
-        return _make_scheduler("lit-fitted", {**opts, "gaussian_start": MOMENTS}, sde, time_scale, nfe, "-gaussian")
+        return _make_scheduler("lit-fitted", {**opts, "gaussian_start": MOMENTS}, sde, time_scale, nfe, gaussian=True)
     return _make_scheduler(kind, opts, sde, time_scale, nfe)
 
 
-def _make_scheduler(kind: str, opts: dict, sde, time_scale: float, nfe: int = 0, suffix: str = ""):
+def _make_scheduler(kind: str, opts: dict, sde, time_scale: float, nfe: int = 0, gaussian: bool = False):
     if kind == "lit-fitted":  # the grid fitted for nfe - 1 steps (+ the final denoising evaluation)
         # a grid of the row's form alone (multistep-<steps>[-gaussian]-<form>.json) comes before the shared one
+        from lit_diffusion.sampling.grid_fit import grid_file_name
+
         form = "ode" if opts.get("ode") else "sde"
-        paths = [os.path.join(FITTED_DIR, f"multistep-{nfe - 1}{suffix}{end}.json") for end in (f"-{form}", "")]
+        paths = [os.path.join(FITTED_DIR, grid_file_name(nfe - 1, True, gaussian, f)) for f in (form, None)]
         path = next((p for p in paths if os.path.exists(p)), paths[-1])
         if not os.path.exists(path):
             raise ValueError(f"no fitted grid {path} (python -m lit_diffusion.cli.grid_fit)")

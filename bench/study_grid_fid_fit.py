@@ -64,22 +64,22 @@ def family_grid(t_start: float, t_end: float, steps: int, power: float) -> torch
     return t_end + (t_start - t_end) * u ** float(power)
 
 
-def family_search(sde, steps: int, t_s, objective, ode: bool, fractions=FAMILY_END_FRACTIONS, powers=FAMILY_POWERS):
-    """Score every grid of the family (:data:`FAMILY_END_FRACTIONS` x :data:`FAMILY_POWERS`) and the default
-    grid; returns ``(grid, best, objective(default grid), evaluations, table)``, ``table`` a list of
-    ``(end_fraction, power, objective)``.  Two degrees of freedom instead of one a grid point: a fit by a
-    noisy objective (FID of a finite sample) that chases the calibration samples' own noise far less (the
-    pick is still the lowest of a noisy table: docs/samplers.md, fitted grids)."""
+def family_search(sde, default: torch.Tensor, t_s, objective, ode: bool, fractions=FAMILY_END_FRACTIONS, powers=FAMILY_POWERS):
+    """Score the ``default`` grid (:func:`~lit_diffusion.sampling.grid_fit.start_grid`, float64) and every grid
+    of the family (:data:`FAMILY_END_FRACTIONS` x :data:`FAMILY_POWERS`) from its first time; returns
+    ``(grid, best, objective(default grid), evaluations, table)``, ``table`` a list of ``(end_fraction,
+    power, objective)``.  Two degrees of freedom instead of one a grid point: a fit by a noisy objective (FID
+    of a finite sample) that chases the calibration samples' own noise far less (the pick is still the
+    lowest of a noisy table: docs/samplers.md, fitted grids)."""
     from lit_diffusion.sampling.defaults import default_schedule, step_grid
 
-    default = step_grid(sde, "multistep", steps, default_schedule("multistep", ode, steps), True, T=t_s).double()
-    t_start = float(default[0])
+    steps, t_start = len(default) - 1, float(default[0])
+    schedule = default_schedule("multistep", ode, steps)
     best_grid, first = default, objective(default)
     print(f"  {steps} steps, default grid: {first:.3f}", flush=True)
     best, table, evals = first, [], 1
     for f in fractions:
-        t_end = float(step_grid(sde, "multistep", steps, default_schedule("multistep", ode, steps), True, T=t_s,
-                                end_fraction=f)[-1])
+        t_end = float(step_grid(sde, "multistep", steps, schedule, True, T=t_s, end_fraction=f)[-1])
         for p in powers:
             grid = family_grid(t_start, t_end, steps, p)
             same = torch.allclose(grid, default, rtol=0, atol=1e-9)
@@ -136,7 +136,7 @@ def main(argv=None) -> list:
         grid0 = start_grid(sde, steps, a.form == "ode", True, T=t_s).double()
         table = None
         if a.family:
-            grid, best, first, evals, table = family_search(sde, steps, t_s, objective, a.form == "ode", a.fractions, a.powers)
+            grid, best, first, evals, table = family_search(sde, grid0, t_s, objective, a.form == "ode", a.fractions, a.powers)
         else:
             grid, best, first, evals = pattern_search(sde, grid0, objective, a.max_evals)
         method = "fid, family (end point x spacing)" if a.family else "fid, pattern search"
