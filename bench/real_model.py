@@ -84,6 +84,8 @@ SDE_SAMPLERS = [
     ("lit multistep 2 EDM grid", "lit", {"sampler": "multistep", "schedule": "edm"}),
     ("lit multistep 2, Gaussian start", "lit-gauss", {"sampler": "multistep"}),
     ("lit multistep 2, Gaussian start, fitted grid", "lit-gauss-fitted", {"sampler": "multistep"}),
+    # sample.py's path without --final-denoise: every evaluation a step, the grid run down to t_min
+    ("lit multistep 2, Gaussian start, to t_min", "lit-gauss", {"sampler": "multistep", "final_denoise": False}),
     ("DDPM ancestral", "DDPMScheduler", {}),
     ("Euler ancestral", "EulerAncestralDiscreteScheduler", {}),
     ("SDE-DPM-Solver++ 2M", "DPMSolverMultistepScheduler", {"algorithm_type": "sde-dpmsolver++", "solver_order": 2}),
@@ -117,6 +119,7 @@ ODE_SAMPLERS = [
     ("lit multistep 3 ODE EDM grid", "lit", {"sampler": "multistep", "ode": True, "schedule": "edm", "solver_order": 3}),
     ("lit multistep 2 ODE, Gaussian start", "lit-gauss", {"sampler": "multistep", "ode": True}),
     ("lit multistep 2 ODE, Gaussian start, fitted grid", "lit-gauss-fitted", {"sampler": "multistep", "ode": True}),
+    ("lit multistep 2 ODE, Gaussian start, to t_min", "lit-gauss", {"sampler": "multistep", "ode": True, "final_denoise": False}),
     ("DDIM", "DDIMScheduler", {}),
     ("Euler", "EulerDiscreteScheduler", {}),
     ("Heun", "HeunDiscreteScheduler", {}),

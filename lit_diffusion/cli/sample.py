@@ -121,7 +121,10 @@ def build_parser() -> argparse.ArgumentParser:
                    f"RePaintPipeline), a .npy of 0/1, or one of {list(NAMED_MASKS)} (the named part is regenerated)")
     p.add_argument("--resample", type=int, default=1, metavar="R",
                    help="--inpaint: RePaint resampling, each step repeated R times (R x the evaluations; default 1)")
-    p.add_argument("--final-denoise", action="store_true", help="return D(x, t_min) (one more evaluation)")
+    p.add_argument("--final-denoise", action=argparse.BooleanOptionalAction, default=None,
+                   help="end with one denoising evaluation D(x, t) at the last grid point (on short runs it replaces the "
+                   "last step; default: on for multistep and ddram, as SDEScheduler, the measured best; with --time-grid "
+                   "what the grid file was fitted for; --no-final-denoise runs the grid down to t_min)")
     p.add_argument("--precision", default="fp32", help=f"network precision, one of {list(PRECISIONS)}")
     p.add_argument("--no-ema", action="store_true", help="use the raw (not the EMA) weights of a Lightning checkpoint")
     p.add_argument("--shape", type=int, nargs="+", default=None, help="expected shape of one sample (checked)")

@@ -104,11 +104,13 @@ def _check_budget_args(args, sampler: str) -> None:
 
             raise ValueError(f"--steps {args.steps!r} is invalid; it must be an integer in [1, {MAX_STEPS}]") from None
     if getattr(args, "time_grid", None) is not None:
-        from ..sampling.grid_fit import load_grid
+        from ..sampling.grid_fit import grid_final_denoise, load_grid
 
         if args.steps is not None or args.nfe is not None:
             raise ValueError("--time-grid sets the steps itself: give --time-grid or --steps/--nfe, not both")
         args.timesteps = load_grid(args.time_grid)
+        if getattr(args, "final_denoise", None) is None:  # the ending the grid was fitted for
+            args.final_denoise = grid_final_denoise(args.time_grid)
         args.steps = len(args.timesteps) - 1
     try:  # (no --schedule: the sampler's default for the budget, resolved once the steps are known)
         if args.schedule is not None:
@@ -168,7 +170,7 @@ def _stepper_and_steps(args, sampler: str, model, options: dict):
         if args.steps < 1:
             raise ValueError(
                 f"--nfe {args.nfe} is too small for {sampler!r}: one step takes {stepper.evals_per_step} evaluations"
-                + (" plus 1 for --final-denoise" if args.final_denoise else "")
+                + (" plus 1 for the final denoising evaluation (--no-final-denoise drops it)" if args.final_denoise else "")
             )
     elif args.steps is None:
         args.steps = 50
@@ -264,10 +266,11 @@ def _sample_shape(args, model) -> tuple:
 
 def prepare(args: argparse.Namespace) -> Plan:
     """Validate every argument, load the model and check shapes: raises before any sampling work."""
-    from ..sampling.defaults import resolve_sampler
+    from ..sampling.defaults import default_final_denoise, resolve_sampler
 
     sampler = resolve_sampler(args.sampler)
     _check_budget_args(args, sampler)
+    args.final_denoise = default_final_denoise(sampler, getattr(args, "final_denoise", None))
     _check_output_args(args)
     options = _sampler_options(args, sampler)
     reference = _reference_data(args.reference)

@@ -375,6 +375,13 @@ def load_grid(path) -> list[float]:
     return [float(v) for v in _read_grid(path)["timesteps"]]
 
 
+def grid_final_denoise(path) -> Optional[bool]:
+    """Whether the fitted grid in ``path`` is for runs that end with a denoising evaluation (its
+    ``final_denoise`` key), or None when the file does not say."""
+    value = _read_grid(path).get("final_denoise")
+    return None if value is None else bool(value)
+
+
 def _read_grid(path) -> dict:
     """The record of a fitted-grid JSON, its ``format`` and ``timesteps`` checked."""
     try:

@@ -88,13 +88,15 @@ def test_lightning_checkpoint_matches_library_sampler(ckpt, tmp_path, sampler, o
     assert x.shape == (6, 2) and x.dtype == np.float32
     np.testing.assert_array_equal(idx, np.arange(6))
     assert meta["sampler"] == sampler and meta["steps"] == 5 and meta["world_size"] == 1
-    assert meta["nfe_per_sample"] == 5 * (2 if sampler == "ddram" and not options else 1)
+    final = sampler in ("ddram", "multistep")  # sample.py's default: these two end with a denoising evaluation
+    assert meta["final_denoise"] is final
+    assert meta["nfe_per_sample"] == 5 * (2 if sampler == "ddram" and not options else 1) + final
     assert (out / "samples.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert _files(out) == ["samples.npz", "samples.png"]  # no temporary file left behind
 
     module = ScoreModule.load_checkpoint(str(ckpt)).eval()
     ref = sample(module.field(ema=True), module.sde, shape=(6, 2), sampler=sampler, steps=5, generator=make_generators(range(10, 16)),
-                 **options)
+                 final_denoise=final, **options)
     np.testing.assert_allclose(x, ref.samples.numpy(), rtol=1e-5, atol=1e-6)
     assert np.isfinite(x).all()
 
@@ -320,10 +322,11 @@ def test_sample_py_script_runs(ckpt, tmp_path):
 
 
 def test_progress_bar_counts_network_evaluations(ckpt, tmp_path, capsys):
-    """The progress bar runs over network evaluations: 2 chunks x 3 ddram steps x 2 = 12."""
+    """The progress bar runs over network evaluations: 2 chunks x (3 ddram steps x 2 + the final denoising
+    evaluation) = 14."""
     assert main(["-c", str(ckpt), "--n", "3", "--batch-size", "2", "--steps", "3", "--sampler", "ddram", "--no-png", "--out", str(tmp_path / "o")]) == 0
     err = capsys.readouterr().err
-    assert "12/12" in err and "eval" in err, err[-500:]
+    assert "14/14" in err and "eval" in err, err[-500:]
 
 
 def test_sampling_path_imports_no_lightning_and_help_is_fast():

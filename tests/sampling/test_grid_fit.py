@@ -164,7 +164,11 @@ def test_sample_py_uses_the_grid_fitted_to_the_model(tmp_path):
     assert meta["timesteps"] == grid and meta["time_grid"].endswith("multistep-3.json")
     x_explicit, _ = run("explicit", "--time-grid", str(folder / "grids" / "multistep-3.json"), "--final-denoise")
     assert np.array_equal(x, x_explicit)
-    for extra in (["--steps", "3"], ["--steps", "3", "--final-denoise", "--ode"], ["--steps", "4", "--final-denoise"],
+    x_default, meta = run("default", "--steps", "3")  # multistep ends with the final evaluation by default
+    assert meta["final_denoise"] is True and meta["timesteps"] == grid and np.array_equal(x, x_default)
+    x_file, meta = run("file", "--time-grid", str(folder / "grids" / "multistep-3.json"))  # the file's ending
+    assert meta["final_denoise"] is True and np.array_equal(x, x_file)
+    for extra in (["--steps", "3", "--no-final-denoise"], ["--steps", "3", "--final-denoise", "--ode"], ["--steps", "4", "--final-denoise"],
                   ["--steps", "3", "--final-denoise", "--schedule", "uniform"]):
         _, meta = run("other" + "".join(extra), *extra)
         assert meta.get("timesteps") is None, extra
@@ -187,8 +191,14 @@ def test_sample_py_takes_a_grid_file(tmp_path):
     assert main(["-c", folder, "--sampler", "multistep", "--time-grid", str(g), "--out", str(out), "--n", "4", "--no-progress",
                  "--format", "npz"]) == 0
     meta = json.loads(str(np.load(out / "samples.npz")["args"]))
-    assert meta["steps"] == 3
+    assert meta["steps"] == 3 and meta["final_denoise"] is True  # a file without the key: the sampler's default
     assert main(["-c", folder, "--time-grid", str(g), "--steps", "3", "--out", str(tmp_path / "o2")]) == 2
+    # a grid fitted for runs down to t_min runs so unless told otherwise
+    g.write_text(json.dumps({"format": "lit_diffusion-grid", "timesteps": [1.0, 0.5, 0.2, 0.001], "final_denoise": False}))
+    for name, extra, final in (("o3", [], False), ("o4", ["--final-denoise"], True)):
+        assert main(["-c", folder, "--time-grid", str(g), "--out", str(tmp_path / name), "--n", "2", "--no-progress", *extra]) == 0
+        meta = json.loads(str(np.load(tmp_path / name / "samples.npz")["args"]))
+        assert meta["final_denoise"] is final and meta["nfe_per_sample"] == 3 + final
 
 
 def test_terminal_fit_from_a_gaussian_start(tmp_path):
@@ -299,6 +309,12 @@ def test_fid_fit_study_family_holds_the_default_grid_and_never_loses_to_it(tmp_p
     n_family = len(study.FAMILY_END_FRACTIONS) * len(study.FAMILY_POWERS)
     assert len(rec["family_table"]) == n_family and rec["objective_evaluations"] == n_family  # default once, shared
     assert rec["objective"] == min([rec["objective_start_grid"]] + [v for _, _, v in rec["family_table"]])
+    (quick,) = study.main(["--steps", "2", "--n-calib", "8", "--dry-run", "--gaussian-start", "--family", "--quick", "--out",
+                           str(tmp_path / "quick")])
+    assert [(f, p) for f, p, _ in quick["family_table"]] == [(0.5, 0.5), (0.5, 0.7), (0.7, 0.5), (0.7, 0.7)]
+    assert quick["objective_evaluations"] == 5 and "quick" in quick["method"]  # and the default grid
+    with pytest.raises(SystemExit):
+        study.main(["--steps", "2", "--quick", "--out", str(tmp_path / "q2")])
     grid = load_grid(tmp_path / "multistep-2-gaussian-sde.json")
     assert len(grid) == 3 and grid[0] == pytest.approx(rec["gaussian_start"]["start_time"])
 
@@ -319,3 +335,22 @@ def test_the_shipped_model_takes_the_grids_that_measured_better():
         assert path.endswith(f"multistep-{steps}-gaussian-{'ode' if ode else 'sde'}.json")
         assert len(ts) == steps + 1 and ts[0] == pytest.approx(t_s)
     assert model_grid(folder, 5, True, False, start_time=t_s) is None
+
+
+def test_sample_py_default_runs_what_was_measured_on_the_shipped_model(tmp_path, capsys):
+    """``sample.py -c checkpoints/mnist --nfe 5`` with no other option runs what the benchmark measured
+    through SDEScheduler: the Gaussian start, 4 steps ending with the final denoising evaluation, on the
+    grid fitted to the model (the run down to t_min scored FID 6.86 / 6.55, SDE / ODE, against 5.70 / 5.31
+    with the final evaluation: docs/samplers.md "The final denoising evaluation in sample.py")."""
+    from pathlib import Path
+
+    from lit_diffusion.cli.sample import main
+
+    folder = Path(__file__).resolve().parents[2] / "checkpoints" / "mnist"
+    for name, extra in (("sde", []), ("ode", ["--ode"])):
+        assert main(["-c", str(folder), "--nfe", "5", "--n", "2", "--no-progress", "--no-png", "--out", str(tmp_path / name),
+                     *extra]) == 0
+        meta = json.loads(str(np.load(tmp_path / name / "samples.npz")["args"]))
+        assert meta["final_denoise"] is True and meta["steps"] == 4 and meta["nfe_per_sample"] == 5
+        assert meta["time_grid"].endswith(f"multistep-4-gaussian-{name}.json")
+        assert "a Gaussian start" in capsys.readouterr().err

@@ -101,7 +101,7 @@ def test_sample_cli_inpaints_the_lower_half(tmp_path):
     common = ["-c", MNIST, "--n", "4", "--steps", "3", "--sampler", "ddram", "--no-progress", "--no-png"]
     out = run(common + ["--inpaint", str(tmp_path / "digits.npy"), "--mask", "lower-half", "--resample", "2",
                         "--out", str(tmp_path / "a")])
-    assert out["nfe_per_sample"] == 3 * 2 * 2  # ddram: 2 evaluations a step, each step twice
+    assert out["nfe_per_sample"] == 3 * 2 * 2 + 1  # ddram: 2 evaluations a step, each step twice, and the final one
     x = np.load(tmp_path / "a" / "samples.npz")["samples"]
     assert np.array_equal(x[:, :, :14], digits[[0, 1, 0, 1], :, :14])  # sample i completes image i % 2
     assert np.isfinite(x).all() and not np.allclose(x[:, :, 14:], digits[[0, 1, 0, 1], :, 14:], atol=0.1)

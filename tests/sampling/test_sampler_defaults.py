@@ -96,16 +96,20 @@ def test_sample_py_nfe_budget(ckpt, tmp_path):
 
     out = run(["-c", str(ckpt), "--nfe", "11", "--sampler", "ddram", "--n", "4", "--out", str(tmp_path / "a"),
                "--no-progress", "--no-png"])
-    assert out["nfe_per_sample"] == 10  # ddram: 5 steps of 2 evaluations fit 11
+    assert out["nfe_per_sample"] == 11  # ddram: 5 steps of 2 evaluations and the final denoising one (its default)
     meta = json.loads(str(np.load(tmp_path / "a" / "samples.npz")["args"]))
-    assert meta["steps"] == 5
+    assert meta["steps"] == 5 and meta["final_denoise"] is True
+    out = run(["-c", str(ckpt), "--nfe", "11", "--sampler", "ddram", "--no-final-denoise", "--n", "4", "--out",
+               str(tmp_path / "a2"), "--no-progress", "--no-png"])
+    assert out["nfe_per_sample"] == 10  # 5 steps of 2 evaluations, the grid run down to t_min
     out = run(["-c", str(ckpt), "--nfe", "7", "--sampler", "euler", "--n", "4", "--out", str(tmp_path / "b"),
                "--no-progress", "--no-png"])
-    assert out["nfe_per_sample"] == 7
+    assert out["nfe_per_sample"] == 7  # euler ends at t_min by default: 7 steps
     assert main(["-c", str(ckpt), "--nfe", "7", "--steps", "3", "--out", str(tmp_path / "c")]) == 2
     assert main(["-c", str(ckpt), "--nfe", "1", "--sampler", "ddram", "--out", str(tmp_path / "c")]) == 2
     out = run(["-c", str(ckpt), "--nfe", "11", "--n", "4", "--out", str(tmp_path / "d"), "--no-progress", "--no-png"])
-    assert out["nfe_per_sample"] == 11  # the default (auto = multistep): one evaluation per step
+    assert out["nfe_per_sample"] == 11  # the default (auto = multistep): 10 steps of one evaluation and the final one
+    assert json.loads(str(np.load(tmp_path / "d" / "samples.npz")["args"]))["steps"] == 10
     assert not (tmp_path / "c").exists()
 
 
