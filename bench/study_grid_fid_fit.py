@@ -30,9 +30,9 @@ import real_model  # noqa: E402
 CALIBRATION_SEED = 20_000
 
 
-def fid_objective(net, module, n: int, ode: bool, start, feats_ref, feature_net):
+def fid_objective(net, module, n: int, ode: bool, start, feats_ref, feature_net, seed: int = CALIBRATION_SEED):
     """``grid -> FID-MNIST`` of ``n`` multistep samples on ``grid`` (final denoising evaluation), seeds
-    ``CALIBRATION_SEED ...``, against the reference features ``feats_ref`` (both through ``feature_net``);
+    ``seed ...`` (default :data:`CALIBRATION_SEED`), against the reference features ``feats_ref`` (both through ``feature_net``);
     ``inf`` for a non-finite run."""
     from lit_diffusion.core.utils import make_generators
     from lit_diffusion.evaluation.metrics import frechet_distance
@@ -41,7 +41,7 @@ def fid_objective(net, module, n: int, ode: bool, start, feats_ref, feature_net)
     def objective(grid) -> float:
         x = sample(net, module.sde, shape=(n,) + tuple(module.data_shape), sampler="multistep", ode=ode, timesteps=grid,
                    final_denoise=True, gaussian_start=start, prediction_type=module.prediction_type, check_finite=False,
-                   generator=make_generators(range(CALIBRATION_SEED, CALIBRATION_SEED + n))).samples
+                   generator=make_generators(range(seed, seed + n))).samples
         if not torch.isfinite(x).all():
             return math.inf
         return float(frechet_distance(features(feature_net, x.clamp(-1, 1), "-1,1"), feats_ref)["value"])
@@ -114,6 +114,8 @@ def main(argv=None) -> list:
     p.add_argument("--gaussian-start", action="store_true", help="runs from the moments beside the model")
     p.add_argument("--n-calib", type=int, default=256)
     p.add_argument("--max-evals", type=int, default=40)
+    p.add_argument("--calib-seed", type=int, default=CALIBRATION_SEED, help="the first calibration sample's seed "
+                   "(another set of calibration samples: a second opinion on a noisy table)")
     p.add_argument("--family", action="store_true", help="score the two-parameter family of grids (end point x "
                    "spacing) instead of the pattern search over every point")
     p.add_argument("--fractions", type=float, nargs="+", default=None, help="the family's end fractions "
@@ -141,7 +143,7 @@ def main(argv=None) -> list:
     digits = mnist_split()[0][: 64 if a.dry_run else None]
     feature_net = load_feature_net()  # loaded once, not once a candidate grid
     feats_ref = features(feature_net, digits, "0,1")  # mnist_split: floats in [0, 1]
-    objective = fid_objective(net, module, a.n_calib, a.form == "ode", start, feats_ref, feature_net)
+    objective = fid_objective(net, module, a.n_calib, a.form == "ode", start, feats_ref, feature_net, a.calib_seed)
     os.makedirs(a.out, exist_ok=True)
     records = []
     for steps in a.steps:
@@ -156,7 +158,7 @@ def main(argv=None) -> list:
             else "fid, pattern search"
         rec = {"format": GRID_FORMAT, "sampler": "multistep", "steps": steps, "method": f"{method} (bench/study_grid_fid_fit.py)",
                "forms": [a.form], "timesteps": grid.tolist(), "start_timesteps": grid0.tolist(), "objective": best,
-               "objective_start_grid": first, "final_denoise": True, "n_calib": a.n_calib, "objective_evaluations": evals,
+               "objective_start_grid": first, "final_denoise": True, "n_calib": a.n_calib, "calib_seed": a.calib_seed, "objective_evaluations": evals,
                "seconds": time.perf_counter() - t0, "gaussian_start": None if start is None else {"noise_ratio": start.noise_ratio, "start_time": t_s},
                "family_table": table}
         path = os.path.join(a.out, grid_file_name(steps, True, start is not None, a.form))

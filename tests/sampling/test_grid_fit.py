@@ -313,6 +313,10 @@ def test_fid_fit_study_family_holds_the_default_grid_and_never_loses_to_it(tmp_p
                            str(tmp_path / "quick")])
     assert [(f, p) for f, p, _ in quick["family_table"]] == [(0.5, 0.5), (0.5, 0.7), (0.7, 0.5), (0.7, 0.7)]
     assert quick["objective_evaluations"] == 5 and "quick" in quick["method"]  # and the default grid
+    assert rec["calib_seed"] == study.CALIBRATION_SEED
+    (other,) = study.main(["--steps", "2", "--n-calib", "8", "--dry-run", "--gaussian-start", "--family", "--quick",
+                           "--calib-seed", "21000", "--out", str(tmp_path / "other")])
+    assert other["calib_seed"] == 21000 and other["objective_start_grid"] != quick["objective_start_grid"]  # other samples
     with pytest.raises(SystemExit):
         study.main(["--steps", "2", "--quick", "--out", str(tmp_path / "q2")])
     grid = load_grid(tmp_path / "multistep-2-gaussian-sde.json")
