@@ -14,7 +14,9 @@ grids"), and so did the Gaussian start from the moments shipped beside the MNIST
 uses by default on multistep runs of at most 9 steps (``sample_cli``; docs/samplers.md "The Gaussian
 start"), and so did the SDE form's stochasticity 0.5 on multistep runs of at most 5 steps (``pipeline_swap``;
 docs/samplers.md "Stochasticity"), and so did the end of short multistep runs, halfway down to ``t_min``
-(``pipeline_swap``; docs/samplers.md "The end of short runs");
+(``pipeline_swap``; docs/samplers.md "The end of short runs"), and so did sample.py's final denoising
+evaluation, on by default for multistep and DDRaM runs (``sample_cli``, which then runs the 6-step grid
+that ends halfway down; docs/samplers.md "The final denoising evaluation in sample.py");
 ``train_weights`` and ``export`` are still those of the first reference."""
 
 from __future__ import annotations
