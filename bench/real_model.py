@@ -59,6 +59,8 @@ SDE_SAMPLERS = [
     ("lit ddram 1-eval, last step denoising", "lit-end", {"sampler": "ddram", "evals_per_step": 1}),
     ("lit ddram, last step denoising", "lit-end", {"sampler": "ddram"}),
     ("lit ddram, grid to t_min", "lit-tmin", {"sampler": "ddram"}),
+    # sample.py's DDRaM without the final evaluation (--no-final-denoise): every evaluation in a step, down to t_min
+    ("lit ddram, no final denoising", "lit", {"sampler": "ddram", "final_denoise": False}),
     ("lit ddram 1-eval, grid to t_min", "lit-tmin", {"sampler": "ddram", "evals_per_step": 1}),
     ("lit ddram 1-eval EDM grid", "lit", {"sampler": "ddram", "evals_per_step": 1, "schedule": "edm"}),
     ("lit ddram log-SNR midpoint", "lit", {"sampler": "ddram", "midpoint": "log_snr"}),
