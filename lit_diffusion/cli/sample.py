@@ -100,9 +100,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=256, help="samples per network batch (a fixed chunk of indices)")
     p.add_argument("--seed", type=int, default=0, help="sample i uses seed + i")
     p.add_argument("--sampler", default="auto", help=f"auto (the measured best: multistep) or one of {list(SAMPLERS)}")
-    p.add_argument("--steps", type=int, default=None, help="sampler steps (default 50; NFE = steps x evaluations per step)")
+    p.add_argument("--steps", type=int, default=None, help="sampler steps (default 50; NFE = steps x evaluations per step, "
+                   "+ 1 with the final denoising evaluation)")
     p.add_argument("--nfe", type=int, default=None, help="network-evaluation budget: the largest number of steps whose "
-                   "evaluations fit it (ddram and pc take 2 per step), to compare samplers at equal cost")
+                   "evaluations fit it, the final denoising evaluation counted (ddram and pc take 2 per step), to compare "
+                   "samplers at equal cost")
     p.add_argument("--schedule", default=None, help=f"time grid, one of {list(SCHEDULES)} (default: uniform, the measured "
                    "best on learned networks)")
     p.add_argument("--parametrization", default=None, help="frozen field: score, relative_score or denoiser")
