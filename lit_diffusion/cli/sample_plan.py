@@ -104,13 +104,13 @@ def _check_budget_args(args, sampler: str) -> None:
 
             raise ValueError(f"--steps {args.steps!r} is invalid; it must be an integer in [1, {MAX_STEPS}]") from None
     if getattr(args, "time_grid", None) is not None:
-        from ..sampling.grid_fit import grid_final_denoise, load_grid
+        from ..sampling.grid_fit import load_grid_file
 
         if args.steps is not None or args.nfe is not None:
             raise ValueError("--time-grid sets the steps itself: give --time-grid or --steps/--nfe, not both")
-        args.timesteps = load_grid(args.time_grid)
+        args.timesteps, fitted_ending = load_grid_file(args.time_grid)
         if getattr(args, "final_denoise", None) is None:  # the ending the grid was fitted for
-            args.final_denoise = grid_final_denoise(args.time_grid)
+            args.final_denoise = fitted_ending
         args.steps = len(args.timesteps) - 1
     try:  # (no --schedule: the sampler's default for the budget, resolved once the steps are known)
         if args.schedule is not None:

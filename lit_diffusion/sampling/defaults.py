@@ -115,7 +115,7 @@ DDRAM_SHORT_RUN_EVALS = 9
 #: (:func:`ends_with_denoising`), on long ones it costs one evaluation of the budget. Measured on the shipped
 #: MNIST model (FID-MNIST of 1,000 samples, seeds 0 and 1, ``bench/real_model.py``, docs/samplers.md
 #: "The final denoising evaluation in sample.py"), multistep from the Gaussian start: SDE form 5.70 / 5.01 /
-#: 4.33 at 5 / 6 / 8 evaluations with it against 6.86 / 5.82 / 4.97 run down to ``t_min``; DDRaM (SDE form)
+#: 4.32 at 5 / 6 / 8 evaluations with it against 6.86 / 5.82 / 4.97 run down to ``t_min``; DDRaM (SDE form)
 #: 12.21 / 6.08 at 10 / 20 evaluations against 13.13 / 7.46. The other samplers keep ending at ``t_min``.
 FINAL_DENOISE_SAMPLERS = ("multistep", "ddram")
 

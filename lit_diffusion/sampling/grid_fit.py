@@ -372,14 +372,16 @@ def model_grid(folder, steps: int, final_denoise: bool, ode: bool, start_time: O
 
 def load_grid(path) -> list[float]:
     """The ``timesteps`` of a fitted-grid JSON, checked (a decreasing list of at least 2 finite times)."""
-    return [float(v) for v in _read_grid(path)["timesteps"]]
+    return load_grid_file(path)[0]
 
 
-def grid_final_denoise(path) -> Optional[bool]:
-    """Whether the fitted grid in ``path`` is for runs that end with a denoising evaluation (its
-    ``final_denoise`` key), or None when the file does not say."""
-    value = _read_grid(path).get("final_denoise")
-    return None if value is None else bool(value)
+def load_grid_file(path) -> tuple[list[float], Optional[bool]]:
+    """The ``timesteps`` of a fitted-grid JSON (checked, as :func:`load_grid`) and whether the grid is for
+    runs that end with a denoising evaluation (its ``final_denoise`` key; None when the file does not say),
+    from one read of the file."""
+    rec = _read_grid(path)
+    value = rec.get("final_denoise")
+    return [float(v) for v in rec["timesteps"]], (None if value is None else bool(value))
 
 
 def _read_grid(path) -> dict:
