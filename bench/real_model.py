@@ -88,6 +88,8 @@ SDE_SAMPLERS = [
     ("lit multistep 2, Gaussian start, fitted grid", "lit-gauss-fitted", {"sampler": "multistep"}),
     # sample.py's path without --final-denoise: every evaluation a step, the grid run down to t_min
     ("lit multistep 2, Gaussian start, to t_min", "lit-gauss", {"sampler": "multistep", "final_denoise": False}),
+    # the scheduler of export_pipeline(model, folder, sampler="multistep"), read back with from_pretrained
+    ("lit exported pipeline", "lit-export", {}),
     ("DDPM ancestral", "DDPMScheduler", {}),
     ("Euler ancestral", "EulerAncestralDiscreteScheduler", {}),
     ("SDE-DPM-Solver++ 2M", "DPMSolverMultistepScheduler", {"algorithm_type": "sde-dpmsolver++", "solver_order": 2}),
@@ -122,6 +124,7 @@ ODE_SAMPLERS = [
     ("lit multistep 2 ODE, Gaussian start", "lit-gauss", {"sampler": "multistep", "ode": True}),
     ("lit multistep 2 ODE, Gaussian start, fitted grid", "lit-gauss-fitted", {"sampler": "multistep", "ode": True}),
     ("lit multistep 2 ODE, Gaussian start, to t_min", "lit-gauss", {"sampler": "multistep", "ode": True, "final_denoise": False}),
+    ("lit exported pipeline ODE", "lit-export", {"ode": True}),
     ("DDIM", "DDIMScheduler", {}),
     ("Euler", "EulerDiscreteScheduler", {}),
     ("Heun", "HeunDiscreteScheduler", {}),
@@ -156,7 +159,29 @@ GUIDANCE = None
 MOMENTS = os.path.join(os.path.dirname(__file__), "..", "checkpoints", "mnist", "data_moments.safetensors")
 
 
+#: the model (--model), which the "lit exported pipeline" rows export once into EXPORTED
+MODEL = None
+EXPORTED = None
+
+
+def exported_scheduler(opts: dict):
+    """The scheduler of ``export_pipeline(MODEL, folder, sampler="multistep")`` (written once into a temporary
+    folder), loaded back with ``SDEScheduler.from_pretrained`` as a pipeline would, with ``opts`` over its config."""
+    global EXPORTED
+    if EXPORTED is None:
+        import tempfile
+
+        from lit_diffusion.integrations.export import export_pipeline
+
+        EXPORTED = export_pipeline(MODEL, os.path.join(tempfile.mkdtemp(prefix="bench_export_"), "pipeline"), sampler="multistep")
+    if GUIDANCE is not None:  # told the pipeline's guidance, as the other rows of ours
+        opts = {"guidance_scale": GUIDANCE, **opts}
+    return SDEScheduler.from_pretrained(EXPORTED, subfolder="scheduler", **opts)
+
+
 def make_scheduler(kind: str, opts: dict, sde, time_scale: float, nfe: int = 0):
+    if kind == "lit-export":
+        return exported_scheduler(opts)
     if kind == "lit-gauss-fitted":  # the Gaussian start on the grid fitted from it for nfe - 1 steps
         return _make_scheduler("lit-fitted", {**opts, "gaussian_start": MOMENTS}, sde, time_scale, nfe, gaussian=True)
     return _make_scheduler(kind, opts, sde, time_scale, nfe)
@@ -420,8 +445,8 @@ def prepare_model(model: str, guidance, dry_run: bool, device, fitted_dir=None):
     guidance at it, and return ``(module, time_scale, lit_model, diffusers_model)``: the two evaluation
     functions the pipeline loop calls, ours with continuous timesteps in UNet units, diffusers' with the
     integer index of the DDPM table."""
-    global FITTED_DIR, MOMENTS, GUIDANCE
-    FITTED_DIR, GUIDANCE = fitted_dir or os.path.join(model, "grids"), guidance
+    global FITTED_DIR, MOMENTS, GUIDANCE, MODEL
+    FITTED_DIR, GUIDANCE, MODEL = fitted_dir or os.path.join(model, "grids"), guidance, model
     MOMENTS = os.path.join(model, "data_moments.safetensors")
     module = load(model, dry_run, conditional=guidance is not None)
     net = module.net.to(device).eval()

@@ -128,6 +128,38 @@ def _load_module(ckpt_or_module):
     raise TypeError(f"export_pipeline: expected a ScoreModule or a checkpoint path; got {type(ckpt_or_module).__name__}")
 
 
+def _model_files(folder: str, module, scale: float, sampler, scheduler_kwargs: dict) -> dict:
+    """The SDEScheduler keys that carry what ``sample.py`` takes from a model folder into the export: the
+    Gaussian start (``data_moments.safetensors``, on unconditional multistep runs of at most
+    :data:`~lit_diffusion.sampling.defaults.GAUSSIAN_START_RUN` steps; the scheduler saves the file beside its
+    config) and the grids fitted to the model (``grids/``, each form's, in the U-Net's time ``u = scale t``).
+    Nothing that ``scheduler_kwargs`` sets itself, and nothing for guided or other samplers."""
+    from ..sampling.defaults import GAUSSIAN_START_RUN, resolve_sampler
+    from ..sampling.gaussian_start import model_moments
+    from ..sampling.grid_fit import model_grid
+
+    guided = scheduler_kwargs.get("guidance_scale") not in (None, 1, 1.0)
+    if resolve_sampler(sampler or "auto") != "multistep" or guided or scheduler_kwargs.get("inverse"):
+        return {}
+    extra: dict = {}
+    start = None
+    if module.num_classes is None and "gaussian_start" not in scheduler_kwargs and "noise_ratio" not in scheduler_kwargs:
+        start = model_moments(folder)
+        if start is not None:
+            extra = {"gaussian_start": os.path.join(folder, "data_moments.safetensors"), "gaussian_start_steps": GAUSSIAN_START_RUN}
+    if "schedule" in scheduler_kwargs or "fitted_grid" in scheduler_kwargs:
+        return extra
+    final = bool(scheduler_kwargs.get("final_denoise", True))
+    grids: dict = {}
+    for form in ("ode", "sde"):
+        for steps in range(1, 101):
+            t_s = start.start_time(module.sde) if start is not None and steps <= GAUSSIAN_START_RUN else None
+            found = model_grid(folder, steps, final, form == "ode", t_s)
+            if found is not None:
+                grids.setdefault(form, []).append([t * scale for t in found[1]])
+    return {**extra, "fitted_grid": grids} if grids else extra
+
+
 def _scheduler(module, scale: float, sampler, scheduler_kwargs: dict):
     """A stock DDPMScheduler table for VP models (unless ``sampler`` asks for ours), else an
     SDEScheduler running the trained SDE in the U-Net's time units."""
@@ -155,6 +187,24 @@ def _scheduler(module, scale: float, sampler, scheduler_kwargs: dict):
     )
 
 
+def _carried(sched) -> str:
+    """The README's sentence on what the scheduler carries from the model folder (empty when nothing)."""
+    config = getattr(sched, "config", {})
+    parts = []
+    if config.get("gaussian_start"):
+        parts.append(f"the Gaussian start (`scheduler/data_moments.safetensors`, on runs of at most "
+                     f"{config.get('gaussian_start_steps') or 'any number of'} steps)")
+    grids = config.get("fitted_grid")
+    if isinstance(grids, dict):
+        parts.append("the grids fitted to the model (" + "; ".join(
+            f"{form} form: {', '.join(str(len(g) - 1) for g in gs)} steps" for form, gs in sorted(grids.items())) + ")")
+    if not parts:
+        return ""
+    return ("\n\nThe scheduler carries what `sample.py` takes from the model folder: " + " and ".join(parts)
+            + ". `SDEScheduler.from_config(pipe.scheduler.config, ...)` keeps them; pass `gaussian_start=None` or "
+            "`fitted_grid=None` there to drop them.")
+
+
 def _readme(stock: bool, module, sched, conditional: bool, latent: bool) -> str:
     load = (
         "from diffusers import DiffusionPipeline\npipe = DiffusionPipeline.from_pretrained(folder)  # a stock DDPMPipeline"
@@ -174,6 +224,7 @@ def _readme(stock: bool, module, sched, conditional: bool, latent: bool) -> str:
         f"({sched.sde!r}) is not a DDPM table: a stock diffusers scheduler built from this config would run "
         "another process."
     )
+    swaps += _carried(sched)
     call = "pipe(batch_size=16, num_inference_steps=50"
     if conditional:
         call += f", class_labels=[i % {module.num_classes} for i in range(16)], guidance_scale=3.0"
@@ -191,6 +242,7 @@ def export_pipeline(
     out_dir: str,
     sampler: Optional[str] = None,
     ema: bool = True,
+    model_files: bool = True,
     **scheduler_kwargs,
 ) -> str:
     """Write a diffusers pipeline folder for a trained image model and return ``out_dir``.
@@ -205,9 +257,17 @@ def export_pipeline(
             :class:`~lit_diffusion.integrations.scheduler.SDEScheduler` (with ``scheduler_kwargs``: ``schedule``,
             ``ode``, ``final_denoise``...).
         ema: export the EMA weights (default) or the raw ones.
+        model_files: with our multistep sampler and a model folder (or a checkpoint in one), carry what
+            ``sample.py`` takes from the folder into the scheduler, so that the pipeline runs what was measured:
+            the Gaussian start (``data_moments.safetensors``, copied into ``scheduler/``; unconditional models,
+            runs of at most 9 steps) and the fitted grids of ``grids/`` (config key ``fitted_grid``, per form).
     """
     module = _load_module(ckpt_or_module)
     unet, scale = _unet_and_scale(module.sampling_net(ema))
+    if model_files and isinstance(ckpt_or_module, (str, os.PathLike)) and (sampler is not None or not _is_vp(module.sde)):
+        path = os.fspath(ckpt_or_module)
+        folder = path if os.path.isdir(path) else os.path.dirname(os.path.abspath(path))
+        scheduler_kwargs = {**_model_files(folder, module, scale, sampler, scheduler_kwargs), **scheduler_kwargs}
     sched = _scheduler(module, scale, sampler, scheduler_kwargs)
     unet = copy.deepcopy(unet).cpu().eval()
     if any(p.dtype != torch.float32 for p in unet.parameters()):

@@ -47,10 +47,11 @@ from .scheduler_config import (  # noqa: E402,F401  (re-exported)
     check_sampler_name, check_schedule_name, diffusers_schedule, ends_with_denoising_step, dynamic_threshold,
     fitted_grids, gaussian_start_of_config, process_of_config, stepper_for_eta, stepper_options,
 )
+from .scheduler_files import ModelFiles, check_gaussian_start_steps  # noqa: E402
 from .scheduler_layout import EvaluationLayout  # noqa: E402
 
 
-class SDEScheduler(EvaluationLayout, SchedulerMixin, ConfigMixin):
+class SDEScheduler(ModelFiles, EvaluationLayout, SchedulerMixin, ConfigMixin):
     """A diffusers scheduler running the samplers of :mod:`lit_diffusion.sampling.samplers`.
 
     Config (every ``__init__`` argument is saved by ``save_pretrained``):
@@ -85,7 +86,8 @@ class SDEScheduler(EvaluationLayout, SchedulerMixin, ConfigMixin):
     last step), ``seed`` (DDRaM midpoints when ``set_timesteps`` gets no generator; default 0, so
     that a seeded pipeline is reproducible; ``None``: torch's global RNG), ``fitted_grid``,
     ``gaussian_start`` / ``noise_ratio`` (a moments file or model folder: start at ``σ/α = noise_ratio``
-    from the data's Gaussian, docs/samplers.md "The Gaussian start"), ``guidance_scale`` (the pipeline's
+    from the data's Gaussian, docs/samplers.md "The Gaussian start"; saved beside the config, :mod:`.scheduler_files`),
+    ``gaussian_start_steps`` (the longest run that takes it; None: every run), ``guidance_scale`` (the pipeline's
     classifier-free guidance; not 1: multistep takes the guided layout, ``guided_layout``).
     """
 
@@ -124,6 +126,7 @@ class SDEScheduler(EvaluationLayout, SchedulerMixin, ConfigMixin):
         fitted_grid: Optional[list] = None,
         gaussian_start: Optional[str] = None,
         noise_ratio: Optional[float] = None,
+        gaussian_start_steps: Optional[int] = None,
         guidance_scale: Optional[float] = None,
         inverse: bool = False,
         rho: float = 7.0,
@@ -153,7 +156,8 @@ class SDEScheduler(EvaluationLayout, SchedulerMixin, ConfigMixin):
 
         self._guided = guided_layout(guidance_scale, self._final_denoise)  # the guided multistep layout
         self._schedule = check_schedule_name(schedule, name, timestep_spacing, bool(ode))
-        self._gstart = gaussian_start_of_config(gaussian_start, noise_ratio, bool(inverse))
+        check_gaussian_start_steps(gaussian_start_steps)
+        self._gstart = self._gstart_loaded = gaussian_start_of_config(gaussian_start, noise_ratio, bool(inverse))
         self._declared = canonical_prediction(prediction_type)
 
         # ---- the process and the stepper (the same object the sample() loop drives) -----------------

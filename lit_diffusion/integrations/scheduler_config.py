@@ -5,6 +5,7 @@ thresholding."""
 from __future__ import annotations
 
 import math
+from typing import Optional
 
 import torch
 from torch import Tensor
@@ -96,9 +97,16 @@ def check_model_output(model_output, sample, timestep, index) -> None:
         )
 
 
-def fitted_grids(fitted_grid) -> list:
+def fitted_grids(fitted_grid, ode: Optional[bool] = None) -> list:
     """The grids of the ``fitted_grid`` config key, checked: one grid (a decreasing list of at least 2
-    finite times) or a list of them, one per step count (``[]`` for None)."""
+    finite times) or a list of them, one per step count (``[]`` for None); or a dict of such for each
+    form, ``{"ode": ..., "sde": ...}`` (what an export writes), of which ``ode`` picks one (None: all checked)."""
+    if isinstance(fitted_grid, dict):
+        bad = sorted(set(fitted_grid) - {"ode", "sde"})
+        if bad:
+            raise ValueError(f"fitted_grid: keys {bad} are invalid; valid keys: ['ode', 'sde'] (the grids of each form)")
+        forms = {k: fitted_grids(v) for k, v in fitted_grid.items()}
+        return [g for v in forms.values() for g in v] if ode is None else forms.get("ode" if ode else "sde", [])
     if fitted_grid is None:
         return []
     grids = fitted_grid if isinstance(fitted_grid, (list, tuple)) and fitted_grid and isinstance(

@@ -86,7 +86,7 @@ class EvaluationLayout:
             if timesteps is not None:
                 raise ValueError("pass either timesteps or sigmas, not both")
             timesteps = self._times_of_sigmas(sigmas)
-        fitted = fitted_grids(self.config.get("fitted_grid"))
+        fitted = fitted_grids(self.config.get("fitted_grid"), bool(self.stepper.ode))
         if timesteps is None and fitted:
             # grids fitted to the model (python -m lit_diffusion.cli.grid_fit), saved in the config:
             # a pipeline that reloads this scheduler keeps them; other step counts use `schedule`
@@ -99,8 +99,10 @@ class EvaluationLayout:
         if timesteps is not None:
             if num_inference_steps is not None:
                 raise ValueError("pass either num_inference_steps or timesteps, not both")
+            self._gstart = self._start_of_run(len(timesteps) - 1)  # (a Gaussian start only up to gaussian_start_steps)
             grid = self._custom_grid(timesteps)
         else:
+            self._gstart = self._start_of_run(check_num_steps(num_inference_steps))
             grid = self._step_grid(check_num_steps(num_inference_steps))
         if self.config.get("inverse"):
             grid = grid.flip(0)  # t_min -> T: encoding

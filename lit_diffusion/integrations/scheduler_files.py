@@ -1,0 +1,86 @@
+"""The files a saved :class:`~lit_diffusion.integrations.scheduler.SDEScheduler` keeps beside its config.
+
+A Gaussian start (``gaussian_start``) needs the data's moments, a safetensors file too large for the
+JSON config.  ``save_pretrained`` writes them as ``data_moments.safetensors`` in the scheduler folder
+and saves the key as that bare file name; ``from_pretrained`` resolves a bare name against the folder it
+reads, so a pipeline folder that is moved, copied or shared keeps its Gaussian start (paths in the
+config otherwise stay as given).  ``gaussian_start_steps`` limits the start to runs of at most that
+many steps (the rule measured on the shipped model, docs/samplers.md "The Gaussian start"): longer
+runs start from the prior at ``T``.  The file is data, read with safetensors and checked, never code.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Optional
+
+from ..runtime.checkpoint_io import atomic_write_bytes
+
+__all__ = ["ModelFiles", "check_gaussian_start_steps"]
+
+
+def _bare_name(value) -> bool:
+    """Whether a ``gaussian_start`` value names a file of the scheduler folder itself."""
+    return isinstance(value, str) and value not in ("", ".", "..") and os.path.basename(value) == value and "\\" not in value
+
+
+def check_gaussian_start_steps(steps) -> Optional[int]:
+    """The ``gaussian_start_steps`` config key: None (every run) or an integer >= 1 (no effect without
+    ``gaussian_start``, so that ``from_config(config, gaussian_start=None)`` drops a saved start)."""
+    if steps is None:
+        return None
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+        raise ValueError(f"gaussian_start_steps={steps!r} is invalid; it must be an integer >= 1 (the longest run, in "
+                         "steps, that starts from the Gaussian) or None (every run)")
+    return int(steps)
+
+
+class ModelFiles:
+    """The ``from_pretrained`` / ``save_pretrained`` half of ``SDEScheduler`` that carries the moments file,
+    and the Gaussian start of one run (a mixin: it reads ``config`` and ``_gstart_loaded``)."""
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path=None, subfolder: Optional[str] = None, **kwargs):
+        """diffusers' ``from_pretrained``; a ``gaussian_start`` saved as a bare file name is read from the
+        folder being loaded (unless ``gaussian_start=`` is passed here)."""
+        if "gaussian_start" not in kwargs and pretrained_model_name_or_path is not None:
+            folder = os.path.join(os.fspath(pretrained_model_name_or_path), subfolder or "")
+            name = _saved_key(os.path.join(folder, cls.config_name), "gaussian_start")
+            if _bare_name(name):
+                path = os.path.join(folder, name)
+                if not os.path.isfile(path):
+                    raise ValueError(f"the scheduler config in {folder!r} names the moments file {name!r} (gaussian_start), "
+                                     "which is not in that folder")
+                kwargs["gaussian_start"] = os.path.abspath(path)
+        return super().from_pretrained(pretrained_model_name_or_path, subfolder=subfolder, **kwargs)
+
+    def save_pretrained(self, save_directory, push_to_hub: bool = False, **kwargs) -> None:
+        """diffusers' ``save_pretrained``, then the Gaussian start's moments written beside the config
+        (``data_moments.safetensors``) and its key saved as that bare name: the folder is self-contained."""
+        super().save_pretrained(save_directory, push_to_hub=push_to_hub, **kwargs)
+        if self._gstart_loaded is None:
+            return
+        from ..sampling.gaussian_start import MOMENTS_FILE
+
+        atomic_write_bytes(self._gstart_loaded.to_bytes(), os.path.join(os.fspath(save_directory), MOMENTS_FILE))
+        config_path = os.path.join(os.fspath(save_directory), self.config_name)
+        with open(config_path) as fh:
+            config = json.load(fh)
+        config["gaussian_start"] = MOMENTS_FILE
+        atomic_write_bytes((json.dumps(config, indent=2, sort_keys=True) + "\n").encode(), config_path)
+
+    def _start_of_run(self, steps: int):
+        """The Gaussian start of a run of ``steps`` steps: the configured one up to ``gaussian_start_steps``."""
+        limit = self.config.get("gaussian_start_steps")
+        return self._gstart_loaded if limit is None or int(steps) <= int(limit) else None
+
+
+def _saved_key(config_path: str, key: str):
+    """``key`` of a saved scheduler config (None when the file or the key is missing; diffusers reports bad files)."""
+    try:
+        with open(config_path) as fh:
+            config = json.load(fh)
+    except (OSError, ValueError):
+        return None
+    return config.get(key) if isinstance(config, dict) else None

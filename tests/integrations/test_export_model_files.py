@@ -1,0 +1,137 @@
+"""An export carries what sample.py takes from the model folder: the Gaussian start's moments (copied into
+the scheduler folder, found again after the folder moves) and the grids fitted to the model, per form."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from lit_diffusion.integrations.export import export_pipeline
+from lit_diffusion.integrations.scheduler import SDEScheduler
+from lit_diffusion.sampling.gaussian_start import GaussianStart
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+MNIST = os.path.join(ROOT, "checkpoints", "mnist")
+
+# in a fresh interpreter, from the moved folder: the exported pipeline against the scheduler the benchmark
+# builds by hand (bench/real_model.py, row "lit multistep 2, Gaussian start, fitted grid"), same U-Net and seed
+_FRESH = r"""
+import json, sys, torch
+from lit_diffusion import LitDiffusionPipeline
+from lit_diffusion.integrations.export import rescale_time
+from lit_diffusion.integrations.scheduler import SDEScheduler
+from lit_diffusion.training.module import ScoreModule
+
+folder, mnist = sys.argv[1], sys.argv[2]
+pipe = LitDiffusionPipeline.from_pretrained(folder)
+pipe.set_progress_bar_config(disable=True)
+out = {"moments": pipe.scheduler.config.gaussian_start}
+def run(steps):
+    return pipe(batch_size=3, num_inference_steps=steps, generator=torch.Generator().manual_seed(0), output_type="pt").images
+exported = {n: run(n) for n in (4, 6)}
+grid = json.load(open(mnist + "/grids/multistep-4-gaussian-sde.json"))["timesteps"]
+name, kw = rescale_time(ScoreModule.load(mnist).sde, 1000.0)
+by_hand = dict(num_train_timesteps=1000, prediction_type="epsilon", sde=name, sde_kwargs=kw, sampler="multistep",
+               gaussian_start=mnist + "/data_moments.safetensors")
+pipe.scheduler = SDEScheduler(**by_hand, fitted_grid=[t * 1000.0 for t in grid])
+out["4"] = float((run(4) - exported[4]).abs().max())
+pipe.scheduler = SDEScheduler(**by_hand)
+out["6"] = float((run(6) - exported[6]).abs().max())
+print(json.dumps(out))
+"""
+
+
+@pytest.fixture(scope="module")
+def moved(tmp_path_factory):
+    """The shipped MNIST model exported with our multistep sampler, then moved to another folder."""
+    base = tmp_path_factory.mktemp("export")
+    export_pipeline(MNIST, str(base / "a"), sampler="multistep")
+    shutil.move(str(base / "a"), str(base / "b"))
+    return str(base / "b")
+
+
+def _grid(name):
+    with open(os.path.join(MNIST, "grids", name)) as fh:
+        return [t * 1000.0 for t in json.load(fh)["timesteps"]]
+
+
+def test_export_carries_the_moments_and_the_fitted_grids(moved):
+    cfg = json.load(open(os.path.join(moved, "scheduler", "scheduler_config.json")))
+    assert cfg["gaussian_start"] == "data_moments.safetensors"  # a bare name: the folder is self-contained
+    assert cfg["gaussian_start_steps"] == 9
+    assert {k: [len(g) - 1 for g in v] for k, v in cfg["fitted_grid"].items()} == {"ode": [4, 5, 7], "sde": [4, 7]}
+    sched = SDEScheduler.from_pretrained(moved, subfolder="scheduler")
+    shipped = GaussianStart.load(os.path.join(MNIST, "data_moments.safetensors"))
+    got = sched._gstart_loaded
+    assert torch.equal(got.mean, shipped.mean) and torch.equal(got.eigenvectors, shipped.eigenvectors)
+    assert sched.config.gaussian_start == os.path.abspath(os.path.join(moved, "scheduler", "data_moments.safetensors"))
+    start = sched._gstart_loaded.start_time(sched.sde)
+    for steps, form, name in [(4, "sde", "multistep-4-gaussian-sde.json"), (7, "sde", "multistep-7-gaussian-sde.json")]:
+        sched.set_timesteps(steps)
+        assert sched._gstart is not None
+        assert sched._grid.tolist() == pytest.approx(_grid(name), rel=1e-12)
+    sched.set_timesteps(6)  # no fitted grid of 6 steps: the default grid from the Gaussian start
+    assert sched._gstart is not None and float(sched._grid[0]) == pytest.approx(start, rel=1e-12)
+    sched.set_timesteps(20)  # past gaussian_start_steps: from the prior at T
+    assert sched._gstart is None and float(sched._grid[0]) == pytest.approx(1000.0)
+    ode = SDEScheduler.from_config(sched.config, ode=True)  # a swap to the ODE form takes the ODE form's grids
+    for steps in (4, 5, 7):
+        ode.set_timesteps(steps)
+        assert ode._grid.tolist() == pytest.approx(_grid(f"multistep-{steps}-gaussian-ode.json"), rel=1e-12)
+    dropped = SDEScheduler.from_config(sched.config, gaussian_start=None, fitted_grid=None)  # as the folder's README says
+    dropped.set_timesteps(4)
+    assert dropped._gstart is None and float(dropped._grid[0]) == pytest.approx(1000.0)
+    sched.set_timesteps(5)  # the SDE form has no 5-step grid from the Gaussian start (the ODE form's is not taken)
+    assert sched._grid.tolist() != pytest.approx(_grid("multistep-5-gaussian-ode.json"), rel=1e-6)
+
+
+def test_moved_export_runs_what_the_benchmark_measured_in_a_fresh_interpreter(moved):
+    res = subprocess.run([sys.executable, "-c", _FRESH, moved, MNIST], capture_output=True, text=True, timeout=300,
+                         env={**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"})
+    assert res.returncode == 0, res.stderr[-3000:]
+    got = json.loads(res.stdout.strip().splitlines()[-1])
+    assert got["moments"].startswith(os.path.realpath(moved)) or got["moments"].startswith(moved)
+    assert got["4"] == 0.0 and got["6"] == 0.0
+
+
+def test_saving_a_loaded_scheduler_keeps_the_folder_self_contained(moved, tmp_path):
+    sched = SDEScheduler.from_pretrained(moved, subfolder="scheduler")
+    sched.save_pretrained(str(tmp_path / "again"))
+    cfg = json.load(open(tmp_path / "again" / "scheduler_config.json"))
+    assert cfg["gaussian_start"] == "data_moments.safetensors"
+    back = SDEScheduler.from_pretrained(str(tmp_path / "again"))
+    a, b = sched._gstart_loaded, back._gstart_loaded
+    assert torch.equal(a.mean, b.mean) and torch.equal(a.eigenvalues, b.eigenvalues) and a.residual == b.residual
+    os.remove(tmp_path / "again" / "data_moments.safetensors")
+    with pytest.raises(ValueError, match="names the moments file 'data_moments.safetensors'"):
+        SDEScheduler.from_pretrained(str(tmp_path / "again"))
+
+
+def test_what_is_not_carried(tmp_path):
+    """model_files=False, a user's own schedule, and a conditional model carry nothing (or only the grids'
+    complement); the stock DDPM export of a VP model stays stock."""
+    plain = export_pipeline(MNIST, str(tmp_path / "plain"), sampler="multistep", model_files=False)
+    cfg = json.load(open(os.path.join(plain, "scheduler", "scheduler_config.json")))
+    assert cfg["gaussian_start"] is None and cfg["fitted_grid"] is None
+    assert not os.path.exists(os.path.join(plain, "scheduler", "data_moments.safetensors"))
+    own = export_pipeline(MNIST, str(tmp_path / "own"), sampler="multistep", schedule="edm")
+    cfg = json.load(open(os.path.join(own, "scheduler", "scheduler_config.json")))
+    assert cfg["fitted_grid"] is None and cfg["gaussian_start"] == "data_moments.safetensors"
+    cond = export_pipeline(os.path.join(ROOT, "checkpoints", "mnist-cond"), str(tmp_path / "cond"), sampler="multistep")
+    cfg = json.load(open(os.path.join(cond, "scheduler", "scheduler_config.json")))
+    assert cfg["gaussian_start"] is None  # guided runs start from the prior (docs/samplers.md)
+    stock = export_pipeline(MNIST, str(tmp_path / "stock"))
+    assert json.load(open(os.path.join(stock, "scheduler", "scheduler_config.json")))["_class_name"] == "DDPMScheduler"
+
+
+def test_bad_keys_are_refused_before_any_work():
+    with pytest.raises(ValueError, match="gaussian_start_steps=0 is invalid"):
+        SDEScheduler(gaussian_start=os.path.join(MNIST, "data_moments.safetensors"), gaussian_start_steps=0)
+    with pytest.raises(ValueError, match=r"keys \['odee'\] are invalid; valid keys: \['ode', 'sde'\]"):
+        SDEScheduler(fitted_grid={"odee": [[900.0, 10.0]]})
+    with pytest.raises(ValueError, match="is not a decreasing list"):
+        SDEScheduler(fitted_grid={"ode": [[10.0, 900.0]]})
