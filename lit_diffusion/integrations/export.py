@@ -19,6 +19,9 @@ What is written depends on what stock diffusers can run faithfully:
   trust_remote_code=True)`` also loads it but *runs the folder's* ``pipeline.py``: only for folders
   you wrote yourself (a crafted folder's file would run).
 
+Our multistep scheduler carries what ``sample.py`` takes from a model folder (``model_files``): the Gaussian
+start's moments, written beside the scheduler config, and the grids fitted to the model, per form.
+
 Every folder has a ``README.md`` saying how to load it and which scheduler swaps are valid.
 
 Time convention. Our :class:`lit_diffusion.training.networks.UNet` feeds the diffusers U-Net the timestep
