@@ -75,6 +75,10 @@ def load_diffusers(folder) -> LoadedModel:
         raise CheckpointError(f"could not load the UNet2DModel in {str(unet_dir)!r}: {type(e).__name__}: {e}") from e
     cfg = {k: v for k, v in cfg.items() if not k.startswith("_")}
     try:
+        from ..integrations.scheduler_files import saved_moments
+
+        if cfg.get("gaussian_start") is not None:  # an export's moments, saved beside the config
+            cfg["gaussian_start"] = saved_moments(cfg_file.parent, cfg["gaussian_start"])
         scheduler = SDEScheduler.from_config(cfg)
     except Exception as e:  # noqa: BLE001
         raise CheckpointError(f"scheduler config {str(cfg_file)!r} is not usable: {type(e).__name__}: {e}") from e
@@ -94,6 +98,24 @@ def load_diffusers(folder) -> LoadedModel:
         UNet.around(unet.eval(), pred), scheduler.sde, pred, shape, "diffusers",
         {"sde": repr(scheduler.sde), "scheduler_class": json.loads(cfg_file.read_text()).get("_class_name")}, decode,
     )
+
+
+def pipeline_grid(folder, steps: int, final_denoise: bool, ode: bool, top: float) -> Optional[tuple[str, list]]:
+    """``(where, timesteps)`` of the grid of ``steps`` steps that an exported pipeline folder's scheduler config
+    holds for the form (``fitted_grid``, export_pipeline's model files), or None: only a grid that starts at
+    ``top`` (the run's first time: a Gaussian start's, else ``T``) and ends as the run does."""
+    from ..integrations.scheduler_config import fitted_grids
+
+    cfg_file = Path(folder) / "scheduler" / "scheduler_config.json"
+    if not cfg_file.is_file():
+        return None
+    cfg = json.loads(cfg_file.read_text())
+    if not isinstance(cfg, dict) or bool(cfg.get("final_denoise", True)) != bool(final_denoise):
+        return None
+    for g in fitted_grids(cfg.get("fitted_grid"), bool(ode)):
+        if len(g) - 1 == int(steps) and abs(g[0] - float(top)) <= 1e-6 * max(1.0, abs(float(top))):
+            return f"{cfg_file} (fitted_grid, {'ODE' if ode else 'SDE'} form)", g
+    return None
 
 
 def model_folder(path) -> str:

@@ -183,7 +183,7 @@ def _stepper_and_steps(args, sampler: str, model, options: dict):
 
         guided = guided_layout(getattr(args, "guidance_scale", None), getattr(args, "final_denoise", False))
         if not guided:  # (grids are fitted without guidance)
-            _use_model_grid(args, sampler)
+            _use_model_grid(args, sampler, model.sde.T if args.start_time is None else args.start_time)
         args.schedule = default_schedule(sampler, bool(args.ode), int(args.steps), guided)
     return stepper
 
@@ -205,7 +205,8 @@ def _gaussian_start(args, sampler: str):
         return None
     if choice == "auto":
         c = str(args.checkpoint)
-        start = model_moments(model_folder(c), ratio)
+        folder = model_folder(c)  # (an exported pipeline keeps its moments beside the scheduler config)
+        start = model_moments(folder, ratio) or model_moments(os.path.join(folder, "scheduler"), ratio)
         # conditional runs (class labels, guidance, inpainting) start from the prior unless asked: the moments
         # are the unconditional data's, and under guidance 3 the start moved the samples off the guided law
         # (docs/samplers.md "Guidance 3 on a GPU")
@@ -224,16 +225,20 @@ def _gaussian_start(args, sampler: str):
     return GaussianStart.load(choice, ratio)
 
 
-def _use_model_grid(args, sampler: str) -> None:
+def _use_model_grid(args, sampler: str, top: float) -> None:
     """With no ``--schedule`` or ``--time-grid``, multistep runs on the grid fitted to the model when one
     for this step count, ending and form is saved beside it (``<folder>/grids/``: the shipped MNIST
-    model's grids, docs/samplers.md "The corrector and the fitted grids"); said on stderr and in the run's metadata."""
+    model's grids, docs/samplers.md "The corrector and the fitted grids"; or an exported pipeline's scheduler
+    config); said on stderr and in the run's metadata.  ``top``: the run's first time."""
     if sampler != "multistep" or getattr(args, "timesteps", None) is not None:
         return
     from ..sampling.grid_fit import model_grid
+    from .sample_models import pipeline_grid
 
     # (a Gaussian start takes only a grid fitted from its start time)
     found = model_grid(args.checkpoint, int(args.steps), bool(args.final_denoise), bool(args.ode), getattr(args, "start_time", None))
+    if found is None and os.path.isdir(str(args.checkpoint)):
+        found = pipeline_grid(args.checkpoint, int(args.steps), bool(args.final_denoise), bool(args.ode), top)
     if found is not None:
         args.time_grid, args.timesteps = found
         print(f"sample.py: the grid fitted to this model for {args.steps} steps: {found[0]} (--schedule to choose another)",

@@ -17,7 +17,7 @@ from typing import Optional
 
 from ..runtime.checkpoint_io import atomic_write_bytes
 
-__all__ = ["ModelFiles", "check_gaussian_start_steps"]
+__all__ = ["ModelFiles", "check_gaussian_start_steps", "saved_moments"]
 
 
 def _bare_name(value) -> bool:
@@ -36,6 +36,18 @@ def check_gaussian_start_steps(steps) -> Optional[int]:
     return int(steps)
 
 
+def saved_moments(folder, value):
+    """The moments file a saved ``gaussian_start`` value names: a bare file name is read from the scheduler
+    folder ``folder`` (a ``ValueError`` when it is not there); other values are returned as they are."""
+    if not _bare_name(value):
+        return value
+    path = os.path.join(os.fspath(folder), value)
+    if not os.path.isfile(path):
+        raise ValueError(f"the scheduler config in {os.fspath(folder)!r} names the moments file {value!r} (gaussian_start), "
+                         "which is not in that folder")
+    return os.path.abspath(path)
+
+
 class ModelFiles:
     """The ``from_pretrained`` / ``save_pretrained`` half of ``SDEScheduler`` that carries the moments file,
     and the Gaussian start of one run (a mixin: it reads ``config`` and ``_gstart_loaded``)."""
@@ -48,11 +60,7 @@ class ModelFiles:
             folder = os.path.join(os.fspath(pretrained_model_name_or_path), subfolder or "")
             name = _saved_key(os.path.join(folder, cls.config_name), "gaussian_start")
             if _bare_name(name):
-                path = os.path.join(folder, name)
-                if not os.path.isfile(path):
-                    raise ValueError(f"the scheduler config in {folder!r} names the moments file {name!r} (gaussian_start), "
-                                     "which is not in that folder")
-                kwargs["gaussian_start"] = os.path.abspath(path)
+                kwargs["gaussian_start"] = saved_moments(folder, name)
         return super().from_pretrained(pretrained_model_name_or_path, subfolder=subfolder, **kwargs)
 
     def save_pretrained(self, save_directory, push_to_hub: bool = False, **kwargs) -> None:

@@ -135,3 +135,31 @@ def test_bad_keys_are_refused_before_any_work():
         SDEScheduler(fitted_grid={"odee": [[900.0, 10.0]]})
     with pytest.raises(ValueError, match="is not a decreasing list"):
         SDEScheduler(fitted_grid={"ode": [[10.0, 900.0]]})
+
+
+def test_sample_py_on_the_exported_folder_runs_what_it_runs_on_the_model_folder(moved, tmp_path, capsys):
+    """``sample.py -c EXPORT`` reads the moments and the grids the export carries (the scheduler config's
+    ``fitted_grid``, in the U-Net's time) and draws the same samples as ``sample.py -c checkpoints/mnist``, up to
+    float32 rounding of the exact time change; past 9 steps both start from T."""
+    import numpy as np
+
+    from lit_diffusion.cli.sample import main
+
+    for name, extra in (("sde", []), ("ode", ["--ode"])):
+        runs = {}
+        for where, folder in (("model", MNIST), ("export", moved)):
+            out = tmp_path / f"{name}-{where}"
+            assert main(["-c", folder, "--nfe", "5", "--n", "4", "--seed", "0", "--no-progress", "--no-png", "--out", str(out),
+                         *extra]) == 0
+            data = np.load(out / "samples.npz")
+            runs[where] = (data["samples"], json.loads(str(data["args"])))
+        err = capsys.readouterr().err
+        assert err.count("a Gaussian start") == 2
+        assert runs["export"][1]["time_grid"].endswith(f"scheduler_config.json (fitted_grid, {name.upper()} form)")
+        assert runs["model"][1]["time_grid"].endswith(f"multistep-4-gaussian-{name}.json")
+        assert np.abs(runs["export"][0] - runs["model"][0]).max() < 1e-4
+        assert np.abs(runs["model"][0]).max() > 0.5
+    out = tmp_path / "long"
+    assert main(["-c", moved, "--nfe", "20", "--n", "2", "--no-progress", "--no-png", "--out", str(out)]) == 0
+    assert "Gaussian start" not in capsys.readouterr().err
+    assert json.loads(str(np.load(out / "samples.npz")["args"])).get("time_grid") is None
