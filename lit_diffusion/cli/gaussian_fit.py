@@ -36,10 +36,11 @@ def data_samples(name: str) -> torch.Tensor:
 
 @torch.no_grad()
 def model_samples(model, n: int, steps: int, seed: int, batch: int = 250) -> torch.Tensor:
-    """``n`` samples of the model itself (multistep, SDE form, ``steps`` steps, final denoising)."""
+    """``n`` samples of the model itself (a :class:`~lit_diffusion.cli.sample_models.LoadedModel`; multistep, SDE
+    form, ``steps`` steps, final denoising)."""
     from ..sampling.samplers import sample
 
-    net = model.sampling_net(True)
+    net = model.net
     out = []
     for b0 in range(0, n, batch):
         g = torch.Generator().manual_seed(seed * 1_000_003 + b0)
@@ -59,7 +60,8 @@ def main(argv=None) -> int:
     from ..core.utils import check_count
 
     p = argparse.ArgumentParser(prog="python -m lit_diffusion.cli.gaussian_fit", description=main.__doc__.split(":")[0])
-    p.add_argument("-c", "--checkpoint", required=True, help="a pretrained-model folder or a train.py checkpoint")
+    p.add_argument("-c", "--checkpoint", required=True, help="a pretrained-model folder, a train.py checkpoint or a diffusers "
+                   "pipeline folder")
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--data", help=f"the training data: an embedded dataset ({', '.join(DATA_NAMES)}) or an array file "
                      "(.npz / .npy / .safetensors) of samples in the model's data space")
@@ -75,9 +77,9 @@ def main(argv=None) -> int:
     check_count("--steps", a.steps)
     if a.threads:
         torch.set_num_threads(a.threads)
-    from ..training.module import ScoreModule
+    from .sample_models import load_model
 
-    model = ScoreModule.load(a.checkpoint)
+    model = load_model(a.checkpoint, ema=True)
     out = a.out or os.path.join(model_folder(a.checkpoint), MOMENTS_FILE)
     if a.data is not None:
         x = data_samples(a.data)

@@ -10,8 +10,7 @@ import torch
 
 from ..runtime.checkpoint_io import atomic_write_bytes
 from ..sampling.grid_fit import FIT_METHODS, fit_grid, grid_file_name
-from ..training.module import ScoreModule
-from .sample_models import model_folder
+from .sample_models import load_model, model_folder
 
 __all__ = ["main"]
 
@@ -22,7 +21,8 @@ def main(argv=None) -> int:
     import argparse
 
     p = argparse.ArgumentParser(prog="python -m lit_diffusion.cli.grid_fit", description=main.__doc__.split(":")[0])
-    p.add_argument("-c", "--checkpoint", required=True, help="a pretrained-model folder or a train.py checkpoint")
+    p.add_argument("-c", "--checkpoint", required=True, help="a pretrained-model folder, a train.py checkpoint or a diffusers "
+                   "pipeline folder (unet/ + scheduler/; grids in the scheduler's time units)")
     p.add_argument("--steps", type=int, nargs="+", required=True, help="sampler steps of each grid to fit")
     p.add_argument("--method", default="terminal", choices=FIT_METHODS,
                    help="terminal: pattern search on the terminal error of the ODE against accurate solutions (default, "
@@ -52,12 +52,17 @@ def main(argv=None) -> int:
     if a.gaussian_start is not None:
         from ..sampling.gaussian_start import MOMENTS_FILE, as_gaussian_start
 
-        start = as_gaussian_start(os.path.join(folder, MOMENTS_FILE) if a.gaussian_start == "model" else a.gaussian_start,
-                                  a.noise_ratio)
+        moments = a.gaussian_start
+        if moments == "model":  # beside the model, or beside an exported pipeline's scheduler config
+            moments = next((m for m in (os.path.join(folder, MOMENTS_FILE), os.path.join(folder, "scheduler", MOMENTS_FILE))
+                            if os.path.isfile(m)), os.path.join(folder, MOMENTS_FILE))
+        start = as_gaussian_start(moments, a.noise_ratio)
     elif a.noise_ratio is not None:
         raise ValueError("--noise-ratio only applies with --gaussian-start")
-    model = ScoreModule.load(a.checkpoint)
-    net = model.sampling_net(True)
+    model = load_model(a.checkpoint, ema=True)
+    net = model.net
+    if model.data_shape is None:
+        raise ValueError(f"the checkpoint {a.checkpoint!r} does not record its data shape")
     out = a.out or os.path.join(folder, "grids")
     recs = fit_grid(net, model.sde, list(a.steps), model.data_shape, n_calib=a.n_calib, fine=a.fine, refine=a.refine,
                     seed=a.seed, prediction_type=model.prediction_type, final_denoise=not a.end_at_t_min,

