@@ -66,6 +66,9 @@ class ModelFiles:
     def save_pretrained(self, save_directory, push_to_hub: bool = False, **kwargs) -> None:
         """diffusers' ``save_pretrained``, then the Gaussian start's moments written beside the config
         (``data_moments.safetensors``) and its key saved as that bare name: the folder is self-contained."""
+        if self._gstart_loaded is not None and push_to_hub:  # (the upload would miss the moments file)
+            raise ValueError("save_pretrained(push_to_hub=True) with a Gaussian start: save the folder locally, then "
+                             "upload it as a whole (its data_moments.safetensors beside the config)")
         super().save_pretrained(save_directory, push_to_hub=push_to_hub, **kwargs)
         if self._gstart_loaded is None:
             return

@@ -106,6 +106,8 @@ def test_saving_a_loaded_scheduler_keeps_the_folder_self_contained(moved, tmp_pa
     back = SDEScheduler.from_pretrained(str(tmp_path / "again"))
     a, b = sched._gstart_loaded, back._gstart_loaded
     assert torch.equal(a.mean, b.mean) and torch.equal(a.eigenvalues, b.eigenvalues) and a.residual == b.residual
+    with pytest.raises(ValueError, match="upload it as a whole"):
+        sched.save_pretrained(str(tmp_path / "hub"), push_to_hub=True)
     os.remove(tmp_path / "again" / "data_moments.safetensors")
     with pytest.raises(ValueError, match="names the moments file 'data_moments.safetensors'"):
         SDEScheduler.from_pretrained(str(tmp_path / "again"))
