@@ -50,13 +50,10 @@ def main(argv=None) -> int:
     folder = model_folder(a.checkpoint)
     start = None
     if a.gaussian_start is not None:
-        from ..sampling.gaussian_start import MOMENTS_FILE, as_gaussian_start
+        from ..sampling.gaussian_start import as_gaussian_start, moments_path
 
-        moments = a.gaussian_start
-        if moments == "model":  # beside the model, or beside an exported pipeline's scheduler config
-            moments = next((m for m in (os.path.join(folder, MOMENTS_FILE), os.path.join(folder, "scheduler", MOMENTS_FILE))
-                            if os.path.isfile(m)), os.path.join(folder, MOMENTS_FILE))
-        start = as_gaussian_start(moments, a.noise_ratio)
+        # (beside the model, or beside an exported pipeline's scheduler config)
+        start = as_gaussian_start(moments_path(folder) if a.gaussian_start == "model" else a.gaussian_start, a.noise_ratio)
     elif a.noise_ratio is not None:
         raise ValueError("--noise-ratio only applies with --gaussian-start")
     model = load_model(a.checkpoint, ema=True)

@@ -205,8 +205,7 @@ def _gaussian_start(args, sampler: str):
         return None
     if choice == "auto":
         c = str(args.checkpoint)
-        folder = model_folder(c)  # (an exported pipeline keeps its moments beside the scheduler config)
-        start = model_moments(folder, ratio) or model_moments(os.path.join(folder, "scheduler"), ratio)
+        start = model_moments(model_folder(c), ratio)  # (an export's: beside its scheduler config)
         # conditional runs (class labels, guidance, inpainting) start from the prior unless asked: the moments
         # are the unconditional data's, and under guidance 3 the start moved the samples off the guided law
         # (docs/samplers.md "Guidance 3 on a GPU")

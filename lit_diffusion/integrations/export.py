@@ -138,7 +138,7 @@ def _model_files(folder: str, module, scale: float, sampler, scheduler_kwargs: d
     config) and the grids fitted to the model (``grids/``, each form's, in the U-Net's time ``u = scale t``).
     Nothing that ``scheduler_kwargs`` sets itself, and nothing for guided or other samplers."""
     from ..sampling.defaults import GAUSSIAN_START_RUN, resolve_sampler
-    from ..sampling.gaussian_start import MOMENTS_FILE, model_moments
+    from ..sampling.gaussian_start import model_moments, moments_path
     from ..sampling.grid_fit import model_grid
 
     guided = scheduler_kwargs.get("guidance_scale") not in (None, 1, 1.0)
@@ -149,7 +149,7 @@ def _model_files(folder: str, module, scale: float, sampler, scheduler_kwargs: d
     if module.num_classes is None and "gaussian_start" not in scheduler_kwargs and "noise_ratio" not in scheduler_kwargs:
         start = model_moments(folder)
         if start is not None:
-            extra = {"gaussian_start": os.path.join(folder, MOMENTS_FILE), "gaussian_start_steps": GAUSSIAN_START_RUN}
+            extra = {"gaussian_start": moments_path(folder), "gaussian_start_steps": GAUSSIAN_START_RUN}
     if "schedule" in scheduler_kwargs or "fitted_grid" in scheduler_kwargs:
         return extra
     final = bool(scheduler_kwargs.get("final_denoise", True))

@@ -59,7 +59,7 @@ class ModelFiles:
         if "gaussian_start" not in kwargs and pretrained_model_name_or_path is not None:
             folder = os.path.join(os.fspath(pretrained_model_name_or_path), subfolder or "")
             name = _saved_key(os.path.join(folder, cls.config_name), "gaussian_start")
-            if _bare_name(name):
+            if name is not None:
                 kwargs["gaussian_start"] = saved_moments(folder, name)
         return super().from_pretrained(pretrained_model_name_or_path, subfolder=subfolder, **kwargs)
 

@@ -102,8 +102,9 @@ class EvaluationLayout:
             self._gstart = self._start_of_run(len(timesteps) - 1)  # (a Gaussian start only up to gaussian_start_steps)
             grid = self._custom_grid(timesteps)
         else:
-            self._gstart = self._start_of_run(check_num_steps(num_inference_steps))
-            grid = self._step_grid(check_num_steps(num_inference_steps))
+            n_steps = check_num_steps(num_inference_steps)
+            self._gstart = self._start_of_run(n_steps)
+            grid = self._step_grid(n_steps)
         if self.config.get("inverse"):
             grid = grid.flip(0)  # t_min -> T: encoding
         n = grid.numel() - 1

@@ -25,7 +25,7 @@ from torch import Tensor
 
 from ..core.sdes import LinearSDE
 
-__all__ = ["GaussianStart", "MOMENTS_FILE", "DEFAULT_NOISE_RATIO", "model_moments"]
+__all__ = ["GaussianStart", "MOMENTS_FILE", "DEFAULT_NOISE_RATIO", "model_moments", "moments_path"]
 
 #: the file a model folder keeps its moments in
 MOMENTS_FILE = "data_moments.safetensors"
@@ -186,9 +186,17 @@ class GaussianStart:
         return cls(t["mean"], t["eigenvalues"], t["eigenvectors"], float(t["residual"]), noise_ratio)
 
 
+def moments_path(folder) -> str:
+    """The moments file of a model folder: :data:`MOMENTS_FILE` in it, else beside the scheduler config of an
+    exported pipeline folder (``scheduler/``, where ``SDEScheduler.save_pretrained`` writes it); the first when
+    neither exists."""
+    paths = [os.path.join(os.fspath(folder), MOMENTS_FILE), os.path.join(os.fspath(folder), "scheduler", MOMENTS_FILE)]
+    return next((p for p in paths if os.path.isfile(p)), paths[0])
+
+
 def model_moments(folder, noise_ratio: float = DEFAULT_NOISE_RATIO) -> Optional[GaussianStart]:
-    """The moments saved in a model folder (:data:`MOMENTS_FILE`), or None when it has none."""
-    path = os.path.join(os.fspath(folder), MOMENTS_FILE)
+    """The moments saved in a model folder (:func:`moments_path`), or None when it has none."""
+    path = moments_path(folder)
     return GaussianStart.load(path, noise_ratio) if os.path.isfile(path) else None
 
 
