@@ -19,11 +19,13 @@ stock ``DDPMScheduler`` table, and ``DPMSolverMultistepScheduler.from_config`` s
 Loading an exported folder: ``LitDiffusionPipeline.from_pretrained(folder)`` after ``import
 lit_diffusion``, or, in a fresh interpreter, ``DiffusionPipeline.from_pretrained(folder,
 trust_remote_code=True)``: the folder's ``pipeline.py`` only imports this class (diffusers runs code
-named by a folder only with that flag).
+named by a folder only with that flag).  ``LitDiffusionPipeline.from_pretrained("user/repo")`` loads such
+a folder uploaded to the Hub, fetching only its configs and safetensors files.
 """
 
 from __future__ import annotations
 
+import os
 from typing import Optional, Union
 
 import torch
@@ -34,6 +36,29 @@ from diffusers import DiffusionPipeline, ImagePipelineOutput
 from . import scheduler as _scheduler  # noqa: F401
 
 __all__ = ["LitDiffusionPipeline"]
+
+#: what ``from_pretrained`` fetches of a Hub repository: the configs and safetensors weights it reads
+HUB_FILES = ("model_index.json", "unet/*.json", "unet/*.safetensors", "vae/*.json", "vae/*.safetensors", "scheduler/*.json",
+             "scheduler/*.safetensors")
+#: the options of ``from_pretrained`` for a Hub repository
+HUB_OPTIONS = ("revision", "token", "cache_dir", "local_files_only")
+
+
+def _hub_snapshot(folder, hub: dict) -> str:
+    """``folder`` when it exists here (or is not a repository id); else the local snapshot of the Hub
+    repository ``folder`` (:data:`HUB_FILES` only)."""
+    name = os.fspath(folder)
+    if os.path.exists(name) or os.path.isabs(name) or name.startswith(".") or name.count("/") > 1 or "\\" in name:
+        if hub:
+            raise TypeError(f"LitDiffusionPipeline.from_pretrained({name!r}): {sorted(hub)} only apply to a Hub repository id")
+        return name
+    from huggingface_hub import snapshot_download
+
+    try:
+        return snapshot_download(name, allow_patterns=list(HUB_FILES), **hub)
+    except (OSError, ValueError) as e:  # not found, offline and not cached, a bad repository id
+        raise ValueError(f"{name!r} is neither an exported pipeline folder here nor a Hub repository that could be fetched "
+                         f"({type(e).__name__}: {e})") from None
 
 
 class LitDiffusionPipeline(DiffusionPipeline):
@@ -49,7 +74,10 @@ class LitDiffusionPipeline(DiffusionPipeline):
     def from_pretrained(cls, folder, torch_dtype: Optional[torch.dtype] = None, **kwargs) -> "LitDiffusionPipeline":
         """Load an exported folder without running any code from it: the components are built from
         an explicit list of classes (``UNet2DModel``, ``AutoencoderKL``, diffusers' schedulers and
-        :class:`~lit_diffusion.integrations.scheduler.SDEScheduler`), safetensors weights only."""
+        :class:`~lit_diffusion.integrations.scheduler.SDEScheduler`), safetensors weights only.  ``folder``
+        may be a Hub repository id (``"user/repo"``) that is not a local folder: only its JSON configs and
+        safetensors files are fetched (:data:`HUB_FILES`, never its ``pipeline.py``), with ``revision``,
+        ``token``, ``cache_dir`` and ``local_files_only`` as in ``huggingface_hub.snapshot_download``."""
         import json
         from pathlib import Path
 
@@ -58,11 +86,13 @@ class LitDiffusionPipeline(DiffusionPipeline):
 
         from .scheduler import SDEScheduler
 
+        hub = {k: kwargs.pop(k) for k in HUB_OPTIONS if k in kwargs}
         if kwargs:
-            raise TypeError(f"LitDiffusionPipeline.from_pretrained: unsupported arguments {sorted(kwargs)} (only torch_dtype)")
+            raise TypeError(f"LitDiffusionPipeline.from_pretrained: unsupported arguments {sorted(kwargs)} (only torch_dtype "
+                            f"and, for a Hub repository, {', '.join(HUB_OPTIONS)})")
         from ..runtime.checkpoint_io import inside_folder
 
-        folder = Path(folder)
+        folder = Path(_hub_snapshot(folder, hub))
         try:
             index = json.loads(Path(inside_folder(folder, "model_index.json")).read_text())
             sched_cfg = json.loads(Path(inside_folder(folder, "scheduler", "scheduler_config.json")).read_text())

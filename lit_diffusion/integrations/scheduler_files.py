@@ -3,8 +3,8 @@
 A Gaussian start (``gaussian_start``) needs the data's moments, a safetensors file too large for the
 JSON config.  ``save_pretrained`` writes them as ``data_moments.safetensors`` in the scheduler folder
 and saves the key as that bare file name; ``from_pretrained`` resolves a bare name against the folder it
-reads, so a pipeline folder that is moved, copied or shared keeps its Gaussian start (paths in the
-config otherwise stay as given).  ``gaussian_start_steps`` limits the start to runs of at most that
+reads, or fetches it beside the config of a Hub repository, so a pipeline folder that is moved, copied or
+shared keeps its Gaussian start (paths in the config otherwise stay as given).  ``gaussian_start_steps`` limits the start to runs of at most that
 many steps (the rule measured on the shipped model, docs/samplers.md "The Gaussian start"): longer
 runs start from the prior at ``T``.  The file is data, read with safetensors and checked, never code.
 """
@@ -55,12 +55,12 @@ class ModelFiles:
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path=None, subfolder: Optional[str] = None, **kwargs):
         """diffusers' ``from_pretrained``; a ``gaussian_start`` saved as a bare file name is read from the
-        folder being loaded (unless ``gaussian_start=`` is passed here)."""
+        folder being loaded, or fetched beside the config when that is a Hub repository (unless
+        ``gaussian_start=`` is passed here)."""
         if "gaussian_start" not in kwargs and pretrained_model_name_or_path is not None:
-            folder = os.path.join(os.fspath(pretrained_model_name_or_path), subfolder or "")
-            name = _saved_key(os.path.join(folder, cls.config_name), "gaussian_start")
-            if name is not None:
-                kwargs["gaussian_start"] = saved_moments(folder, name)
+            start = _saved_start(cls, os.fspath(pretrained_model_name_or_path), subfolder, kwargs)
+            if start is not None:
+                kwargs["gaussian_start"] = start
         return super().from_pretrained(pretrained_model_name_or_path, subfolder=subfolder, **kwargs)
 
     def save_pretrained(self, save_directory, push_to_hub: bool = False, **kwargs) -> None:
@@ -85,6 +85,39 @@ class ModelFiles:
         """The Gaussian start of a run of ``steps`` steps: the configured one up to ``gaussian_start_steps``."""
         limit = self.config.get("gaussian_start_steps")
         return self._gstart_loaded if limit is None or int(steps) <= int(limit) else None
+
+
+#: the ``from_pretrained`` options that also apply to fetching the moments file from the Hub
+_HUB_OPTIONS = ("cache_dir", "force_download", "token", "local_files_only", "revision")
+
+
+def _saved_start(cls, where: str, subfolder: Optional[str], kwargs: dict):
+    """The moments file that the scheduler config at ``where`` (a folder, or a Hub repository id) names by
+    a bare file name, as a local path; None when it names none, or when the config cannot be read (then
+    diffusers' ``from_pretrained`` reports why).  From the Hub the file comes through the Hub's cache, with
+    the same revision, token and offline options as the config."""
+    if os.path.isdir(where):
+        folder = os.path.join(where, subfolder or "")
+        name = _saved_key(os.path.join(folder, cls.config_name), "gaussian_start")
+        return None if name is None else saved_moments(folder, name)
+    if os.path.isfile(where):
+        return None
+    from huggingface_hub import hf_hub_download
+    from huggingface_hub.errors import EntryNotFoundError
+
+    hub = {k: kwargs[k] for k in _HUB_OPTIONS if k in kwargs}
+    try:
+        config = cls.load_config(where, subfolder=subfolder, **hub)
+    except (OSError, ValueError):
+        return None
+    name = config.get("gaussian_start") if isinstance(config, dict) else None
+    if not _bare_name(name):
+        return None
+    try:
+        return hf_hub_download(where, name, subfolder=subfolder, **hub)
+    except (OSError, EntryNotFoundError) as err:
+        raise ValueError(f"the scheduler config of the Hub repository {where!r} (subfolder {subfolder!r}) names the moments "
+                         f"file {name!r} (gaussian_start), which could not be fetched beside it: {err}") from err
 
 
 def _saved_key(config_path: str, key: str):

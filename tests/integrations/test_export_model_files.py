@@ -212,3 +212,66 @@ def test_a_stock_ddpm_pipeline_folder_gets_moments_grids_and_sample_py(tmp_path,
     assert "a Gaussian start" in capsys.readouterr().err
     meta = json.loads(str(np.load(tmp_path / "s" / "samples.npz")["args"]))
     assert meta["time_grid"].endswith("multistep-4-gaussian.json")
+
+
+# in a fresh interpreter with the Hub offline: a repository id whose files are in the Hub's cache (the way a
+# pipeline pushed to the Hub is seen after one download); the working folder holds a decoy moments file
+_HUB = r"""
+import json, sys, torch
+from lit_diffusion import LitDiffusionPipeline
+from lit_diffusion.integrations.scheduler import SDEScheduler
+
+sched = SDEScheduler.from_pretrained("someone/digits", subfolder="scheduler")
+pipe, here = LitDiffusionPipeline.from_pretrained("someone/digits"), LitDiffusionPipeline.from_pretrained(sys.argv[1])
+def run(p):
+    p.set_progress_bar_config(disable=True)
+    return p(batch_size=2, num_inference_steps=4, generator=torch.Generator().manual_seed(0), output_type="pt").images
+out = {"path": sched.config.gaussian_start, "mean": float(sched._gstart_loaded.mean.sum()),
+       "pipe_mean": float(pipe.scheduler._gstart_loaded.mean.sum()), "diff": float((run(pipe) - run(here)).abs().max())}
+try:
+    SDEScheduler.from_pretrained("someone/no-moments", subfolder="scheduler")
+except ValueError as err:
+    out["error"] = str(err)
+print(json.dumps(out))
+"""
+
+
+def _hub_snapshot(cache, repo, folder):
+    """``folder`` as the cached snapshot of the Hub repository ``repo`` (huggingface_hub's cache layout)."""
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    root = os.path.join(cache, "models--" + repo.replace("/", "--"))
+    os.makedirs(os.path.join(root, "refs"))
+    with open(os.path.join(root, "refs", "main"), "w") as fh:
+        fh.write(commit)
+    shutil.copytree(folder, os.path.join(root, "snapshots", commit))
+    return os.path.join(root, "snapshots", commit)
+
+
+def test_scheduler_from_the_hub_fetches_its_moments_beside_the_config(moved, tmp_path):
+    cache = str(tmp_path / "hub")
+    _hub_snapshot(cache, "someone/digits", moved)
+    bare = _hub_snapshot(cache, "someone/no-moments", moved)
+    os.remove(os.path.join(bare, "scheduler", "data_moments.safetensors"))
+    real = GaussianStart.load(os.path.join(moved, "scheduler", "data_moments.safetensors"))
+    decoy = GaussianStart(real.mean + 1.0, real.eigenvalues, real.eigenvectors, real.residual)
+    (tmp_path / "data_moments.safetensors").write_bytes(decoy.to_bytes())  # must not be read: it is the working folder's
+    res = subprocess.run([sys.executable, "-c", _HUB, moved], capture_output=True, text=True, timeout=300, cwd=str(tmp_path),
+                         env={**os.environ, "HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": cache, "HF_HOME": str(tmp_path / "hf"),
+                              "OMP_NUM_THREADS": "1"})
+    assert res.returncode == 0, res.stderr[-3000:]
+    got = json.loads(res.stdout.strip().splitlines()[-1])
+    assert got["path"].startswith(cache) and got["path"].endswith(os.path.join("scheduler", "data_moments.safetensors"))
+    assert got["mean"] == pytest.approx(float(real.mean.sum()), abs=1e-9) == got["pipe_mean"]
+    assert got["diff"] == 0.0  # the pipeline from the Hub runs what the folder runs
+    assert "someone/no-moments" in got["error"] and "'data_moments.safetensors'" in got["error"]
+
+
+def test_pipeline_hub_options_and_a_missing_repository_are_clear_errors(moved):
+    from lit_diffusion import LitDiffusionPipeline
+
+    with pytest.raises(TypeError, match=r"\['revision'\] only apply to a Hub repository id"):
+        LitDiffusionPipeline.from_pretrained(moved, revision="main")
+    with pytest.raises(TypeError, match="unsupported arguments \\['safety_checker'\\]"):
+        LitDiffusionPipeline.from_pretrained("someone/digits", safety_checker=None)
+    with pytest.raises(ValueError, match="'someone/absent' is neither an exported pipeline folder here nor a Hub repository"):
+        LitDiffusionPipeline.from_pretrained("someone/absent")  # the suite runs with the Hub offline (tests/conftest.py)
