@@ -30,10 +30,11 @@ import real_model  # noqa: E402
 CALIBRATION_SEED = 20_000
 
 
-def fid_objective(net, module, n: int, ode: bool, start, feats_ref, feature_net, seed: int = CALIBRATION_SEED):
+def fid_objective(net, module, n: int, ode: bool, start, feats_ref, feature_net, seed: int = CALIBRATION_SEED, eta=None):
     """``grid -> FID-MNIST`` of ``n`` multistep samples on ``grid`` (final denoising evaluation), seeds
     ``seed ...`` (default :data:`CALIBRATION_SEED`), against the reference features ``feats_ref`` (both through ``feature_net``);
-    ``inf`` for a non-finite run."""
+    ``inf`` for a non-finite run.  ``eta``: the SDE form's stochasticity (None: the sampler's default)."""
+    options = {} if eta is None else {"eta": float(eta)}
     from lit_diffusion.core.utils import make_generators
     from lit_diffusion.evaluation.metrics import frechet_distance
     from lit_diffusion.sampling.samplers import sample
@@ -41,7 +42,7 @@ def fid_objective(net, module, n: int, ode: bool, start, feats_ref, feature_net,
     def objective(grid) -> float:
         x = sample(net, module.sde, shape=(n,) + tuple(module.data_shape), sampler="multistep", ode=ode, timesteps=grid,
                    final_denoise=True, gaussian_start=start, prediction_type=module.prediction_type, check_finite=False,
-                   generator=make_generators(range(seed, seed + n))).samples
+                   generator=make_generators(range(seed, seed + n)), **options).samples
         if not torch.isfinite(x).all():
             return math.inf
         return float(frechet_distance(features(feature_net, x.clamp(-1, 1), "-1,1"), feats_ref)["value"])
@@ -125,10 +126,14 @@ def main(argv=None) -> list:
     p.add_argument("--quick", action="store_true", help="with --family: its four-member version (minutes, not half an hour)")
     p.add_argument("--out", required=True, help="folder of the grid files (multistep-<steps>[-gaussian]-<form>.json)")
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--eta", type=float, default=None, help="SDE form: the stochasticity of every scored run (default: the "
+                   "sampler's, 1 from the Gaussian start)")
     p.add_argument("--dry-run", action="store_true", help="tiny untrained network: checks the loop")
     a = p.parse_args(argv)
     if a.quick and not a.family:
         p.error("--quick only applies with --family")
+    if a.eta is not None and a.form == "ode":
+        p.error(f"--eta {a.eta} applies to the SDE form only (--form sde)")
     a.fractions = a.fractions or list(QUICK_END_FRACTIONS if a.quick else FAMILY_END_FRACTIONS)
     a.powers = a.powers or list(QUICK_POWERS if a.quick else FAMILY_POWERS)
     torch.set_num_threads(a.threads)
@@ -143,7 +148,7 @@ def main(argv=None) -> list:
     digits = mnist_split()[0][: 64 if a.dry_run else None]
     feature_net = load_feature_net()  # loaded once, not once a candidate grid
     feats_ref = features(feature_net, digits, "0,1")  # mnist_split: floats in [0, 1]
-    objective = fid_objective(net, module, a.n_calib, a.form == "ode", start, feats_ref, feature_net, a.calib_seed)
+    objective = fid_objective(net, module, a.n_calib, a.form == "ode", start, feats_ref, feature_net, a.calib_seed, a.eta)
     os.makedirs(a.out, exist_ok=True)
     records = []
     for steps in a.steps:
@@ -158,7 +163,7 @@ def main(argv=None) -> list:
             else "fid, pattern search"
         rec = {"format": GRID_FORMAT, "sampler": "multistep", "steps": steps, "method": f"{method} (bench/study_grid_fid_fit.py)",
                "forms": [a.form], "timesteps": grid.tolist(), "start_timesteps": grid0.tolist(), "objective": best,
-               "objective_start_grid": first, "final_denoise": True, "n_calib": a.n_calib, "calib_seed": a.calib_seed, "objective_evaluations": evals,
+               "objective_start_grid": first, "final_denoise": True, "n_calib": a.n_calib, "calib_seed": a.calib_seed, "eta": a.eta, "objective_evaluations": evals,
                "seconds": time.perf_counter() - t0, "gaussian_start": None if start is None else {"noise_ratio": start.noise_ratio, "start_time": t_s},
                "family_table": table}
         path = os.path.join(a.out, grid_file_name(steps, True, start is not None, a.form))

@@ -284,6 +284,12 @@ def test_fid_fit_study_writes_a_grid_the_bench_reads(tmp_path, monkeypatch):
     grid = load_grid(tmp_path / "multistep-2-gaussian-sde.json")
     assert len(grid) == 3 and grid[0] == pytest.approx(rec["gaussian_start"]["start_time"])
     assert np.isfinite(rec["objective"]) and rec["objective"] <= rec["objective_start_grid"] and rec["objective_evaluations"] == 3
+    # --eta: the SDE form's stochasticity of every scored run (the same samples' seeds, other noise: another score)
+    (low,) = study_grid_fid_fit.main(["--steps", "2", "--n-calib", "8", "--max-evals", "1", "--dry-run", "--gaussian-start",
+                                      "--eta", "0.5", "--out", str(tmp_path / "eta")])
+    assert low["eta"] == 0.5 and rec["eta"] is None and low["objective_start_grid"] != pytest.approx(rec["objective_start_grid"])
+    with pytest.raises(SystemExit):
+        study_grid_fid_fit.main(["--steps", "2", "--dry-run", "--form", "ode", "--eta", "0.5", "--out", str(tmp_path / "x")])
 
 
 def test_fid_fit_study_family_holds_the_default_grid_and_never_loses_to_it(tmp_path, monkeypatch):
