@@ -178,6 +178,38 @@ def test_study_scripts_dry_run(capsys, monkeypatch):
     assert by["lit multistep 2 ODE, end fraction 1"] != by["lit multistep 2 ODE, end fraction 0.5"]
 
 
+def test_fid_reference_study_scores_the_benchmarks_own_samples(tmp_path, monkeypatch):
+    """bench/study_fid_reference.py draws the samples of bench/real_model.py's rows (same loop, seeds and
+    batches: the dry run's mean |x| is the benchmark's to the bit) and writes one line per row and seed with
+    a score per reference; a row that is not the benchmark's is refused before any work."""
+    monkeypatch.syspath_prepend(str(ROOT / "bench"))
+    import real_model
+    import study_fid_reference
+
+    for name in ("FITTED_DIR", "MOMENTS", "GUIDANCE"):
+        monkeypatch.setattr(real_model, name, getattr(real_model, name))
+    out = tmp_path / "ref.jsonl"
+    torch.manual_seed(0)  # the dry run's untrained network: the same one below
+    recs = study_fid_reference.main(["--dry-run", "--seeds", "0", "1", "--n", "8", "--out", str(out)])
+    assert [json.loads(line) for line in out.read_text().splitlines()] == recs and len(recs) == 4
+    assert all(set(study_fid_reference.REFERENCES) <= set(r) for r in recs)
+    from types import SimpleNamespace
+
+    torch.manual_seed(0)
+    module, time_scale, lit_model, _ = real_model.prepare_model(str(ROOT / "checkpoints" / "mnist"), None, True, "cpu",
+                                                                str(ROOT / "docs" / "study" / "grids_fid_fit_family"))
+    a = SimpleNamespace(seeds=[0, 1], n=8, batch=500, dry_run=True, reference_samples=None, guidance=None)
+    for label, kind, opts in real_model.SDE_SAMPLERS:
+        if label in study_fid_reference.DEFAULT_ROWS:  # the benchmark's own scoring of its rows
+            sched = real_model.make_scheduler(kind, opts, module.sde, time_scale, 6)
+            fids = real_model._over_seeds(a, sched, lit_model, tuple(module.data_shape), 6, "cpu")[0]
+            assert fids == [r["held_out_1000"] for r in recs if r["sampler"] == label]
+    assert len({r["held_out_1000"] for r in recs if r["seed"] == 0}) == 2  # the fitted grid draws other samples
+    with pytest.raises(SystemExit):
+        study_fid_reference.main(["--dry-run", "--rows", "no such row", "--out", str(tmp_path / "x.jsonl")])
+    assert not (tmp_path / "x.jsonl").exists()
+
+
 def test_short_run_end_study_matches_the_default_at_its_fraction(monkeypatch):
     """bench/study_short_run_end.py at the default fraction draws the default row's samples (the same
     grid through the same loop), at fraction 1 other ones (the grid of one more step without t_min);
