@@ -107,6 +107,16 @@ def features(feature_net, images, value_range):
         return feature_net(to_unit_images(images, value_range)).double().numpy()
 
 
+def _npz_samples(path: str):
+    """The ``samples`` array of a ``sample.py`` output file (``samples.npz``), as float32."""
+    import numpy as np
+
+    with np.load(path, allow_pickle=False) as f:
+        if "samples" not in f:
+            raise ValueError(f"--reference-samples {path!r}: no 'samples' array (sample.py's samples.npz has one)")
+        return f["samples"].astype(np.float32)
+
+
 def main(argv=None) -> list:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--model", default=os.path.join(os.path.dirname(__file__), "..", "checkpoints", "mnist"))
@@ -126,6 +136,9 @@ def main(argv=None) -> list:
     p.add_argument("--quick", action="store_true", help="with --family: its four-member version (minutes, not half an hour)")
     p.add_argument("--out", required=True, help="folder of the grid files (multistep-<steps>[-gaussian]-<form>.json)")
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--reference-samples", nargs="+", default=None, metavar="NPZ",
+                   help="score against these samples (sample.py's samples.npz, in [-1, 1]: the model's own law, drawn with "
+                        "many evaluations) instead of the feature net's 4,000 training digits")
     p.add_argument("--eta", type=float, default=None, help="SDE form: the stochasticity of every scored run (default: the "
                    "sampler's, 1 from the Gaussian start)")
     p.add_argument("--dry-run", action="store_true", help="tiny untrained network: checks the loop")
@@ -145,9 +158,14 @@ def main(argv=None) -> list:
     net, sde = module.sampling_net(True), module.sde
     start = as_gaussian_start(os.path.join(a.model, "data_moments.safetensors"), None) if a.gaussian_start else None
     t_s = None if start is None else start.start_time(sde)
-    digits = mnist_split()[0][: 64 if a.dry_run else None]
     feature_net = load_feature_net()  # loaded once, not once a candidate grid
-    feats_ref = features(feature_net, digits, "0,1")  # mnist_split: floats in [0, 1]
+    if a.reference_samples:
+        import numpy as np
+
+        feats_ref = features(feature_net, torch.from_numpy(np.concatenate([_npz_samples(f) for f in a.reference_samples])), "-1,1")
+    else:
+        digits = mnist_split()[0][: 64 if a.dry_run else None]
+        feats_ref = features(feature_net, digits, "0,1")  # mnist_split: floats in [0, 1]
     objective = fid_objective(net, module, a.n_calib, a.form == "ode", start, feats_ref, feature_net, a.calib_seed, a.eta)
     os.makedirs(a.out, exist_ok=True)
     records = []
@@ -163,7 +181,8 @@ def main(argv=None) -> list:
             else "fid, pattern search"
         rec = {"format": GRID_FORMAT, "sampler": "multistep", "steps": steps, "method": f"{method} (bench/study_grid_fid_fit.py)",
                "forms": [a.form], "timesteps": grid.tolist(), "start_timesteps": grid0.tolist(), "objective": best,
-               "objective_start_grid": first, "final_denoise": True, "n_calib": a.n_calib, "calib_seed": a.calib_seed, "eta": a.eta, "objective_evaluations": evals,
+               "objective_start_grid": first, "final_denoise": True, "n_calib": a.n_calib, "calib_seed": a.calib_seed, "eta": a.eta,
+               "reference": a.reference_samples or "feature net's 4,000 training digits", "objective_evaluations": evals,
                "seconds": time.perf_counter() - t0, "gaussian_start": None if start is None else {"noise_ratio": start.noise_ratio, "start_time": t_s},
                "family_table": table}
         path = os.path.join(a.out, grid_file_name(steps, True, start is not None, a.form))

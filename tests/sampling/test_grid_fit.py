@@ -290,6 +290,15 @@ def test_fid_fit_study_writes_a_grid_the_bench_reads(tmp_path, monkeypatch):
     assert low["eta"] == 0.5 and rec["eta"] is None and low["objective_start_grid"] != pytest.approx(rec["objective_start_grid"])
     with pytest.raises(SystemExit):
         study_grid_fid_fit.main(["--steps", "2", "--dry-run", "--form", "ode", "--eta", "0.5", "--out", str(tmp_path / "x")])
+    # --reference-samples: scored against the model's own samples (sample.py's samples.npz) instead of the digits
+    ref = tmp_path / "ref.npz"
+    np.savez(ref, samples=np.random.default_rng(0).uniform(-1, 1, (64, 1, 28, 28)).astype(np.float32))
+    (own,) = study_grid_fid_fit.main(["--steps", "2", "--n-calib", "8", "--max-evals", "1", "--dry-run", "--gaussian-start",
+                                      "--reference-samples", str(ref), "--out", str(tmp_path / "own")])
+    assert own["reference"] == [str(ref)] and own["objective_start_grid"] != pytest.approx(rec["objective_start_grid"])
+    np.savez(tmp_path / "bad.npz", images=np.zeros((4, 1, 28, 28), np.float32))
+    with pytest.raises(ValueError, match="no 'samples' array"):
+        study_grid_fid_fit.main(["--steps", "2", "--dry-run", "--reference-samples", str(tmp_path / "bad.npz"), "--out", str(tmp_path / "y")])
 
 
 def test_fid_fit_study_family_holds_the_default_grid_and_never_loses_to_it(tmp_path, monkeypatch):
