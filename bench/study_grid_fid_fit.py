@@ -147,6 +147,7 @@ def main(argv=None) -> list:
         p.error("--quick only applies with --family")
     if a.eta is not None and a.form == "ode":
         p.error(f"--eta {a.eta} applies to the SDE form only (--form sde)")
+    own_law = [_npz_samples(f) for f in a.reference_samples or ()]  # (a bad file refused before the model loads)
     a.fractions = a.fractions or list(QUICK_END_FRACTIONS if a.quick else FAMILY_END_FRACTIONS)
     a.powers = a.powers or list(QUICK_POWERS if a.quick else FAMILY_POWERS)
     torch.set_num_threads(a.threads)
@@ -159,10 +160,10 @@ def main(argv=None) -> list:
     start = as_gaussian_start(os.path.join(a.model, "data_moments.safetensors"), None) if a.gaussian_start else None
     t_s = None if start is None else start.start_time(sde)
     feature_net = load_feature_net()  # loaded once, not once a candidate grid
-    if a.reference_samples:
+    if own_law:
         import numpy as np
 
-        feats_ref = features(feature_net, torch.from_numpy(np.concatenate([_npz_samples(f) for f in a.reference_samples])), "-1,1")
+        feats_ref = features(feature_net, torch.from_numpy(np.concatenate(own_law)), "-1,1")
     else:
         digits = mnist_split()[0][: 64 if a.dry_run else None]
         feats_ref = features(feature_net, digits, "0,1")  # mnist_split: floats in [0, 1]
