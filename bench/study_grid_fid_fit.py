@@ -21,6 +21,7 @@ import os
 import sys
 import time
 
+import numpy as np
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -109,8 +110,6 @@ def features(feature_net, images, value_range):
 
 def _npz_samples(path: str):
     """The ``samples`` array of a ``sample.py`` output file (``samples.npz``), as float32."""
-    import numpy as np
-
     with np.load(path, allow_pickle=False) as f:
         if "samples" not in f:
             raise ValueError(f"--reference-samples {path!r}: no 'samples' array (sample.py's samples.npz has one)")
@@ -161,8 +160,6 @@ def main(argv=None) -> list:
     t_s = None if start is None else start.start_time(sde)
     feature_net = load_feature_net()  # loaded once, not once a candidate grid
     if own_law:
-        import numpy as np
-
         feats_ref = features(feature_net, torch.from_numpy(np.concatenate(own_law)), "-1,1")
     else:
         digits = mnist_split()[0][: 64 if a.dry_run else None]

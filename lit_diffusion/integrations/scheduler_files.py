@@ -6,7 +6,8 @@ and saves the key as that bare file name; ``from_pretrained`` resolves a bare na
 reads, or fetches it beside the config of a Hub repository, so a pipeline folder that is moved, copied or
 shared keeps its Gaussian start (paths in the config otherwise stay as given).  ``gaussian_start_steps``
 limits the start to runs of at most that many steps (the rule measured on the shipped model,
-docs/samplers.md "The Gaussian start"): longer runs start from the prior at ``T``.  The file is data, read with safetensors and checked, never code.
+docs/samplers.md "The Gaussian start"): longer runs start from the prior at ``T``.  The file is data, read
+with safetensors and checked, never code.
 """
 
 from __future__ import annotations
