@@ -16,6 +16,8 @@ from ..runtime.pictures import grid_columns
 
 
 FORMATS = ("npz", "safetensors")
+#: suffixes that make a not-yet-existing ``--out`` a file name typed by mistake (``--out s.png``)
+FILE_SUFFIXES = (".png", ".jpg", ".jpeg", ".npz", ".npy", ".safetensors", ".pt", ".pth")
 
 
 # ------------------------------------------------------------------------------------------------
@@ -26,6 +28,10 @@ def check_output_folder(out: Path) -> None:
     a file can be created in it, or (when it does not exist yet) in its nearest existing parent."""
     if out.exists() and not out.is_dir():
         raise ValueError(f"--out {str(out)!r} exists and is not a folder")
+    if not out.exists() and out.suffix.lower() in FILE_SUFFIXES:
+        raise ValueError(f"--out {str(out)!r} names a file, but --out is the output folder: the run writes "
+                         f"samples.npz (or samples.safetensors) and samples.png into it; "
+                         f"give a folder such as {str(out.with_suffix(''))!r}")
     probe_dir = out.absolute()
     while not probe_dir.exists():
         probe_dir = probe_dir.parent

@@ -416,6 +416,10 @@ def test_sample_outputs_checked_paired_and_permissions(ckpt, tmp_path, capsys, m
     t0 = time.time()
     assert sampling_cli.main(["-c", str(ckpt), "--out", "/proc/lit_diffusion_test/out", "--steps", "500", "--n", "4096"]) == 2
     assert "is not writable" in capsys.readouterr().err and time.time() - t0 < 30  # refused before sampling
+    assert sampling_cli.main(["-c", str(ckpt), "--out", str(tmp_path / "s.png"), "--steps", "500", "--n", "4096"]) == 2
+    err = capsys.readouterr().err
+    assert "s.png' names a file" in err and "samples.png" in err and not (tmp_path / "s.png").exists()
+    assert time.time() - t0 < 30
     out = tmp_path / "o"
     args = ["-c", str(ckpt), "--out", str(out), "--n", "8", "--steps", "2", "--no-progress"]
     out.mkdir()
