@@ -527,8 +527,8 @@ def main(argv=None) -> dict:
     return {"results": results}
 
 
-def table(rows) -> str:
-    """Markdown: one row per sampler, one column per NFE budget, 'mean [min, max]' over seeds."""
+def table(rows, digits: int = 1) -> str:
+    """Markdown: one row per sampler, one column per NFE budget, 'mean [min, max]' over seeds (``digits`` decimals)."""
     nfes = sorted({r["nfe_budget"] for r in rows})
     out = ["| form | sampler | " + " | ".join(f"NFE {n}" for n in nfes) + " |", "|---|---|" + "---|" * len(nfes)]
     seen = list(dict.fromkeys((r["form"], r["sampler"]) for r in rows))
@@ -536,7 +536,9 @@ def table(rows) -> str:
         cells = []
         for n in nfes:
             r = [x for x in rows if x["form"] == form and x["sampler"] == name and x["nfe_budget"] == n]
-            cells.append(f"{r[0]['fid']:.1f} [{r[0]['fid_min']:.1f}, {r[0]['fid_max']:.1f}]" + (f" ({r[0]['nfe']})" if r[0]["nfe"] != n else "") if r else "")
+            d = digits
+            cells.append(f"{r[0]['fid']:.{d}f} [{r[0]['fid_min']:.{d}f}, {r[0]['fid_max']:.{d}f}]" + (f" ({r[0]['nfe']})" if r[0]["nfe"] != n else "")
+                         if r else "")
         out.append(f"| {form} | {name} | " + " | ".join(cells) + " |")
     return "\n".join(out)
 

@@ -289,3 +289,25 @@ def test_shipped_mnist_model_loads_and_samples_digits():
         p = torch.softmax(net.classify((x.clamp(-1, 1) + 1) / 2), -1)
     # samples look like digits to the held-out classifier: confident predictions on most of them
     assert float((p.max(-1).values > 0.5).float().mean()) > 0.6
+
+
+def test_full_matrix_is_compiled_from_the_recorded_runs(tmp_path, monkeypatch):
+    """bench/full_matrix.py: every cell of the shipped matrix (docs/study/full_matrix_mnist.jsonl) is the
+    named row of a recorded benchmark run cut to seeds 0 and 1, the matrix has no gap (every row at every
+    budget), and a source without both seeds is refused rather than filled."""
+    monkeypatch.syspath_prepend(str(ROOT / "bench"))
+    import full_matrix
+
+    rows = full_matrix.main(["--out", str(tmp_path / "m.jsonl")])
+    shipped = [json.loads(line) for line in (ROOT / "docs" / "study" / "full_matrix_mnist.jsonl").read_text().splitlines()]
+    assert shipped == rows == [json.loads(line) for line in (tmp_path / "m.jsonl").read_text().splitlines()]
+    labels = {(r["form"], r["sampler"]) for r in rows}
+    assert labels == set(full_matrix.OURS) | set(full_matrix.STOCK) and len(labels) == 12
+    assert len(rows) == 7 * len(labels) and all(r["seeds"] == [0, 1] and r["n"] == 1000 for r in rows)
+    for r in rows:  # each cell is its source row's seeds 0 and 1
+        path, line = r["source"].split(" ")[0].rsplit(":", 1)
+        src = json.loads((ROOT / path).read_text().splitlines()[int(line) - 1])
+        seeds = list(src.get("seeds") or range(len(src["fids"])))
+        assert r["fids"] == [src["fids"][seeds.index(s)] for s in (0, 1)] and r["fid"] == pytest.approx(np.mean(r["fids"]))
+    with pytest.raises(SystemExit, match="seeds"):  # a row of the stochasticity study holds one seed
+        full_matrix.cell("ODE", "x", 5, ("stochasticity.jsonl", "lit multistep 2 ODE"))
