@@ -329,11 +329,12 @@ class Guided(torch.nn.Module):
 
 
 def fid_mnist(x: np.ndarray, reference=None) -> float:
-    """FID-MNIST of samples in [-1, 1] against the held-out digits, or against ``reference`` samples."""
+    """FID-MNIST of samples in [-1, 1] against the held-out digits, or against ``reference``: samples in
+    [-1, 1] or the name of an embedded set (``"mnist"``, ``"mnist-test"``)."""
     from lit_diffusion.evaluation.image_metrics import fid
 
     x = np.nan_to_num(x, nan=0.0, posinf=1.0, neginf=-1.0)
-    ref = "mnist-test" if reference is None else np.clip(reference, -1, 1)
+    ref = "mnist-test" if reference is None else reference if isinstance(reference, str) else np.clip(reference, -1, 1)
     return float(fid(x, ref, backend="mnist", value_range="-1,1")["value"])
 
 

@@ -27,7 +27,7 @@ REFERENCES = ("held_out_1000", "train_4000", "all_5000")
 
 
 def references():
-    """``{name: reference}`` for :func:`lit_diffusion.evaluation.image_metrics.fid` (images in ``[-1, 1]``)."""
+    """``{name: reference}`` for ``real_model.fid_mnist`` (images in ``[-1, 1]``, or an embedded set's name)."""
     from lit_diffusion.evaluation.feature_net import mnist_split
 
     return {"held_out_1000": "mnist-test", "train_4000": mnist_split()[0] * 2.0 - 1.0, "all_5000": "mnist"}
@@ -50,13 +50,14 @@ def main(argv=None) -> list:
     torch.set_num_threads(a.threads)
     rows = {label: (kind, opts) for label, kind, opts in real_model.SDE_SAMPLERS + real_model.ODE_SAMPLERS}
     wanted = [r for r in a.rows.split(";") if r]
-    bad = [r for r in wanted if r not in rows]
-    if bad or not wanted:
-        p.error(f"--rows {bad or a.rows!r}: not rows of bench/real_model.py; valid: {sorted(rows)}")
+    try:
+        real_model.wanted_rows(a.rows)  # unknown labels refused, naming the valid ones
+    except ValueError as e:
+        p.error(f"--rows: {str(e).removeprefix('--only: ')}")
+    if not wanted:
+        p.error(f"--rows {a.rows!r}: no row of bench/real_model.py named")
     module, time_scale, lit_model, _ = real_model.prepare_model(a.model, None, a.dry_run, "cpu", a.fitted_dir)
     refs = references()
-    from lit_diffusion.evaluation.image_metrics import fid
-
     records = []
     os.makedirs(os.path.dirname(os.path.abspath(a.out)), exist_ok=True)
     with open(a.out, "w") as fh:
@@ -65,11 +66,10 @@ def main(argv=None) -> list:
             sched = real_model.make_scheduler(kind, opts, module.sde, time_scale, a.nfe)
             for seed in a.seeds:
                 x, evals = real_model.run_loop(sched, lit_model, a.n, tuple(module.data_shape), seed, a.nfe, a.batch, "cpu")
-                x = np.nan_to_num(x, nan=0.0, posinf=1.0, neginf=-1.0)
                 rec = {"sampler": label, "nfe": evals, "seed": seed, "n": a.n, "fitted_dir": os.path.relpath(a.fitted_dir)}
                 for name, ref in refs.items():
-                    rec[name] = float(np.abs(x).mean()) if a.dry_run else float(
-                        fid(x, ref, backend="mnist", value_range="-1,1")["value"])
+                    rec[name] = float(np.abs(np.nan_to_num(x, nan=0.0, posinf=1.0, neginf=-1.0)).mean()) if a.dry_run \
+                        else real_model.fid_mnist(x, ref)
                 print(json.dumps(rec), flush=True)
                 fh.write(json.dumps(rec) + "\n")
                 records.append(rec)
