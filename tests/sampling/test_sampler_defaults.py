@@ -138,7 +138,7 @@ def test_pretrained_folder_round_trip_and_refusal(ckpt, tmp_path, capsys):
 def test_benchmark_scripts_dry_run(script, capsys, monkeypatch):
     """bench/real_model.py and bench/gpu.py run every row end to end on the CPU (``--dry-run``: tiny
     sizes), through their ``main`` in this process as the studies below do (a fresh interpreter would add
-    Lightning's import, a quarter of the test's time, and check nothing more)."""
+    Lightning's import, a third to a half of the test's time, and check nothing more)."""
     monkeypatch.syspath_prepend(str(ROOT / "bench"))
     import importlib
 
