@@ -128,15 +128,37 @@ PLAIN = ["--logger", "none", "--progress_bar", "none", "--samples.every_n_steps"
     "trainer:\n  callbacks:\n    - class_path: helpers.Callback\n",
     "data:\n  class_path: this.Anything\n",
 ])
-def test_config_class_paths_outside_the_registry_are_refused(entry, tmp_path):
+def test_config_class_paths_outside_the_registry_are_refused(entry, tmp_path, monkeypatch, capsys):
+    """Through ``train.main`` (what train.py runs) in this process, with ``helpers.py`` importable from the
+    path: exit 2 with a short message, nothing named imported, no folder or download made."""
+    from lit_diffusion.cli.train import main
+
     marker = _helpers(tmp_path)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch_home"))
     cfg = tmp_path / "c.yaml"
     cfg.write_text(entry)
-    env = {**_env(), "TORCH_HOME": str(tmp_path / "torch_home")}
+    with pytest.raises(SystemExit) as e:
+        main(["--config", str(cfg), "--ckpt_dir", str(tmp_path / "ck"), *PLAIN])
+    err = capsys.readouterr().err
+    assert e.value.code == 2, err[-2000:]
+    assert "configs are data" in err and ("valid" in err or "--register" in err), err[-2000:]
+    assert len(err.strip().splitlines()) <= 4, err
+    assert not marker.exists() and "helpers" not in sys.modules
+    assert not (tmp_path / "torch_home").exists() and not (tmp_path / "ck").exists()
+
+
+def test_train_py_refuses_an_unregistered_class_before_anything(tmp_path):
+    """The same refusal as a user meets it: ``python train.py --config`` in a fresh interpreter."""
+    marker = _helpers(tmp_path)
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("model:\n  net:\n    class_path: helpers.Net\n")
+    env = {**_env(), "TORCH_HOME": str(tmp_path / "torch_home"), "PYTHONPATH": f"{tmp_path}{os.pathsep}{_env()['PYTHONPATH']}"}
     r = subprocess.run([sys.executable, str(ROOT / "train.py"), "--config", str(cfg), "--ckpt_dir", str(tmp_path / "ck"),
                         *PLAIN], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert r.returncode == 2, r.stderr[-2000:]
-    assert "configs are data" in r.stderr and ("valid" in r.stderr or "--register" in r.stderr), r.stderr[-2000:]
+    assert "configs are data" in r.stderr and "valid model.net choices" in r.stderr, r.stderr[-2000:]
     assert len(r.stderr.strip().splitlines()) <= 4, r.stderr
     assert not marker.exists() and not (tmp_path / "torch_home").exists() and not (tmp_path / "ck").exists()
 
