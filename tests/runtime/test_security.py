@@ -368,7 +368,7 @@ def test_pc_with_a_zero_network_stays_finite():
     assert torch.isfinite(res.samples).all()
 
 
-def test_bad_seed_and_config_files_are_named(tmp_path, ckpt, capsys):
+def test_bad_seed_and_config_files_are_named(tmp_path, ckpt, capsys, monkeypatch):
     from lit_diffusion.cli.config_files import check_config_files
     from lit_diffusion.cli.sample import main as sample_main
 
@@ -385,9 +385,13 @@ def test_bad_seed_and_config_files_are_named(tmp_path, ckpt, capsys):
     typo.write_text("model:\n  sde:\n    class_path: VP\n    init_args: {beta_maxx: 20}\n")
     with pytest.raises(ValueError, match=r"typo.yaml': model.sde.init_args: VP has no argument 'beta_maxx'; valid arguments: \['T', 'beta_max'"):
         check_config_files(["--config", str(typo)])
-    r = subprocess.run([sys.executable, str(ROOT / "train.py"), "--config", str(typo)], env=_env(),
-                       capture_output=True, text=True, timeout=120)
-    assert r.returncode == 2 and "beta_maxx" in r.stderr and len(r.stderr.splitlines()) < 5
+    from lit_diffusion.cli.train import main as train_main  # what train.py runs (in this process)
+
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as e:
+        train_main(["--config", str(typo)])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and "beta_maxx" in err and len(err.splitlines()) < 5, err
 
 
 def test_moment_matching_reports_the_evaluations_it_counts(ckpt, tmp_path, monkeypatch):
