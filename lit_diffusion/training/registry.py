@@ -101,6 +101,8 @@ def register(kind: str, name: str, cls: type, aliases: tuple[str, ...] = ()) -> 
         raise ValueError(f"register: unknown kind {kind!r}; valid kinds: {list(_BASES)}")
     if not isinstance(cls, type):
         raise TypeError(f"register: {cls!r} is not a class; only classes can be registered")
+    if any(name in names for _, names, _ in _DEFERRED.get(kind, [])):
+        _load_deferred(kind)  # a built-in name of another package: registered first, so the clash is said
     table = _REGISTRY.setdefault(kind, {})
     if name in table and table[name] is not cls:
         raise ValueError(f"register: {kind} name {name!r} is already taken by {table[name].__qualname__}")
@@ -132,9 +134,6 @@ def _load_builtins() -> None:
         register("loss", c.__name__, c)
     for c in (networks.TimeMLP, networks.UNet):
         register("net", c.__name__, c)
-    from diffusers import UNet2DModel
-
-    register("net", "UNet2DModel", UNet2DModel, aliases=("diffusers.UNet2DModel", "diffusers.models.UNet2DModel"))
     from . import image_data
 
     for module in (data, image_data):
@@ -144,10 +143,27 @@ def _load_builtins() -> None:
                 register("data", n, c)
 
 
+def _unet2d() -> None:
+    from diffusers import UNet2DModel
+
+    register("net", "UNet2DModel", UNet2DModel, aliases=("diffusers.UNet2DModel", "diffusers.models.UNet2DModel"))
+
+
+#: built-in classes of other packages, registered when first needed (diffusers' import costs more than
+#: a second at every train.py start that never builds one): kind -> [(module prefix, names, loader)]
+_DEFERRED: dict[str, list] = {"net": [("diffusers", ("UNet2DModel",), _unet2d)]}
+
+
+def _load_deferred(kind: str) -> None:
+    for _prefix, _names, load in _DEFERRED.pop(kind, []):
+        load()
+
+
 def registered(kind: str) -> dict[str, type]:
     """The classes buildable as ``kind`` (stable name -> class)."""
     _check_kind(kind)
     _load_builtins()
+    _load_deferred(kind)
     return dict(_REGISTRY.get(kind, {}))
 
 
@@ -163,11 +179,10 @@ def resolve(kind: str, name: str, where: str = "") -> type:
     table = _REGISTRY.get(kind, {})
     if not isinstance(name, str):
         raise UntrustedConfigError(f"{where or kind}: class_path must be a string; got {type(name).__name__}")
-    key = _ALIASES.get(kind, {}).get(name, name)
-    if key not in table:
-        # case-insensitive stable names ("vp", "dsm", "timemlp")
-        low = {k.lower(): k for k in table}
-        key = low.get(name.lower(), key)
+    key = _lookup(kind, name)
+    if key not in table and kind in _DEFERRED:
+        _load_deferred(kind)
+        table, key = _REGISTRY.get(kind, {}), _lookup(kind, name)
     if key not in table:
         raise UntrustedConfigError(
             f"{where or kind}: {name!r} is not a registered {kind} class, so this checkpoint/config is not trusted "
@@ -176,9 +191,24 @@ def resolve(kind: str, name: str, where: str = "") -> type:
     return table[key]
 
 
+def _lookup(kind: str, name: str) -> str:
+    """The stable name ``name`` stands for (an alias, a case-insensitive stable name), or ``name``."""
+    table = _REGISTRY.get(kind, {})
+    key = _ALIASES.get(kind, {}).get(name, name)
+    if key not in table:
+        # case-insensitive stable names ("vp", "dsm", "timemlp")
+        low = {k.lower(): k for k in table}
+        key = low.get(name.lower(), key)
+    return key
+
+
 def stable_name(kind: str, cls: type) -> Optional[str]:
     """The registered name of ``cls`` for ``kind``, or None."""
-    for n, c in registered(kind).items():
+    _check_kind(kind)
+    _load_builtins()
+    if any(str(cls.__module__).startswith(prefix) for prefix, _, _ in _DEFERRED.get(kind, [])):
+        _load_deferred(kind)
+    for n, c in _REGISTRY.get(kind, {}).items():
         if c is cls:
             return n
     return None

@@ -130,6 +130,58 @@ def test_registry_names_old_paths_and_checks_before_calling():
         build({"class_path": "TimeMLP"}, "sde")  # right name, wrong kind
 
 
+def test_a_deferred_builtin_is_registered_when_first_named(monkeypatch):
+    """A built-in class of another package (diffusers' UNet2DModel) is registered only when a description,
+    a listing or a clashing name needs it; tried with a stand-in so that this process's imports do not matter."""
+    from torch import nn
+
+    from lit_diffusion.training import registry
+
+    class FarNet(nn.Module):
+        pass
+
+    FarNet.__module__ = "farpkg.nets"
+    calls = []
+
+    def load():
+        calls.append(1)
+        registry.register("net", "FarNet", FarNet, aliases=("farpkg.FarNet",))
+
+    for kind in registry.KINDS:  # the real built-ins, loaded into the real tables; then copies of those for this test
+        registry.registered(kind)
+    monkeypatch.setattr(registry, "_REGISTRY", {k: dict(v) for k, v in registry._REGISTRY.items()})
+    monkeypatch.setattr(registry, "_ALIASES", {k: dict(v) for k, v in registry._ALIASES.items()})
+    monkeypatch.setattr(registry, "_DEFERRED", {"net": [("farpkg", ("FarNet",), load)]})
+    assert registry.resolve("net", "TimeMLP").__name__ == "TimeMLP" and registry.stable_name("net", nn.Linear) is None
+    assert calls == []  # our own names and other modules' classes never load it
+    assert registry.resolve("net", "farnet") is FarNet and calls == [1]  # case-insensitive, loaded once
+    assert registry.resolve("net", "farpkg.FarNet") is FarNet and registry.stable_name("net", FarNet) == "FarNet"
+    monkeypatch.setattr(registry, "_DEFERRED", {"net": [("farpkg", ("FarNet",), load)]})
+    assert registry.stable_name("net", FarNet) == "FarNet" and calls == [1, 1]  # a class of its package loads it
+    monkeypatch.setattr(registry, "_DEFERRED", {"net": [("farpkg", ("FarNet",), load)]})
+    with pytest.raises(ValueError, match="'FarNet' is already taken"):  # a clash with it is said at once
+        registry.register("net", "FarNet", nn.Linear)
+    monkeypatch.setattr(registry, "_DEFERRED", {"net": [("farpkg", ("FarNet",), load)]})
+    assert "FarNet" in registry.registered("net")  # a listing holds it
+
+
+def test_training_a_registered_mlp_never_imports_diffusers():
+    """In a fresh interpreter: a TimeMLP module built and described through the registry leaves diffusers
+    unimported (its import is a second or more of every train.py start); naming UNet2DModel then works."""
+    code = ("import sys\n"
+            "from lit_diffusion.training.module import ScoreModule\n"
+            "from lit_diffusion.training.registry import describe, resolve, stable_name\n"
+            "m = ScoreModule(net={'class_path': 'TimeMLP', 'init_args': {'dim': 2, 'hidden': 8, 'n_blocks': 1}}, sde='VP')\n"
+            "d = describe(m.net, 'net')\n"
+            "print('BEFORE', 'diffusers' in sys.modules, d['class_path'])\n"
+            "cls = resolve('net', 'unet2dmodel')\n"
+            "print('AFTER', cls.__module__.split('.')[0], resolve('net', 'diffusers.models.UNet2DModel') is cls, "
+            "stable_name('net', cls))\n")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=_env(), timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert r.stdout.split() == ["BEFORE", "False", "TimeMLP", "AFTER", "diffusers", "True", "UNet2DModel"], r.stdout
+
+
 # --------------------------------------------------------------------------------------------
 # 2. one run per checkpoint folder
 # --------------------------------------------------------------------------------------------
