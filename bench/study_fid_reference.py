@@ -38,7 +38,8 @@ def main(argv=None) -> list:
     p.add_argument("--model", default=os.path.join(HERE, "..", "checkpoints", "mnist"))
     p.add_argument("--fitted-dir", default=os.path.join(HERE, "..", "docs", "study", "grids_fid_fit_family"),
                    help="the grids of the 'fitted grid' rows (default: the family fit's, docs/study/grids_fid_fit_family)")
-    p.add_argument("--rows", default=";".join(DEFAULT_ROWS), help="';'-separated row labels of bench/real_model.py")
+    p.add_argument("--rows", default=";".join(DEFAULT_ROWS), help="row labels of bench/real_model.py, as its --only takes them "
+                   "(';'-separated; run in its order)")
     p.add_argument("--nfe", type=int, default=6)
     p.add_argument("--seeds", type=int, nargs="+", default=list(range(8)))
     p.add_argument("--n", type=int, default=1000)
@@ -49,11 +50,11 @@ def main(argv=None) -> list:
     a = p.parse_args(argv)
     torch.set_num_threads(a.threads)
     rows = {label: (kind, opts) for label, kind, opts in real_model.SDE_SAMPLERS + real_model.ODE_SAMPLERS}
-    wanted = [r for r in a.rows.split(";") if r]
     try:
-        real_model.wanted_rows(a.rows)  # unknown labels refused, naming the valid ones
+        named = real_model.wanted_rows(a.rows)  # parsed as --only is; unknown labels refused, naming the valid ones
     except ValueError as e:
         p.error(f"--rows: {str(e).removeprefix('--only: ')}")
+    wanted = [label for label in rows if label in named]  # in the benchmark's order
     if not wanted:
         p.error(f"--rows {a.rows!r}: no row of bench/real_model.py named")
     module, time_scale, lit_model, _ = real_model.prepare_model(a.model, None, a.dry_run, "cpu", a.fitted_dir)
