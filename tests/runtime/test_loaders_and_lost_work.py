@@ -149,12 +149,19 @@ def test_config_class_paths_outside_the_registry_are_refused(entry, tmp_path, mo
     assert not (tmp_path / "torch_home").exists() and not (tmp_path / "ck").exists()
 
 
+def _env_importing(folder):
+    """The test environment with ``folder`` (where ``helpers.py`` lies) first on the import path."""
+    env = _env()
+    env["PYTHONPATH"] = f"{folder}{os.pathsep}{env['PYTHONPATH']}"
+    return env
+
+
 def test_train_py_refuses_an_unregistered_class_before_anything(tmp_path):
     """The same refusal as a user meets it: ``python train.py --config`` in a fresh interpreter."""
     marker = _helpers(tmp_path)
     cfg = tmp_path / "c.yaml"
     cfg.write_text("model:\n  net:\n    class_path: helpers.Net\n")
-    env = {**_env(), "TORCH_HOME": str(tmp_path / "torch_home"), "PYTHONPATH": f"{tmp_path}{os.pathsep}{_env()['PYTHONPATH']}"}
+    env = {**_env_importing(tmp_path), "TORCH_HOME": str(tmp_path / "torch_home")}
     r = subprocess.run([sys.executable, str(ROOT / "train.py"), "--config", str(cfg), "--ckpt_dir", str(tmp_path / "ck"),
                         *PLAIN], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert r.returncode == 2, r.stderr[-2000:]
@@ -169,7 +176,7 @@ def test_register_flag_is_the_explicit_way_to_train_a_class_of_ones_own(tmp_path
     cfg.write_text("model:\n  net:\n    class_path: helpers.Net\n    init_args: {dim: 2}\n")
     r = subprocess.run([sys.executable, str(ROOT / "train.py"), "--register", "helpers.Net", "--config", str(cfg),
                         "--ckpt_dir", str(tmp_path / "ck"), "--trainer.max_steps", "2", *PLAIN],
-                       cwd=tmp_path, env={**_env(), "PYTHONPATH": f"{tmp_path}{os.pathsep}{_env()['PYTHONPATH']}"},
+                       cwd=tmp_path, env=_env_importing(tmp_path),
                        capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]
     assert marker.exists()
